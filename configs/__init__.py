@@ -1,0 +1,1 @@
+"""Benchmark presets shipped with fimbench (installed as the ``fimbench.configs`` package)."""

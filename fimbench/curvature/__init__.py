@@ -1,0 +1,106 @@
+"""Kronecker-factored approximations of a Fisher block, behind one function and one registry.
+
+>>> from fimbench.curvature import approximate
+>>> ks = approximate("deflation", a, g)          # a: (m, p) with the bias column last, g: (m, q)
+>>> ks.terms, ks.to_dense(), ks.solve(V, 1e-3)   # F̂ = Σ kron(A_k, G_k); V is (q, p)
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable
+
+from torch import Tensor
+
+from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO, KroneckerInverse, KroneckerSum
+from fimbench.curvature.deflation import approximate_deflation
+from fimbench.curvature.kfac import approximate_kfac
+from fimbench.curvature.kfac_corrected import approximate_kfac_corrected
+from fimbench.curvature.kpsvd import approximate_kpsvd
+from fimbench.curvature.lanczos import approximate_lanczos
+from fimbench.curvature.options import ApproximationOptions
+from fimbench.errors import FimbenchError
+
+__all__ = [
+    "APPROXIMATIONS",
+    "DEFAULT_MIN_CURVATURE_RATIO",
+    "ApproximationOptions",
+    "KroneckerInverse",
+    "KroneckerSum",
+    "Method",
+    "approximate",
+    "parse_method",
+]
+
+
+class Method(str, Enum):
+    """Every optimizer fimbench trains with; the first five precondition with a Kronecker approximation."""
+
+    KFAC = "kfac"
+    KPSVD = "kpsvd"
+    DEFLATION = "deflation"
+    LANCZOS = "lanczos"
+    KFAC_CORRECTED = "kfac-corrected"
+    SGD = "sgd"
+    ADAM = "adam"
+
+    @property
+    def is_kronecker(self) -> bool:
+        return self in APPROXIMATIONS
+
+    @property
+    def rank(self) -> int:
+        """Kronecker rank of the approximation (Lanczos: its default)."""
+        return 1 if self in (Method.KFAC, Method.KPSVD) else 2
+
+
+Approximation = Callable[..., KroneckerSum]
+
+APPROXIMATIONS: dict[Method, Approximation] = {
+    Method.KFAC: approximate_kfac,
+    Method.KPSVD: approximate_kpsvd,
+    Method.DEFLATION: approximate_deflation,
+    Method.LANCZOS: approximate_lanczos,
+    Method.KFAC_CORRECTED: approximate_kfac_corrected,
+}
+
+
+def parse_method(name: "str | Method", kronecker_only: bool = False) -> Method:
+    """``"deflation"`` -> ``Method.DEFLATION``; a clear error for anything else."""
+    choices = list(APPROXIMATIONS) if kronecker_only else list(Method)
+    try:
+        method = Method(name)
+    except ValueError:
+        method = None
+    if method is None or method not in choices:
+        names = ", ".join(m.value for m in choices)
+        raise FimbenchError(f"unknown method '{getattr(name, 'value', name)}'; choose from {names}")
+    return method
+
+
+def approximate(
+    method: "str | Method",
+    a: Tensor,
+    g: Tensor,
+    *,
+    prior: KroneckerSum | None = None,
+    decay: float = 0.0,
+    warm_start: KroneckerSum | None = None,
+    tol: float = 1e-6,
+    max_iterations: int = 100,
+    rank: int = 2,
+    krylov_dim: int = 10,
+) -> KroneckerSum:
+    """Approximate the Fisher block ``F = (1/m) Σ_t kron(ā_t ā_tᵀ, g_t g_tᵀ)`` by a Kronecker sum.
+
+    ``a`` (m, p) are augmented activations (bias column last), ``g`` (m, q) pre-activation derivatives.
+    With ``prior`` and ``decay = ρ`` the target is the EMA estimate ``ρ F̂_old + (1 − ρ) F`` (K-FAC: EMA
+    of its factors). ``warm_start`` (default: the prior) seeds power SVD / Lanczos with its terms.
+    ``tol`` is relative to the leading singular value of ``Z(F)``; ``rank`` and ``krylov_dim`` are
+    Lanczos' r and K.
+    """
+    chosen = parse_method(method, kronecker_only=True)
+    if a.ndim != 2 or g.ndim != 2 or a.shape[0] != g.shape[0]:
+        raise FimbenchError(f"a and g must be (m, p) and (m, q) with the same m, got {tuple(a.shape)} and {tuple(g.shape)}")
+    options = ApproximationOptions(tol=tol, max_iterations=max_iterations, rank=rank, krylov_dim=krylov_dim)
+    return APPROXIMATIONS[chosen](a, g, options, prior=prior, decay=decay, warm_start=warm_start)

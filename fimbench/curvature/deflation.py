@@ -1,0 +1,36 @@
+"""Deflation (§3.2.1): ``F ≈ R ⊗ S + P ⊗ Q`` computed one pair after the other.
+
+1. ``(R, S)`` = KPSVD's pair (power SVD on ``Z(F)``);
+2. ``(P, Q)`` = power SVD on ``Z(F − R ⊗ S) = Z(F) − vec(R) vec(S)ᵀ``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.kpsvd import kronecker_pair, leading_pair
+from fimbench.curvature.options import ApproximationOptions, ema_target
+
+
+def approximate_deflation(
+    a: Tensor,
+    g: Tensor,
+    options: ApproximationOptions,
+    prior: KroneckerSum | None = None,
+    decay: float = 0.0,
+    warm_start: KroneckerSum | None = None,
+) -> KroneckerSum:
+    """Two successive power SVDs, the second on the deflated operator."""
+    target = ema_target(a, g, prior, decay, warm_start)
+    first = leading_pair(target, target.operator, 0, options)
+    sigma = float(first.values[0])
+    deflated = target.operator.deflated(sigma, first.left[:, 0], first.right[:, 0])
+    second = leading_pair(target, deflated, 1, options, scale=sigma)
+    return KroneckerSum(
+        [kronecker_pair(target.operator, first), kronecker_pair(deflated, second)],
+        method="deflation",
+        iterations=first.iterations + second.iterations,
+        residual=max(first.residual, second.residual),
+        singular_values=[sigma, float(second.values[0])],
+    )

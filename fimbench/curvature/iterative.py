@@ -1,0 +1,159 @@
+"""Leading singular triplets of a :class:`RearrangedOperator`: power SVD (App. B.1) and restarted
+Golub–Kahan–Lanczos bidiagonalisation (App. B.2), both with warm starts.
+
+Stopping rule (scale-invariant): ``‖Z v_i − σ_i u_i‖ ≤ tol · σ_ref`` and ``‖Zᵀ u_i − σ_i v_i‖ ≤ tol · σ_ref``,
+where ``σ_ref`` is the leading singular value: the current σ₁ estimate, or, for a deflated operator, the
+σ₁ of the undeflated one passed as ``scale`` — so a second pair whose σ₂ ≈ 0 converges instead of
+chasing relative accuracy in round-off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fimbench.curvature.rearranged import RearrangedOperator
+
+BREAKDOWN = 1e-12  # relative size under which a Krylov direction is considered exhausted
+
+
+@dataclass
+class SingularTriplets:
+    """``Z (Φ_G y_i) = σ_i (Φ_A x_i)`` for the columns of ``left`` (x) and ``right`` (y)."""
+
+    values: Tensor  # (r,)
+    left: Tensor  # (n, r)
+    right: Tensor  # (n, r)
+    iterations: int
+    residual: float  # max_i ‖residual_i‖ / scale
+
+
+def _normalised(vector: Tensor, norm: Tensor) -> Tensor:
+    return vector / norm if float(norm) > 0 else torch.zeros_like(vector)
+
+
+def power_svd(
+    operator: RearrangedOperator,
+    start: Tensor,
+    scale: float | None = None,
+    tol: float = 1e-6,
+    max_iterations: int = 100,
+) -> SingularTriplets:
+    """Algorithm 1 (power SVD): ``u ← Zv/‖Zv‖, v ← Zᵀu/‖Zᵀu‖, σ = ‖Zᵀu‖`` until ``‖Zv − σu‖ ≤ tol·scale``.
+
+    The check reuses the next iteration's ``Z v``, so an iteration costs one pair of products.
+    """
+    n = operator.size
+    zero = torch.zeros(n, 1, dtype=start.dtype, device=start.device)
+    size = scale if scale is not None else operator.frobenius_norm()
+    if size <= 0.0:
+        return SingularTriplets(torch.zeros(1, dtype=start.dtype, device=start.device), zero, zero, 0, 0.0)
+    y = _normalised(start, operator.norm_right(start))
+    w = operator.matvec(y)
+    sigma = torch.zeros((), dtype=start.dtype, device=start.device)
+    x = torch.zeros_like(w)
+    residual = float("inf")
+    iterations = 0
+    while iterations < max_iterations:
+        iterations += 1
+        w_norm = operator.norm_left(w)
+        if float(w_norm) <= BREAKDOWN * size:  # Z v = 0: the operator (deflated) is zero on this start
+            return SingularTriplets(torch.zeros(1, dtype=start.dtype, device=start.device), zero, zero, iterations, 0.0)
+        x = w / w_norm
+        z = operator.rmatvec(x)
+        sigma = operator.norm_right(z)
+        y = z / sigma
+        w = operator.matvec(y)
+        residual = float(operator.norm_left(w - sigma * x) / (scale if scale is not None else sigma))
+        if residual <= tol:
+            break
+    return SingularTriplets(sigma.reshape(1), x.reshape(n, 1), y.reshape(n, 1), iterations, residual)
+
+
+def _orthogonalise(vector: Tensor, basis: list[Tensor], gram: Tensor) -> Tensor:
+    """Classical Gram–Schmidt, twice, in the inner product ``⟨x, x'⟩ = xᵀ M x'``."""
+    if not basis:
+        return vector
+    stacked = torch.stack(basis, dim=1)  # (n, k)
+    for _ in range(2):
+        vector = vector - stacked @ (stacked.transpose(0, 1) @ (gram @ vector))
+    return vector
+
+
+def lanczos_svd(
+    operator: RearrangedOperator,
+    start: Tensor,
+    rank: int,
+    scale: float | None = None,
+    krylov_dim: int = 10,
+    tol: float = 1e-6,
+    max_iterations: int = 200,
+) -> SingularTriplets:
+    """Restarted Golub–Kahan bidiagonalisation (Algorithm 2) for the top ``rank`` singular triplets.
+
+    Each cycle builds ``Z Q_k = P_k B_k`` (B upper bidiagonal, full re-orthogonalisation), takes the SVD
+    ``B = X Σ Yᵀ`` and the Ritz vectors ``u_i = P x_i, v_i = Q y_i``; their residual is exactly
+    ``β_k |x_i[k]|``. If a residual exceeds ``tol·scale`` the next cycle restarts from ``Σ_i v_i`` (§3.2.2).
+    ``iterations`` counts the products with ``Z`` and ``Zᵀ`` in pairs.
+    """
+    n = operator.size
+    dtype, device = start.dtype, start.device
+    rank = max(1, rank)
+    krylov_dim = max(min(krylov_dim, n), min(rank + 1, n))
+    size = scale if scale is not None else operator.frobenius_norm()
+    if size <= 0.0:
+        zeros = torch.zeros(n, rank, dtype=dtype, device=device)
+        return SingularTriplets(torch.zeros(rank, dtype=dtype, device=device), zeros, zeros.clone(), 0, 0.0)
+    q = _normalised(start, operator.norm_right(start))
+    iterations = 0
+    while True:
+        P: list[Tensor] = []
+        Q: list[Tensor] = [q]
+        alphas: list[Tensor] = []
+        betas: list[Tensor] = []
+        beta_last = torch.zeros((), dtype=dtype, device=device)
+        w = operator.matvec(q)
+        iterations += 1
+        while True:
+            w = _orthogonalise(w, P, operator.gram_a)
+            alpha = operator.norm_left(w)
+            if float(alpha) <= BREAKDOWN * size:  # Z q_k ∈ span(P): the factorisation is exact
+                break
+            P.append(w / alpha)
+            alphas.append(alpha)
+            z = _orthogonalise(operator.rmatvec(P[-1]) - alpha * Q[-1], Q, operator.gram_g)
+            beta = operator.norm_right(z)
+            if len(P) == krylov_dim or float(beta) <= BREAKDOWN * size or iterations >= max_iterations:
+                beta_last = beta
+                break
+            betas.append(beta)
+            Q.append(z / beta)
+            w = operator.matvec(Q[-1]) - beta * P[-1]
+            iterations += 1
+        k = len(P)
+        if k == 0:
+            zeros = torch.zeros(n, rank, dtype=dtype, device=device)
+            return SingularTriplets(torch.zeros(rank, dtype=dtype, device=device), zeros, zeros.clone(), iterations, 0.0)
+        B = torch.zeros(k, len(Q), dtype=dtype, device=device)  # k×k, or k×(k+1) after an exact stop
+        index = torch.arange(k, device=device)
+        B[index, index] = torch.stack(alphas)
+        if betas:
+            index = torch.arange(len(betas), device=device)
+            B[index, index + 1] = torch.stack(betas)
+        X, sigmas, Yt = torch.linalg.svd(B, full_matrices=False)
+        left = torch.stack(P, dim=1) @ X
+        right = torch.stack(Q, dim=1) @ Yt.transpose(0, 1)
+        found = min(rank, k)
+        worst = float(beta_last * X[-1, :found].abs().max() / (scale if scale is not None else sigmas[0]))
+        if worst <= tol or iterations >= max_iterations or k < krylov_dim:
+            break
+        q = right[:, :found].sum(dim=1)
+        q = _normalised(q, operator.norm_right(q))
+    values = torch.zeros(rank, dtype=dtype, device=device)
+    values[:found] = sigmas[:found]
+    x = torch.zeros(n, rank, dtype=dtype, device=device)
+    y = torch.zeros(n, rank, dtype=dtype, device=device)
+    x[:, :found], y[:, :found] = left[:, :found], right[:, :found]
+    return SingularTriplets(values, x, y, iterations, worst)

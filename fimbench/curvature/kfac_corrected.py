@@ -1,0 +1,46 @@
+"""KFAC-corrected (§3.3): ``F ≈ A_KFAC ⊗ G_KFAC + P ⊗ Q`` with the best corrector (eq. 6),
+
+    (P, Q) = argmin ‖F − A_KFAC ⊗ G_KFAC − P ⊗ Q‖_F,
+
+the leading pair of ``Z(F) − vec(A_KFAC) vec(G_KFAC)ᵀ`` by power SVD. K-FAC's factors lie in the span of
+the rearranged basis (``A_KFAC = Φ_A (1/m, …)``), so the deflation is exact in Gram coordinates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.kfac import kfac_factors
+from fimbench.curvature.kpsvd import kronecker_pair, leading_pair
+from fimbench.curvature.options import ApproximationOptions, ema_target
+from fimbench.curvature.rearranged import ITERATION_DTYPE
+
+
+def approximate_kfac_corrected(
+    a: Tensor,
+    g: Tensor,
+    options: ApproximationOptions,
+    prior: KroneckerSum | None = None,
+    decay: float = 0.0,
+    warm_start: KroneckerSum | None = None,
+) -> KroneckerSum:
+    """K-FAC's pair (EMA of the factors) plus the best rank-1 correction of the EMA block."""
+    target = ema_target(a, g, prior, decay, warm_start)
+    operator = target.operator
+    m = a.shape[0]
+    kfac_coefficients = torch.zeros(operator.size, dtype=ITERATION_DTYPE, device=a.device)
+    kfac_coefficients[:m] = (1.0 - decay) / m if prior is not None and decay > 0.0 else 1.0 / m
+    if prior is not None and decay > 0.0:
+        kfac_coefficients[m] = decay  # the prior's first term is its K-FAC pair
+    A, G = kfac_factors(a, g, prior, decay)
+    corrected = operator.deflated(1.0, kfac_coefficients, kfac_coefficients)
+    correction = leading_pair(target, corrected, 1, options, scale=operator.frobenius_norm())
+    return KroneckerSum(
+        [(A, G), kronecker_pair(corrected, correction)],
+        method="kfac-corrected",
+        iterations=correction.iterations,
+        residual=correction.residual,
+        singular_values=[float(correction.values[0])],
+    )

@@ -1,0 +1,77 @@
+"""Options shared by every approximation method, and the EMA target they approximate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.rearranged import RearrangedOperator
+from fimbench.errors import FimbenchError
+
+
+@dataclass(frozen=True)
+class ApproximationOptions:
+    """``tol``: scale-invariant stopping tolerance (relative to σ₁); ``max_iterations``: products with Z
+    (in pairs) per power SVD or per Lanczos run; ``rank`` and ``krylov_dim``: Lanczos' r and K."""
+
+    tol: float = 1e-6
+    max_iterations: int = 100
+    rank: int = 2
+    krylov_dim: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.tol > 0:
+            raise FimbenchError(f"tol must be positive, got {self.tol}")
+        if self.max_iterations < 1:
+            raise FimbenchError(f"max_iterations must be at least 1, got {self.max_iterations}")
+        if self.rank < 1:
+            raise FimbenchError(f"the Lanczos rank must be at least 1, got {self.rank}")
+        if self.krylov_dim < 2:
+            raise FimbenchError(f"the Krylov dimension must be at least 2, got {self.krylov_dim}")
+
+
+@dataclass
+class Target:
+    """What a method approximates: ``Z(ρ F̂_old + (1 − ρ) F_batch)``, plus where to start iterating.
+
+    ``starts[k]`` is the basis index of a warm-start direction for the k-th pair (the k-th term of the
+    previous solution), or ``None`` for a cold start from ``E[g gᵀ]``.
+    """
+
+    operator: RearrangedOperator
+    starts: list[int | None]
+
+    def start(self, pair: int) -> Tensor:
+        index = self.starts[pair] if pair < len(self.starts) else None
+        return self.operator.unit(index) if index is not None else self.operator.batch_mean()
+
+
+def ema_target(
+    a: Tensor,
+    g: Tensor,
+    prior: KroneckerSum | None = None,
+    decay: float = 0.0,
+    warm_start: KroneckerSum | None = None,
+) -> Target:
+    """The rearranged EMA estimate ``ρ Z(F̂_old) + (1 − ρ) Z(F_batch)`` with ``ρ = decay`` (§2.2).
+
+    Terms of ``warm_start`` that are not the prior enter the basis with coefficient 0: they change
+    nothing but the starting vectors.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise FimbenchError(f"the EMA decay must be in [0, 1), got {decay}")
+    terms: list[tuple[float, Tensor, Tensor]] = []
+    if prior is not None and decay > 0.0:
+        terms += [(decay, A, G) for A, G in prior.terms]
+    seeds = prior if (prior is not None and decay > 0.0 and (warm_start is None or warm_start is prior)) else warm_start
+    m = a.shape[0]
+    if seeds is not None and seeds is not prior:
+        terms += [(0.0, A, G) for A, G in seeds.terms]
+        first = m + (len(prior.terms) if prior is not None and decay > 0.0 else 0)
+    else:
+        first = m
+    starts: list[int | None] = [first + k for k in range(len(seeds.terms))] if seeds is not None else []
+    operator = RearrangedOperator.build(a, g, batch_weight=1.0 - decay, terms=terms)
+    return Target(operator, starts)

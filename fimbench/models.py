@@ -1,0 +1,151 @@
+"""The deep autoencoders of the paper's App. D and their likelihoods.
+
+Scale convention (used everywhere in fimbench, DESIGN §1): the per-example loss is the negative
+log-likelihood summed over pixels,
+
+    Bernoulli (CURVES, MNIST):  ℓ(y, z) = Σ_j BCE(sigmoid(z_j), y_j)   (computed from the logits z),
+    Gaussian N(z, I) (FACES):   ℓ(y, z) = ½ Σ_j (y_j − z_j)²,
+
+the training objective is ``h = mean_t ℓ_t`` and ``g = ∂ℓ_t/∂s`` is the pre-activation derivative of ONE
+example's loss, so ``F = E[vec(DW) vec(DW)ᵀ]`` is the Fisher of the per-example log-likelihood. The
+paper's reported "loss per pixel" (the authors' BCELoss / MSELoss with mean reduction) is also logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as functional
+from torch import Tensor, nn
+
+from fimbench.errors import FimbenchError
+
+
+class Likelihood(str, Enum):
+    """The network's predictive distribution ``P(y | x, θ)`` (paper §2.1)."""
+
+    BERNOULLI = "bernoulli"
+    GAUSSIAN = "gaussian"
+
+    def nll(self, output: Tensor, target: Tensor) -> Tensor:
+        """Per-example negative log-likelihood ``ℓ_t``, summed over pixels: shape (m,)."""
+        if self is Likelihood.BERNOULLI:
+            return functional.binary_cross_entropy_with_logits(output, target, reduction="none").sum(dim=1)
+        return 0.5 * (output - target).square().sum(dim=1)
+
+    def mean(self, output: Tensor) -> Tensor:
+        """The predicted image ``E[y | x]``: sigmoid of the logits, or the Gaussian mean."""
+        return torch.sigmoid(output) if self is Likelihood.BERNOULLI else output
+
+    def sample(self, output: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Targets drawn from the model: ``y ~ Bernoulli(sigmoid(z))`` or ``y ~ N(z, I)`` (true Fisher)."""
+        if self is Likelihood.BERNOULLI:
+            uniform = torch.rand(output.shape, generator=generator, device=output.device, dtype=output.dtype)
+            return (uniform < torch.sigmoid(output)).to(output.dtype)
+        noise = torch.randn(output.shape, generator=generator, device=output.device, dtype=output.dtype)
+        return output + noise
+
+    def loss_per_pixel(self, output: Tensor, target: Tensor) -> Tensor:
+        """The paper's metric (mean over pixels and examples): BCE, or the squared error ``(y − z)²``."""
+        if self is Likelihood.BERNOULLI:
+            return functional.binary_cross_entropy_with_logits(output, target)
+        return functional.mse_loss(output, target)
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "linear": nn.Identity,
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Layer widths ``d_0 … d_ℓ``, the hidden activation, and the output likelihood (App. D)."""
+
+    layers: tuple[int, ...]
+    likelihood: Likelihood
+    activation: str = "relu"
+
+
+# App. D: hidden layers are ReLU; the output is the logits of a sigmoid (BCE) or linear (MSE).
+ARCHITECTURES: dict[str, Architecture] = {
+    "curves": Architecture((784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784), Likelihood.BERNOULLI),
+    "mnist": Architecture((784, 1000, 500, 250, 30, 250, 500, 1000, 784), Likelihood.BERNOULLI),
+    "faces": Architecture((625, 2000, 1000, 500, 30, 500, 1000, 2000, 625), Likelihood.GAUSSIAN),
+}
+ARCHITECTURES["curves-synth"] = ARCHITECTURES["curves"]
+
+
+class Autoencoder(nn.Module):
+    """``s_i = W_i ā_{i−1}``, ``a_i = σ(s_i)`` with a linear output layer (logits or Gaussian mean)."""
+
+    def __init__(self, architecture: Architecture) -> None:
+        super().__init__()
+        if len(architecture.layers) < 2:
+            raise FimbenchError("an autoencoder needs at least an input and an output width")
+        if architecture.activation not in ACTIVATIONS:
+            raise FimbenchError(
+                f"unknown activation '{architecture.activation}'; choose from {', '.join(ACTIVATIONS)}"
+            )
+        self.architecture = architecture
+        modules: list[nn.Module] = []
+        widths = architecture.layers
+        for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+            modules.append(nn.Linear(width_in, width_out))
+            if index < len(widths) - 2:
+                modules.append(ACTIVATIONS[architecture.activation]())
+        self.net = nn.Sequential(*modules)
+
+    @property
+    def likelihood(self) -> Likelihood:
+        return self.architecture.likelihood
+
+    def linear_layers(self) -> list[nn.Linear]:
+        return [module for module in self.net if isinstance(module, nn.Linear)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Xavier-uniform weights and biases 0.01, as in the authors' code; seeded."""
+        for layer in self.linear_layers():
+            bound = (6.0 / (layer.in_features + layer.out_features)) ** 0.5
+            with torch.no_grad():
+                layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator) * (2 * bound) - bound)
+                layer.bias.fill_(0.01)
+
+
+def build_model(architecture: Architecture, seed: int) -> Autoencoder:
+    """A freshly initialised autoencoder (on CPU, float32; move it with ``.to(device)``)."""
+    model = Autoencoder(architecture)
+    model.reset_parameters(torch.Generator().manual_seed(seed))
+    return model
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Evaluation of a model on a data set (all averaged over examples)."""
+
+    loss: float  # objective h: per-example NLL summed over pixels
+    loss_per_pixel: float  # the paper's reported loss (mean BCE / MSE)
+    reconstruction_error: float  # Σ_pixels (y − E[y|x])², Hinton & Salakhutdinov / Martens
+
+
+@torch.no_grad()
+def evaluate(model: Autoencoder, data: Tensor, batch_size: int = 4096) -> Metrics:
+    """Metrics of ``model`` on ``data`` (the autoencoder's target is its input), in chunks."""
+    totals = torch.zeros(3, dtype=torch.float64, device=data.device)
+    for start in range(0, data.shape[0], batch_size):
+        x = data[start : start + batch_size]
+        output = model(x)
+        likelihood = model.likelihood
+        totals[0] += likelihood.nll(output, x).sum()
+        totals[1] += likelihood.loss_per_pixel(output, x) * x.shape[0]
+        totals[2] += (likelihood.mean(output) - x).square().sum()
+    n = data.shape[0]
+    loss, per_pixel, reconstruction = (totals / n).tolist()
+    return Metrics(loss, per_pixel, reconstruction)

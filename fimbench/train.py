@@ -1,0 +1,294 @@
+"""Training engine: one run of any of the seven optimizers on an autoencoder benchmark.
+
+Returns a :class:`TrainResult` and writes a run directory — ``config.yaml`` (fully resolved),
+``metrics.jsonl`` (one row per epoch, and per ``log_every`` steps if asked) and ``summary.json`` —
+but never prints: progress goes to an optional :class:`TrainProgress` (the CLI draws it with rich).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from fimbench import __version__
+from fimbench.config import RunConfig, dump_config
+from fimbench.curvature import Method, parse_method
+from fimbench.data import batch_indices, load_dataset
+from fimbench.errors import FimbenchError
+from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
+from fimbench.models import ARCHITECTURES, Architecture, Likelihood, build_model, evaluate
+from fimbench.optim import KroneckerPreconditioner
+from fimbench.timing import PhaseTimer, synchronize
+
+CHECK_EVERY = 10  # steps between host reads of the loss on an accelerator (progress + finiteness)
+
+
+class TrainProgress(Protocol):
+    def start(self, total_steps: int, steps_per_epoch: int) -> None: ...
+    def step(self, step: int, epoch: int, loss: float, steps_per_second: float) -> None: ...
+    def epoch(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # completed | interrupted | diverged
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FimbenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FimbenchError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise FimbenchError(f"unsupported device '{name}'; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_architecture(config: RunConfig, input_dim: int) -> Architecture:
+    """The dataset's App. D autoencoder, or the layers / likelihood the config names."""
+    default = ARCHITECTURES[config.data.dataset]
+    layers = tuple(config.model.layers) if config.model.layers else default.layers
+    try:
+        likelihood = Likelihood(config.model.likelihood) if config.model.likelihood else default.likelihood
+    except ValueError:
+        raise FimbenchError(f"unknown likelihood '{config.model.likelihood}'; choose bernoulli or gaussian") from None
+    if layers[0] != input_dim or layers[-1] != input_dim:
+        raise FimbenchError(
+            f"model.layers must start and end with the data width {input_dim}, got {list(layers)}"
+        )
+    return Architecture(layers, likelihood, config.model.activation)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _validate(config: RunConfig) -> Method:
+    method = parse_method(config.optimizer.method)
+    training, optimizer = config.training, config.optimizer
+    if training.batch_size < 1 or training.epochs < 1:
+        raise FimbenchError("training.batch_size and training.epochs must be at least 1")
+    if training.max_steps is not None and training.max_steps < 1:
+        raise FimbenchError("training.max_steps must be at least 1")
+    if not optimizer.lr > 0:
+        raise FimbenchError(f"optimizer.lr must be positive, got {optimizer.lr}")
+    if optimizer.weight_decay < 0 or not 0 <= optimizer.momentum < 1:
+        raise FimbenchError("optimizer.weight_decay must be ≥ 0 and optimizer.momentum in [0, 1)")
+    return method
+
+
+def run_training(config: RunConfig, run_dir: Path, progress: TrainProgress | None = None) -> TrainResult:
+    """Train ``config`` and log into ``run_dir`` (module docstring)."""
+    method = _validate(config)
+    device = resolve_device(config.training.device)
+    data_dir = Path(config.data.data_dir) if config.data.data_dir else None
+    dataset = load_dataset(
+        config.data.dataset,
+        data_dir=data_dir,
+        split_seed=config.data.split_seed,
+        synth_train=config.data.synth_train,
+        synth_test=config.data.synth_test,
+    )
+    architecture = resolve_architecture(config, dataset.input_dim)
+    training, settings = config.training, config.optimizer
+    if training.batch_size > dataset.train.shape[0]:
+        raise FimbenchError(
+            f"batch size {training.batch_size} exceeds the {dataset.train.shape[0]} training examples"
+        )
+    train_x = dataset.train.to(device)
+    val_x = dataset.val.to(device)
+    model = build_model(architecture, seed=training.seed).to(device)
+    likelihood = architecture.likelihood
+    order_generator = torch.Generator().manual_seed(training.seed + 1)
+    fisher_generator = torch.Generator(device=device).manual_seed(training.seed + 2)
+    timer = PhaseTimer(device)
+
+    preconditioner: KroneckerPreconditioner | None = None
+    if method is Method.ADAM:
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=settings.lr, betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+        if method.is_kronecker:
+            preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.write_text("", encoding="utf-8")
+
+    steps_per_epoch = dataset.train.shape[0] // training.batch_size
+    total_steps = steps_per_epoch * training.epochs
+    if training.max_steps is not None:
+        total_steps = min(total_steps, training.max_steps)
+    if progress is not None:
+        progress.start(total_steps, steps_per_epoch)
+
+    result = TrainResult(run_dir, "completed")
+    started = datetime.now(timezone.utc)
+    train_seconds = 0.0
+    step = 0
+    window: list[torch.Tensor] = []  # losses not yet read on the host
+
+    def read_window() -> list[float]:
+        """Host values of the pending losses; raises on the first non-finite one."""
+        values = torch.stack(window).tolist() if window else []
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                bad_step = step - len(values) + offset + 1
+                raise _Diverged(bad_step, value)
+        window.clear()
+        return values
+
+    try:
+        for epoch in range(1, training.epochs + 1):
+            if step >= total_steps:
+                break
+            model.train()
+            synchronize(device)
+            epoch_start = time.perf_counter()
+            sums = torch.zeros(3, dtype=torch.float64, device=device)
+            epoch_steps = 0
+            for index in batch_indices(dataset.train.shape[0], training.batch_size, order_generator, device):
+                if step >= total_steps:
+                    break
+                x = train_x[index]
+                output = model(x)
+                loss = likelihood.nll(output, x).mean()
+                optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                step += 1
+                epoch_steps += 1
+                window.append(loss.detach())
+                due = preconditioner is not None and preconditioner.steps % preconditioner.stats_every == 0
+                if device.type == "cpu" or step % CHECK_EVERY == 0 or due:
+                    values = read_window()
+                    if progress is not None and values:
+                        elapsed = train_seconds + time.perf_counter() - epoch_start
+                        progress.step(step, epoch, values[-1], step / elapsed if elapsed > 0 else 0.0)
+                if preconditioner is not None:
+                    preconditioner.step(x)
+                optimizer.step()
+                with torch.no_grad():
+                    sums += torch.stack(
+                        [
+                            loss.detach().double(),
+                            likelihood.loss_per_pixel(output.detach(), x).double(),
+                            (likelihood.mean(output.detach()) - x).square().sum(dim=1).mean().double(),
+                        ]
+                    )
+                if training.log_every and step % training.log_every == 0:
+                    synchronize(device)
+                    append_jsonl(metrics_path, {"kind": "step", "step": step, "epoch": epoch, "train_loss": float(loss),
+                                                "wall_time": train_seconds + time.perf_counter() - epoch_start})
+            read_window()
+            synchronize(device)
+            train_seconds += time.perf_counter() - epoch_start
+            model.eval()
+            validation = evaluate(model, val_x)
+            train_means = (sums / max(epoch_steps, 1)).tolist()
+            row: dict[str, Any] = {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": step,
+                "train_loss": train_means[0],
+                "train_loss_per_pixel": train_means[1],
+                "train_reconstruction_error": train_means[2],
+                "val_loss": validation.loss,
+                "val_loss_per_pixel": validation.loss_per_pixel,
+                "val_reconstruction_error": validation.reconstruction_error,
+                "wall_time": train_seconds,
+                "time_per_step": train_seconds / step if step else None,
+            }
+            if not all(math.isfinite(row[key]) for key in ("val_loss", "train_loss")):
+                raise _Diverged(step, row["val_loss"])
+            if preconditioner is not None:
+                phases = timer.reset()
+                row["damping"] = settings.damping
+                row.update(preconditioner.pop_diagnostics())
+                row["seconds_statistics"] = phases.get("statistics", 0.0)
+                row["seconds_refresh"] = phases.get("approximate", 0.0) + phases.get("invert", 0.0)
+                row["seconds_approximate"] = phases.get("approximate", 0.0)
+                row["seconds_invert"] = phases.get("invert", 0.0)
+                row["seconds_precondition"] = phases.get("precondition", 0.0)
+            append_jsonl(metrics_path, row)
+            result.rows.append(row)
+            if progress is not None:
+                progress.epoch(row)
+    except _Diverged as diverged:
+        result.status = "diverged"
+        result.summary = _summary(config, device, result, started, train_seconds, step, diverged.step)
+        atomic_write_json(run_dir / "summary.json", result.summary)
+        raise FimbenchError(
+            f"non-finite loss ({diverged.value}) at step {diverged.step}; stopped, "
+            f"{len(result.rows)} epoch(s) kept in {run_dir}"
+        ) from None
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+        result.summary = _summary(config, device, result, started, train_seconds, step, None)
+        atomic_write_json(run_dir / "summary.json", result.summary)
+        raise
+    result.summary = _summary(config, device, result, started, train_seconds, step, None)
+    atomic_write_json(run_dir / "summary.json", result.summary)
+    return result
+
+
+class _Diverged(Exception):
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(step, value)
+        self.step, self.value = step, value
+
+
+def _summary(
+    config: RunConfig,
+    device: torch.device,
+    result: TrainResult,
+    started: datetime,
+    train_seconds: float,
+    steps: int,
+    diverged_at: int | None,
+) -> dict[str, Any]:
+    last = result.rows[-1] if result.rows else {}
+    best_val = min((row["val_loss"] for row in result.rows), default=None)
+    return {
+        "status": result.status,
+        "dataset": config.data.dataset,
+        "method": config.optimizer.method,
+        "seed": config.training.seed,
+        "epochs": len(result.rows),
+        "steps": steps,
+        "diverged_at_step": diverged_at,
+        "final": {key: value for key, value in last.items() if key != "kind"},
+        "best_val_loss": best_val,
+        "train_seconds": train_seconds,
+        "time_per_step": train_seconds / steps if steps else None,
+        "device": device_description(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "fimbench": __version__,
+        "host": platform.node(),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loss_convention": "train_loss/val_loss: per-example negative log-likelihood summed over pixels "
+        "(mean over examples); *_loss_per_pixel: the paper's mean BCE / MSE",
+    }
