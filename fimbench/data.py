@@ -185,7 +185,7 @@ def read_manifest(name: str, data_dir: Path | None = None) -> dict[str, Any] | N
             and processed.stat().st_size == manifest["processed"]["bytes"]
         ):
             return manifest
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     return None
 
@@ -455,7 +455,7 @@ def _download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in urls:
-        for attempt in range(retries + 1):
+        for attempt in range(max(retries, 0) + 1):
             if attempt:
                 time.sleep(RETRY_BACKOFF * 2 ** (attempt - 1))
             try:

@@ -2,6 +2,7 @@
 
 On CUDA, phases are timed with CUDA events recorded on the stream (no host synchronisation in the hot
 path); :meth:`PhaseTimer.totals` synchronises once and reads them. On CPU, a wall clock is used.
+:func:`measure` times repeated calls, synchronising the device around every timed region (cost profiles).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -64,3 +65,41 @@ class PhaseTimer:
         totals = self.totals()
         self._seconds.clear()
         return totals
+
+
+def measure(
+    function: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    setup: Callable[[], object] | None = None,
+) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``function``, after ``warmup`` untimed calls.
+
+    Every timed region is ``synchronize → start → function() → end → synchronize``: on CUDA, start and
+    end are CUDA events recorded on the current stream (read after the closing synchronisation); on CPU,
+    ``time.perf_counter``. ``setup`` (untimed) runs before every call, e.g. to restore an input that
+    ``function`` modifies in place.
+    """
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        function()
+    seconds: list[float] = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        synchronize(device)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            function()
+            end.record()
+            synchronize(device)
+            seconds.append(start.elapsed_time(end) / 1000.0)
+        else:
+            begin = time.perf_counter()
+            function()
+            synchronize(device)
+            seconds.append(time.perf_counter() - begin)
+    return seconds

@@ -199,8 +199,14 @@ def run_training(config: RunConfig, run_dir: Path, progress: TrainProgress | Non
                     )
                 if training.log_every and step % training.log_every == 0:
                     synchronize(device)
-                    append_jsonl(metrics_path, {"kind": "step", "step": step, "epoch": epoch, "train_loss": float(loss),
-                                                "wall_time": train_seconds + time.perf_counter() - epoch_start})
+                    step_row = {
+                        "kind": "step",
+                        "step": step,
+                        "epoch": epoch,
+                        "train_loss": float(loss.detach()),
+                        "wall_time": train_seconds + time.perf_counter() - epoch_start,
+                    }
+                    append_jsonl(metrics_path, step_row)
             read_window()
             synchronize(device)
             train_seconds += time.perf_counter() - epoch_start

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
-import typer
 from typer.testing import CliRunner
 
 from fimbench import data
-from fimbench.cli.download import download_data
+from fimbench.cli import app
 
 runner = CliRunner()
-
-
-def _app() -> typer.Typer:
-    """An app holding only ``download-data`` (the callback keeps it a subcommand)."""
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    app.command("download-data")(download_data)
-    return app
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +41,7 @@ def mirror(tmp_path: Path) -> Path:
 def test_curves_from_file(mirror: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     args = ["download-data", "curves", "--source", str(mirror / "digs3pts_1.mat"), "--data-dir", str(store)]
-    result = runner.invoke(_app(), args)
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -59,13 +49,13 @@ def test_curves_from_file(mirror: Path, tmp_path: Path) -> None:
     assert "digs3pts_1.mat sha256 " in lines[0]
     assert data.load_dataset("curves", store).train.shape == (24, 784)
 
-    again = runner.invoke(_app(), args)
+    again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already present" in again.stdout
 
 
 def test_all_from_folder_and_env_data_dir(mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIMBENCH_DATA", str(tmp_path / "env-store"))
-    result = runner.invoke(_app(), ["download-data", "all", "--source", str(mirror)])
+    result = runner.invoke(app, ["download-data", "all", "--source", str(mirror)])
     assert result.exit_code == 0, result.output
     assert [line.split(":")[0] for line in result.stdout.strip().splitlines()] == list(data.DOWNLOADABLE)
     assert all(data.is_present(name, tmp_path / "env-store") for name in data.DOWNLOADABLE)
@@ -81,24 +71,21 @@ def test_all_from_folder_and_env_data_dir(mirror: Path, tmp_path: Path, monkeypa
 )
 def test_bad_source_is_one_error_line(mirror: Path, tmp_path: Path, args: list[str], message: str) -> None:
     args = [arg.replace("MIRROR", str(mirror)) for arg in args]
-    result = runner.invoke(_app(), ["download-data", *args, "--data-dir", str(tmp_path / "store")])
+    result = runner.invoke(app, ["download-data", *args, "--data-dir", str(tmp_path / "store")])
     assert result.exit_code == 2
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
     assert "Traceback" not in result.output
 
 
 def test_unknown_name_and_help() -> None:
-    result = runner.invoke(_app(), ["download-data", "cifar"])
+    result = runner.invoke(app, ["download-data", "cifar"])
     assert result.exit_code != 0 and "cifar" in result.output
-    usage = runner.invoke(_app(), ["download-data", "--help"])
+    usage = runner.invoke(app, ["download-data", "--help"])
     assert usage.exit_code == 0
     assert all(choice in usage.stdout for choice in ("mnist", "curves", "faces", "all", "Example:"))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fimbench.cli.train") is None, reason="fimbench.cli.train not written yet")
 def test_through_fimbench_app(mirror: Path, tmp_path: Path) -> None:
-    from fimbench.cli import app
-
     result = runner.invoke(app, ["download-data", "faces", "--source", str(mirror), "--data-dir", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
     assert "train 8 / val 2 / test 4 × 625" in result.stdout

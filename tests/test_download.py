@@ -329,3 +329,11 @@ def test_corrupt_idx_file(tmp_path: Path) -> None:
     (tmp_path / data.MNIST_IDX_FILES[0]).write_bytes(b"plain")
     with pytest.raises(FimbenchError, match="train-images-idx3-ubyte.gz is not a valid MNIST file: not gzip data"):
         data.download_dataset("mnist", tmp_path / "data", source=str(tmp_path))
+
+
+def test_mnist_defaults_come_from_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "MNIST_MIRRORS", None)
+    monkeypatch.setattr(data, "MNIST_MD5", None)
+    mirrors, md5 = data._mnist_sources()
+    assert mirrors and all(m.startswith("http") and m.endswith("/") for m in mirrors)
+    assert set(md5) == set(data.MNIST_IDX_FILES) and all(len(v) == 32 for v in md5.values())

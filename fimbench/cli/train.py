@@ -15,7 +15,7 @@ from fimbench.config import load_config
 from fimbench.curvature import Method
 from fimbench.data import DATASETS
 from fimbench.errors import FimbenchError
-from fimbench.report import training_table
+from fimbench.report import curvature_table, training_table
 from fimbench.train import run_training
 
 
@@ -132,8 +132,10 @@ def train(
         raise typer.Exit(130) from None
     finally:
         progress.stop()
-    title = f"{resolved.optimizer.method} on {resolved.data.dataset} — {result.summary['device']}"
-    console.print(training_table(result.rows, title))
+    method_name, dataset_name = resolved.optimizer.method, resolved.data.dataset
+    console.print(training_table(result.rows, f"{method_name} on {dataset_name} ({result.summary['device']})"))
+    if any("seconds_refresh" in row for row in result.rows):
+        console.print(curvature_table(result.rows, f"{method_name}: curvature work per epoch"))
     console.print(
         f"{result.summary['steps']} steps in {time.perf_counter() - started:.1f} s "
         f"(training {result.summary['train_seconds']:.1f} s); results in [bold]{run_dir}[/bold]"

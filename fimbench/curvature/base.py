@@ -103,7 +103,10 @@ def _generalised_eigh(L: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """With ``A = L Lᵀ``: ``K, s`` such that ``Kᵀ A K = I`` and ``Kᵀ C K = diag(s)`` (§3.4, step 1)."""
     L_inv_C = torch.linalg.solve_triangular(L, C, upper=False)
     whitened = torch.linalg.solve_triangular(L, L_inv_C.transpose(0, 1), upper=False)
-    s, E = torch.linalg.eigh(0.5 * (whitened + whitened.transpose(0, 1)))
+    whitened = 0.5 * (whitened + whitened.transpose(0, 1))
+    # eigh in float64: float32 LAPACK (MKL syevd) fails on the many repeated zero eigenvalues of a low-rank
+    # correction — it raises "failed to converge" or, single-threaded, silently returns NaN.
+    s, E = (x.to(whitened.dtype) for x in torch.linalg.eigh(whitened.to(torch.float64)))
     K = torch.linalg.solve_triangular(L.transpose(0, 1), E, upper=True)
     return K, s
 

@@ -1,0 +1,121 @@
+"""``fimbench sweep``: the paper's grid search (§4.2), resumable, on this machine or a SLURM cluster."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional, Sequence
+
+import typer
+from rich.live import Live
+
+from fimbench.cli.common import console, split_list, user_errors
+from fimbench.config import load_config
+from fimbench.data import DATASETS
+from fimbench.errors import FimbenchError
+from fimbench.report import sweep_table
+from fimbench.sweep import LocalRunner, PointState, Runner, SubmititRunner, inspect_points, parse_grid, plan_sweep, run_sweep
+
+
+class Executor(str, Enum):
+    LOCAL = "local"
+    SLURM = "slurm"
+
+
+class LiveSweepTable:
+    """Redraws :func:`fimbench.report.sweep_table` in place, as tall as the terminal allows."""
+
+    def __init__(self, live: Live) -> None:
+        self.live = live
+
+    def update(self, states: Sequence[PointState]) -> None:
+        self.live.update(sweep_table(states, limit=max(5, console.height - 10)), refresh=True)
+
+
+def _default_out(config: Optional[Path], dataset: Optional[str]) -> Path:
+    """``sweeps/<dataset>``: a fixed name, so rerunning the same command resumes."""
+    return Path("sweeps") / load_config(config, {"data.dataset": dataset}).data.dataset
+
+
+@user_errors
+def sweep(
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", "-d", help=f"One of {', '.join(DATASETS)} (default: the config's, else curves-synth)."
+    ),
+    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated methods (default: all seven)."),
+    grid: Optional[list[str]] = typer.Option(
+        None,
+        "--grid",
+        "-g",
+        help="KEY=V1,V2,... with KEY lr, damping or clip; repeat per key. Keys not given take the paper's grid "
+        "(lr, damping ∈ {3e-1 … 1e-4}, clip ∈ {1e-2, 1e-3}, in the authors' scale, converted). SGD/Adam tune lr only.",
+    ),
+    authors_scale: bool = typer.Option(
+        False,
+        "--authors-scale",
+        help="--grid values are in the authors' scale (mean over pixels) and are converted like the default grid; "
+        "without it they are in fimbench's scale, as in fimbench train --lr.",
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base YAML config for every point."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per point."),
+    batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop each point after this many steps (smoke sweeps)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every point."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    data_dir: Optional[Path] = typer.Option(None, envvar="FIMBENCH_DATA", help="Dataset cache directory."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", "-j", help="Points at once (local: worker processes, default 1; slurm: array parallelism)."
+    ),
+    executor: Executor = typer.Option(Executor.LOCAL, help="local: worker processes here; slurm: jobs through submitit."),
+    partition: Optional[str] = typer.Option(None, help="SLURM partition (--executor slurm)."),
+    time_minutes: int = typer.Option(240, "--time", help="SLURM time limit per point, minutes."),
+    gpus_per_job: int = typer.Option(0, help="GPUs per SLURM job (e.g. 1 on GPU partitions)."),
+    cpus_per_job: int = typer.Option(4, help="CPUs (torch threads) per SLURM job."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default: sweeps/<dataset>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the points and what is already finished; run nothing."),
+) -> None:
+    """Grid-search each method (paper §4.2); every point is an ordinary train run directory.
+
+    Rerunning the same command resumes: finished points (completed or diverged) are kept, interrupted and
+    failed ones rerun. The best point per method (lowest final train loss) is written to
+    <out>/best/<method>.yaml for fimbench train --config. Exit status 1 if a point failed.
+
+    Example: fimbench sweep -d curves-synth -m kfac,adam --grid lr=1e-1,1e-2 --authors-scale --epochs 5 -j 2
+    """
+    if dataset is not None and dataset not in DATASETS:
+        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    overrides = {
+        "data.dataset": dataset,
+        "data.data_dir": str(data_dir) if data_dir is not None else None,
+        "training.epochs": epochs,
+        "training.batch_size": batch_size,
+        "training.max_steps": max_steps,
+        "training.seed": seed,
+        "training.device": device,
+    }
+    plan = plan_sweep(out or _default_out(config, dataset), split_list(methods), parse_grid(grid or []), authors_scale, config, overrides)
+    if dry_run:
+        states = inspect_points(plan)
+        console.print(sweep_table(states))
+        console.print(f"{len(states)} points, {sum(s.status == 'pending' for s in states)} to run, in [bold]{plan.out}[/bold]")
+        return
+    runner: Runner
+    if executor is Executor.LOCAL:
+        runner = LocalRunner(jobs or 1)
+    else:
+        runner = SubmititRunner(
+            plan.out / "submitit", "slurm", partition, time_minutes, gpus_per_job, cpus_per_job, jobs
+        )
+    try:
+        with Live(console=console, auto_refresh=False) as live:
+            result = run_sweep(plan, runner, LiveSweepTable(live))
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted; rerun the same command to resume the sweep in {plan.out}", err=True)
+        raise typer.Exit(130) from None
+    for method, path in result.best.items():
+        console.print(f"best {method}: [bold]{path}[/bold]")
+    if result.failed:
+        for state in result.failed:
+            typer.echo(f"failed: {state.point.name}: {state.message}", err=True)
+        typer.echo(f"{len(result.failed)} point(s) failed; rerun the same command to retry them", err=True)
+        raise typer.Exit(1)

@@ -1,0 +1,400 @@
+"""Comparison engine (paper §4.2, Figure 2): read run and sweep directories, compare methods per dataset.
+
+A run directory is what :func:`fimbench.train.run_training` writes (``config.yaml``, ``metrics.jsonl``,
+``summary.json``); a sweep directory is what :mod:`fimbench.sweep` writes (``sweep.json`` naming each
+method's grid points, each an ordinary run directory). Losses here are the paper's: per pixel (the
+authors' mean BCE / MSE, ``*_loss_per_pixel`` in ``metrics.jsonl``), so the numbers read like DESIGN §4.
+
+Reading is forgiving: an unparsable line of ``metrics.jsonl`` (a write cut short by a kill) becomes a
+warning and the valid rows are kept; a run without ``summary.json`` (still running, or killed) is shown
+with status ``incomplete``. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fimbench.curvature import Method
+from fimbench.errors import FimbenchError
+from fimbench.io import atomic_write_json, atomic_write_text
+
+SWEEP_MANIFEST = "sweep.json"
+"""File naming a sweep directory's methods and points (schema: :mod:`fimbench.sweep`)."""
+
+_EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "wall_time")  # an epoch row lacking one is garbled
+
+
+@dataclass
+class RunRecord:
+    """One run directory as read from disk."""
+
+    path: Path
+    dataset: str
+    method: str
+    status: str  # completed | interrupted | diverged | incomplete (no summary.json)
+    device: str
+    rows: list[dict[str, Any]]  # the valid epoch rows of metrics.jsonl
+    summary: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def final_train_loss(self) -> float | None:
+        """The last epoch's train loss (fimbench's objective), the quantity §4.2 tunes on."""
+        return self.rows[-1]["train_loss"] if self.rows else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The epoch rows of a ``metrics.jsonl`` and warnings for the lines that are not valid rows."""
+    if not path.is_file():
+        return [], []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = "its last line" if number == len(lines) else f"line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.append(f"{path}: {where} is not valid JSON (a write cut short?); skipped it")
+            continue
+        if not isinstance(row, dict):
+            warnings.append(f"{path}: {where} is not a JSON object; skipped it")
+        elif row.get("kind", "epoch") == "epoch":
+            if all(_is_number(row.get(key)) for key in _EPOCH_KEYS):
+                rows.append(row)
+            else:
+                warnings.append(f"{path}: {where} lacks one of {', '.join(_EPOCH_KEYS)}; skipped it")
+    return rows, warnings
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """``summary.json`` of a run directory, or ``{}`` when it is absent or unreadable."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("summary.json", "metrics.jsonl"))
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read a run directory; a missing ``summary.json`` or garbled metrics lines become warnings."""
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise FimbenchError(f"{run_dir} is not a run directory (no metrics.jsonl or summary.json)")
+    rows, warnings = read_metrics(run_dir / "metrics.jsonl")
+    summary = read_summary(run_dir)
+    config = _read_config(run_dir)
+    if not summary:
+        warnings.append(f"{run_dir}: no summary.json (still running, or killed); showing its {len(rows)} logged epoch(s)")
+    dataset = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "unknown"
+    method = summary.get("method") or (config.get("optimizer") or {}).get("method") or "unknown"
+    return RunRecord(
+        path=run_dir,
+        dataset=str(dataset),
+        method=str(method),
+        status=str(summary.get("status", "incomplete")),
+        device=str(summary.get("device", "unknown")),
+        rows=rows,
+        summary=summary,
+        warnings=warnings,
+    )
+
+
+def best_run(records: Sequence[RunRecord]) -> RunRecord | None:
+    """The completed run with the lowest final train loss (§4.2 selects by training loss), if any."""
+    completed = [record for record in records if record.status == "completed" and record.rows]
+    return min(completed, key=lambda record: record.final_train_loss, default=None)
+
+
+def sweep_points(sweep_dir: Path) -> dict[str, list[Path]]:
+    """``{method: [run_dir, ...]}`` of the points listed in a sweep directory's manifest."""
+    manifest_path = sweep_dir / SWEEP_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        return {
+            method: [sweep_dir / name for name in entry["points"]]
+            for method, entry in manifest["methods"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise FimbenchError(f"{manifest_path} is unreadable or not a fimbench sweep manifest") from None
+
+
+# ----------------------------------------------------------------------------------------------- comparison
+
+
+@dataclass
+class MethodResult:
+    """One line of the comparison: a run (the best point of a sweep, or a run directory given)."""
+
+    dataset: str
+    method: str
+    run: str  # run directory name
+    path: str
+    status: str
+    device: str
+    epochs: int
+    final_train_loss: float | None  # per pixel, the paper's unit (DESIGN §4)
+    best_train_loss: float | None
+    final_val_loss: float | None
+    best_val_loss: float | None
+    final_train_objective: float | None  # fimbench's objective: per-example NLL summed over pixels
+    final_val_objective: float | None
+    final_train_reconstruction_error: float | None
+    final_val_reconstruction_error: float | None
+    wall_time: float | None  # training seconds (evaluation excluded), as logged
+    time_per_epoch: float | None
+    epochs_to_target: int | None = None
+    seconds_to_target: float | None = None
+    speedup_vs_kfac: float | None = None  # KFAC's seconds-to-target / this run's
+    speedup_vs_adam: float | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # for the figure only
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every scalar field (the curves are left out)."""
+        return {key: value for key, value in asdict(self).items() if key != "rows"}
+
+
+@dataclass
+class DatasetComparison:
+    dataset: str
+    target: float | None  # train loss per pixel that "seconds to target" refers to
+    target_source: str  # "--target" or "worst final train loss (<method>)"
+    results: list[MethodResult]
+
+
+@dataclass
+class Comparison:
+    datasets: list[DatasetComparison]
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "datasets": [
+                {
+                    "dataset": comparison.dataset,
+                    "target": comparison.target,
+                    "target_source": comparison.target_source,
+                    "results": [result.to_dict() for result in comparison.results],
+                }
+                for comparison in self.datasets
+            ],
+            "warnings": self.warnings,
+        }
+
+
+def _column(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [row[key] for row in rows if _is_number(row.get(key)) and math.isfinite(row[key])]
+
+
+def _result(record: RunRecord) -> MethodResult:
+    rows = record.rows
+    last = rows[-1] if rows else {}
+    train, val = _column(rows, "train_loss_per_pixel"), _column(rows, "val_loss_per_pixel")
+    epochs = int(last.get("epoch", 0))
+    wall_time = last.get("wall_time")
+    return MethodResult(
+        dataset=record.dataset,
+        method=record.method,
+        run=record.path.name,
+        path=str(record.path),
+        status=record.status,
+        device=record.device,
+        epochs=epochs,
+        final_train_loss=last.get("train_loss_per_pixel"),
+        best_train_loss=min(train, default=None),
+        final_val_loss=last.get("val_loss_per_pixel"),
+        best_val_loss=min(val, default=None),
+        final_train_objective=last.get("train_loss"),
+        final_val_objective=last.get("val_loss"),
+        final_train_reconstruction_error=last.get("train_reconstruction_error"),
+        final_val_reconstruction_error=last.get("val_reconstruction_error"),
+        wall_time=wall_time,
+        time_per_epoch=wall_time / epochs if wall_time is not None and epochs else None,
+        rows=rows,
+    )
+
+
+def _collect(paths: Sequence[Path]) -> tuple[list[RunRecord], list[str]]:
+    """The runs to compare: each run directory given, and the best point per method of each sweep."""
+    records: list[RunRecord] = []
+    warnings: list[str] = []
+    seen: set[Path] = set()
+
+    def add(record: RunRecord) -> None:
+        if record.path.resolve() not in seen:
+            seen.add(record.path.resolve())
+            records.append(record)
+            warnings.extend(record.warnings)
+
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise FimbenchError(f"{path} is not a directory")
+        if (path / SWEEP_MANIFEST).is_file():
+            for method, run_dirs in sweep_points(path).items():
+                best = best_run([read_run(run_dir) for run_dir in run_dirs if is_run_dir(run_dir)])
+                if best is None:
+                    warnings.append(f"{path}: no completed {method} point yet; {method} is left out")
+                else:
+                    add(best)
+        elif is_run_dir(path):
+            add(read_run(path))
+        else:
+            raise FimbenchError(
+                f"{path} is neither a run directory (metrics.jsonl) nor a sweep directory ({SWEEP_MANIFEST})"
+            )
+    return records, warnings
+
+
+def _method_order(result: MethodResult) -> tuple[int, str, str]:
+    order = [method.value for method in Method]
+    return (order.index(result.method) if result.method in order else len(order), result.method, result.run)
+
+
+def _reach(result: MethodResult, target: float) -> None:
+    """First logged epoch whose train loss per pixel is at or below ``target``, and its time."""
+    for row in result.rows:
+        loss = row.get("train_loss_per_pixel")
+        if _is_number(loss) and loss <= target:
+            result.epochs_to_target, result.seconds_to_target = int(row["epoch"]), float(row["wall_time"])
+            return
+
+
+def _speedup(results: list[MethodResult], reference: str, result: MethodResult) -> float | None:
+    """``reference``'s seconds-to-target (its fastest run) over ``result``'s."""
+    times = [other.seconds_to_target for other in results if other.method == reference and other.seconds_to_target]
+    if not times or not result.seconds_to_target:
+        return None
+    return min(times) / result.seconds_to_target
+
+
+def _default_target(results: list[MethodResult]) -> tuple[float | None, str]:
+    """The worst final train loss among completed runs (all runs if none completed)."""
+    finals = [(r.final_train_loss, r.method) for r in results if r.status == "completed" and r.final_train_loss is not None]
+    finals = finals or [(r.final_train_loss, r.method) for r in results if r.final_train_loss is not None]
+    if not finals:
+        return None, "none: no train loss per pixel logged"
+    loss, method = max(finals)
+    return loss, f"worst final train loss ({method})"
+
+
+def compare(paths: Sequence[Path], target: float | None = None) -> Comparison:
+    """Compare the runs under ``paths`` per dataset (module docstring).
+
+    ``target`` is a train loss per pixel; by default each dataset's is the worst final train loss among
+    its completed runs (all runs if none completed), which every such run reaches.
+    """
+    if target is not None and not target > 0:
+        raise FimbenchError(f"--target must be a positive loss per pixel, got {target}")
+    records, warnings = _collect(paths)
+    if not records:
+        raise FimbenchError("nothing to compare: the sweeps given have no completed point yet")
+    by_dataset: dict[str, list[MethodResult]] = {}
+    for record in records:
+        by_dataset.setdefault(record.dataset, []).append(_result(record))
+    datasets: list[DatasetComparison] = []
+    for dataset, results in by_dataset.items():
+        results.sort(key=_method_order)
+        dataset_target, source = target, "--target"
+        if dataset_target is None:
+            dataset_target, source = _default_target(results)
+        for result in results:
+            if dataset_target is not None:
+                _reach(result, dataset_target)
+        for result in results:
+            result.speedup_vs_kfac = _speedup(results, "kfac", result)
+            result.speedup_vs_adam = _speedup(results, "adam", result)
+        devices = sorted({result.device for result in results})
+        if len(devices) > 1:
+            warnings.append(f"{dataset}: runs come from different devices ({'; '.join(devices)}); compare times with care")
+        datasets.append(DatasetComparison(dataset, dataset_target, source, results))
+    return Comparison(datasets, warnings)
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+FIGURE2_PANELS: tuple[tuple[str, str, str], ...] = (
+    ("train_loss_per_pixel", "epoch", "train loss vs epoch"),
+    ("train_loss_per_pixel", "wall_time", "train loss vs time"),
+    ("val_loss_per_pixel", "epoch", "validation loss vs epoch"),
+    ("val_loss_per_pixel", "wall_time", "validation loss vs time"),
+)
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def write_figure2(comparison: Comparison, path: Path) -> None:
+    """The paper's Figure 2: one row per dataset, four panels (FIGURE2_PANELS), log-scale loss per pixel."""
+    from matplotlib.ticker import MaxNLocator  # matplotlib only where a figure is drawn, not in sweep workers
+
+    from fimbench.plots import METHOD_LABELS, method_color, new_figure, save_png
+
+    figure, axes = new_figure(len(comparison.datasets), len(FIGURE2_PANELS))
+    for row_index, dataset in enumerate(comparison.datasets):
+        methods = [result.method for result in dataset.results]
+        for column, (y_key, x_key, title) in enumerate(FIGURE2_PANELS):
+            ax = axes[row_index][column]
+            seen: dict[str, int] = {}
+            for result in dataset.results:
+                repeat = seen[result.method] = seen.get(result.method, -1) + 1
+                label = METHOD_LABELS.get(result.method, result.method)
+                if methods.count(result.method) > 1:
+                    label = f"{label} ({result.run})"
+                points = [(row[x_key], row[y_key]) for row in result.rows if _is_number(row.get(y_key)) and row[y_key] > 0]
+                ax.plot(
+                    [x for x, _ in points],
+                    [y for _, y in points],
+                    color=method_color(result.method),
+                    linestyle=_LINESTYLES[repeat % len(_LINESTYLES)],
+                    marker="." if len(points) < 30 else None,
+                    label=label,
+                )
+            ax.set_yscale("log")
+            if x_key == "epoch":
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch" if x_key == "epoch" else "time (s)")
+            ax.set_ylabel("loss per pixel")
+            ax.set_title(f"{dataset.dataset}: {title}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[row_index][0].legend(fontsize="small")
+    save_png(figure, path)
+
+
+def write_report_json(comparison: Comparison, path: Path) -> None:
+    atomic_write_json(path, comparison.to_dict())
+
+
+def write_csv(comparison: Comparison, path: Path) -> None:
+    """One row per compared run, with the dataset's target."""
+    columns = ["dataset", "target"] + [f.name for f in fields(MethodResult) if f.name not in ("dataset", "rows")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for dataset in comparison.datasets:
+        for result in dataset.results:
+            writer.writerow({"target": dataset.target, **result.to_dict()})
+    atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,131 @@
+"""`fimbench train` through Typer's runner: every documented example and error message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fimbench import __version__
+from fimbench.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+runner = CliRunner()
+
+
+def tiny_config(tmp_path: Path, **optimizer: object) -> Path:
+    """The smoke config on a very small curves-synth set and a narrow autoencoder."""
+    config = yaml.safe_load(SMOKE.read_text())
+    config["data"].update({"synth_train": 640, "synth_test": 128, "data_dir": str(tmp_path / "data")})
+    config["model"] = {"layers": [784, 32, 8, 32, 784]}
+    config["training"].update({"batch_size": 64, "epochs": 2})
+    config["optimizer"].update(optimizer)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "download-data"])
+def test_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Example" in result.stdout
+
+
+def test_train_writes_run_directory_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(tiny_config(tmp_path)), "--method", "kfac", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "kfac on curves-synth" in result.stdout and "val loss" in result.stdout
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["optimizer"]["method"] == "kfac"
+    assert resolved["optimizer"]["lr"] == pytest.approx(78.4)  # configs/curves.yaml, methods.kfac
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert {"seconds_statistics", "seconds_refresh", "seconds_precondition", "kl_clip_factor"} <= rows[0].keys()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 16
+
+
+def test_cli_options_override_the_config(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--config", str(tiny_config(tmp_path)), "--method", "adam", "--lr", "0.003", "--max-steps", "3"]
+    result = runner.invoke(app, args + ["--log-every", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["optimizer"]["lr"] == 0.003 and resolved["training"]["max_steps"] == 3
+    kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert kinds == ["step", "step", "step", "epoch"]
+
+
+def test_unknown_method_is_rejected(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--method", "newton", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "newton" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_dataset(tmp_path: Path) -> None:
+    line = one_line_error(runner.invoke(app, ["train", "--dataset", "cifar", "--out", str(tmp_path / "r")]))
+    assert "unknown dataset 'cifar'" in line and "curves-synth" in line
+
+
+def test_missing_data_names_the_fetch_command(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--dataset", "faces", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert "fimbench download-data faces" in one_line_error(result)
+    assert not (tmp_path / "r").exists()
+
+
+def test_malformed_yaml(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: {batch_size: 64\noptimizer: [")
+    assert "malformed YAML" in one_line_error(runner.invoke(app, ["train", "--config", str(bad)]))
+
+
+def test_config_key_typo_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("optimizer:\n  lrr: 0.1\n")
+    assert "'optimizer.lrr'" in one_line_error(runner.invoke(app, ["train", "--config", str(bad)]))
+
+
+def test_config_wrong_type_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "type.yaml"
+    bad.write_text("training:\n  batch_size: large\n")
+    assert "'training.batch_size'" in one_line_error(runner.invoke(app, ["train", "--config", str(bad)]))
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    assert "config file not found" in one_line_error(runner.invoke(app, ["train", "--config", str(tmp_path / "no.yaml")]))
+
+
+def test_cuda_without_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    result = runner.invoke(app, ["train", "--config", str(tiny_config(tmp_path)), "--device", "cuda"])
+    assert "CUDA is not available" in one_line_error(result)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_log(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = tiny_config(tmp_path)
+    args = ["train", "--config", str(config), "--method", "sgd", "--lr", "1e6", "--out", str(out)]
+    line = one_line_error(runner.invoke(app, args))
+    assert "non-finite loss" in line and "at step" in line
+    step = int(line.split("at step ")[1].split(";")[0])
+    assert 1 <= step <= 20
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == step
+    assert (out / "config.yaml").exists() and (out / "metrics.jsonl").exists()

@@ -1,0 +1,181 @@
+"""``fimbench report`` on hand-made run and sweep directories: values, warnings, figure, JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import pytest
+import typer
+from rich.console import Console
+from typer.testing import CliRunner
+
+from fimbench.cli.report import report
+from fimbench.comparison import compare, read_metrics, write_csv, write_figure2, write_report_json
+from fimbench.errors import FimbenchError
+from fimbench.report import comparison_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+    path: Path,
+    method: str,
+    train: list[float],
+    seconds_per_epoch: float,
+    dataset: str = "curves-synth",
+    status: str | None = "completed",
+    device: str = "NVIDIA A100",
+) -> Path:
+    """A run directory as ``fimbench train`` writes it, with train losses per pixel ``train`` (val = 1.1 × train)."""
+    path.mkdir(parents=True)
+    rows = [
+        {
+            "kind": "epoch",
+            "epoch": epoch,
+            "step": 10 * epoch,
+            "train_loss": loss * 784,
+            "train_loss_per_pixel": loss,
+            "train_reconstruction_error": loss * 100,
+            "val_loss": loss * 1.1 * 784,
+            "val_loss_per_pixel": loss * 1.1,
+            "val_reconstruction_error": loss * 110,
+            "wall_time": seconds_per_epoch * epoch,
+            "time_per_step": seconds_per_epoch / 10,
+        }
+        for epoch, loss in enumerate(train, start=1)
+    ]
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(1, json.dumps({"kind": "step", "step": 5, "epoch": 1, "train_loss": 1.0, "wall_time": 0.1}))
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (path / "config.yaml").write_text(f"data:\n  dataset: {dataset}\noptimizer:\n  method: {method}\n")
+    if status is not None:
+        summary = {"status": status, "dataset": dataset, "method": method, "device": device, "final": rows[-1]}
+        (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "kfac": make_run(tmp_path / "kfac", "kfac", [0.30, 0.20, 0.10], 2.0),
+        "adam": make_run(tmp_path / "adam", "adam", [0.40, 0.30, 0.25], 1.0),
+        "sgd": make_run(tmp_path / "sgd", "sgd", [0.50, 0.40, 0.35], 0.5),
+    }
+
+
+def test_comparison_values(runs: dict[str, Path]) -> None:
+    comparison = compare([runs["sgd"], runs["kfac"], runs["adam"]])
+    assert comparison.warnings == []
+    (dataset,) = comparison.datasets
+    assert dataset.dataset == "curves-synth"
+    assert dataset.target == 0.35 and dataset.target_source == "worst final train loss (sgd)"
+    kfac, sgd, adam = dataset.results  # method order: KFAC first, then SGD and Adam as in fimbench.plots
+    assert [kfac.method, sgd.method, adam.method] == ["kfac", "sgd", "adam"]
+    assert (kfac.final_train_loss, kfac.best_train_loss, kfac.epochs) == (0.10, 0.10, 3)
+    assert kfac.final_val_loss == pytest.approx(0.11) and kfac.best_val_loss == pytest.approx(0.11)
+    assert kfac.final_val_reconstruction_error == pytest.approx(11.0)
+    assert kfac.final_train_objective == pytest.approx(78.4)
+    assert (kfac.wall_time, kfac.time_per_epoch, kfac.device) == (6.0, 2.0, "NVIDIA A100")
+    # target 0.35: KFAC reaches it at epoch 1 (2 s), Adam at epoch 2 (2 s), SGD at epoch 3 (1.5 s)
+    assert [(r.epochs_to_target, r.seconds_to_target) for r in (kfac, sgd, adam)] == [(1, 2.0), (3, 1.5), (2, 2.0)]
+    assert [r.speedup_vs_kfac for r in (kfac, sgd, adam)] == pytest.approx([1.0, 2.0 / 1.5, 1.0])
+    assert [r.speedup_vs_adam for r in (kfac, sgd, adam)] == pytest.approx([1.0, 2.0 / 1.5, 1.0])
+
+    explicit = compare([runs["kfac"], runs["adam"]], target=0.2).datasets[0]
+    assert [(r.method, r.epochs_to_target, r.speedup_vs_adam) for r in explicit.results] == [
+        ("kfac", 2, None),
+        ("adam", None, None),
+    ]
+
+
+def test_table_renders_the_values(runs: dict[str, Path]) -> None:
+    console = Console(record=True, width=250)
+    console.print(comparison_table(compare(list(runs.values())).datasets[0]))
+    text = console.export_text()
+    assert "target train loss/pixel 0.35 (worst final train loss (sgd))" in text
+    assert "0.1 (0.1)" in text and "1 / 2.0" in text and "1.33" in text and "device: NVIDIA A100" in text
+
+
+def test_truncated_metrics_and_missing_summary_are_warnings(tmp_path: Path) -> None:
+    killed = make_run(tmp_path / "killed", "deflation", [0.3, 0.2, 0.15], 1.0, status=None)
+    with open(killed / "metrics.jsonl", "a") as handle:
+        handle.write('{"kind": "epoch", "epoch": 4, "train_loss": 0.1, "trai')  # a write cut short by a kill
+    rows, warnings = read_metrics(killed / "metrics.jsonl")
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert warnings == [f"{killed / 'metrics.jsonl'}: its last line is not valid JSON (a write cut short?); skipped it"]
+
+    fine = make_run(tmp_path / "fine", "kfac", [0.3, 0.2], 1.0, device="CPU x86_64 (8 threads)")
+    comparison = compare([fine, killed])
+    assert any("its last line is not valid JSON" in warning for warning in comparison.warnings)
+    assert any("no summary.json" in warning for warning in comparison.warnings)
+    assert any("different devices" in warning for warning in comparison.warnings)
+    kfac, deflation = comparison.datasets[0].results
+    assert (deflation.status, deflation.epochs, deflation.final_train_loss, deflation.device) == ("incomplete", 3, 0.15, "unknown")
+    assert comparison.datasets[0].target == 0.2  # the worst completed run's final loss
+
+
+def test_sweep_dir_contributes_its_best_point(tmp_path: Path, runs: dict[str, Path]) -> None:
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "kfac-lr_1e0", "kfac", [0.3, 0.2], 1.0)
+    make_run(sweep / "kfac-lr_1e1", "kfac", [0.3, 0.1], 1.0)
+    make_run(sweep / "kfac-lr_1e2", "kfac", [0.3, 0.01], 1.0, status="diverged")
+    manifest = {"dataset": "curves-synth", "methods": {"kfac": {"points": {"kfac-lr_1e0": {}, "kfac-lr_1e1": {}, "kfac-lr_1e2": {}}}, "adam": {"points": {"adam-lr_1e-3": {}}}}}
+    (sweep / "sweep.json").write_text(json.dumps(manifest))
+    comparison = compare([sweep, runs["sgd"]])
+    assert [(r.method, r.run) for r in comparison.datasets[0].results] == [("kfac", "kfac-lr_1e1"), ("sgd", "sgd")]
+    assert comparison.warnings == [f"{sweep}: no completed adam point yet; adam is left out"]
+
+
+def test_figure_json_and_csv(tmp_path: Path, runs: dict[str, Path]) -> None:
+    make_run(tmp_path / "faces-kfac", "kfac", [0.05, 0.03], 3.0, dataset="faces")
+    comparison = compare([*runs.values(), tmp_path / "faces-kfac"])
+    assert [d.dataset for d in comparison.datasets] == ["curves-synth", "faces"]
+    write_figure2(comparison, tmp_path / "out" / "figure2.png")
+    png = (tmp_path / "out" / "figure2.png").read_bytes()
+    assert png.startswith(PNG_MAGIC)
+    height, width, _ = matplotlib.image.imread(tmp_path / "out" / "figure2.png").shape
+    assert width > 2 * height  # four panels per row, two dataset rows
+
+    write_report_json(comparison, tmp_path / "out" / "report.json")
+    data: dict[str, Any] = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [len(d["results"]) for d in data["datasets"]] == [3, 1]
+    assert "rows" not in data["datasets"][0]["results"][0]
+    write_csv(comparison, tmp_path / "table.csv")
+    table = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [(row["dataset"], row["method"]) for row in table] == [
+        ("curves-synth", "kfac"), ("curves-synth", "sgd"), ("curves-synth", "adam"), ("faces", "kfac")
+    ]
+    assert float(table[0]["seconds_to_target"]) == 2.0
+
+
+def test_not_a_run_dir(tmp_path: Path) -> None:
+    with pytest.raises(FimbenchError, match="neither a run directory"):
+        compare([tmp_path])
+    with pytest.raises(FimbenchError, match="not a directory"):
+        compare([tmp_path / "nowhere"])
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.command("report")(report)
+    return app
+
+
+def test_cli(tmp_path: Path, runs: dict[str, Path]) -> None:
+    with open(runs["adam"] / "metrics.jsonl", "a") as handle:
+        handle.write('{"kind": "ep')
+    result = CliRunner().invoke(
+        _app(), ["report", *map(str, runs.values()), "--out", str(tmp_path / "out"), "--csv", str(tmp_path / "t.csv")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.output and "not valid JSON" in result.output
+    assert "KFAC" in result.output and "Adam" in result.output
+    assert (tmp_path / "out" / "figure2.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "out" / "report.json").is_file() and (tmp_path / "t.csv").is_file()
+    missing = CliRunner().invoke(_app(), ["report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and missing.output.startswith("error: ") and "not a directory" in missing.output

@@ -1,0 +1,286 @@
+"""``fimbench sweep``: grid expansion and scale, resume, divergence, best configs, executors (tiny runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytest
+import torch
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from fimbench import sweep as sweep_module
+from fimbench.cli.sweep import sweep
+from fimbench.config import load_config
+from fimbench.conventions import from_authors_scale
+from fimbench.curvature import Method
+from fimbench.errors import FimbenchError
+from fimbench.models import Likelihood
+from fimbench.sweep import (
+    PAPER_GRID,
+    PointState,
+    SubmititRunner,
+    format_value,
+    inspect_points,
+    parse_grid,
+    plan_sweep,
+    point_name,
+    run_sweep,
+)
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+KAPPA = 1 / 784  # curves-synth: Bernoulli over 784 pixels
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def tiny(data_dir: Path, **extra: Any) -> dict[str, Any]:
+    """Overrides of configs/smoke.yaml for runs of a fraction of a second: 3 steps per epoch, 4 steps."""
+    return {
+        "data.dataset": "curves-synth",
+        "data.synth_train": 512,
+        "data.synth_test": 128,
+        "data.data_dir": str(data_dir),
+        "model.layers": [784, 32, 784],
+        "training.max_steps": 4,
+        "optimizer.stats_every": 2,
+        "optimizer.inverse_every": 2,
+        **extra,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The debug executor runs points in this process, where run_point sets torch's thread count."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def debug_runner(out: Path) -> SubmititRunner:
+    """submitit's debug executor: jobs run in this process, one torch thread each (as with -j = cores)."""
+    return SubmititRunner(out / "submitit", cluster="debug", cpus_per_job=1)
+
+
+class Recording:
+    """Wraps a runner and remembers which points were submitted."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner, self.submitted = runner, []
+
+    def submit(self, states: Sequence[PointState]) -> None:
+        self.submitted += [state.point.name for state in states]
+        self.runner.submit(states)
+
+    def poll(self) -> list[tuple[PointState, str | None]]:
+        return self.runner.poll()
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+# ----------------------------------------------------------------------------------------------- expansion
+
+
+def test_names_are_deterministic() -> None:
+    assert format_value(0.03) == "3e-2" and format_value(78.4) == "7.84e1" and format_value(1.0) == "1e0"
+    assert point_name("kfac", {"lr": 3e-2, "damping": 1e-3, "clip": 1e-2}) == "kfac-lr_3e-2-damping_1e-3-clip_1e-2"
+
+
+def test_parse_grid() -> None:
+    assert parse_grid(["lr=1e-1, 3e-2", "clip=1e-2"]) == {"lr": [0.1, 0.03], "clip": [0.01]}
+    for bad in (["momentum=0.9"], ["lr"], ["lr=fast"], ["lr=-1"], ["lr=1", "lr=2"]):
+        with pytest.raises(FimbenchError, match="--grid"):
+            parse_grid(bad)
+
+
+def test_default_grid_is_the_papers_in_fimbench_scale(tmp_path: Path) -> None:
+    plan = plan_sweep(tmp_path, ["kfac", "sgd", "adam"], config_path=SMOKE, overrides={"data.dataset": "curves-synth"})
+    by_method = {m: [p for p in plan.points if p.method == m] for m in ("kfac", "sgd", "adam")}
+    assert [len(points) for points in by_method.values()] == [8 * 8 * 2, 8, 8]
+    assert len({point.name for point in plan.points}) == len(plan.points)
+    lr_axis, damping_axis, clip_axis = plan.grids["kfac"]
+    assert sorted(lr_axis.authors_values) == sorted(PAPER_GRID["lr"])
+    for authors, ours in zip(lr_axis.authors_values, lr_axis.values):
+        assert math.isclose(ours, authors / KAPPA)  # from_authors_scale for a Kronecker method
+    for authors, ours in zip(damping_axis.authors_values, damping_axis.values):
+        assert math.isclose(ours, authors / KAPPA**2)
+    assert clip_axis.values == (1e-2, 1e-3)
+    assert [p.config.optimizer.lr for p in by_method["sgd"]] == pytest.approx([v * KAPPA for v in PAPER_GRID["lr"]])
+    assert [p.config.optimizer.lr for p in by_method["adam"]] == pytest.approx(list(PAPER_GRID["lr"]))
+    first = by_method["kfac"][0]
+    assert first.name == "kfac-lr_2.352e2-damping_1.84397e5-clip_1e-2"
+    assert first.authors_values == {"lr": 0.3, "damping": 0.3, "clip": 0.01}
+    assert (first.config.optimizer.lr, first.config.optimizer.kl_clip) == (first.values["lr"], 0.01)
+    assert first.config.training.batch_size == 128  # the base config still applies
+
+
+def test_explicit_grid_scale(tmp_path: Path) -> None:
+    grid = {"lr": [0.1], "damping": [1e-3], "clip": [1e-2]}
+    ours = plan_sweep(tmp_path, ["kfac", "sgd"], grid, config_path=SMOKE)
+    assert [p.config.optimizer.lr for p in ours.points] == [0.1, 0.1]
+    assert ours.points[0].authors_values == {}
+    converted = plan_sweep(tmp_path, ["kfac", "sgd"], grid, authors_scale=True, config_path=SMOKE)
+    kfac = from_authors_scale(Method.KFAC, Likelihood.BERNOULLI, 784, 0.1, 1e-3)
+    assert converted.points[0].config.optimizer.lr == pytest.approx(kfac["lr"])
+    assert converted.points[0].config.optimizer.damping == pytest.approx(kfac["damping"])
+    assert converted.points[1].config.optimizer.lr == pytest.approx(0.1 * KAPPA)
+    with pytest.raises(FimbenchError, match="tuned by none"):
+        plan_sweep(tmp_path, ["sgd", "adam"], {"damping": [1.0]}, config_path=SMOKE)
+    with pytest.raises(FimbenchError, match="unknown method"):
+        plan_sweep(tmp_path, ["newton"], config_path=SMOKE)
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def test_sweep_writes_runs_manifest_and_best_configs(tmp_path: Path, data_dir: Path) -> None:
+    grid = {"lr": [1e-3, 1e-5], "damping": [600.0], "clip": [1e-2]}
+    plan = plan_sweep(tmp_path / "sw", ["kfac", "sgd"], grid, config_path=SMOKE, overrides=tiny(data_dir))
+    result = run_sweep(plan, debug_runner(plan.out), poll_seconds=0.01)
+    assert [state.status for state in result.states] == ["completed"] * 4
+    for state in result.states:
+        summary = json.loads((state.run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["method"] == state.point.method
+        assert state.train_loss == summary["final"]["train_loss"]
+    manifest = json.loads((plan.out / "sweep.json").read_text())
+    assert manifest["dataset"] == "curves-synth" and set(manifest["methods"]) == {"kfac", "sgd"}
+    assert manifest["methods"]["sgd"]["points"]["sgd-lr_1e-3"]["status"] == "completed"
+
+    for method in ("kfac", "sgd"):
+        states = [s for s in result.states if s.point.method == method]
+        winner = min(states, key=lambda s: s.train_loss)
+        path = result.best[method]
+        assert path == plan.out / "best" / f"{method}.yaml"
+        text = path.read_text()
+        assert text.startswith(f"# Best {method} point") and winner.point.name in text.splitlines()[0]
+        assert load_config(path) == winner.point.config  # ready for `fimbench train --config`
+
+
+def test_resume_reruns_only_interrupted_and_missing_points(tmp_path: Path, data_dir: Path) -> None:
+    plan = plan_sweep(tmp_path / "sw", ["sgd"], {"lr": [1e-3, 3e-4, 1e-4]}, config_path=SMOKE, overrides=tiny(data_dir))
+    run_sweep(plan, debug_runner(plan.out), poll_seconds=0.01)
+    done, interrupted, missing = (plan.out / point.name for point in plan.points)
+    kept = (done / "summary.json").read_bytes()
+    summary = json.loads((interrupted / "summary.json").read_text())
+    (interrupted / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    for file in missing.iterdir():
+        file.unlink()
+    missing.rmdir()
+
+    states = inspect_points(plan)
+    assert [(s.status, s.resumed) for s in states] == [("completed", True), ("pending", False), ("pending", False)]
+    runner = Recording(debug_runner(plan.out))
+    result = run_sweep(plan, runner, poll_seconds=0.01)
+    assert runner.submitted == [interrupted.name, missing.name]
+    assert [state.status for state in result.states] == ["completed"] * 3
+    assert (done / "summary.json").read_bytes() == kept
+
+    changed = plan_sweep(plan.out, ["sgd"], {"lr": [1e-3]}, config_path=SMOKE, overrides=tiny(data_dir, **{"training.max_steps": 5}))
+    with pytest.raises(FimbenchError, match="training.max_steps is 4 there, 5 now"):
+        run_sweep(changed, debug_runner(plan.out), poll_seconds=0.01)
+
+
+def test_divergence_is_recorded_not_a_crash(tmp_path: Path, data_dir: Path) -> None:
+    plan = plan_sweep(tmp_path / "sw", ["sgd"], {"lr": [1e-3, 1e20]}, config_path=SMOKE, overrides=tiny(data_dir))
+    result = run_sweep(plan, debug_runner(plan.out), poll_seconds=0.01)
+    fine, diverged = result.states
+    assert fine.status == "completed"
+    assert diverged.status == "diverged" and "non-finite loss at step" in diverged.message
+    assert json.loads((diverged.run_dir / "summary.json").read_text())["status"] == "diverged"
+    assert "sgd-lr_1e-3" in result.best["sgd"].read_text().splitlines()[0]
+    manifest = json.loads((plan.out / "sweep.json").read_text())
+    assert manifest["methods"]["sgd"]["points"]["sgd-lr_1e20"]["status"] == "diverged"
+    assert [(s.status, s.resumed) for s in inspect_points(plan)] == [("completed", True), ("diverged", True)]
+
+
+class _Scripted:
+    """A runner whose workers 'end' at once: without a summary (failed), or with Ctrl-C."""
+
+    def __init__(self, interrupt: bool) -> None:
+        self.interrupt, self.states, self.closed = interrupt, [], False
+
+    def submit(self, states: Sequence[PointState]) -> None:
+        self.states = list(states)
+
+    def poll(self) -> list[tuple[PointState, str | None]]:
+        if self.interrupt:
+            raise KeyboardInterrupt
+        ended, self.states = [(state, "worker exited with status 1: boom") for state in self.states], []
+        return ended
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_failures_and_ctrl_c_are_recorded(tmp_path: Path, data_dir: Path) -> None:
+    plan = plan_sweep(tmp_path / "sw", ["adam"], {"lr": [1e-3]}, config_path=SMOKE, overrides=tiny(data_dir))
+    result = run_sweep(plan, _Scripted(interrupt=False), poll_seconds=0.01)
+    assert [(s.status, s.message) for s in result.failed] == [("failed", "worker exited with status 1: boom")]
+    assert result.best == {}
+    runner = _Scripted(interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, runner, poll_seconds=0.01)
+    assert runner.closed
+    assert json.loads((plan.out / "sweep.json").read_text())["methods"]["adam"]["points"]["adam-lr_1e-3"]["status"] == "pending"
+
+
+def test_submitit_local_executor(tmp_path: Path, data_dir: Path) -> None:
+    """submitit's LocalExecutor pickles run_point into a fresh process, as SLURM would; a divergence there
+    is still a result."""
+    plan = plan_sweep(tmp_path / "sw", ["sgd"], {"lr": [1e20]}, config_path=SMOKE, overrides=tiny(data_dir))
+    runner = SubmititRunner(plan.out / "submitit", cluster="local", time_minutes=5, cpus_per_job=1)
+    result = run_sweep(plan, runner, poll_seconds=0.2)
+    assert [state.status for state in result.states] == ["diverged"]
+    summary = json.loads((result.states[0].run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["device"].endswith("(1 threads)")  # cpus_per_job threads
+    assert list((plan.out / "submitit").glob("*_result.pkl"))  # it went through submitit's job files
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.command("sweep")(sweep)
+    return app
+
+
+def _base_config(tmp_path: Path, data_dir: Path) -> Path:
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"dataset": "curves-synth", "synth_train": 512, "synth_test": 128, "data_dir": str(data_dir)},
+        "model": {"layers": [784, 32, 784]},
+        "training": {"batch_size": 128, "epochs": 2, "max_steps": 4},
+    }))
+    return path
+
+
+def test_cli_local_workers_dry_run_and_errors(tmp_path: Path, data_dir: Path) -> None:
+    runner = CliRunner()
+    base = _base_config(tmp_path, data_dir)
+    out = tmp_path / "sw"
+    args = ["sweep", "--config", str(base), "--methods", "sgd", "--grid", "lr=1e-3,1e-4", "--out", str(out)]
+    dry = runner.invoke(_app(), [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "sgd-lr_1e-3" in dry.output and "2 points, 2 to run" in dry.output and not out.exists()
+
+    ran = runner.invoke(_app(), [*args, "--jobs", "2"])
+    assert ran.exit_code == 0, ran.output
+    assert f"best sgd: {out / 'best' / 'sgd.yaml'}" in ran.output.replace("\n", "")
+    cores = sweep_module.available_cores()
+    for name in ("sgd-lr_1e-3", "sgd-lr_1e-4"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert summary["device"].endswith(f"({max(1, cores // 2)} threads)")  # J workers share the cores
+
+    bad = runner.invoke(_app(), ["sweep", "--config", str(base), "--methods", "sgd", "--grid", "clip=1e-2"])
+    assert bad.exit_code == 2 and bad.output.startswith("error: --grid clip is tuned by none of sgd")
