@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO
+from fimbench.curvature.options import DEFAULT_KRYLOV_DIM, DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
 from fimbench.errors import FimbenchError
 
 
@@ -49,11 +51,11 @@ class OptimizerConfig:
     ema_decay: float = 0.95  # α in ρ = min(1 − 1/k, α)
     fisher_fraction: float = 0.25  # Fisher sub-batch size / batch size
     empirical_fisher: bool = False
-    tol: float = 1e-6
-    max_iterations: int = 100
+    tol: float = DEFAULT_TOL
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
     lanczos_rank: int = 2
-    krylov_dim: int = 10
-    min_curvature_ratio: float = 0.1  # δ of the rank-2 safeguard (curvature/base.py)
+    krylov_dim: int = DEFAULT_KRYLOV_DIM
+    min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO  # δ of the rank-2 safeguard (curvature/base.py)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,10 @@ from torch import Tensor, nn
 from fimbench.capture import capture_statistics, set_weight_gradient, weight_gradient
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import (
+    DEFAULT_KRYLOV_DIM,
+    DEFAULT_MAX_ITERATIONS,
     DEFAULT_MIN_CURVATURE_RATIO,
+    DEFAULT_TOL,
     KroneckerInverse,
     KroneckerSum,
     Method,
@@ -82,10 +85,10 @@ class KroneckerPreconditioner:
         ema_decay: float = 0.95,
         fisher_fraction: float = 0.25,
         empirical_fisher: bool = False,
-        tol: float = 1e-6,
-        max_iterations: int = 100,
+        tol: float = DEFAULT_TOL,
+        max_iterations: int = DEFAULT_MAX_ITERATIONS,
         lanczos_rank: int = 2,
-        krylov_dim: int = 10,
+        krylov_dim: int = DEFAULT_KRYLOV_DIM,
         min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,

@@ -400,7 +400,7 @@ class LocalRunner:
             state = self._queue.popleft()
             with open(state.run_dir / WORKER_LOG, "wb") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "fimbench.sweep", str(state.run_dir), str(self.threads)],
+                    [sys.executable, "-m", "fimbench.sweep", str(state.run_dir.absolute()), str(self.threads)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -453,15 +453,18 @@ class SubmititRunner:
         if time_minutes < 1 or gpus_per_job < 0 or cpus_per_job < 1 or (jobs is not None and jobs < 1):
             raise FimbenchError("--time, --cpus-per-job and --jobs must be at least 1, --gpus-per-job at least 0")
         self.threads = cpus_per_job
-        self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-        self.executor.update_parameters(
-            name="fimbench-sweep",
-            timeout_min=time_minutes,
-            gpus_per_node=gpus_per_job,
-            cpus_per_task=cpus_per_job,
-            slurm_partition=partition,
-            slurm_array_parallelism=jobs,
-        )
+        try:
+            self.executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+            self.executor.update_parameters(
+                name="fimbench-sweep",
+                timeout_min=time_minutes,
+                gpus_per_node=gpus_per_job or None,  # no --gpus-per-node=0 line for CPU partitions
+                cpus_per_task=cpus_per_job,
+                slurm_partition=partition,
+                slurm_array_parallelism=jobs,
+            )
+        except (RuntimeError, ValueError, NameError) as error:  # e.g. no srun: not on a SLURM cluster
+            raise FimbenchError(f"submitit cannot use the {cluster} executor here: {_last_line(str(error))}") from None
         self._jobs: list[tuple[submitit.Job[str], PointState]] = []
 
     def submit(self, states: Sequence[PointState]) -> None:
@@ -469,7 +472,7 @@ class SubmititRunner:
             return
         try:
             with self.executor.batch():
-                jobs = [self.executor.submit(run_point, str(state.run_dir), self.threads) for state in states]
+                jobs = [self.executor.submit(run_point, str(state.run_dir.absolute()), self.threads) for state in states]
         except Exception as error:  # sbatch missing or refusing: whatever submitit raises, one clear line
             raise FimbenchError(
                 f"submitting {len(states)} job(s) through submitit ({self.executor.cluster}) failed: {_last_line(str(error))}"

@@ -34,10 +34,12 @@ def _root(
     """fimbench command-line interface."""
 
 
-from fimbench.cli import download as _download  # noqa: E402  (registration order = help order)
+from fimbench.cli import cost as _cost  # noqa: E402
+from fimbench.cli import download as _download  # noqa: E402
 from fimbench.cli import train as _train  # noqa: E402
 
 app.command("train")(_train.train)
+app.command("cost-profile")(_cost.cost_profile)
 app.command("download-data")(_download.download_data)
 
 

@@ -23,12 +23,15 @@ class Executor(str, Enum):
 
 
 class LiveSweepTable:
-    """Redraws :func:`fimbench.report.sweep_table` in place, as tall as the terminal allows."""
+    """Redraws :func:`fimbench.report.sweep_table` in place, as tall as the terminal allows; the live view
+    is transient, the final table is printed once."""
 
-    def __init__(self, live: Live) -> None:
-        self.live = live
+    def __init__(self) -> None:
+        self.live = Live(console=console, auto_refresh=False, transient=True)
+        self.states: Sequence[PointState] = []
 
     def update(self, states: Sequence[PointState]) -> None:
+        self.states = states
         self.live.update(sweep_table(states, limit=max(5, console.height - 10)), refresh=True)
 
 
@@ -106,12 +109,15 @@ def sweep(
         runner = SubmititRunner(
             plan.out / "submitit", "slurm", partition, time_minutes, gpus_per_job, cpus_per_job, jobs
         )
+    progress = LiveSweepTable()
     try:
-        with Live(console=console, auto_refresh=False) as live:
-            result = run_sweep(plan, runner, LiveSweepTable(live))
+        with progress.live:
+            result = run_sweep(plan, runner, progress)
     except KeyboardInterrupt:
+        console.print(sweep_table(progress.states))
         typer.echo(f"interrupted; rerun the same command to resume the sweep in {plan.out}", err=True)
         raise typer.Exit(130) from None
+    console.print(sweep_table(result.states))
     for method, path in result.best.items():
         console.print(f"best {method}: [bold]{path}[/bold]")
     if result.failed:

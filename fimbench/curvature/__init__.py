@@ -18,12 +18,20 @@ from fimbench.curvature.kfac import approximate_kfac
 from fimbench.curvature.kfac_corrected import approximate_kfac_corrected
 from fimbench.curvature.kpsvd import approximate_kpsvd
 from fimbench.curvature.lanczos import approximate_lanczos
-from fimbench.curvature.options import ApproximationOptions
+from fimbench.curvature.options import (
+    DEFAULT_KRYLOV_DIM,
+    DEFAULT_MAX_ITERATIONS,
+    DEFAULT_TOL,
+    ApproximationOptions,
+)
 from fimbench.errors import FimbenchError
 
 __all__ = [
     "APPROXIMATIONS",
+    "DEFAULT_KRYLOV_DIM",
+    "DEFAULT_MAX_ITERATIONS",
     "DEFAULT_MIN_CURVATURE_RATIO",
+    "DEFAULT_TOL",
     "ApproximationOptions",
     "KroneckerInverse",
     "KroneckerSum",
@@ -86,10 +94,10 @@ def approximate(
     prior: KroneckerSum | None = None,
     decay: float = 0.0,
     warm_start: KroneckerSum | None = None,
-    tol: float = 1e-6,
-    max_iterations: int = 100,
+    tol: float = DEFAULT_TOL,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
     rank: int = 2,
-    krylov_dim: int = 10,
+    krylov_dim: int = DEFAULT_KRYLOV_DIM,
 ) -> KroneckerSum:
     """Approximate the Fisher block ``F = (1/m) Σ_t kron(ā_t ā_tᵀ, g_t g_tᵀ)`` by a Kronecker sum.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fimbench.curvature.options import DEFAULT_KRYLOV_DIM, DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
 from fimbench.curvature.rearranged import RearrangedOperator
 
 BREAKDOWN = 1e-12  # relative size under which a Krylov direction is considered exhausted
@@ -38,8 +39,8 @@ def power_svd(
     operator: RearrangedOperator,
     start: Tensor,
     scale: float | None = None,
-    tol: float = 1e-6,
-    max_iterations: int = 100,
+    tol: float = DEFAULT_TOL,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
 ) -> SingularTriplets:
     """Algorithm 1 (power SVD): ``u ← Zv/‖Zv‖, v ← Zᵀu/‖Zᵀu‖, σ = ‖Zᵀu‖`` until ``‖Zv − σu‖ ≤ tol·scale``.
 
@@ -82,30 +83,47 @@ def _orthogonalise(vector: Tensor, basis: list[Tensor], gram: Tensor) -> Tensor:
     return vector
 
 
+def _bidiagonal(alphas: list[Tensor], betas: list[Tensor], columns: int) -> Tensor:
+    """``B[i, i] = α_i, B[i, i+1] = β_i`` of shape (k, columns): k×k, or k×(k+1) after an exact stop."""
+    k = len(alphas)
+    B = torch.zeros(k, columns, dtype=alphas[0].dtype, device=alphas[0].device)
+    index = torch.arange(k, device=B.device)
+    B[index, index] = torch.stack(alphas)
+    if betas:
+        index = torch.arange(len(betas), device=B.device)
+        B[index, index + 1] = torch.stack(betas)
+    return B
+
+
 def lanczos_svd(
     operator: RearrangedOperator,
     start: Tensor,
     rank: int,
     scale: float | None = None,
-    krylov_dim: int = 10,
-    tol: float = 1e-6,
-    max_iterations: int = 200,
+    krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    tol: float = DEFAULT_TOL,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
 ) -> SingularTriplets:
     """Restarted Golub–Kahan bidiagonalisation (Algorithm 2) for the top ``rank`` singular triplets.
 
-    Each cycle builds ``Z Q_k = P_k B_k`` (B upper bidiagonal, full re-orthogonalisation), takes the SVD
-    ``B = X Σ Yᵀ`` and the Ritz vectors ``u_i = P x_i, v_i = Q y_i``; their residual is exactly
-    ``β_k |x_i[k]|``. If a residual exceeds ``tol·scale`` the next cycle restarts from ``Σ_i v_i`` (§3.2.2).
-    ``iterations`` counts the products with ``Z`` and ``Zᵀ`` in pairs.
+    Each cycle builds ``Z Q_k = P_k B_k`` (B upper bidiagonal, full re-orthogonalisation); the SVD
+    ``B = X Σ Yᵀ`` gives the Ritz vectors ``u_i = P x_i, v_i = Q y_i`` whose residual is exactly
+    ``β_k |x_i[k]|``. The check runs after every step (B is at most K×K), so a warm start stops as soon
+    as the top ``rank`` residuals are below ``tol·σ_ref``; otherwise the next cycle restarts from
+    ``Σ_i v_i`` (§3.2.2). ``iterations`` counts the products with ``Z`` and ``Zᵀ`` in pairs.
     """
     n = operator.size
     dtype, device = start.dtype, start.device
     rank = max(1, rank)
     krylov_dim = max(min(krylov_dim, n), min(rank + 1, n))
     size = scale if scale is not None else operator.frobenius_norm()
+    zeros = torch.zeros(n, rank, dtype=dtype, device=device)
     if size <= 0.0:
-        zeros = torch.zeros(n, rank, dtype=dtype, device=device)
         return SingularTriplets(torch.zeros(rank, dtype=dtype, device=device), zeros, zeros.clone(), 0, 0.0)
+
+    def worst_residual(X: Tensor, sigmas: Tensor, beta: Tensor, found: int) -> float:
+        return float(beta * X[-1, :found].abs().max() / (scale if scale is not None else sigmas[0]))
+
     q = _normalised(start, operator.norm_right(start))
     iterations = 0
     while True:
@@ -125,7 +143,11 @@ def lanczos_svd(
             alphas.append(alpha)
             z = _orthogonalise(operator.rmatvec(P[-1]) - alpha * Q[-1], Q, operator.gram_g)
             beta = operator.norm_right(z)
-            if len(P) == krylov_dim or float(beta) <= BREAKDOWN * size or iterations >= max_iterations:
+            stop = len(P) == krylov_dim or float(beta) <= BREAKDOWN * size or iterations >= max_iterations
+            if not stop and len(P) >= rank:
+                X, sigmas, _ = torch.linalg.svd(_bidiagonal(alphas, betas, len(Q)), full_matrices=False)
+                stop = worst_residual(X, sigmas, beta, rank) <= tol
+            if stop:
                 beta_last = beta
                 break
             betas.append(beta)
@@ -134,26 +156,18 @@ def lanczos_svd(
             iterations += 1
         k = len(P)
         if k == 0:
-            zeros = torch.zeros(n, rank, dtype=dtype, device=device)
             return SingularTriplets(torch.zeros(rank, dtype=dtype, device=device), zeros, zeros.clone(), iterations, 0.0)
-        B = torch.zeros(k, len(Q), dtype=dtype, device=device)  # k×k, or k×(k+1) after an exact stop
-        index = torch.arange(k, device=device)
-        B[index, index] = torch.stack(alphas)
-        if betas:
-            index = torch.arange(len(betas), device=device)
-            B[index, index + 1] = torch.stack(betas)
-        X, sigmas, Yt = torch.linalg.svd(B, full_matrices=False)
+        X, sigmas, Yt = torch.linalg.svd(_bidiagonal(alphas, betas, len(Q)), full_matrices=False)
         left = torch.stack(P, dim=1) @ X
         right = torch.stack(Q, dim=1) @ Yt.transpose(0, 1)
         found = min(rank, k)
-        worst = float(beta_last * X[-1, :found].abs().max() / (scale if scale is not None else sigmas[0]))
+        worst = worst_residual(X, sigmas, beta_last, found)
         if worst <= tol or iterations >= max_iterations or k < krylov_dim:
             break
         q = right[:, :found].sum(dim=1)
         q = _normalised(q, operator.norm_right(q))
     values = torch.zeros(rank, dtype=dtype, device=device)
     values[:found] = sigmas[:found]
-    x = torch.zeros(n, rank, dtype=dtype, device=device)
-    y = torch.zeros(n, rank, dtype=dtype, device=device)
+    x, y = zeros.clone(), zeros.clone()
     x[:, :found], y[:, :found] = left[:, :found], right[:, :found]
     return SingularTriplets(values, x, y, iterations, worst)

@@ -11,15 +11,20 @@ from fimbench.curvature.rearranged import RearrangedOperator
 from fimbench.errors import FimbenchError
 
 
+DEFAULT_TOL = 1e-6  # the paper's ε (§4), here relative to σ₁
+DEFAULT_MAX_ITERATIONS = 500  # products with Z (in pairs); warm starts need a handful, cold second pairs ~100
+DEFAULT_KRYLOV_DIM = 10
+
+
 @dataclass(frozen=True)
 class ApproximationOptions:
     """``tol``: scale-invariant stopping tolerance (relative to σ₁); ``max_iterations``: products with Z
     (in pairs) per power SVD or per Lanczos run; ``rank`` and ``krylov_dim``: Lanczos' r and K."""
 
-    tol: float = 1e-6
-    max_iterations: int = 100
+    tol: float = DEFAULT_TOL
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
     rank: int = 2
-    krylov_dim: int = 10
+    krylov_dim: int = DEFAULT_KRYLOV_DIM
 
     def __post_init__(self) -> None:
         if not self.tol > 0:

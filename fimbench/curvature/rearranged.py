@@ -130,8 +130,12 @@ class RearrangedOperator:
         return torch.sqrt(torch.clamp(y @ (self.gram_g @ y), min=0.0))
 
     def frobenius_norm(self) -> float:
-        """``‖Z‖_F = sqrt(tr(C M_G Cᵀ M_A))`` — a scale for breakdown tests."""
-        value = ((self.core @ self.gram_g @ self.core.transpose(0, 1)) * self.gram_a).sum()
+        """``‖Z‖_F = sqrt(tr(C M_G Cᵀ M_A))`` — O(n²) while ``C`` is diagonal, O(n³) after a deflation."""
+        diagonal = torch.diagonal(self.core)
+        if torch.count_nonzero(self.core - torch.diag(diagonal)) == 0:
+            value = (diagonal.unsqueeze(1) * self.gram_g * diagonal.unsqueeze(0) * self.gram_a).sum()
+        else:
+            value = ((self.core @ self.gram_g @ self.core.transpose(0, 1)) * self.gram_a).sum()
         return float(torch.sqrt(torch.clamp(value, min=0.0)))
 
     def unit(self, index: int) -> Tensor:
