@@ -145,7 +145,7 @@ def test_figure_json_and_csv(tmp_path: Path, runs: dict[str, Path]) -> None:
     assert [len(d["results"]) for d in data["datasets"]] == [3, 1]
     assert "rows" not in data["datasets"][0]["results"][0]
     write_csv(comparison, tmp_path / "table.csv")
-    table = list(csv.DictReader((tmp_path / "table.csv").open()))
+    table = list(csv.DictReader((tmp_path / "table.csv").read_text().splitlines()))
     assert [(row["dataset"], row["method"]) for row in table] == [
         ("curves-synth", "kfac"), ("curves-synth", "sgd"), ("curves-synth", "adam"), ("faces", "kfac")
     ]

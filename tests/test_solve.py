@@ -187,3 +187,26 @@ def test_zero_damping_inverts_the_approximation_itself(gen):
     V = torch.randn(Q, P, generator=gen, dtype=DTYPE)
     expected = mat_ref(torch.linalg.solve(ks.to_dense(), vec_ref(V)), Q, P)
     assert torch.allclose(ks.solve(V, 0.0), expected, rtol=SOLVE, atol=SOLVE * float(expected.abs().max()))
+
+
+def test_float32_rank2_solve_survives_float32_eigh_failure(gen, monkeypatch):
+    """float32 LAPACK eigh fails (raises, or returns NaN) on the many repeated zero eigenvalues of a
+    low-rank correction — seen in training on the CURVES autoencoder. The solve must not depend on it."""
+    real_eigh = torch.linalg.eigh
+
+    def float32_fails(matrix, *args, **kwargs):
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("simulated: linalg.eigh failed to converge")
+        return real_eigh(matrix, *args, **kwargs)
+
+    m = 6
+    a = torch.cat([torch.randn(m, P - 1, generator=gen, dtype=DTYPE), torch.ones(m, 1, dtype=DTYPE)], dim=1)
+    g = torch.randn(m, Q, generator=gen, dtype=DTYPE)
+    ks64 = approximate("deflation", a, g)
+    ks32 = KroneckerSum([(A.float(), G.float()) for A, G in ks64.terms])
+    V = torch.randn(Q, P, generator=gen, dtype=DTYPE)
+    expected = dense_solve(ks64.damped(1e-2), V)
+    monkeypatch.setattr(torch.linalg, "eigh", float32_fails)
+    actual = ks32.solve(V.float(), 1e-2)
+    assert actual.dtype == torch.float32
+    assert float((actual.double() - expected).norm()) <= 1e-4 * float(expected.norm())

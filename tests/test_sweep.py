@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -284,3 +286,35 @@ def test_cli_local_workers_dry_run_and_errors(tmp_path: Path, data_dir: Path) ->
 
     bad = runner.invoke(_app(), ["sweep", "--config", str(base), "--methods", "sgd", "--grid", "clip=1e-2"])
     assert bad.exit_code == 2 and bad.output.startswith("error: --grid clip is tuned by none of sgd")
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine is a SLURM cluster")
+def test_cli_slurm_without_a_cluster_is_one_line(tmp_path: Path, data_dir: Path) -> None:
+    args = ["sweep", "--config", str(_base_config(tmp_path, data_dir)), "-m", "sgd", "--grid", "lr=1e-3", "--executor", "slurm"]
+    result = CliRunner().invoke(_app(), [*args, "--out", str(tmp_path / "sw")])
+    assert result.exit_code == 2 and result.output.startswith("error: submitit cannot use the slurm executor here")
+    assert not (tmp_path / "sw").exists()
+
+
+def test_slurm_submission_through_fake_commands(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SLURM path up to sbatch, with stand-ins for srun, sbatch and scancel: one job array whose
+    script carries the partition, time, GPUs, CPUs and parallelism asked for."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    commands = {
+        "srun": "exit 0",
+        "sbatch": f'cp "$1" {tmp_path / "job.sh"}; echo "Submitted batch job 4242"',
+        "scancel": f'echo "scancel $*" >> {calls}',
+    }
+    for name, body in commands.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    plan = plan_sweep(tmp_path / "sw", ["sgd"], {"lr": [1e-3, 1e-4]}, config_path=SMOKE, overrides=tiny(data_dir))
+    runner = SubmititRunner(plan.out / "submitit", partition="gpu", time_minutes=30, gpus_per_job=1, cpus_per_job=2, jobs=1)
+    runner.submit(inspect_points(plan))
+    script = (tmp_path / "job.sh").read_text()
+    for flag in ("--partition=gpu", "--time=30", "--gpus-per-node=1", "--cpus-per-task=2", "--array=0-1%1", "--job-name=fimbench-sweep"):
+        assert f"#SBATCH {flag}" in script
+    runner.close()
+    assert "scancel 4242_0" in calls.read_text() and "scancel 4242_1" in calls.read_text()

@@ -136,8 +136,10 @@ class KroneckerInverse:
         L_A, L_B = _cholesky(A, "activation"), _cholesky(B, "derivative")
         self.correction_scale = 1.0
         if approximation.rank == 1:
-            self.A_inv = torch.cholesky_inverse(L_A)
-            self.G_inv = torch.cholesky_inverse(L_B)
+            # cholesky_solve(I, L) rather than cholesky_inverse(L): LAPACK's potri stalls for seconds when
+            # the CPU is oversubscribed (measured: 2.2 s vs 34 ms for 785×785 on 2 busy cores).
+            self.A_inv = torch.cholesky_solve(torch.eye(A.shape[0], dtype=A.dtype, device=A.device), L_A)
+            self.G_inv = torch.cholesky_solve(torch.eye(B.shape[0], dtype=B.dtype, device=B.device), L_B)
             self.operator = KroneckerSum([(A, B)], method=approximation.method)
             return
         C, D = approximation.terms[1]
