@@ -110,12 +110,12 @@ def lanczos_svd(
     ``B = X Σ Yᵀ`` gives the Ritz vectors ``u_i = P x_i, v_i = Q y_i`` whose residual is exactly
     ``β_k |x_i[k]|``. The check runs after every step (B is at most K×K), so a warm start stops as soon
     as the top ``rank`` residuals are below ``tol·σ_ref``; otherwise the next cycle restarts from
-    ``Σ_i v_i`` (§3.2.2). ``iterations`` counts the products with ``Z`` and ``Zᵀ`` in pairs.
+    ``Σ_i v_i`` (§3.2.2). K is raised to at least 2r + 2, below which that restart stalls. ``iterations`` counts the products with ``Z`` and ``Zᵀ`` in pairs.
     """
     n = operator.size
     dtype, device = start.dtype, start.device
     rank = max(1, rank)
-    krylov_dim = max(min(krylov_dim, n), min(rank + 1, n))
+    krylov_dim = min(max(krylov_dim, 2 * rank + 2), n)  # below 2r + 2 the simple restart stalls
     size = scale if scale is not None else operator.frobenius_norm()
     zeros = torch.zeros(n, rank, dtype=dtype, device=device)
     if size <= 0.0:

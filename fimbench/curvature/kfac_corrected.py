@@ -3,7 +3,9 @@
     (P, Q) = argmin ‖F − A_KFAC ⊗ G_KFAC − P ⊗ Q‖_F,
 
 the leading pair of ``Z(F) − vec(A_KFAC) vec(G_KFAC)ᵀ`` by power SVD. K-FAC's factors lie in the span of
-the rearranged basis (``A_KFAC = Φ_A (1/m, …)``), so the deflation is exact in Gram coordinates.
+the rearranged basis (``A_KFAC = Φ_A (1/m, …)``), so the deflation is exact in Gram coordinates. The
+tolerance is relative to σ₁ of ``Z(F)``, estimated by a loose power SVD (O(n²) per iteration, not counted
+in ``iterations``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from torch import Tensor
 
 from fimbench.curvature.base import KroneckerSum
 from fimbench.curvature.kfac import kfac_factors
+from fimbench.curvature.iterative import power_svd
 from fimbench.curvature.kpsvd import kronecker_pair, leading_pair
 from fimbench.curvature.options import ApproximationOptions, ema_target
 from fimbench.curvature.rearranged import ITERATION_DTYPE
+
+SCALE_TOLERANCE = 1e-3  # σ₁ only sets the scale of the stopping rule
 
 
 def approximate_kfac_corrected(
@@ -36,7 +41,8 @@ def approximate_kfac_corrected(
         kfac_coefficients[m] = decay  # the prior's first term is its K-FAC pair
     A, G = kfac_factors(a, g, prior, decay)
     corrected = operator.deflated(1.0, kfac_coefficients, kfac_coefficients)
-    correction = leading_pair(target, corrected, 1, options, scale=operator.frobenius_norm())
+    sigma1 = float(power_svd(operator, target.start(0), tol=SCALE_TOLERANCE, max_iterations=options.max_iterations).values[0])
+    correction = leading_pair(target, corrected, 1, options, scale=sigma1)
     return KroneckerSum(
         [(A, G), kronecker_pair(corrected, correction)],
         method="kfac-corrected",

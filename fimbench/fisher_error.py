@@ -1,0 +1,537 @@
+"""Figure 1 engine (§4.1): how far each Kronecker approximation is from the exact Fisher block along training.
+
+An independent optimizer (Adam by default, or SGD) trains the dataset's autoencoder. Before step i, for
+every i divisible by ``every`` (and once more after the last step), the current mini-batch is drawn,
+targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
+captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
+these same statistics — no EMA, each warm-started from its own previous result (§4) — then
+:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix.
+
+The engine returns dataclasses and never prints; progress goes to an optional :class:`FisherErrorProgress`.
+:func:`write_run` writes ``errors.csv``, ``summary.json`` and ``figure1.png`` into a run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch import Tensor
+
+from fimbench import __version__
+from fimbench.capture import capture_statistics
+from fimbench.config import RunConfig
+from fimbench.curvature import KroneckerSum, Method, approximate, parse_method
+from fimbench.data import DATASETS, DatasetSplits, batch_indices, load_dataset
+from fimbench.errors import FimbenchError
+from fimbench.fisher import ExactFisher, approximation_errors
+from fimbench.io import atomic_write_json, atomic_write_text
+from fimbench.models import ARCHITECTURES, Autoencoder, build_model
+from fimbench.plots import METHOD_LABELS, method_color, new_figure, save_png
+from fimbench.timing import timed_call
+from fimbench.train import device_description, resolve_architecture, resolve_device
+
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_METHODS: tuple[Method, ...] = (Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED)
+CSV_COLUMNS = ("iteration", "layer", "method", "rank", "error1", "error2", "iterations", "seconds", "path")
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """One approximation of one layer's block at one iteration (a row of ``errors.csv``).
+
+    ``rank``: Kronecker rank; ``iterations``: power-SVD / Lanczos iterations used; ``seconds``: time to
+    build the approximation (device-synchronised); ``path``: how Error 1 / Error 2 were computed.
+    """
+
+    iteration: int
+    layer: int
+    method: str
+    rank: int
+    error1: float
+    error2: float
+    iterations: int
+    seconds: float
+    path: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One curve of Figure 1: a method at a Kronecker rank (Lanczos may appear at several ranks)."""
+
+    method: Method
+    rank: int
+
+    @property
+    def label(self) -> str:
+        name = METHOD_LABELS[self.method.value]
+        return f"{name} r={self.rank}" if self.method is Method.LANCZOS and self.rank != 2 else name
+
+
+@dataclass(frozen=True)
+class FisherErrorSettings:
+    """What to measure: 1-based Linear layer numbers (``None``: all), methods, schedule, Lanczos ranks."""
+
+    layers: tuple[int, ...] | None = (5,)
+    methods: tuple[Method, ...] = DEFAULT_METHODS
+    iterations: int = 1000
+    every: int = 20
+    lanczos_rank: int | None = None  # also measure Lanczos at ranks 1..R
+    empirical: bool = False
+
+    def entries(self) -> list[Entry]:
+        """Methods in the order given; Lanczos at rank 2, or at ranks 1..R with ``lanczos_rank``."""
+        entries: list[Entry] = []
+        for method in self.methods:
+            if method is Method.LANCZOS and self.lanczos_rank is not None:
+                continue
+            entries.append(Entry(method, method.rank))
+        if self.lanczos_rank is not None:
+            entries += [Entry(Method.LANCZOS, rank) for rank in range(1, self.lanczos_rank + 1)]
+        return entries
+
+
+@dataclass
+class FisherErrorResult:
+    """Everything measured in one run (``status``: completed | interrupted)."""
+
+    dataset: str
+    layers: list[int]
+    layer_shapes: dict[int, tuple[int, int]]  # layer -> (p, q) of its block's factors
+    entries: list[Entry]
+    rows: list[ErrorRow] = field(default_factory=list)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (iteration, training loss)
+    info: dict[str, Any] = field(default_factory=dict)
+    status: str = "completed"
+
+
+class FisherErrorProgress(Protocol):
+    def start(self, result: FisherErrorResult, measurements: int) -> None: ...
+    def step(self, iteration: int, loss: float) -> None: ...
+    def measured(self, iteration: int, rows: list[ErrorRow]) -> None: ...
+
+
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """``"5"`` -> (5,), ``"1,5,9"`` -> (1, 5, 9), ``"all"`` -> None; 1-based Linear layer numbers."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        layers = tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise FimbenchError(f"--layer must be 'all' or Linear layer numbers such as 5 or 1,5,9 (1-based); got '{text}'") from None
+    if len(set(layers)) != len(layers):
+        raise FimbenchError(f"--layer lists a layer twice: '{text}'")
+    return layers
+
+
+def parse_methods(names: list[str]) -> tuple[Method, ...]:
+    """Kronecker methods by name, in order, each once."""
+    if not names:
+        raise FimbenchError("--methods needs at least one of " + ", ".join(m.value for m in DEFAULT_METHODS))
+    methods = tuple(parse_method(name, kronecker_only=True) for name in names)
+    if len(set(methods)) != len(methods):
+        raise FimbenchError(f"--methods lists a method twice: {', '.join(names)}")
+    return methods
+
+
+def resolve_layers(requested: tuple[int, ...] | None, count: int, dataset: str) -> list[int]:
+    """Check 1-based layer numbers against the autoencoder's ``count`` Linear layers."""
+    if requested is None:
+        return list(range(1, count + 1))
+    for layer in requested:
+        if not 1 <= layer <= count:
+            raise FimbenchError(f"layer {layer} is out of range: the {dataset} autoencoder has {count} Linear layers (1-{count})")
+    return list(requested)
+
+
+def validate(config: RunConfig, settings: FisherErrorSettings) -> list[int]:
+    """Reject bad settings before any data is loaded; returns the resolved layer numbers."""
+    dataset = config.data.dataset
+    if dataset not in DATASETS:
+        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    if config.optimizer.method not in OPTIMIZERS:
+        raise FimbenchError(f"unknown optimizer '{config.optimizer.method}'; choose from {', '.join(OPTIMIZERS)}")
+    if not config.optimizer.lr > 0:
+        raise FimbenchError(f"the learning rate must be positive, got {config.optimizer.lr}")
+    if settings.iterations < 0 or settings.every < 1:
+        raise FimbenchError(f"--iterations must be ≥ 0 and --every ≥ 1, got {settings.iterations} and {settings.every}")
+    if settings.lanczos_rank is not None and settings.lanczos_rank < 1:
+        raise FimbenchError(f"--lanczos-rank must be at least 1, got {settings.lanczos_rank}")
+    if config.training.batch_size < 1:
+        raise FimbenchError(f"the batch size must be at least 1, got {config.training.batch_size}")
+    if not settings.methods and settings.lanczos_rank is None:
+        raise FimbenchError("nothing to measure: give --methods or --lanczos-rank")
+    widths = config.model.layers or ARCHITECTURES[dataset].layers
+    return resolve_layers(settings.layers, len(widths) - 1, dataset)
+
+
+class FisherErrorMeter:
+    """Measures every entry on the chosen layers of ``model`` from one mini-batch, keeping warm starts.
+
+    ``measure`` = one capture pass (sampled or data targets), then per layer the exact block's Gram
+    quantities and, per entry, ``approximate(method, ā, g, warm_start=previous)`` (timed) and both errors.
+    """
+
+    def __init__(
+        self,
+        model: Autoencoder,
+        layers: list[int],
+        entries: list[Entry],
+        config: RunConfig,
+        device: torch.device,
+        empirical: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        linear = model.linear_layers()
+        self.model = model
+        self.layers = layers
+        self.modules = [linear[layer - 1] for layer in layers]
+        self.entries = entries
+        self.options = config.optimizer
+        self.device = device
+        self.empirical = empirical
+        self.generator = generator
+        self.previous: dict[tuple[int, Entry], KroneckerSum] = {}
+
+    def measure(self, iteration: int, x: Tensor) -> list[ErrorRow]:
+        statistics_ = capture_statistics(
+            self.model, x, self.model.likelihood, self.modules, targets=x if self.empirical else None, generator=self.generator
+        )
+        rows: list[ErrorRow] = []
+        for layer, stats in zip(self.layers, statistics_):
+            fisher = ExactFisher(stats.a, stats.g)
+            for entry in self.entries:
+                seconds, approximation = timed_call(
+                    lambda: approximate(
+                        entry.method,
+                        stats.a,
+                        stats.g,
+                        warm_start=self.previous.get((layer, entry)),
+                        tol=self.options.tol,
+                        max_iterations=self.options.max_iterations,
+                        rank=entry.rank,
+                        krylov_dim=self.options.krylov_dim,
+                    ),
+                    self.device,
+                )
+                assert isinstance(approximation, KroneckerSum)
+                self.previous[(layer, entry)] = approximation
+                errors = approximation_errors(fisher, approximation.terms)
+                rows.append(
+                    ErrorRow(
+                        iteration=iteration,
+                        layer=layer,
+                        method=entry.method.value,
+                        rank=entry.rank,
+                        error1=errors.error1.value,
+                        error2=errors.error2.value,
+                        iterations=approximation.iterations,
+                        seconds=seconds,
+                        path=errors.path,
+                    )
+                )
+        return rows
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+    """Mini-batch indices, epoch after epoch, without end."""
+    while True:
+        yield from batch_indices(n, batch_size, generator, device)
+
+
+def run_fisher_error(
+    config: RunConfig,
+    settings: FisherErrorSettings,
+    progress: FisherErrorProgress | None = None,
+    dataset: DatasetSplits | None = None,
+) -> FisherErrorResult:
+    """Train with ``config.optimizer.method`` (adam | sgd) for ``settings.iterations`` steps, measuring
+    every ``settings.every`` steps (module docstring). ``dataset`` replaces loading ``config.data.dataset``.
+
+    Ctrl-C ends the run early: the result comes back with ``status = "interrupted"`` and what was measured.
+    """
+    layers = validate(config, settings)
+    device = resolve_device(config.training.device)
+    training, options = config.training, config.optimizer
+    data = dataset or load_dataset(
+        config.data.dataset,
+        data_dir=Path(config.data.data_dir) if config.data.data_dir else None,
+        split_seed=config.data.split_seed,
+        synth_train=config.data.synth_train,
+        synth_test=config.data.synth_test,
+    )
+    if training.batch_size > data.train.shape[0]:
+        raise FimbenchError(f"batch size {training.batch_size} exceeds the {data.train.shape[0]} training examples")
+    architecture = resolve_architecture(config, data.input_dim)
+    model = build_model(architecture, seed=training.seed).to(device)
+    likelihood = architecture.likelihood
+    if options.method == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=options.lr, betas=tuple(options.adam_betas), weight_decay=options.weight_decay  # type: ignore[arg-type]
+        )
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
+    entries = settings.entries()
+    meter = FisherErrorMeter(
+        model, layers, entries, config, device, settings.empirical, torch.Generator(device=device).manual_seed(training.seed + 2)
+    )
+    linear = model.linear_layers()
+    result = FisherErrorResult(
+        dataset=config.data.dataset,
+        layers=layers,
+        layer_shapes={layer: (linear[layer - 1].in_features + 1, linear[layer - 1].out_features) for layer in layers},
+        entries=entries,
+    )
+    result.info = {
+        "dataset": config.data.dataset,
+        "synthetic": data.synthetic,
+        "layers": layers,
+        "methods": [entry.method.value for entry in entries],
+        "optimizer": options.method,
+        "lr": options.lr,
+        "batch_size": training.batch_size,
+        "iterations": settings.iterations,
+        "every": settings.every,
+        "lanczos_rank": settings.lanczos_rank,
+        "fisher": "empirical" if settings.empirical else "true (targets sampled from the model)",
+        "tol": options.tol,
+        "max_iterations": options.max_iterations,
+        "seed": training.seed,
+        "device": device_description(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "fimbench": __version__,
+        "host": platform.node(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if progress is not None:
+        progress.start(result, settings.iterations // settings.every + 1)
+    train_x = data.train.to(device)
+    batches = _batches(train_x.shape[0], training.batch_size, torch.Generator().manual_seed(training.seed + 1), device)
+    started = time.perf_counter()
+    try:
+        for iteration in range(settings.iterations + 1):
+            x = train_x[next(batches)]
+            if iteration % settings.every == 0:
+                rows = meter.measure(iteration, x)
+                result.rows += rows
+                if progress is not None:
+                    progress.measured(iteration, rows)
+            if iteration == settings.iterations:
+                break
+            optimizer.zero_grad(set_to_none=False)
+            loss = likelihood.nll(model(x), x).mean()
+            loss.backward()
+            optimizer.step()
+            value = float(loss)
+            if not math.isfinite(value):
+                raise FimbenchError(f"non-finite training loss ({value}) at iteration {iteration}; lower the learning rate")
+            result.losses.append((iteration, value))
+            if progress is not None:
+                progress.step(iteration + 1, value)
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+    result.info["seconds"] = time.perf_counter() - started
+    result.info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result.info["status"] = result.status
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class EntrySummary:
+    """Statistics of one entry over a run (all layers, or one): median / mean / max of both errors,
+    the fraction of measurements where it beats KFAC (``None`` without KFAC), mean iterations and seconds."""
+
+    method: str
+    rank: int
+    layer: int | None
+    measurements: int
+    error1_median: float
+    error1_mean: float
+    error1_max: float
+    error2_median: float
+    error2_mean: float
+    error2_max: float
+    beats_kfac_error1: float | None
+    beats_kfac_error2: float | None
+    iterations_mean: float
+    seconds_mean: float
+    paths: str
+
+
+def _stats(values: list[float]) -> tuple[float, float, float]:
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite:
+        return math.nan, math.nan, math.nan
+    return statistics.median(finite), statistics.fmean(finite), max(finite)
+
+
+def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySummary]:
+    """One :class:`EntrySummary` per entry (over all layers), or per (layer, entry) with ``by_layer``."""
+    kfac = {(row.iteration, row.layer): row for row in result.rows if row.method == Method.KFAC.value}
+    groups = [(layer, entry) for layer in result.layers for entry in result.entries] if by_layer else [
+        (None, entry) for entry in result.entries
+    ]
+    summaries = []
+    for layer, entry in groups:
+        rows = [
+            row
+            for row in result.rows
+            if row.method == entry.method.value and row.rank == entry.rank and (layer is None or row.layer == layer)
+        ]
+        if not rows:
+            continue
+        compared = [(row, kfac[(row.iteration, row.layer)]) for row in rows if (row.iteration, row.layer) in kfac]
+        e1, e2 = _stats([row.error1 for row in rows]), _stats([row.error2 for row in rows])
+        summaries.append(
+            EntrySummary(
+                method=entry.method.value,
+                rank=entry.rank,
+                layer=layer,
+                measurements=len(rows),
+                error1_median=e1[0],
+                error1_mean=e1[1],
+                error1_max=e1[2],
+                error2_median=e2[0],
+                error2_mean=e2[1],
+                error2_max=e2[2],
+                beats_kfac_error1=statistics.fmean(row.error1 < base.error1 for row, base in compared) if compared else None,
+                beats_kfac_error2=statistics.fmean(row.error2 < base.error2 for row, base in compared) if compared else None,
+                iterations_mean=statistics.fmean(row.iterations for row in rows),
+                seconds_mean=statistics.fmean(row.seconds for row in rows),
+                paths=",".join(sorted({row.path for row in rows})),
+            )
+        )
+    return summaries
+
+
+# ----------------------------------------------------------------------------------------------- run directory
+
+
+def errors_csv(rows: list[ErrorRow]) -> str:
+    """``errors.csv``: one row per iteration × layer × method (× Lanczos rank), columns ``CSV_COLUMNS``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([repr(value) if isinstance(value, float) else value for value in (getattr(row, name) for name in CSV_COLUMNS)])
+    return buffer.getvalue()
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf -> None (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def summary_json(result: FisherErrorResult) -> dict[str, Any]:
+    """``summary.json``: the run's settings and environment, per-entry and per-layer summaries, losses."""
+    return _json_safe(
+        {
+            **result.info,
+            "layer_shapes": {str(layer): {"p": p, "q": q, "block_size": p * q} for layer, (p, q) in result.layer_shapes.items()},
+            "measurements": len({row.iteration for row in result.rows}),
+            "summary": [asdict(summary) for summary in summarise(result)],
+            "summary_by_layer": [asdict(summary) for summary in summarise(result, by_layer=True)],
+            "training_loss": [{"iteration": iteration, "loss": loss} for iteration, loss in result.losses],
+            "loss_convention": "per-example negative log-likelihood summed over pixels, mean over the batch",
+            "errors": "error1 = ‖F − F̂‖_F/‖F‖_F, error2 = ‖spec(F) − spec(F̂)‖₂/‖spec(F)‖₂ (paper §4.1); "
+            "path = error1 path/error2 path (gram, kron, dense, lanczos; see fimbench.fisher)",
+        }
+    )
+
+
+FIGURE_PANEL = (5.0, 3.6)  # inches per panel (plots.new_figure)
+GRID_COLUMNS = 4  # panels per row when more than ROWS_PER_LAYER_MAX layers are plotted
+ROWS_PER_LAYER_MAX = 4
+
+
+def figure_layout(layers: int) -> tuple[int, int]:
+    """(rows, columns) of ``figure1.png``: one row (Error 1 | Error 2) per layer for up to four layers,
+    else a grid of per-layer Error 1 panels followed by a grid of per-layer Error 2 panels."""
+    if layers <= ROWS_PER_LAYER_MAX:
+        return layers, 2
+    return 2 * math.ceil(layers / GRID_COLUMNS), GRID_COLUMNS
+
+
+def plot_figure1(result: FisherErrorResult, path: Path) -> None:
+    """Error 1 and Error 2 against iteration, one line per entry, in the layout of the paper's Figure 1."""
+    rows, columns = figure_layout(len(result.layers))
+    figure, axes = new_figure(rows, columns, *FIGURE_PANEL)
+    grid = rows != len(result.layers) or columns != 2
+    block = rows // 2
+    for index, layer in enumerate(result.layers):
+        p, q = result.layer_shapes[layer]
+        for metric, name in ((0, "Error 1"), (1, "Error 2")):
+            if grid:
+                ax = axes[metric * block + index // columns][index % columns]  # type: ignore[index]
+            else:
+                ax = axes[index][metric]  # type: ignore[index]
+            peak = 0.0
+            for entry in result.entries:
+                rows_ = [
+                    row for row in result.rows if row.layer == layer and row.method == entry.method.value and row.rank == entry.rank
+                ]
+                values = [row.error2 if metric else row.error1 for row in rows_]
+                peak = max([peak] + [value for value in values if math.isfinite(value)])
+                style = "-" if entry.method is not Method.LANCZOS or entry.rank == 2 else (":" if entry.rank < 2 else "--")
+                ax.plot([row.iteration for row in rows_], values, style, color=method_color(entry.method.value), label=entry.label, linewidth=1.4)
+            clipped = peak > 1.0
+            ax.set_ylim(0.0, 1.0 if clipped else max(peak * 1.05, 1e-12))
+            ax.set_title(f"layer {layer} ({p}×{q} ⊗): {name}" + (" — clipped at 1" if clipped else ""), fontsize=9)
+            ax.set_xlabel("iteration")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+    for index in range(len(result.layers), (block if grid else 0) * columns):
+        for metric in (0, 1):
+            axes[metric * block + index // columns][index % columns].set_visible(False)  # type: ignore[index]
+    axes[0][0].legend(fontsize=8)  # type: ignore[index]
+    figure.suptitle(f"{result.dataset}: Fisher approximation errors while training with {result.info.get('optimizer', '?')}")
+    save_png(figure, path)
+
+
+def write_run(result: FisherErrorResult, run_dir: Path) -> dict[str, Path]:
+    """Write ``errors.csv``, ``summary.json`` and ``figure1.png`` atomically; returns their paths."""
+    paths = {name: Path(run_dir) / name for name in ("errors.csv", "summary.json", "figure1.png")}
+    atomic_write_text(paths["errors.csv"], errors_csv(result.rows))
+    atomic_write_json(paths["summary.json"], summary_json(result))
+    plot_figure1(result, paths["figure1.png"])
+    return paths
+
+
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULT_METHODS",
+    "Entry",
+    "EntrySummary",
+    "ErrorRow",
+    "FisherErrorMeter",
+    "FisherErrorProgress",
+    "FisherErrorResult",
+    "FisherErrorSettings",
+    "errors_csv",
+    "parse_layers",
+    "parse_methods",
+    "plot_figure1",
+    "run_fisher_error",
+    "summarise",
+    "summary_json",
+    "write_run",
+]
