@@ -20,7 +20,7 @@ import torch
 from fimbench import __version__
 from fimbench.config import RunConfig, dump_config
 from fimbench.curvature import Method, parse_method
-from fimbench.data import batch_indices, load_dataset
+from fimbench.data import DatasetSplits, batch_indices, load_dataset
 from fimbench.errors import FimbenchError
 from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
 from fimbench.models import ARCHITECTURES, Architecture, Likelihood, build_model, evaluate
@@ -94,18 +94,28 @@ def _validate(config: RunConfig) -> Method:
     return method
 
 
-def run_training(config: RunConfig, run_dir: Path, progress: TrainProgress | None = None) -> TrainResult:
-    """Train ``config`` and log into ``run_dir`` (module docstring)."""
+def run_training(
+    config: RunConfig,
+    run_dir: Path,
+    progress: TrainProgress | None = None,
+    dataset: DatasetSplits | None = None,
+) -> TrainResult:
+    """Train ``config`` and log into ``run_dir`` (module docstring).
+
+    ``dataset`` replaces the one ``config.data`` names (e.g. random data of a benchmark's shape); the
+    architecture is still the one of ``config.data.dataset`` unless ``config.model.layers`` is set.
+    """
     method = _validate(config)
     device = resolve_device(config.training.device)
-    data_dir = Path(config.data.data_dir) if config.data.data_dir else None
-    dataset = load_dataset(
-        config.data.dataset,
-        data_dir=data_dir,
-        split_seed=config.data.split_seed,
-        synth_train=config.data.synth_train,
-        synth_test=config.data.synth_test,
-    )
+    if dataset is None:
+        data_dir = Path(config.data.data_dir) if config.data.data_dir else None
+        dataset = load_dataset(
+            config.data.dataset,
+            data_dir=data_dir,
+            split_seed=config.data.split_seed,
+            synth_train=config.data.synth_train,
+            synth_test=config.data.synth_test,
+        )
     architecture = resolve_architecture(config, dataset.input_dim)
     training, settings = config.training, config.optimizer
     if training.batch_size > dataset.train.shape[0]:
