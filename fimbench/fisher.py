@@ -19,11 +19,12 @@ Fast paths (every number says which one produced it):
   exact whatever the signs of F̂'s eigenvalues (an indefinite F̂'s negative eigenvalues sort last and
   pair with F's zeros, or with F's smallest eigenvalues when F̂ has fewer than c non-negative ones).
 * ``kron`` — one Kronecker product: ``spec(A ⊗ G) = {α_i γ_j}``, the outer product of the factors' spectra.
-* Two or more terms are a genuine eigenproblem. Its size is first reduced exactly: every ``A_k`` lies in
-  the range ``U_A`` of ``[A_1 … A_R]`` (likewise ``U_G``), so ``F̂ = (U_A ⊗ U_G) F̃ (U_A ⊗ U_G)ᵀ`` with
-  ``F̃ = Σ_k (U_Aᵀ A_k U_A) ⊗ (U_Gᵀ G_k U_G)``; spec(F̂) = spec(F̃) plus zeros. The ranges shrink
-  whenever m < p or q (the factors are sums of m rank-one terms) or units are dead, and the structural
-  zero eigenvalues — the only large multiplicities — are gone. Then
+* Two or more terms are a genuine eigenproblem. Its size is first reduced exactly: when every ``A_k``
+  lies in a subspace with orthonormal basis ``U_A`` (likewise ``U_G``), ``F̂ = (U_A ⊗ U_G) F̃ (U_A ⊗ U_G)ᵀ``
+  with ``F̃ = Σ_k (U_Aᵀ A_k U_A) ⊗ (U_Gᵀ G_k U_G)``, so spec(F̂) = spec(F̃) plus zeros. Every method's
+  factors are combinations of ``ā_t ā_tᵀ`` (resp. ``g_t g_tᵀ``), so ``range(āᵀ)`` and ``range(gᵀ)`` do;
+  they shrink the problem whenever m < p or q or units are dead, and remove the structural zero
+  eigenvalues — the only large multiplicities (:func:`reduce_terms`). Then
   ``dense``: ``eigvalsh`` of F̃ when its size n ≤ max(DENSE_SPECTRUM_LIMIT, 4c); above that a dense
   eigensolver costs O(n³) (n = 7750 for MNIST layer 5 takes about a minute on 2 cores), so
   ``lanczos``: block Lanczos with full re-orthogonalisation on matrix-free products
@@ -56,6 +57,9 @@ SPECTRUM_SEED = 0
 LANCZOS_BUDGET = 6
 """Largest Krylov space, in multiples of c (and at most n/2). Runs certify at 2–3 c on Fisher blocks; one
 that exhausts the budget reports path ``lanczos-bound``: its Error 2 is then an upper bound (interlacing)."""
+PROJECTION_RTOL = 1e-5
+"""Largest relative part of a factor that the projection onto the statistics' ranges may drop (float32
+round-off of factors that lie in those ranges exactly: a few ε₃₂ ≈ 1.2e-7)."""
 BREAKDOWN = 1e-12
 """A new Lanczos direction shorter than this (relative to ‖F̃‖_F) means an invariant subspace was found."""
 
@@ -109,8 +113,9 @@ class ExactFisher:
     """The exact block ``F`` of statistics ``(ā, g)`` seen through m×m Gram matrices (float64).
 
     ``squared_norm = ‖F‖²_F = (1/m²) Σ_ts (ā_tᵀ ā_s)² (g_tᵀ g_s)²``; ``spectrum`` holds its c = min(m, pq)
-    largest eigenvalues, those of ``K = (1/m)(ā āᵀ) ∘ (g gᵀ)`` (F is PSD: round-off below 0 is clamped).
-    Cost O(m²(p + q) + m³); nothing p·q-sized.
+    largest eigenvalues, those of ``K = (1/m)(ā āᵀ) ∘ (g gᵀ)`` (F is PSD: round-off below 0 is clamped);
+    ``bases`` are orthonormal bases of ``range(āᵀ)`` (p × rank ā) and ``range(gᵀ)`` (:func:`reduce_terms`).
+    Cost O(m²(p + q) + m³ + m p min(m, p) + m q min(m, q)); nothing p·q-sized.
     """
 
     def __init__(self, a: Tensor, g: Tensor) -> None:
@@ -122,6 +127,7 @@ class ExactFisher:
         K = (self.a @ self.a.transpose(0, 1)) * (self.g @ self.g.transpose(0, 1)) / m
         self.squared_norm = float(K.square().sum())
         self.spectrum = torch.linalg.eigvalsh(K).flip(0)[: self.count].clamp_min(0.0)
+        self.bases = (_range_basis([self.a.transpose(0, 1)]), _range_basis([self.g.transpose(0, 1)]))
 
     @property
     def m(self) -> int:
@@ -201,28 +207,60 @@ def _dense_top(terms: list[tuple[Tensor, Tensor]], count: int) -> Tensor:
     return torch.linalg.eigvalsh(dense).flip(0)[:count]  # type: ignore[arg-type]
 
 
+def _project(terms: list[tuple[Tensor, Tensor]], U_A: Tensor, U_G: Tensor) -> list[tuple[Tensor, Tensor]]:
+    return [(U_A.transpose(0, 1) @ A @ U_A, U_G.transpose(0, 1) @ G @ U_G) for A, G in terms]
+
+
+def _captured(terms: list[tuple[Tensor, Tensor]], reduced: list[tuple[Tensor, Tensor]]) -> bool:
+    """Whether the projection kept every factor up to ``PROJECTION_RTOL`` (relative Frobenius norm)."""
+    for (A, G), (A_r, G_r) in zip(terms, reduced):
+        for full, kept in ((A, A_r), (G, G_r)):
+            total = float(full.square().sum())
+            if total - float(kept.square().sum()) > PROJECTION_RTOL**2 * total:
+                return False
+    return True
+
+
+def reduce_terms(
+    terms: list[tuple[Tensor, Tensor]], bases: tuple[Tensor, Tensor] | None = None
+) -> list[tuple[Tensor, Tensor]]:
+    """``F̃ = Σ_k (U_Aᵀ A_k U_A) ⊗ (U_Gᵀ G_k U_G)``: spec(F̂) = spec(F̃) ∪ {0, …} (module docstring).
+
+    ``bases`` (orthonormal columns) are tried first — :class:`ExactFisher` offers ``range(āᵀ)`` and
+    ``range(gᵀ)``, which hold every method's factors (all are combinations of ``ā_t ā_tᵀ`` and
+    ``g_t g_tᵀ``) up to the round-off of factors computed in float32. They are accepted when they keep
+    each factor to ``PROJECTION_RTOL``; otherwise the ranges of ``[A_1 … A_R]`` and ``[G_1 … G_R]``
+    (dense SVD, singular values below ``σ₁ · d · ε`` dropped) are used.
+    """
+    if bases is not None:
+        reduced = _project(terms, *bases)
+        if _captured(terms, reduced):
+            return reduced
+    return _project(terms, _range_basis([A for A, _ in terms]), _range_basis([G for _, G in terms]))
+
+
 def kronecker_spectrum(
     terms: Terms,
     count: int,
     weights: Tensor,
     reference_squared_norm: float,
     dense_limit: int = DENSE_SPECTRUM_LIMIT,
+    bases: tuple[Tensor, Tensor] | None = None,
 ) -> Spectrum:
     """The ``count`` largest eigenvalues of ``F̂ = Σ_k A_k ⊗ G_k`` by the cheapest exact path (module docstring).
 
     ``weights`` (F's eigenvalues, decreasing) and ``reference_squared_norm`` (‖F‖²) only steer the
-    Lanczos stopping rule, which certifies Error 2 rather than every eigenvalue.
+    Lanczos stopping rule, which certifies Error 2 rather than every eigenvalue; ``bases``: see
+    :func:`reduce_terms`.
     """
     terms = [(A, G) for A, G in _as_metric_terms(terms) if bool(A.any()) and bool(G.any())]
     if not terms:
         return Spectrum(torch.zeros(0, dtype=METRIC_DTYPE), 0.0, "kron")
-    squared_norm = kronecker_squared_norm(terms)
     if len(terms) == 1:
-        return Spectrum(_kron_top(terms, count), squared_norm, "kron")
-    U_A = _range_basis([A for A, _ in terms])
-    U_G = _range_basis([G for _, G in terms])
-    reduced = [(U_A.transpose(0, 1) @ A @ U_A, U_G.transpose(0, 1) @ G @ U_G) for A, G in terms]
-    n = U_A.shape[1] * U_G.shape[1]
+        return Spectrum(_kron_top(terms, count), kronecker_squared_norm(terms), "kron")
+    reduced = reduce_terms(terms, bases)
+    squared_norm = kronecker_squared_norm(reduced)
+    n = reduced[0][0].shape[0] * reduced[0][1].shape[0]
     zeros = terms[0][0].shape[0] * terms[0][1].shape[0] - n  # spec(F̂) = spec(F̃) ∪ {0}^zeros
     wanted = min(count, n)
     if n > max(dense_limit, 4 * wanted):
@@ -326,7 +364,7 @@ def _lanczos_top(
 
 def spectral_error(fisher: ExactFisher, terms: Terms, dense_limit: int = DENSE_SPECTRUM_LIMIT) -> Metric:
     """Error 2 from F's Gram spectrum and F̂'s top c eigenvalues (path ``kron``, ``dense`` or ``lanczos``)."""
-    spectrum = kronecker_spectrum(terms, fisher.count, fisher.spectrum, fisher.squared_norm, dense_limit)
+    spectrum = kronecker_spectrum(terms, fisher.count, fisher.spectrum, fisher.squared_norm, dense_limit, fisher.bases)
     return Metric(spectral_distance(fisher.spectrum, fisher.squared_norm, spectrum), spectrum.path)
 
 

@@ -19,10 +19,10 @@ import math
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -73,8 +73,13 @@ class Entry:
 
     @property
     def label(self) -> str:
-        name = METHOD_LABELS[self.method.value]
-        return f"{name} r={self.rank}" if self.method is Method.LANCZOS and self.rank != 2 else name
+        return entry_label(self.method.value, self.rank)
+
+
+def entry_label(method: str, rank: int) -> str:
+    """``KFAC``, ``Deflation`` …; Lanczos at a rank other than the paper's 2 as ``Lanczos r=3``."""
+    name = METHOD_LABELS.get(method, method)
+    return f"{name} r={rank}" if method == Method.LANCZOS.value and rank != 2 else name
 
 
 @dataclass(frozen=True)
@@ -203,14 +208,15 @@ class FisherErrorMeter:
         self.previous: dict[tuple[int, Entry], KroneckerSum] = {}
 
     def measure(self, iteration: int, x: Tensor) -> list[ErrorRow]:
-        statistics_ = capture_statistics(
+        """One row per (layer, entry) for the mini-batch ``x`` (module docstring)."""
+        captured = capture_statistics(
             self.model, x, self.model.likelihood, self.modules, targets=x if self.empirical else None, generator=self.generator
         )
         rows: list[ErrorRow] = []
-        for layer, stats in zip(self.layers, statistics_):
+        for layer, stats in zip(self.layers, captured):
             fisher = ExactFisher(stats.a, stats.g)
             for entry in self.entries:
-                seconds, approximation = timed_call(
+                seconds, built = timed_call(
                     lambda: approximate(
                         entry.method,
                         stats.a,
@@ -223,7 +229,7 @@ class FisherErrorMeter:
                     ),
                     self.device,
                 )
-                assert isinstance(approximation, KroneckerSum)
+                approximation = cast(KroneckerSum, built)
                 self.previous[(layer, entry)] = approximation
                 errors = approximation_errors(fisher, approximation.terms)
                 rows.append(
@@ -295,7 +301,7 @@ def run_fisher_error(
         "dataset": config.data.dataset,
         "synthetic": data.synthetic,
         "layers": layers,
-        "methods": [entry.method.value for entry in entries],
+        "entries": [{"method": entry.method.value, "rank": entry.rank} for entry in entries],
         "optimizer": options.method,
         "lr": options.lr,
         "batch_size": training.batch_size,
@@ -332,7 +338,7 @@ def run_fisher_error(
             loss = likelihood.nll(model(x), x).mean()
             loss.backward()
             optimizer.step()
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 raise FimbenchError(f"non-finite training loss ({value}) at iteration {iteration}; lower the learning rate")
             result.losses.append((iteration, value))
@@ -351,8 +357,9 @@ def run_fisher_error(
 
 @dataclass(frozen=True)
 class EntrySummary:
-    """Statistics of one entry over a run (all layers, or one): median / mean / max of both errors,
-    the fraction of measurements where it beats KFAC (``None`` without KFAC), mean iterations and seconds."""
+    """Statistics of one entry over a run (all layers, or one): median / mean / max of both errors (NaNs
+    skipped), the fraction of measurements where it beats KFAC (``None`` for KFAC itself or without KFAC),
+    mean iterations and seconds, and the paths its numbers came from."""
 
     method: str
     rank: int
@@ -393,7 +400,9 @@ def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySu
         ]
         if not rows:
             continue
-        compared = [(row, kfac[(row.iteration, row.layer)]) for row in rows if (row.iteration, row.layer) in kfac]
+        compared = [] if entry.method is Method.KFAC else [
+            (row, kfac[(row.iteration, row.layer)]) for row in rows if (row.iteration, row.layer) in kfac
+        ]
         e1, e2 = _stats([row.error1 for row in rows]), _stats([row.error2 for row in rows])
         summaries.append(
             EntrySummary(
@@ -459,51 +468,84 @@ def summary_json(result: FisherErrorResult) -> dict[str, Any]:
 
 
 FIGURE_PANEL = (5.0, 3.6)  # inches per panel (plots.new_figure)
-GRID_COLUMNS = 4  # panels per row when more than ROWS_PER_LAYER_MAX layers are plotted
-ROWS_PER_LAYER_MAX = 4
+ROWS_PER_LAYER_MAX = 4  # up to this many layers: one row (Error 1 | Error 2) per layer
+GRID_COLUMNS = 4  # more layers: a grid of Error 1 panels above a grid of Error 2 panels
 
 
 def figure_layout(layers: int) -> tuple[int, int]:
-    """(rows, columns) of ``figure1.png``: one row (Error 1 | Error 2) per layer for up to four layers,
-    else a grid of per-layer Error 1 panels followed by a grid of per-layer Error 2 panels."""
+    """(rows, columns) of ``figure1.png`` for ``layers`` plotted layers."""
     if layers <= ROWS_PER_LAYER_MAX:
         return layers, 2
     return 2 * math.ceil(layers / GRID_COLUMNS), GRID_COLUMNS
 
 
+def _panel(index: int, metric: int, layers: int) -> tuple[int, int]:
+    """Grid position of layer ``index``'s Error ``metric + 1`` panel."""
+    if layers <= ROWS_PER_LAYER_MAX:
+        return index, metric
+    block = math.ceil(layers / GRID_COLUMNS)
+    return metric * block + index // GRID_COLUMNS, index % GRID_COLUMNS
+
+
+MARKERS: dict[Method, str] = {
+    Method.KFAC: "o",
+    Method.KPSVD: "s",
+    Method.DEFLATION: "^",
+    Method.LANCZOS: "v",
+    Method.KFAC_CORRECTED: "D",
+}
+"""Deflation and Lanczos (rank 2) reach the same optimum (eq. 5): markers keep both curves visible."""
+
+
+def _line_style(entry: Entry) -> str:
+    """Solid for the paper's methods; Lanczos at other ranks dotted (r = 1) or dashed (r > 2)."""
+    if entry.method is not Method.LANCZOS or entry.rank == 2:
+        return "-"
+    return ":" if entry.rank == 1 else "--"
+
+
 def plot_figure1(result: FisherErrorResult, path: Path) -> None:
-    """Error 1 and Error 2 against iteration, one line per entry, in the layout of the paper's Figure 1."""
-    rows, columns = figure_layout(len(result.layers))
+    """Error 1 and Error 2 against iteration, one line per entry, in the layout of the paper's Figure 1.
+
+    Like the paper's MNIST panel, an axis whose errors exceed 1 is clipped to [0, 1] (and says so).
+    """
+    count = len(result.layers)
+    rows, columns = figure_layout(count)
     figure, axes = new_figure(rows, columns, *FIGURE_PANEL)
-    grid = rows != len(result.layers) or columns != 2
-    block = rows // 2
     for index, layer in enumerate(result.layers):
         p, q = result.layer_shapes[layer]
-        for metric, name in ((0, "Error 1"), (1, "Error 2")):
-            if grid:
-                ax = axes[metric * block + index // columns][index % columns]  # type: ignore[index]
-            else:
-                ax = axes[index][metric]  # type: ignore[index]
+        for metric, name in enumerate(("Error 1", "Error 2")):
+            row, column = _panel(index, metric, count)
+            ax = axes[row][column]  # type: ignore[index]
             peak = 0.0
             for entry in result.entries:
-                rows_ = [
-                    row for row in result.rows if row.layer == layer and row.method == entry.method.value and row.rank == entry.rank
-                ]
-                values = [row.error2 if metric else row.error1 for row in rows_]
+                selected = [r for r in result.rows if r.layer == layer and r.method == entry.method.value and r.rank == entry.rank]
+                values = [r.error2 if metric else r.error1 for r in selected]
                 peak = max([peak] + [value for value in values if math.isfinite(value)])
-                style = "-" if entry.method is not Method.LANCZOS or entry.rank == 2 else (":" if entry.rank < 2 else "--")
-                ax.plot([row.iteration for row in rows_], values, style, color=method_color(entry.method.value), label=entry.label, linewidth=1.4)
+                ax.plot(
+                    [r.iteration for r in selected],
+                    values,
+                    _line_style(entry),
+                    color=method_color(entry.method.value),
+                    label=entry.label,
+                    linewidth=1.4,
+                    marker=MARKERS[entry.method],
+                    markersize=4,
+                    markevery=max(1, len(selected) // 12),
+                    fillstyle="none",
+                )
             clipped = peak > 1.0
-            ax.set_ylim(0.0, 1.0 if clipped else max(peak * 1.05, 1e-12))
-            ax.set_title(f"layer {layer} ({p}×{q} ⊗): {name}" + (" — clipped at 1" if clipped else ""), fontsize=9)
+            ax.set_ylim(0.0, 1.0 if clipped else max(1.05 * peak, 1e-12))
+            ax.set_title(f"layer {layer} (p={p}, q={q}): {name}" + (", clipped at 1" if clipped else ""), fontsize=9)
             ax.set_xlabel("iteration")
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
-    for index in range(len(result.layers), (block if grid else 0) * columns):
-        for metric in (0, 1):
-            axes[metric * block + index // columns][index % columns].set_visible(False)  # type: ignore[index]
-    axes[0][0].legend(fontsize=8)  # type: ignore[index]
-    figure.suptitle(f"{result.dataset}: Fisher approximation errors while training with {result.info.get('optimizer', '?')}")
+    if count > ROWS_PER_LAYER_MAX:
+        for index in range(count, math.ceil(count / GRID_COLUMNS) * GRID_COLUMNS):
+            for metric in (0, 1):
+                row, column = _panel(index, metric, count)
+                axes[row][column].set_visible(False)  # type: ignore[index]
+    axes[0][0].legend(fontsize=8, title=f"{result.dataset}, {result.info['optimizer']}", title_fontsize=8)  # type: ignore[index]
     save_png(figure, path)
 
 
@@ -526,6 +568,7 @@ __all__ = [
     "FisherErrorProgress",
     "FisherErrorResult",
     "FisherErrorSettings",
+    "entry_label",
     "errors_csv",
     "parse_layers",
     "parse_methods",

@@ -36,11 +36,13 @@ def _root(
 
 from fimbench.cli import cost as _cost  # noqa: E402
 from fimbench.cli import download as _download  # noqa: E402
+from fimbench.cli import fisher_error as _fisher_error  # noqa: E402
 from fimbench.cli import report as _report  # noqa: E402
 from fimbench.cli import sweep as _sweep  # noqa: E402
 from fimbench.cli import train as _train  # noqa: E402
 
 app.command("train")(_train.train)
+app.command("fisher-error")(_fisher_error.fisher_error)
 app.command("cost-profile")(_cost.cost_profile)
 app.command("sweep")(_sweep.sweep)
 app.command("report")(_report.report)

@@ -1,0 +1,190 @@
+"""``fimbench fisher-error``: the paper's Figure 1 — every approximation's error against the exact block."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from fimbench.cli.common import console, split_list, user_errors
+from fimbench.config import load_config
+from fimbench.data import DATASETS
+from fimbench.errors import FimbenchError
+from fimbench.fisher_error import (
+    DEFAULT_METHODS,
+    OPTIMIZERS,
+    EntrySummary,
+    ErrorRow,
+    FisherErrorResult,
+    FisherErrorSettings,
+    entry_label,
+    parse_layers,
+    parse_methods,
+    run_fisher_error,
+    summarise,
+    write_run,
+)
+
+
+def _number(value: float | None, spec: str = ".4g") -> str:
+    return "–" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+class LiveErrorTable:
+    """A live rich table: the latest measurement of every layer × method, under the training progress."""
+
+    def __init__(self) -> None:
+        self.live = Live(Table(), console=console, refresh_per_second=4, transient=False)
+        self.latest: list[ErrorRow] = []
+        self.measured_count = 0
+        self.measurements = 0
+        self.iteration = 0
+        self.loss: float | None = None
+        self.title = ""
+
+    def start(self, result: FisherErrorResult, measurements: int) -> None:
+        self.measurements = measurements
+        self.title = f"{result.dataset}: Fisher errors while training with {result.info['optimizer']} — {result.info['device']}"
+        self.live.start()
+        self.live.update(self._table())
+
+    def step(self, iteration: int, loss: float) -> None:
+        self.iteration, self.loss = iteration, loss
+        self.live.update(self._table())
+
+    def measured(self, iteration: int, rows: list[ErrorRow]) -> None:
+        self.latest, self.iteration = rows, iteration
+        self.measured_count += 1
+        self.live.update(self._table())
+
+    def stop(self) -> None:
+        if self.live.is_started:
+            self.live.stop()
+            if not console.is_terminal:  # rich ends the final frame with a newline on terminals only
+                console.line()
+
+    def _table(self) -> Table:
+        caption = (
+            f"iteration {self.iteration}, training loss {_number(self.loss)}, "
+            f"measurement {self.measured_count}/{self.measurements}"
+        )
+        table = Table(title=self.title, caption=caption, header_style="bold")
+        for header in ("iteration", "layer", "method", "Error 1", "Error 2", "iterations", "seconds", "path"):
+            table.add_column(header, justify="left" if header in ("method", "path") else "right")
+        for row in self.latest:
+            table.add_row(
+                str(row.iteration),
+                str(row.layer),
+                entry_label(row.method, row.rank),
+                _number(row.error1),
+                _number(row.error2),
+                str(row.iterations),
+                _number(row.seconds, ".3f"),
+                row.path,
+            )
+        return table
+
+
+def summary_table(summaries: list[EntrySummary], title: str) -> Table:
+    """Per method: median / mean / max of Error 1 and Error 2, how often it beats KFAC, cost, paths."""
+    table = Table(
+        title=title,
+        caption="E1 = ‖F − F̂‖/‖F‖, E2 = ‖spec F − spec F̂‖/‖spec F‖; <KFAC: share of measurements below KFAC; "
+        "iters, s: mean power-SVD/Lanczos iterations and seconds per approximation",
+        header_style="bold",
+    )
+    headers = ["method", "E1 med", "E1 mean", "E1 max", "E2 med", "E2 mean", "E2 max", "E1<KFAC", "E2<KFAC", "iters", "s", "paths"]
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("method", "paths") else "right")
+    for s in summaries:
+        table.add_row(
+            entry_label(s.method, s.rank),
+            _number(s.error1_median, ".3g"),
+            _number(s.error1_mean, ".3g"),
+            _number(s.error1_max, ".3g"),
+            _number(s.error2_median, ".3g"),
+            _number(s.error2_mean, ".3g"),
+            _number(s.error2_max, ".3g"),
+            _percent(s.beats_kfac_error1),
+            _percent(s.beats_kfac_error2),
+            _number(s.iterations_mean, ".1f"),
+            _number(s.seconds_mean, ".3f"),
+            s.paths,
+        )
+    return table
+
+
+def _default_out(dataset: str) -> Path:
+    return Path("runs") / f"fisher-error-{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@user_errors
+def fisher_error(
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", "-d", help=f"One of {', '.join(DATASETS)} (default: the config's, else curves-synth)."
+    ),
+    layer: str = typer.Option("5", "--layer", help="Linear layer(s), 1-based as in the paper: 5, a list 1,5,9, or all."),
+    methods: str = typer.Option(
+        ",".join(m.value for m in DEFAULT_METHODS), "--methods", help="Comma-separated Kronecker methods to measure."
+    ),
+    optimizer: str = typer.Option("adam", "--optimizer", help=f"Independent optimizer that trains the network: {' or '.join(OPTIMIZERS)}."),
+    iterations: int = typer.Option(1000, "--iterations", help="Training iterations."),
+    every: int = typer.Option(20, "--every", help="Measure every K iterations (and at 0)."),
+    lanczos_rank: Optional[int] = typer.Option(None, "--lanczos-rank", help="Measure Lanczos at ranks 1..R (instead of rank 2 only)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of initialisation, data order and target sampling."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/fisher-error-<dataset>-<time>)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; CLI options override it."),
+    empirical: bool = typer.Option(False, "--empirical", help="Empirical Fisher (data targets) instead of the true Fisher."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FIMBENCH_DATA", help="Dataset cache directory."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Mini-batch size (default: the dataset's, 256/512/1024)."),
+) -> None:
+    """Figure 1 (§4.1): Error 1 = ‖F − F̂‖/‖F‖ and Error 2 = ‖spec F − spec F̂‖/‖spec F‖ of every method
+    on the exact Fisher block of the chosen layer(s), along training with an independent optimizer.
+
+    Example: fimbench fisher-error --dataset curves-synth --iterations 200 --every 20
+    """
+    if dataset is not None and dataset not in DATASETS:
+        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    if optimizer not in OPTIMIZERS:
+        raise FimbenchError(f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
+    settings = FisherErrorSettings(
+        layers=parse_layers(layer),
+        methods=parse_methods(split_list(methods)),
+        iterations=iterations,
+        every=every,
+        lanczos_rank=lanczos_rank,
+        empirical=empirical,
+    )
+    resolved = load_config(
+        config,
+        {
+            "data.dataset": dataset,
+            "data.data_dir": str(data_dir) if data_dir is not None else None,
+            "optimizer.method": optimizer,
+            "training.batch_size": batch_size,
+            "training.seed": seed,
+            "training.device": device,
+        },
+    )
+    run_dir = out or _default_out(resolved.data.dataset)
+    live = LiveErrorTable()
+    try:
+        result = run_fisher_error(resolved, settings, live)
+    finally:
+        live.stop()
+    paths = write_run(result, run_dir)
+    title = f"{result.dataset}, layer(s) {', '.join(map(str, result.layers))}: errors over {len({r.iteration for r in result.rows})} measurements"
+    console.print(summary_table(summarise(result), title))
+    console.print(f"{result.status} in {result.info['seconds']:.1f} s; {', '.join(str(p) for p in paths.values())}")
+    if result.status == "interrupted":
+        raise typer.Exit(130)

@@ -1,0 +1,145 @@
+"""``fimbench fisher-error`` (Figure 1) through Typer's test runner on a small curves-synth set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from fimbench.cli.common import console
+from fimbench.cli.fisher_error import fisher_error
+from fimbench.fisher_error import CSV_COLUMNS, FIGURE_PANEL, figure_layout
+
+runner = CliRunner()
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command("fisher-error")(fisher_error)
+
+
+@app.callback()
+def _root() -> None:
+    """A local app: fimbench.cli registers the command itself."""
+
+
+DPI = 120  # plots.save_png
+METHODS = ["kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These matrices are tiny: on a shared, busy CPU, intra-op threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminal wide enough that rich does not wrap the tables' headers."""
+    monkeypatch.setattr(console, "_width", 200)
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> list[str]:
+    """Common options: a 600-image curves-synth set in tmp_path, batch 32."""
+    config = tmp_path / "small.yaml"
+    config.write_text("data:\n  synth_train: 600\n  synth_test: 50\n", encoding="utf-8")
+    return ["fisher-error", "--dataset", "curves-synth", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+            "--batch-size", "32", "--device", "cpu"]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the PNG signature and IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])
+
+
+def expected_size(layers: int) -> tuple[int, int]:
+    rows, columns = figure_layout(layers)
+    return round(columns * FIGURE_PANEL[0] * DPI), round(rows * FIGURE_PANEL[1] * DPI)
+
+
+def test_run_writes_table_csv_summary_and_figure(small: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, small + ["--layer", "5,6", "--iterations", "4", "--every", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for text in ("Error 1", "E1 med", "E2<KFAC", "KFAC", "KPSVD", "Deflation", "Lanczos", "KFAC-corrected", "gram/"):
+        assert text in result.stdout
+
+    with open(out / "errors.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0].keys()) == CSV_COLUMNS == ("iteration", "layer", "method", "rank", "error1", "error2", "iterations", "seconds", "path")
+    assert len(rows) == 3 * 2 * 5  # measurements at 0, 2, 4 × layers × methods
+    assert {(int(r["iteration"]), int(r["layer"])) for r in rows} == {(i, l) for i in (0, 2, 4) for l in (5, 6)}
+    assert {r["method"] for r in rows} == set(METHODS)
+    assert all(0.0 <= float(r["error1"]) < 1.0 and 0.0 <= float(r["error2"]) < 1.0 for r in rows)
+    assert {r["path"] for r in rows} <= {"gram/kron", "gram/dense", "gram/lanczos"}
+    assert {r["rank"] for r in rows if r["method"] in ("kfac", "kpsvd")} == {"1"}
+
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "completed" and summary["measurements"] == 3 and summary["layers"] == [5, 6]
+    assert summary["layer_shapes"]["5"] == {"p": 51, "q": 25, "block_size": 1275}
+    by_method = {s["method"]: s for s in summary["summary"]}
+    assert set(by_method) == set(METHODS) and by_method["kfac"]["beats_kfac_error1"] is None
+    assert by_method["deflation"]["error1_max"] <= by_method["kfac"]["error1_max"]
+    assert len(summary["summary_by_layer"]) == 2 * 5 and len(summary["training_loss"]) == 4
+
+    assert png_size(out / "figure1.png") == expected_size(2) == (1200, 864)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "figure1.png").shape[:2] == (864, 1200)
+
+
+def test_all_layers_and_lanczos_ranks(small: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "all"
+    args = small + ["--layer", "all", "--methods", "kfac,deflation", "--lanczos-rank", "3", "--iterations", "0",
+                    "--batch-size", "16", "--optimizer", "sgd", "--empirical", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open(out / "errors.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 * (2 + 3)  # 12 Linear layers × (kfac, deflation, lanczos at ranks 1, 2, 3)
+    lanczos = {int(r["layer"]): [] for r in rows}
+    for r in rows:
+        if r["method"] == "lanczos":
+            lanczos[int(r["layer"])].append((int(r["rank"]), float(r["error1"])))
+    for layer, errors in lanczos.items():
+        ranked = [error for _, error in sorted(errors)]
+        assert all(later <= earlier + 1e-5 for earlier, later in zip(ranked, ranked[1:])), layer
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["optimizer"] == "sgd" and summary["fisher"].startswith("empirical")
+    assert png_size(out / "figure1.png") == expected_size(12) == (2400, 2592)  # 6 rows × 4 columns
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "kfac,foo"], "error: unknown method 'foo'"),
+        (["--methods", "kfac,sgd"], "error: unknown method 'sgd'"),
+        (["--layer", "13"], "error: layer 13 is out of range: the curves-synth autoencoder has 12 Linear layers (1-12)"),
+        (["--layer", "five"], "error: --layer must be 'all' or Linear layer numbers"),
+        (["--optimizer", "rmsprop"], "error: unknown optimizer 'rmsprop'"),
+        (["--every", "0"], "error: --iterations must be ≥ 0 and --every ≥ 1"),
+        (["--lanczos-rank", "0"], "error: --lanczos-rank must be at least 1"),
+        (["--batch-size", "100000"], "error: batch size 100000 exceeds the 480 training examples"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(small: list[str], tmp_path: Path, extra: list[str], message: str) -> None:
+    result = runner.invoke(app, small + extra + ["--out", str(tmp_path / "never")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_unknown_dataset(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fisher-error", "--dataset", "cifar", "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: unknown dataset 'cifar'; choose from curves, mnist, faces, curves-synth"
