@@ -71,7 +71,7 @@ def weight_gradient(layer: nn.Linear) -> Tensor:
     return torch.cat([layer.weight.grad, layer.bias.grad.unsqueeze(1)], dim=1)  # type: ignore[list-item, union-attr]
 
 
-def set_weight_gradient(layer: nn.Linear, matrix: Tensor) -> None:
-    """Write a (q, p) matrix back into ``layer.weight.grad`` and ``layer.bias.grad``."""
-    layer.weight.grad.copy_(matrix[:, :-1])  # type: ignore[union-attr]
-    layer.bias.grad.copy_(matrix[:, -1])  # type: ignore[union-attr]
+def set_weight_gradient(layer: nn.Linear, matrix: Tensor, scale: Tensor | float = 1.0) -> None:
+    """Write ``scale ·`` a (q, p) matrix into ``layer.weight.grad`` and ``layer.bias.grad``."""
+    torch.mul(matrix[:, :-1], scale, out=layer.weight.grad)  # type: ignore[arg-type]
+    torch.mul(matrix[:, -1], scale, out=layer.bias.grad)  # type: ignore[arg-type]

@@ -205,10 +205,12 @@ class KroneckerPreconditioner:
             if self.kl_clip is None:
                 nu = torch.ones((), device=gradients[0].device)
             else:
-                inner = torch.stack([(d * grad).sum().abs() for d, grad in zip(directions, gradients)]).sum()
+                inner = torch.stack(
+                    [torch.vdot(d.reshape(-1), grad.reshape(-1)).abs() for d, grad in zip(directions, gradients)]
+                ).sum()
                 nu = torch.clamp(torch.sqrt(self.kl_clip / (inner + 1e-30)), max=1.0)
             for layer, direction in zip(self.layers, directions):
-                set_weight_gradient(layer, nu * direction)
+                set_weight_gradient(layer, direction, scale=nu)
         return nu
 
     def step(self, inputs: Tensor, targets: Tensor | None = None) -> Tensor:

@@ -99,14 +99,30 @@ def _cholesky(matrix: Tensor, side: str) -> Tensor:
     return factor
 
 
+def _robust_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """``eigh`` in the matrix's precision, redone in float64 if that fails.
+
+    float32 LAPACK (syevd) can fail on the many repeated zero eigenvalues of a low-rank correction: it
+    raises "failed to converge" or, single-threaded, silently returns NaN. float64 is robust but about
+    twice as slow, so it is the fallback, not the rule.
+    """
+    if matrix.dtype != torch.float64:
+        try:
+            s, E = torch.linalg.eigh(matrix)
+            if bool(torch.isfinite(s).all()) and bool(torch.isfinite(E).all()):
+                return s, E
+        except torch.linalg.LinAlgError:
+            pass
+    s, E = torch.linalg.eigh(matrix.to(torch.float64))
+    return s.to(matrix.dtype), E.to(matrix.dtype)
+
+
 def _generalised_eigh(L: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """With ``A = L Lᵀ``: ``K, s`` such that ``Kᵀ A K = I`` and ``Kᵀ C K = diag(s)`` (§3.4, step 1)."""
     L_inv_C = torch.linalg.solve_triangular(L, C, upper=False)
     whitened = torch.linalg.solve_triangular(L, L_inv_C.transpose(0, 1), upper=False)
     whitened = 0.5 * (whitened + whitened.transpose(0, 1))
-    # eigh in float64: float32 LAPACK (MKL syevd) fails on the many repeated zero eigenvalues of a low-rank
-    # correction — it raises "failed to converge" or, single-threaded, silently returns NaN.
-    s, E = (x.to(whitened.dtype) for x in torch.linalg.eigh(whitened.to(torch.float64)))
+    s, E = _robust_eigh(whitened)
     K = torch.linalg.solve_triangular(L.transpose(0, 1), E, upper=True)
     return K, s
 

@@ -53,16 +53,15 @@ def power_svd(
         return SingularTriplets(torch.zeros(1, dtype=start.dtype, device=start.device), zero, zero, 0, 0.0)
     y = _normalised(start, operator.norm_right(start))
     w = operator.matvec(y)
+    if float(operator.norm_left(w)) <= BREAKDOWN * size:  # Z v = 0: the (deflated) operator vanishes here
+        return SingularTriplets(torch.zeros(1, dtype=start.dtype, device=start.device), zero, zero, 1, 0.0)
     sigma = torch.zeros((), dtype=start.dtype, device=start.device)
     x = torch.zeros_like(w)
     residual = float("inf")
     iterations = 0
-    while iterations < max_iterations:
+    while iterations < max_iterations:  # after the first step σ > 0, so ‖Z v‖ ≥ σ never vanishes
         iterations += 1
-        w_norm = operator.norm_left(w)
-        if float(w_norm) <= BREAKDOWN * size:  # Z v = 0: the operator (deflated) is zero on this start
-            return SingularTriplets(torch.zeros(1, dtype=start.dtype, device=start.device), zero, zero, iterations, 0.0)
-        x = w / w_norm
+        x = w / operator.norm_left(w)
         z = operator.rmatvec(x)
         sigma = operator.norm_right(z)
         y = z / sigma

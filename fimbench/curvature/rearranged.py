@@ -23,6 +23,7 @@ scale-invariant tolerance is meaningful even for float32 statistics.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -113,13 +114,21 @@ class RearrangedOperator:
     def batch_size(self) -> int:
         return self.activations.rows.shape[0]
 
+    @functools.cached_property
+    def _forward(self) -> Tensor:
+        return self.core @ self.gram_g
+
+    @functools.cached_property
+    def _backward(self) -> Tensor:
+        return self.core.transpose(0, 1) @ self.gram_a
+
     def matvec(self, y: Tensor) -> Tensor:
-        """Coefficients of ``Z v`` for ``v = Φ_G y``."""
-        return self.core @ (self.gram_g @ y)
+        """Coefficients of ``Z v`` for ``v = Φ_G y``: ``C M_G y``."""
+        return self._forward @ y
 
     def rmatvec(self, x: Tensor) -> Tensor:
-        """Coefficients of ``Zᵀ u`` for ``u = Φ_A x``."""
-        return self.core.transpose(0, 1) @ (self.gram_a @ x)
+        """Coefficients of ``Zᵀ u`` for ``u = Φ_A x``: ``Cᵀ M_A x``."""
+        return self._backward @ x
 
     def norm_left(self, x: Tensor) -> Tensor:
         """``‖Φ_A x‖₂ = sqrt(xᵀ M_A x)``."""
