@@ -129,3 +129,21 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_log(tmp_path: Path) -
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_at_step"] == step
     assert (out / "config.yaml").exists() and (out / "metrics.jsonl").exists()
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt after the first epoch: exit 130, summary says interrupted, epoch 1 stays logged."""
+    from fimbench.cli.train import RichTrainProgress
+
+    def interrupt_in_epoch_two(self, step: int, epoch: int, loss: float, steps_per_second: float) -> None:  # type: ignore[no-untyped-def]
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RichTrainProgress, "step", interrupt_in_epoch_two)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(tiny_config(tmp_path)), "--method", "sgd", "--out", str(out)])
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs"] == 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1]
