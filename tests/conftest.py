@@ -20,6 +20,16 @@ from reference import DTYPE, random_statistics  # noqa: E402
 from fimbench.models import Architecture, Autoencoder, Likelihood  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The suite's matrices are tiny: one intra-op thread is as fast, and on a shared, busy CPU extra
+    threads only spin against the other work (no test asserts a time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _no_global_dtype_leak():
     before = torch.get_default_dtype()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -32,16 +31,6 @@ from fimbench.timing import measure
 
 runner = CliRunner()
 TIMING_FIELDS = {"median", "q1", "q3", "low", "high", "samples"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, oversubscribed host every tiny parallel op can otherwise stall
-    for a scheduler time slice (no time is asserted; this only keeps the tests fast)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _app() -> typer.Typer:

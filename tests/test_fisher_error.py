@@ -8,7 +8,6 @@ import struct
 from pathlib import Path
 
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -29,14 +28,6 @@ def _root() -> None:
 DPI = 120  # plots.save_png
 METHODS = ["kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These matrices are tiny: on a shared, busy CPU, intra-op threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

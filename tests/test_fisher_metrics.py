@@ -24,14 +24,6 @@ from fimbench.models import Likelihood
 EXACT = 1e-10  # identities exact in real arithmetic: float64 round-off (and Error² cancellation) only
 CONVERGED = 1e-8  # iterative solutions (power SVD at tol 1e-10; Lanczos certified to SPECTRUM_RTOL/ATOL)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These matrices are tiny: on a shared, busy CPU, intra-op threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SHAPES = [(7, 4, 3), (3, 5, 4), (40, 3, 2), (12, 6, 5)]  # (m, p, q): m < p, m > pq, ...
 

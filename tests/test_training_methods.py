@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from fimbench.config import load_config
@@ -30,14 +29,6 @@ LR_FOR_SHORT_RUN = {"sgd": 0.003, "lanczos": 20.0}  # presets: 3.8e-4 and 0.784 
 VAL_DECREASE = 0.75  # final validation loss must be below this fraction of the untrained model's
 TIMING_KEYS = {"wall_time", "time_per_step"}  # plus every "seconds_*" key
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny runs on a shared CPU: intra-op threads only spin. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
