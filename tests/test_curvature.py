@@ -468,3 +468,16 @@ def test_invalid_arguments_raise_fimbench_error():
         approximate("lanczos", a, g, krylov_dim=1)
     with pytest.raises(FimbenchError):
         approximate("kpsvd", a, g, max_iterations=0)
+
+
+@pytest.mark.parametrize("method", ITERATIVE_METHODS)
+def test_zero_decay_with_the_prior_as_warm_start(method):
+    """The optimizer's call with ema_decay = 0: the prior drops out of the target but still seeds it."""
+    m, p, q = 30, 5, 4
+    a, g = statistics(m, p, q, seed=8)
+    previous = approximate(method, *statistics(m, p, q, seed=9))
+    seeded = approximate(method, a, g, prior=previous, decay=0.0, warm_start=previous)
+    fresh = approximate(method, a, g)
+    F = fisher_from_statistics(a, g)
+    assert seeded.residual <= 1e-6
+    assert norm(seeded.to_dense() - fresh.to_dense()) <= 1e-4 * norm(F)

@@ -67,16 +67,15 @@ def ema_target(
     """
     if not 0.0 <= decay < 1.0:
         raise FimbenchError(f"the EMA decay must be in [0, 1), got {decay}")
-    terms: list[tuple[float, Tensor, Tensor]] = []
-    if prior is not None and decay > 0.0:
-        terms += [(decay, A, G) for A, G in prior.terms]
-    seeds = prior if (prior is not None and decay > 0.0 and (warm_start is None or warm_start is prior)) else warm_start
     m = a.shape[0]
-    if seeds is not None and seeds is not prior:
-        terms += [(0.0, A, G) for A, G in seeds.terms]
-        first = m + (len(prior.terms) if prior is not None and decay > 0.0 else 0)
-    else:
-        first = m
-    starts: list[int | None] = [first + k for k in range(len(seeds.terms))] if seeds is not None else []
+    active_prior = prior if prior is not None and decay > 0.0 else None
+    terms = [(decay, A, G) for A, G in active_prior.terms] if active_prior is not None else []
+    seeds = warm_start if warm_start is not None else active_prior
+    starts: list[int | None] = []
+    if seeds is not None:
+        first = m if seeds is active_prior else m + len(terms)  # the prior's columns seed themselves
+        if seeds is not active_prior:
+            terms += [(0.0, A, G) for A, G in seeds.terms]
+        starts = [first + k for k in range(len(seeds.terms))]
     operator = RearrangedOperator.build(a, g, batch_weight=1.0 - decay, terms=terms)
     return Target(operator, starts)
