@@ -195,6 +195,14 @@ def is_present(name: str, data_dir: Path | None = None) -> bool:
     return _check_name(name) == "curves-synth" or read_manifest(name, data_dir) is not None
 
 
+def require_present(name: str, data_dir: Path | None = None) -> None:
+    """Raise the one-line error that names the fetch command when ``name`` is not in ``data_dir``."""
+    root = _root(data_dir)
+    if not is_present(name, root):
+        hint = "" if root.resolve() == default_data_dir().resolve() else f" --data-dir {root}"
+        raise FimbenchError(f"dataset '{name}' is not in {root}; fetch it with: fimbench download-data {name}{hint}")
+
+
 # ----------------------------------------------------------------------------------------------- loading
 
 
@@ -217,9 +225,7 @@ def load_dataset(
             raise FimbenchError("curves-synth needs synth_train >= 2 and synth_test >= 1")
         pool, test = _curves_synth(root, synth_train, synth_test)
     else:
-        if not is_present(name, root):
-            hint = "" if root.resolve() == default_data_dir().resolve() else f" --data-dir {root}"
-            raise FimbenchError(f"dataset '{name}' is not in {root}; fetch it with: fimbench download-data {name}{hint}")
+        require_present(name, root)
         blob = torch.load(_processed_path(root, name), weights_only=True)
         pool, test = blob["train"], blob["test"]
     train_idx, val_idx = split_indices(pool.shape[0], VAL_FRACTION[name], split_seed)

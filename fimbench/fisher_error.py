@@ -31,14 +31,21 @@ from fimbench import __version__
 from fimbench.capture import capture_statistics
 from fimbench.config import RunConfig
 from fimbench.curvature import KroneckerSum, Method, approximate, parse_method
-from fimbench.data import DATASETS, DatasetSplits, batch_indices, load_dataset
+from fimbench.data import DATASETS, DatasetSplits, batch_indices
 from fimbench.errors import FimbenchError
 from fimbench.fisher import ExactFisher, approximation_errors
 from fimbench.io import atomic_write_json, atomic_write_text
 from fimbench.models import ARCHITECTURES, Autoencoder, build_model
 from fimbench.plots import METHOD_LABELS, method_color, new_figure, save_png
 from fimbench.timing import timed_call
-from fimbench.train import device_description, resolve_architecture, resolve_device
+from fimbench.train import (
+    check_batch_size,
+    device_description,
+    first_order_optimizer,
+    load_configured_dataset,
+    resolve_architecture,
+    resolve_device,
+)
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_METHODS: tuple[Method, ...] = (Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED)
@@ -268,24 +275,12 @@ def run_fisher_error(
     layers = validate(config, settings)
     device = resolve_device(config.training.device)
     training, options = config.training, config.optimizer
-    data = dataset or load_dataset(
-        config.data.dataset,
-        data_dir=Path(config.data.data_dir) if config.data.data_dir else None,
-        split_seed=config.data.split_seed,
-        synth_train=config.data.synth_train,
-        synth_test=config.data.synth_test,
-    )
-    if training.batch_size > data.train.shape[0]:
-        raise FimbenchError(f"batch size {training.batch_size} exceeds the {data.train.shape[0]} training examples")
+    data = dataset or load_configured_dataset(config)
+    check_batch_size(training.batch_size, data)
     architecture = resolve_architecture(config, data.input_dim)
     model = build_model(architecture, seed=training.seed).to(device)
     likelihood = architecture.likelihood
-    if options.method == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(
-            model.parameters(), lr=options.lr, betas=tuple(options.adam_betas), weight_decay=options.weight_decay  # type: ignore[arg-type]
-        )
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
+    optimizer = first_order_optimizer(model.parameters(), Method(options.method), options)
     entries = settings.entries()
     meter = FisherErrorMeter(
         model, layers, entries, config, device, settings.empirical, torch.Generator(device=device).manual_seed(training.seed + 2)

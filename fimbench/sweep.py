@@ -48,11 +48,11 @@ from fimbench.comparison import SWEEP_MANIFEST, best_run, read_metrics, read_run
 from fimbench.config import RunConfig, dump_config, load_config
 from fimbench.conventions import from_authors_scale
 from fimbench.curvature import Method, parse_method
-from fimbench.data import DATASETS, is_present, load_dataset
+from fimbench.data import DATASETS, require_present
 from fimbench.errors import FimbenchError
 from fimbench.io import atomic_write_json, atomic_write_text
 from fimbench.models import ARCHITECTURES, Architecture
-from fimbench.train import resolve_architecture, run_training
+from fimbench.train import load_configured_dataset, resolve_architecture, run_training
 
 _PAPER_VALUES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 PAPER_GRID: dict[str, tuple[float, ...]] = {"lr": _PAPER_VALUES, "damping": _PAPER_VALUES, "clip": (1e-2, 1e-3)}
@@ -305,11 +305,10 @@ def _manifest(plan: SweepPlan, previous: dict[str, Any], states: Sequence[PointS
 def _prepare_data(config: RunConfig) -> None:
     """Fail before launching anything if the dataset is absent; build curves-synth's cache once, not per worker."""
     data = config.data
-    data_dir = Path(data.data_dir) if data.data_dir else None
     if data.dataset == "curves-synth":
-        load_dataset(data.dataset, data_dir, data.split_seed, data.synth_train, data.synth_test)
-    elif not is_present(data.dataset, data_dir):
-        raise FimbenchError(f"dataset '{data.dataset}' is not downloaded; fetch it with: fimbench download-data {data.dataset}")
+        load_configured_dataset(config)
+    else:
+        require_present(data.dataset, Path(data.data_dir) if data.data_dir else None)
 
 
 def _reset_run_dir(state: PointState) -> None:

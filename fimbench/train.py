@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
 from fimbench import __version__
-from fimbench.config import RunConfig, dump_config
+from fimbench.config import OptimizerConfig, RunConfig, dump_config
 from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices, load_dataset
 from fimbench.errors import FimbenchError
@@ -74,6 +74,36 @@ def resolve_architecture(config: RunConfig, input_dim: int) -> Architecture:
     return Architecture(layers, likelihood, config.model.activation)
 
 
+def load_configured_dataset(config: RunConfig, batch_size: int | None = None) -> DatasetSplits:
+    """The dataset ``config.data`` names; with ``batch_size``, check that one batch fits in it."""
+    data = config.data
+    dataset = load_dataset(
+        data.dataset,
+        data_dir=Path(data.data_dir) if data.data_dir else None,
+        split_seed=data.split_seed,
+        synth_train=data.synth_train,
+        synth_test=data.synth_test,
+    )
+    if batch_size is not None:
+        check_batch_size(batch_size, dataset)
+    return dataset
+
+
+def check_batch_size(batch_size: int, dataset: DatasetSplits) -> None:
+    if batch_size > dataset.train.shape[0]:
+        raise FimbenchError(f"batch size {batch_size} exceeds the {dataset.train.shape[0]} training examples")
+
+
+def first_order_optimizer(parameters: Iterable[torch.nn.Parameter], method: Method, settings: OptimizerConfig) -> torch.optim.Optimizer:
+    """Adam for ``adam``; momentum SGD (with weight decay) for every other method — the Kronecker
+    methods' preconditioned gradient included."""
+    if method is Method.ADAM:
+        return torch.optim.Adam(
+            parameters, lr=settings.lr, betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay  # type: ignore[arg-type]
+        )
+    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -107,21 +137,12 @@ def run_training(
     """
     method = _validate(config)
     device = resolve_device(config.training.device)
-    if dataset is None:
-        data_dir = Path(config.data.data_dir) if config.data.data_dir else None
-        dataset = load_dataset(
-            config.data.dataset,
-            data_dir=data_dir,
-            split_seed=config.data.split_seed,
-            synth_train=config.data.synth_train,
-            synth_test=config.data.synth_test,
-        )
-    architecture = resolve_architecture(config, dataset.input_dim)
     training, settings = config.training, config.optimizer
-    if training.batch_size > dataset.train.shape[0]:
-        raise FimbenchError(
-            f"batch size {training.batch_size} exceeds the {dataset.train.shape[0]} training examples"
-        )
+    if dataset is None:
+        dataset = load_configured_dataset(config, training.batch_size)
+    else:
+        check_batch_size(training.batch_size, dataset)
+    architecture = resolve_architecture(config, dataset.input_dim)
     train_x = dataset.train.to(device)
     val_x = dataset.val.to(device)
     model = build_model(architecture, seed=training.seed).to(device)
@@ -130,17 +151,10 @@ def run_training(
     fisher_generator = torch.Generator(device=device).manual_seed(training.seed + 2)
     timer = PhaseTimer(device)
 
+    optimizer = first_order_optimizer(model.parameters(), method, settings)
     preconditioner: KroneckerPreconditioner | None = None
-    if method is Method.ADAM:
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(
-            model.parameters(), lr=settings.lr, betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay
-        )
-    else:
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-        )
-        if method.is_kronecker:
-            preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
+    if method.is_kronecker:
+        preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
