@@ -66,6 +66,11 @@ def capture_statistics(
     ]
 
 
+def weight_of(layer: nn.Linear) -> Tensor:
+    """The layer's parameters as one (q, p) matrix ``[W | b]`` — bias column last."""
+    return torch.cat([layer.weight, layer.bias.unsqueeze(1)], dim=1)  # type: ignore[list-item, union-attr]
+
+
 def weight_gradient(layer: nn.Linear) -> Tensor:
     """The layer's gradient as one (q, p) matrix ``[∇W | ∇b]`` — bias column last."""
     return torch.cat([layer.weight.grad, layer.bias.grad.unsqueeze(1)], dim=1)  # type: ignore[list-item, union-attr]

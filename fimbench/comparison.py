@@ -169,6 +169,8 @@ class MethodResult:
     final_val_reconstruction_error: float | None
     wall_time: float | None  # training seconds (evaluation excluded), as logged
     time_per_epoch: float | None
+    alignment: float | None  # cos(F̃⁻¹∇, ∇) at the last refresh (Kronecker methods; 1.0 = the SGD direction)
+    correction_scale: float | None  # smallest safeguard τ over layers at the last refresh (rank-2 methods)
     epochs_to_target: int | None = None
     seconds_to_target: float | None = None
     speedup_vs_kfac: float | None = None  # KFAC's seconds-to-target / this run's
@@ -236,6 +238,8 @@ def _result(record: RunRecord) -> MethodResult:
         final_val_reconstruction_error=last.get("val_reconstruction_error"),
         wall_time=wall_time,
         time_per_epoch=wall_time / epochs if wall_time is not None and epochs else None,
+        alignment=last.get("alignment"),
+        correction_scale=last.get("correction_scale"),
         rows=rows,
     )
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO
+from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO, TRACE_SPLIT
 from fimbench.curvature.options import DEFAULT_KRYLOV_DIM, DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
+from fimbench.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, FIXED
 from fimbench.errors import FimbenchError
 
 
@@ -42,9 +43,15 @@ class OptimizerConfig:
     method: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum (SGD and the Kronecker methods' momentum)
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    damping: float = 1e-3  # λ of the factored Tikhonov damping (§2.2)
+    damping: float = 1e-3  # λ of the factored Tikhonov damping (§2.2); the initial λ when adaptive
+    pi: float | str = TRACE_SPLIT  # damping split: "trace" (§2.2) or a fixed π (curvature/base.py)
+    damping_schedule: str = FIXED  # fixed | adaptive (Levenberg–Marquardt, fimbench/damping.py)
+    damping_every: int = DEFAULT_ADAPT_EVERY  # T3: steps between adaptations of λ
+    damping_min: float = DEFAULT_DAMPING_MIN  # bounds of the adaptive λ
+    damping_max: float = DEFAULT_DAMPING_MAX
     kl_clip: float | None = 1e-2  # c of App. E; null disables clipping
     stats_every: int = 100  # T1
     inverse_every: int = 100  # T2
@@ -120,13 +127,19 @@ def _type_name(annotation: Any) -> str:
 
 
 def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
-    """Check ``value`` against the field's type (ints are accepted for floats)."""
+    """Check ``value`` against the field's type (ints are accepted for floats; a union takes the first
+    member that accepts the value)."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [arg for arg in args if arg is not type(None)]
-        return _coerce(value, inner[0], key, origin)
+        for member in inner[:-1]:
+            try:
+                return _coerce(value, member, key, origin)
+            except FimbenchError:
+                continue
+        return _coerce(value, inner[-1], key, origin)
     base = typing.get_origin(annotation) or annotation
     if base is list:
         if not isinstance(value, (list, tuple)):

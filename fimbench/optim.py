@@ -17,31 +17,56 @@ the model, and each block's approximation is refreshed towards the EMA estimate
 ``ρ F̂_old + (1 − ρ) F_batch`` (K-FAC: its factors), ``ρ = min(1 − 1/k, α)`` for the k-th update,
 warm-started from the previous solution. Every T2 steps the damped blocks are re-factorised.
 Weight decay and momentum are those of the torch optimizer, applied to ``ν P`` as in the authors' code.
+
+Damping: ``damped(λ, π)`` of :mod:`fimbench.curvature.base`, with π the trace rule or fixed (``pi``).
+With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule of :mod:`fimbench.damping`:
+every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
+blocks are re-factorised at the next step.
+
+Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
+preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
+the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ContextManager
 
 import torch
 from torch import Tensor, nn
 
-from fimbench.capture import capture_statistics, set_weight_gradient, weight_gradient
+from fimbench.capture import capture_statistics, set_weight_gradient, weight_gradient, weight_of
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import (
     DEFAULT_KRYLOV_DIM,
     DEFAULT_MAX_ITERATIONS,
     DEFAULT_MIN_CURVATURE_RATIO,
     DEFAULT_TOL,
+    TRACE_SPLIT,
+    DampingSplit,
     KroneckerInverse,
     KroneckerSum,
     Method,
     approximate,
+    check_damping_split,
     parse_method,
 )
+from fimbench.damping import (
+    ADAPTIVE,
+    DAMPING_SCHEDULES,
+    DEFAULT_ADAPT_EVERY,
+    DEFAULT_DAMPING_MAX,
+    DEFAULT_DAMPING_MIN,
+    FIXED,
+    LevenbergMarquardt,
+    reduction_ratio,
+)
 from fimbench.errors import FimbenchError
+from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood
 from fimbench.timing import PhaseTimer
 
@@ -56,8 +81,10 @@ class PreconditionerDiagnostics:
     residuals: list[float] = field(default_factory=list)
     clip_sum: Tensor | None = None  # Σ ν over steps, kept on the device
     steps: int = 0
+    reduction_ratios: list[float] = field(default_factory=list)  # ρ of each damping adaptation
 
     def summary(self) -> dict[str, float | int | None]:
+        ratios = [rho for rho in self.reduction_ratios if math.isfinite(rho)]
         return {
             "statistics_updates": self.updates,
             "inverse_refreshes": self.refreshes,
@@ -66,7 +93,17 @@ class PreconditionerDiagnostics:
             "residual_mean": sum(self.residuals) / len(self.residuals) if self.residuals else None,
             "residual_max": max(self.residuals) if self.residuals else None,
             "kl_clip_factor": float(self.clip_sum) / self.steps if self.clip_sum is not None and self.steps else None,
+            "damping_adaptations": len(self.reduction_ratios),
+            "reduction_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
         }
+
+
+@dataclass
+class DampingTrial:
+    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update."""
+
+    parameters: list[Tensor]
+    gradients: list[Tensor]
 
 
 class KroneckerPreconditioner:
@@ -79,6 +116,11 @@ class KroneckerPreconditioner:
         method: "str | Method",
         *,
         damping: float = 1e-3,
+        pi: DampingSplit = TRACE_SPLIT,
+        damping_schedule: str = FIXED,
+        damping_every: int = DEFAULT_ADAPT_EVERY,
+        damping_min: float = DEFAULT_DAMPING_MIN,
+        damping_max: float = DEFAULT_DAMPING_MAX,
         kl_clip: float | None = 1e-2,
         stats_every: int = 100,
         inverse_every: int = 100,
@@ -102,17 +144,27 @@ class KroneckerPreconditioner:
             "fisher_fraction": 0.0 < fisher_fraction <= 1.0,
             "kl_clip": kl_clip is None or kl_clip > 0,
             "lanczos_rank": lanczos_rank in (1, 2),
+            "damping_schedule": damping_schedule in DAMPING_SCHEDULES,
+            "damping_every": damping_every >= 1,
+            "damping_min": 0 < damping_min <= damping_max,
         }
         for name, valid in checks.items():
             if not valid:
                 value = locals()[name]
                 raise FimbenchError(f"invalid optimizer setting {name}={value}")
+        if damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
+            raise FimbenchError(
+                f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], "
+                f"got damping={damping:g}"
+            )
         self.model = model
         self.likelihood = likelihood
         self.layers = [module for module in model.modules() if isinstance(module, nn.Linear)]
         if not self.layers:
             raise FimbenchError("the model has no nn.Linear layer to precondition")
         self.damping = damping
+        self.pi = check_damping_split(pi)
+        self.schedule = LevenbergMarquardt(damping_every, damping_min, damping_max) if damping_schedule == ADAPTIVE else None
         self.kl_clip = kl_clip
         self.stats_every = stats_every
         self.inverse_every = inverse_every
@@ -128,6 +180,10 @@ class KroneckerPreconditioner:
         self.approximations: list[KroneckerSum | None] = [None] * len(self.layers)
         self.inverses: list[KroneckerInverse | None] = [None] * len(self.layers)
         self.diagnostics = PreconditionerDiagnostics()
+        self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
+        self.trial: DampingTrial | None = None
+        self._alignment: Tensor | None = None  # at the latest refresh, kept on the device
+        self.correction_scale: float | None = None  # smallest τ over layers at the latest refresh (rank 2)
 
     @classmethod
     def from_config(
@@ -138,25 +194,10 @@ class KroneckerPreconditioner:
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,
     ) -> "KroneckerPreconditioner":
-        return cls(
-            model,
-            likelihood,
-            config.method,
-            damping=config.damping,
-            kl_clip=config.kl_clip,
-            stats_every=config.stats_every,
-            inverse_every=config.inverse_every,
-            ema_decay=config.ema_decay,
-            fisher_fraction=config.fisher_fraction,
-            empirical_fisher=config.empirical_fisher,
-            tol=config.tol,
-            max_iterations=config.max_iterations,
-            lanczos_rank=config.lanczos_rank,
-            krylov_dim=config.krylov_dim,
-            min_curvature_ratio=config.min_curvature_ratio,
-            generator=generator,
-            timer=timer,
-        )
+        """The preconditioner of ``config``: every config field that is a keyword of ``__init__``."""
+        keywords = inspect.signature(cls.__init__).parameters
+        settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name in keywords and f.name != "method"}
+        return cls(model, likelihood, config.method, generator=generator, timer=timer, **settings)
 
     def _phase(self, name: str) -> ContextManager[None]:
         return self.timer.phase(name) if self.timer is not None else nullcontext()
@@ -189,19 +230,34 @@ class KroneckerPreconditioner:
         self.diagnostics.updates += 1
 
     def refresh_inverses(self) -> None:
-        """Factorise every damped block (T2 event)."""
+        """Factorise every damped block (T2 event, or the step after λ moved)."""
         with self._phase("invert"):
             self.inverses = [
-                approximation.inverse(self.damping, self.min_curvature_ratio)  # type: ignore[union-attr]
+                approximation.inverse(self.damping, self.min_curvature_ratio, self.pi)  # type: ignore[union-attr]
                 for approximation in self.approximations
             ]
+        ranks = [inverse.operator.rank for inverse in self.inverses]
+        scales = [inverse.correction_scale for inverse, rank in zip(self.inverses, ranks) if rank > 1]
+        self.correction_scale = min(scales) if scales else None
+        self.refresh_due = False
         self.diagnostics.refreshes += 1
 
-    def precondition(self) -> Tensor:
+    @property
+    def alignment(self) -> float | None:
+        """Mean over layers of ``cos(F̃⁻¹∇, ∇)`` at the latest refresh (a host sync); None before one."""
+        return None if self._alignment is None else float(self._alignment)
+
+    def precondition(self, measure_alignment: bool = False) -> Tensor:
         """``grad ← ν F̃⁻¹ grad`` for every layer; returns ν (a 0-d tensor on the device, no sync)."""
         with self._phase("precondition"):
             gradients = [weight_gradient(layer) for layer in self.layers]
             directions = [inverse.apply(grad) for inverse, grad in zip(self.inverses, gradients)]  # type: ignore[union-attr]
+            if measure_alignment:
+                cosines = [
+                    torch.vdot(d.reshape(-1), grad.reshape(-1)) / (torch.linalg.vector_norm(d) * torch.linalg.vector_norm(grad) + 1e-30)
+                    for d, grad in zip(directions, gradients)
+                ]
+                self._alignment = torch.stack(cosines).mean()
             if self.kl_clip is None:
                 nu = torch.ones((), device=gradients[0].device)
             else:
@@ -214,20 +270,63 @@ class KroneckerPreconditioner:
         return nu
 
     def step(self, inputs: Tensor, targets: Tensor | None = None) -> Tensor:
-        """One preconditioning step after ``loss.backward()``; returns the KL-clip factor ν."""
+        """One preconditioning step after ``loss.backward()``; returns the KL-clip factor ν.
+
+        With adaptive damping, on every T3-th step ``awaiting_loss`` becomes true: after
+        ``optimizer.step()`` the loop evaluates the loss again on the same batch and calls
+        :meth:`adapt_damping`.
+        """
         if self.steps % self.stats_every == 0:
             self.update_statistics(inputs, targets)
-        if self.steps % self.inverse_every == 0 or self.inverses[0] is None:
+        refresh = self.steps % self.inverse_every == 0 or self.refresh_due
+        if refresh:
             self.refresh_inverses()
-        nu = self.precondition()
+        if self.schedule is not None and self.steps % self.schedule.every == 0:
+            self.trial = DampingTrial(
+                [weight_of(layer).detach().clone() for layer in self.layers],
+                [weight_gradient(layer) for layer in self.layers],
+            )
+        nu = self.precondition(measure_alignment=refresh)
         self.steps += 1
         self.diagnostics.steps += 1
         clip_sum = self.diagnostics.clip_sum
         self.diagnostics.clip_sum = nu.detach() if clip_sum is None else clip_sum + nu.detach()
         return nu
 
+    @property
+    def awaiting_loss(self) -> bool:
+        """True between a T3 step of adaptive damping and its :meth:`adapt_damping` call."""
+        return self.trial is not None
+
+    def predicted_change(self, trial: DampingTrial) -> Tensor:
+        """``M(δ) = Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩`` for the update ``δ`` applied since ``trial``,
+        with ``F̃_i`` the damped operator that produced it (0-d tensor on the device)."""
+        total = torch.zeros((), dtype=trial.gradients[0].dtype, device=trial.gradients[0].device)
+        for layer, inverse, before, gradient in zip(self.layers, self.inverses, trial.parameters, trial.gradients):
+            delta = weight_of(layer).detach() - before
+            curvature = sum(kron_matvec(A, G, delta) for A, G in inverse.operator.terms)  # type: ignore[union-attr]
+            total = total + (gradient * delta).sum() + 0.5 * (delta * curvature).sum()
+        return total
+
+    def adapt_damping(self, loss_before: Tensor | float, loss_after: Tensor | float) -> float:
+        """One Levenberg–Marquardt update of λ (:mod:`fimbench.damping`) from ``h(θ)`` and ``h(θ + δ)``
+        on the batch of the last T3 step; returns ρ. The blocks are re-factorised at the next step if λ moved."""
+        if self.trial is None or self.schedule is None:
+            raise FimbenchError("adapt_damping is called once after each step whose awaiting_loss is true")
+        predicted = float(self.predicted_change(self.trial))
+        self.trial = None
+        rho = reduction_ratio(float(loss_after) - float(loss_before), predicted)
+        damping = self.schedule.update(self.damping, rho)
+        if damping != self.damping:
+            self.damping = damping
+            self.refresh_due = True
+        self.diagnostics.reduction_ratios.append(rho)
+        return rho
+
     def pop_diagnostics(self) -> dict[str, float | int | None]:
-        """Summary of iterations, residuals and ν since the last call; resets them."""
+        """Summary since the last call (iterations, residuals, ν, adaptations; resets them) and the state
+        now: λ, and ``alignment`` and ``correction_scale`` at the latest refresh."""
         summary = self.diagnostics.summary()
+        summary.update(damping=self.damping, alignment=self.alignment, correction_scale=self.correction_scale)
         self.diagnostics = PreconditionerDiagnostics()
         return summary

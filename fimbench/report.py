@@ -42,10 +42,11 @@ def training_table(rows: list[dict[str, Any]], title: str) -> Table:
 
 def curvature_table(rows: list[dict[str, Any]], title: str) -> Table:
     """Kronecker methods: solver iterations and residuals (over layers and updates), KL-clip factor ν,
-    and seconds spent in statistics (extra pass), refresh (power SVD / Lanczos + inversion) and
-    preconditioning during each epoch."""
+    damping λ, alignment ``cos(F̃⁻¹∇, ∇)`` and safeguard τ at the latest refresh, and seconds spent in
+    statistics (extra pass), refresh (power SVD / Lanczos + inversion) and preconditioning during each epoch."""
     table = Table(title=title, header_style="bold")
-    for header in ("epoch", "iters mean/max", "resid. max", "KL clip ν", "stats s", "refresh s", "precond s"):
+    headers = ("epoch", "iters mean/max", "resid. max", "KL clip ν", "λ", "alignment", "τ", "stats s", "refresh s", "precond s")
+    for header in headers:
         table.add_column(header, justify="right")
     for row in rows:
         mean, peak = row.get("iterations_mean"), row.get("iterations_max")
@@ -54,6 +55,9 @@ def curvature_table(rows: list[dict[str, Any]], title: str) -> Table:
             "–" if mean is None else f"{mean:.1f}/{peak}",
             _fmt(row.get("residual_max"), ".1e"),
             _fmt(row.get("kl_clip_factor"), ".3f"),
+            _fmt(row.get("damping"), ".3g"),
+            _fmt(row.get("alignment"), ".3f"),
+            _fmt(row.get("correction_scale"), ".3g"),
             _fmt(row.get("seconds_statistics"), ".2f"),
             _fmt(row.get("seconds_refresh"), ".2f"),
             _fmt(row.get("seconds_precondition"), ".2f"),
@@ -62,8 +66,9 @@ def curvature_table(rows: list[dict[str, Any]], title: str) -> Table:
 
 
 def comparison_table(comparison: DatasetComparison) -> Table:
-    """One row per compared run (paper §4.2, DESIGN §4): final (best) train and validation loss per pixel,
-    reconstruction error, times, epochs / seconds to the target loss, speed-ups vs KFAC and Adam. The device
+    """One row per compared run (paper §4.2): final (best) train and validation loss per pixel,
+    reconstruction error, times, epochs / seconds to the target loss, speed-ups vs KFAC and Adam, and the
+    alignment and safeguard τ at the last refresh (Kronecker methods). The device
     is in the caption, or a column when the runs come from different devices."""
     target = "–" if comparison.target is None else f"{comparison.target:.4g}"
     devices = sorted({result.device for result in comparison.results})
@@ -73,10 +78,15 @@ def comparison_table(comparison: DatasetComparison) -> Table:
         header_style="bold",
     )
     headers = ["method", "run", "epochs", "train/px (best)", "val/px (best)", "val recon.", "time (s)", "s/epoch",
-               "to target (epochs / s)", "× KFAC", "× Adam"] + (["device"] if len(devices) > 1 else [])
+               "to target (epochs / s)", "× KFAC", "× Adam", "alignment", "τ"] + (["device"] if len(devices) > 1 else [])
     for header in headers:
         left = header in ("method", "run", "device")
-        table.add_column(header, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
+        table.add_column(
+            header,
+            justify="left" if left else "right",
+            overflow="fold" if left else "ellipsis",
+            min_width=max(map(len, METHOD_LABELS.values())) if header == "method" else None,
+        )
     for result in comparison.results:
         method = METHOD_LABELS.get(result.method, result.method)
         reached = "–" if result.epochs_to_target is None else f"{result.epochs_to_target} / {result.seconds_to_target:.1f}"
@@ -92,6 +102,8 @@ def comparison_table(comparison: DatasetComparison) -> Table:
             reached,
             _fmt(result.speedup_vs_kfac, ".2f"),
             _fmt(result.speedup_vs_adam, ".2f"),
+            _fmt(result.alignment, ".3f"),
+            _fmt(result.correction_scale, ".3g"),
         ]
         table.add_row(*cells, *([result.device] if len(devices) > 1 else []))
     return table
@@ -102,7 +114,8 @@ _STATUS_ORDER = ("running", "failed", "diverged", "interrupted", "completed", "p
 
 
 def sweep_table(states: Sequence[PointState], limit: int | None = None) -> Table:
-    """The points of a sweep: status, latest epoch and losses, ★ on each method's best completed point.
+    """The points of a sweep: status, latest epoch, losses, alignment and safeguard τ at the latest refresh,
+    ★ on each method's best completed point.
 
     With more points than ``limit``, running and unsuccessful points are shown first; the caption counts
     every status and names each method's best point so far.
@@ -124,7 +137,7 @@ def sweep_table(states: Sequence[PointState], limit: int | None = None) -> Table
     if len(shown) < len(states):
         caption += f"\nshowing {len(shown)} of {len(states)} points"
     table = Table(title="sweep", caption=caption, caption_justify="left", header_style="bold")
-    for header in ("point", "status", "epoch", "train loss", "val loss", "best"):
+    for header in ("point", "status", "epoch", "train loss", "val loss", "alignment", "τ", "best"):
         left = header in ("point", "status")
         table.add_column(header, justify="left" if left else "right", overflow="fold" if left else "ellipsis")
     for state in shown:
@@ -140,6 +153,8 @@ def sweep_table(states: Sequence[PointState], limit: int | None = None) -> Table
             _fmt(state.epoch),
             _fmt(state.train_loss),
             _fmt(state.val_loss),
+            _fmt(state.alignment, ".3f"),
+            _fmt(state.correction_scale, ".3g"),
             "★" if best.get(state.point.method) is state else "",
         )
     return table

@@ -6,13 +6,16 @@ Every grid point is one run directory ``<out>/<point>`` (``config.yaml``, ``metr
 with their last status; ``<out>/best/<method>.yaml`` holds the best point's configuration (lowest final
 train loss, as §4.2 selects) ready for ``fimbench train --config``.
 
-Grid scale. The paper's grid (:data:`PAPER_GRID`) is in the authors' loss scale, which differs from
-fimbench's by κ = 1/P (BCE) or 2/P (MSE) (:mod:`fimbench.conventions`). The default grid is therefore the
-paper's, converted per method and dataset by :func:`fimbench.conventions.from_authors_scale`, so the
-sweep explores the optimizers the paper explored. Values given explicitly are in fimbench's scale (that
-of ``fimbench train --lr`` and of ``config.yaml``) unless ``authors_scale`` is set, which converts them
-too. SGD and Adam tune ``lr`` only; the Kronecker methods tune ``lr``, ``damping`` and ``clip`` (the
-KL-clip c, invariant under the conversion).
+Grid scale. The paper's grid (:data:`PAPER_GRID`) is in the authors' loss scale and damping split,
+which differ from fimbench's (:mod:`fimbench.conventions`: κ = 1/P for BCE, 2/P for MSE, and a fixed π per
+method). With ``authors_scale`` every value, given or the paper's, is converted per method and dataset by
+:func:`fimbench.conventions.from_authors_scale` (a converted damping also sets the point's ``pi``), so the
+sweep explores exactly the optimizers the paper explored. Otherwise values are in fimbench's scale (that
+of ``fimbench train --lr`` and of ``config.yaml``, with the base config's ``pi``), and the Kronecker
+methods' default grid is :data:`KRONECKER_GRID`, fimbench's own around its presets, where the curvature
+acts; SGD and Adam keep the paper's learning rates, converted (their conversion involves no damping).
+SGD and Adam tune ``lr`` only; the Kronecker methods tune ``lr``, ``damping`` and ``clip`` (the KL-clip c,
+invariant under the conversion).
 
 Resume. A point whose ``summary.json`` says ``completed`` or ``diverged`` is finished and kept (given its
 seed a divergence is a result, not an accident); every other point (interrupted, failed, never started)
@@ -57,6 +60,8 @@ from fimbench.train import load_configured_dataset, resolve_architecture, run_tr
 _PAPER_VALUES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 PAPER_GRID: dict[str, tuple[float, ...]] = {"lr": _PAPER_VALUES, "damping": _PAPER_VALUES, "clip": (1e-2, 1e-3)}
 """§4.2's grid, in the authors' loss scale."""
+KRONECKER_GRID: dict[str, tuple[float, ...]] = {"lr": (1.0, 0.3, 0.1, 0.03), "damping": (1.0, 0.1, 1e-2, 1e-3), "clip": (1e-2, 1e-3)}
+"""The Kronecker methods' default grid in fimbench's scale (trace π): around the presets of configs/."""
 GRID_KEYS: dict[str, str] = {"lr": "optimizer.lr", "damping": "optimizer.damping", "clip": "optimizer.kl_clip"}
 FINISHED = ("completed", "diverged")
 ACTIVE = ("pending", "running")
@@ -141,6 +146,8 @@ class SweepPlan:
 
 
 def _axis(method: Method, architecture: Architecture, key: str, given: Sequence[float] | None, authors_scale: bool) -> GridAxis:
+    if given is None and method.is_kronecker and not authors_scale:
+        return GridAxis(key, KRONECKER_GRID[key], None)
     raw = tuple(given) if given is not None else PAPER_GRID[key]
     converted = authors_scale or given is None
     values = tuple(to_fimbench_scale(method, architecture, key, value) for value in raw) if converted else raw
@@ -162,7 +169,7 @@ def plan_sweep(
     """Expand each method's grid into points (module docstring).
 
     ``methods``: default all seven. ``grid``: values per key (:func:`parse_grid`); keys left out take the
-    paper's grid. ``config_path`` and dotted ``overrides`` (``data.dataset``, ``training.epochs``, ...) are
+    default grid (module docstring). ``config_path`` and dotted ``overrides`` (``data.dataset``, ``training.epochs``, ...) are
     resolved as by ``fimbench train`` for every point, before the point's own values.
     """
     grid = dict(grid or {})
@@ -195,6 +202,9 @@ def plan_sweep(
                 if axis.authors_values is not None
             }
             point_overrides = {GRID_KEYS[key]: value for key, value in values.items()}
+            if "damping" in authors:  # the authors' damping comes with their split
+                pixels = architecture.layers[0]
+                point_overrides["optimizer.pi"] = from_authors_scale(method, architecture.likelihood, pixels, 1.0, 1.0)["pi"]
             config = load_config(config_path, {**overrides, "optimizer.method": method.value, **point_overrides})
             points.append(SweepPoint(point_name(method.value, values), method.value, values, authors, config))
     return SweepPlan(Path(out), dataset, grids, tuple(points))
@@ -212,11 +222,14 @@ class PointState:
     epoch: int | None = None
     train_loss: float | None = None  # latest logged; the final one once finished
     val_loss: float | None = None
+    alignment: float | None = None  # latest logged cos(F̃⁻¹∇, ∇) (Kronecker methods)
+    correction_scale: float | None = None  # latest logged safeguard τ (rank-2 methods)
     message: str | None = None  # why it failed or diverged
 
 
 def _fill(state: PointState, row: Mapping[str, Any]) -> None:
     state.epoch, state.train_loss, state.val_loss = row.get("epoch"), row.get("train_loss"), row.get("val_loss")
+    state.alignment, state.correction_scale = row.get("alignment"), row.get("correction_scale")
 
 
 def _config_difference(point: SweepPoint, run_dir: Path) -> str | None:
@@ -288,6 +301,8 @@ def _manifest(plan: SweepPlan, previous: dict[str, Any], states: Sequence[PointS
                     "authors_values": state.point.authors_values,
                     "status": state.status,
                     "final_train_loss": state.train_loss if state.status in FINISHED else None,
+                    "alignment": state.alignment,
+                    "correction_scale": state.correction_scale,
                     "message": state.message,
                 }
                 for state in states

@@ -28,12 +28,24 @@ from fimbench.optim import KroneckerPreconditioner
 from fimbench.timing import PhaseTimer, synchronize
 
 CHECK_EVERY = 10  # steps between host reads of the loss on an accelerator (progress + finiteness)
+SGD_LIKE_ALIGNMENT = 0.99  # above this cos(F̃⁻¹∇, ∇) the preconditioner is about the identity
 
 
 class TrainProgress(Protocol):
     def start(self, total_steps: int, steps_per_epoch: int) -> None: ...
     def step(self, step: int, epoch: int, loss: float, steps_per_second: float) -> None: ...
     def epoch(self, row: dict[str, Any]) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+def damping_warning(alignment: float | None) -> str | None:
+    """The one-line warning for a preconditioner whose damping swamps the curvature, if it does."""
+    if alignment is None or alignment <= SGD_LIKE_ALIGNMENT:
+        return None
+    return (
+        f"damping dominates the curvature: alignment cos(F̃⁻¹∇, ∇) = {alignment:.3f} after the first refresh, "
+        "so this run is close to SGD; lower --damping or change --pi"
+    )
 
 
 @dataclass
@@ -101,7 +113,9 @@ def first_order_optimizer(parameters: Iterable[torch.nn.Parameter], method: Meth
         return torch.optim.Adam(
             parameters, lr=settings.lr, betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay  # type: ignore[arg-type]
         )
-    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(
+        parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay, nesterov=settings.nesterov
+    )
 
 
 def device_description(device: torch.device) -> str:
@@ -121,6 +135,8 @@ def _validate(config: RunConfig) -> Method:
         raise FimbenchError(f"optimizer.lr must be positive, got {optimizer.lr}")
     if optimizer.weight_decay < 0 or not 0 <= optimizer.momentum < 1:
         raise FimbenchError("optimizer.weight_decay must be ≥ 0 and optimizer.momentum in [0, 1)")
+    if optimizer.nesterov and optimizer.momentum == 0:
+        raise FimbenchError("optimizer.nesterov needs a positive optimizer.momentum")
     return method
 
 
@@ -212,7 +228,12 @@ def run_training(
                         progress.step(step, epoch, values[-1], step / elapsed if elapsed > 0 else 0.0)
                 if preconditioner is not None:
                     preconditioner.step(x)
+                    if step == 1 and progress is not None and (warning := damping_warning(preconditioner.alignment)):
+                        progress.warn(warning)
                 optimizer.step()
+                if preconditioner is not None and preconditioner.awaiting_loss:
+                    with torch.no_grad():
+                        preconditioner.adapt_damping(loss.detach(), likelihood.nll(model(x), x).mean())
                 with torch.no_grad():
                     sums += torch.stack(
                         [
@@ -254,7 +275,6 @@ def run_training(
                 raise _Diverged(step, row["val_loss"])
             if preconditioner is not None:
                 phases = timer.reset()
-                row["damping"] = settings.damping
                 row.update(preconditioner.pop_diagnostics())
                 row["seconds_statistics"] = phases.get("statistics", 0.0)
                 row["seconds_refresh"] = phases.get("approximate", 0.0) + phases.get("invert", 0.0)

@@ -23,6 +23,7 @@ from fimbench.curvature import Method
 from fimbench.errors import FimbenchError
 from fimbench.models import Likelihood
 from fimbench.sweep import (
+    KRONECKER_GRID,
     PAPER_GRID,
     PointState,
     SubmititRunner,
@@ -103,25 +104,36 @@ def test_parse_grid() -> None:
             parse_grid(bad)
 
 
-def test_default_grid_is_the_papers_in_fimbench_scale(tmp_path: Path) -> None:
+def test_default_grid_is_fimbenchs_for_kronecker_methods(tmp_path: Path) -> None:
     plan = plan_sweep(tmp_path, ["kfac", "sgd", "adam"], config_path=SMOKE, overrides={"data.dataset": "curves-synth"})
     by_method = {m: [p for p in plan.points if p.method == m] for m in ("kfac", "sgd", "adam")}
-    assert [len(points) for points in by_method.values()] == [8 * 8 * 2, 8, 8]
-    assert len({point.name for point in plan.points}) == len(plan.points)
-    lr_axis, damping_axis, clip_axis = plan.grids["kfac"]
-    assert sorted(lr_axis.authors_values) == sorted(PAPER_GRID["lr"])
-    for authors, ours in zip(lr_axis.authors_values, lr_axis.values):
-        assert math.isclose(ours, authors / KAPPA)  # from_authors_scale for a Kronecker method
-    for authors, ours in zip(damping_axis.authors_values, damping_axis.values):
-        assert math.isclose(ours, authors / KAPPA**2)
-    assert clip_axis.values == (1e-2, 1e-3)
+    sizes = [len(values) for values in KRONECKER_GRID.values()]
+    assert [len(points) for points in by_method.values()] == [math.prod(sizes), 8, 8]
+    assert [axis.values for axis in plan.grids["kfac"]] == list(KRONECKER_GRID.values())
+    assert all(axis.authors_values is None for axis in plan.grids["kfac"])
+    first = by_method["kfac"][0]
+    assert first.values == {key: values[0] for key, values in KRONECKER_GRID.items()}
+    assert first.config.optimizer.pi == "trace" and first.authors_values == {}
     assert [p.config.optimizer.lr for p in by_method["sgd"]] == pytest.approx([v * KAPPA for v in PAPER_GRID["lr"]])
     assert [p.config.optimizer.lr for p in by_method["adam"]] == pytest.approx(list(PAPER_GRID["lr"]))
-    first = by_method["kfac"][0]
-    assert first.name == "kfac-lr_2.352e2-damping_1.84397e5-clip_1e-2"
+    assert first.config.training.batch_size == 128  # the base config still applies
+
+
+@pytest.mark.parametrize("method", ["kfac", "deflation"])
+def test_authors_scale_grid_is_the_papers_converted(tmp_path: Path, method: str) -> None:
+    plan = plan_sweep(tmp_path, [method], authors_scale=True, config_path=SMOKE, overrides={"data.dataset": "curves-synth"})
+    assert len(plan.points) == 8 * 8 * 2 and len({point.name for point in plan.points}) == len(plan.points)
+    lr_axis, damping_axis, clip_axis = plan.grids[method]
+    assert sorted(lr_axis.authors_values) == sorted(PAPER_GRID["lr"])
+    assert clip_axis.values == (1e-2, 1e-3)
+    for point in plan.points:
+        expected = from_authors_scale(Method(method), Likelihood.BERNOULLI, 784, point.authors_values["lr"], point.authors_values["damping"])
+        optimizer = point.config.optimizer
+        assert optimizer.lr == pytest.approx(expected["lr"]) and optimizer.damping == pytest.approx(expected["damping"])
+        assert optimizer.pi == pytest.approx(expected["pi"])
+    first = plan.points[0]
     assert first.authors_values == {"lr": 0.3, "damping": 0.3, "clip": 0.01}
     assert (first.config.optimizer.lr, first.config.optimizer.kl_clip) == (first.values["lr"], 0.01)
-    assert first.config.training.batch_size == 128  # the base config still applies
 
 
 def test_explicit_grid_scale(tmp_path: Path) -> None:

@@ -50,14 +50,16 @@ def sweep(
         None,
         "--grid",
         "-g",
-        help="KEY=V1,V2,... with KEY lr, damping or clip; repeat per key. Keys not given take the paper's grid "
-        "(lr, damping ∈ {3e-1 … 1e-4}, clip ∈ {1e-2, 1e-3}, in the authors' scale, converted). SGD/Adam tune lr only.",
+        help="KEY=V1,V2,... with KEY lr, damping or clip; repeat per key. Keys not given take the default grid: "
+        "Kronecker methods lr ∈ {1, 0.3, 0.1, 0.03}, damping ∈ {1, 0.1, 0.01, 0.001} (fimbench's scale, the config's π), "
+        "clip ∈ {1e-2, 1e-3}; with --authors-scale the paper's lr, damping ∈ {3e-1 … 1e-4}, converted with the authors' "
+        "damping split. SGD/Adam tune lr only (the paper's grid, converted).",
     ),
     authors_scale: bool = typer.Option(
         False,
         "--authors-scale",
-        help="--grid values are in the authors' scale (mean over pixels) and are converted like the default grid; "
-        "without it they are in fimbench's scale, as in fimbench train --lr.",
+        help="--grid values and the default grid are the authors' (mean over pixels, their damping split) and are "
+        "converted; without it they are in fimbench's scale, as in fimbench train --lr.",
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base YAML config for every point."),
     epochs: Optional[int] = typer.Option(None, help="Epochs per point."),

@@ -47,8 +47,21 @@ class RichTrainProgress:
     def epoch(self, row: dict[str, Any]) -> None:
         self.progress.update(self.task, completed=row["step"])
 
+    def warn(self, message: str) -> None:
+        typer.echo(f"warning: {message}", err=True)
+
     def stop(self) -> None:
         self.progress.stop()
+
+
+def _damping_split(text: str | None) -> float | str | None:
+    """``--pi``: ``trace`` or a number (validated with the other optimizer settings)."""
+    if text is None or text == "trace":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise FimbenchError(f"--pi must be 'trace' or a positive number, got '{text}'") from None
 
 
 def _default_out(dataset: str, method: str) -> Path:
@@ -67,8 +80,15 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="Number of epochs."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps (smoke runs)."),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (also on the preconditioned gradient)."),
+    nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."),
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
-    damping: Optional[float] = typer.Option(None, help="Tikhonov damping λ (Kronecker methods)."),
+    damping: Optional[float] = typer.Option(None, help="Tikhonov damping λ (Kronecker methods; the initial λ if adaptive)."),
+    pi: Optional[str] = typer.Option(
+        None, "--pi", help="Damping split π: 'trace' (the paper's §2.2 rule) or a fixed positive number."
+    ),
+    damping_schedule: Optional[str] = typer.Option(
+        None, "--damping-schedule", help="fixed, or adaptive (Levenberg–Marquardt rule every T3 = optimizer.damping_every steps)."
+    ),
     kl_clip: Optional[float] = typer.Option(None, help="KL-clipping constant c (Kronecker methods)."),
     stats_every: Optional[int] = typer.Option(None, "--stats-every", help="T1: steps between statistics updates."),
     inverse_every: Optional[int] = typer.Option(None, "--inverse-every", help="T2: steps between inversions."),
@@ -101,8 +121,11 @@ def train(
         "training.epochs": epochs,
         "training.max_steps": max_steps,
         "optimizer.momentum": momentum,
+        "optimizer.nesterov": nesterov,
         "optimizer.weight_decay": weight_decay,
         "optimizer.damping": damping,
+        "optimizer.pi": _damping_split(pi),
+        "optimizer.damping_schedule": damping_schedule,
         "optimizer.kl_clip": kl_clip,
         "optimizer.stats_every": stats_every,
         "optimizer.inverse_every": inverse_every,

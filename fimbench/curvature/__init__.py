@@ -12,7 +12,14 @@ from typing import Callable
 
 from torch import Tensor
 
-from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO, KroneckerInverse, KroneckerSum
+from fimbench.curvature.base import (
+    DEFAULT_MIN_CURVATURE_RATIO,
+    TRACE_SPLIT,
+    DampingSplit,
+    KroneckerInverse,
+    KroneckerSum,
+    check_damping_split,
+)
 from fimbench.curvature.deflation import approximate_deflation
 from fimbench.curvature.kfac import approximate_kfac
 from fimbench.curvature.kfac_corrected import approximate_kfac_corrected
@@ -32,11 +39,14 @@ __all__ = [
     "DEFAULT_MAX_ITERATIONS",
     "DEFAULT_MIN_CURVATURE_RATIO",
     "DEFAULT_TOL",
+    "TRACE_SPLIT",
     "ApproximationOptions",
+    "DampingSplit",
     "KroneckerInverse",
     "KroneckerSum",
     "Method",
     "approximate",
+    "check_damping_split",
     "parse_method",
 ]
 

@@ -3,8 +3,11 @@
 Damping convention (one convention for every method; paper §2.2, Martens & Grosse 2015):
 the first term gets factored Tikhonov damping and the others are kept as they are,
 
-    damped(λ) = (A₁ + π √λ I) ⊗ (G₁ + √λ / π I) + τ Σ_{k≥2} A_k ⊗ G_k,
-    π = sqrt((tr A₁ / p) / (tr G₁ / q)).
+    damped(λ, π) = (A₁ + π √λ I) ⊗ (G₁ + √λ / π I) + τ Σ_{k≥2} A_k ⊗ G_k.
+
+The split π decides which factor carries the damping. ``pi="trace"`` is the paper's §2.2 rule
+``π = sqrt((tr A₁ / p) / (tr G₁ / q))``; a positive number fixes π, which is how the authors' code
+damps (their ``pi=False``; :mod:`fimbench.conventions` gives the π that reproduces each method).
 
 Safeguard for indefinite corrections (§3.4). With ``A = A₁ + π√λ I``, ``B = G₁ + √λ/π I`` and the
 generalised eigen-decompositions ``K₁ᵀ A K₁ = I, K₁ᵀ C K₁ = diag(s₁)`` and ``K₂ᵀ B K₂ = I,
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, Union
 
 import torch
 from torch import Tensor
@@ -32,6 +36,19 @@ from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_dense, kron_matvec
 
 DEFAULT_MIN_CURVATURE_RATIO = 0.1
+TRACE_SPLIT = "trace"
+
+DampingSplit = Union[float, Literal["trace"]]
+"""π of the factored damping: ``"trace"`` (the paper's rule) or a fixed positive number."""
+
+
+def check_damping_split(pi: object) -> DampingSplit:
+    """``"trace"`` or a positive finite number; a one-line error for anything else."""
+    if pi == TRACE_SPLIT:
+        return TRACE_SPLIT
+    if isinstance(pi, (int, float)) and not isinstance(pi, bool) and math.isfinite(pi) and pi > 0:
+        return float(pi)
+    raise FimbenchError(f"the damping split pi must be 'trace' or a positive number, got {pi!r}")
 
 
 @dataclass
@@ -68,8 +85,11 @@ class KroneckerSum:
         """``F̂ vec(V) = Σ_k vec(G_k V A_kᵀ)`` for a weight-shaped (q, p) ``V``."""
         return sum(kron_matvec(A, G, V) for A, G in self.terms)  # type: ignore[return-value]
 
-    def damping_split(self) -> float:
-        """``π = sqrt((tr A₁ / p) / (tr G₁ / q))`` (§2.2); 1 when a trace is not positive."""
+    def damping_split(self, pi: DampingSplit = TRACE_SPLIT) -> float:
+        """The π of the damped first term: ``pi`` itself when it is a number, else the trace rule
+        ``π = sqrt((tr A₁ / p) / (tr G₁ / q))`` (§2.2), which falls back to 1 when a trace is not positive."""
+        if check_damping_split(pi) != TRACE_SPLIT:
+            return float(pi)
         A, G = self.terms[0]
         mean_a = float(torch.trace(A)) / self.p
         mean_g = float(torch.trace(G)) / self.q
@@ -77,17 +97,27 @@ class KroneckerSum:
             return 1.0
         return math.sqrt(mean_a / mean_g)
 
-    def inverse(self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO) -> "KroneckerInverse":
-        """Factorise ``damped(damping)`` once; apply it to many gradients with ``.apply``."""
-        return KroneckerInverse(self, damping, min_curvature_ratio)
+    def inverse(
+        self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO, pi: DampingSplit = TRACE_SPLIT
+    ) -> "KroneckerInverse":
+        """Factorise ``damped(damping, pi)`` once; apply it to many gradients with ``.apply``."""
+        return KroneckerInverse(self, damping, min_curvature_ratio, pi)
 
-    def damped(self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO) -> "KroneckerSum":
+    def damped(
+        self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO, pi: DampingSplit = TRACE_SPLIT
+    ) -> "KroneckerSum":
         """The operator that :meth:`solve` inverts (module docstring)."""
-        return self.inverse(damping, min_curvature_ratio).operator
+        return self.inverse(damping, min_curvature_ratio, pi).operator
 
-    def solve(self, V: Tensor, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO) -> Tensor:
-        """``damped(λ)⁻¹ vec(V)`` as a (q, p) matrix."""
-        return self.inverse(damping, min_curvature_ratio).apply(V)
+    def solve(
+        self,
+        V: Tensor,
+        damping: float,
+        min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
+        pi: DampingSplit = TRACE_SPLIT,
+    ) -> Tensor:
+        """``damped(λ, π)⁻¹ vec(V)`` as a (q, p) matrix."""
+        return self.inverse(damping, min_curvature_ratio, pi).apply(V)
 
 
 def _cholesky(matrix: Tensor, side: str) -> Tensor:
@@ -132,9 +162,12 @@ class KroneckerInverse:
 
     One term: ``apply(V) = G_inv @ V @ A_inv``.
     Two terms: ``apply(V) = K₂ [(K₂ᵀ V K₁) ⊘ (1 1ᵀ + τ s₂ s₁ᵀ)] K₁ᵀ``.
+    ``correction_scale`` is the τ of the safeguard (1 for one term, or when no shrinking was needed).
     """
 
-    def __init__(self, approximation: KroneckerSum, damping: float, min_curvature_ratio: float) -> None:
+    def __init__(
+        self, approximation: KroneckerSum, damping: float, min_curvature_ratio: float, pi: DampingSplit = TRACE_SPLIT
+    ) -> None:
         if damping < 0:
             raise FimbenchError(f"damping must be non-negative, got {damping}")
         if not 0.0 < min_curvature_ratio <= 1.0:
@@ -145,10 +178,10 @@ class KroneckerInverse:
                 "use --lanczos-rank 2 or less for training"
             )
         A1, G1 = approximation.terms[0]
-        pi = approximation.damping_split()
+        split = approximation.damping_split(pi)
         root = math.sqrt(damping)
-        A = A1 + (pi * root) * torch.eye(A1.shape[0], dtype=A1.dtype, device=A1.device)
-        B = G1 + (root / pi) * torch.eye(G1.shape[0], dtype=G1.dtype, device=G1.device)
+        A = A1 + (split * root) * torch.eye(A1.shape[0], dtype=A1.dtype, device=A1.device)
+        B = G1 + (root / split) * torch.eye(G1.shape[0], dtype=G1.dtype, device=G1.device)
         L_A, L_B = _cholesky(A, "activation"), _cholesky(B, "derivative")
         self.correction_scale = 1.0
         if approximation.rank == 1:

@@ -1,7 +1,8 @@
 """Deflation (§3.2.1): ``F ≈ R ⊗ S + P ⊗ Q`` computed one pair after the other.
 
 1. ``(R, S)`` = KPSVD's pair (power SVD on ``Z(F)``);
-2. ``(P, Q)`` = power SVD on ``Z(F − R ⊗ S) = Z(F) − vec(R) vec(S)ᵀ``.
+2. ``(P, Q)`` = power SVD on ``Z(F − R ⊗ S) = Z(F) − vec(R) vec(S)ᵀ``, started orthogonally to ``vec(S)``
+   (a start along it would be annihilated by the deflation).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def approximate_deflation(
     first = leading_pair(target, target.operator, 0, options)
     sigma = float(first.values[0])
     deflated = target.operator.deflated(sigma, first.left[:, 0], first.right[:, 0])
-    second = leading_pair(target, deflated, 1, options, scale=sigma)
+    start = target.start_orthogonal(1, first.right[:, 0])
+    second = leading_pair(target, deflated, 1, options, scale=sigma, start=start)
     return KroneckerSum(
         [kronecker_pair(target.operator, first), kronecker_pair(deflated, second)],
         method="deflation",

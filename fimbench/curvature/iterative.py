@@ -82,6 +82,20 @@ def _orthogonalise(vector: Tensor, basis: list[Tensor], gram: Tensor) -> Tensor:
     return vector
 
 
+def _fresh_direction(basis: list[Tensor], gram: Tensor) -> Tensor | None:
+    """A unit vector (in ``⟨x, x'⟩ = xᵀ M x'``) orthogonal to ``basis``: the basis element farthest from its
+    span, orthogonalised; None when the basis already spans everything ``M`` sees."""
+    stacked = torch.stack(basis, dim=1)  # (n, k)
+    distances = torch.diagonal(gram) - (stacked.transpose(0, 1) @ gram).square().sum(dim=0)
+    index = int(torch.argmax(distances))
+    if float(distances[index]) <= BREAKDOWN**2 * float(torch.diagonal(gram).max()):
+        return None
+    unit = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    unit[index] = 1.0
+    vector = _orthogonalise(unit, basis, gram)
+    return vector / torch.sqrt(vector @ (gram @ vector))
+
+
 def _bidiagonal(alphas: list[Tensor], betas: list[Tensor], columns: int) -> Tensor:
     """``B[i, i] = α_i, B[i, i+1] = β_i`` of shape (k, columns): k×k, or k×(k+1) after an exact stop."""
     k = len(alphas)
@@ -107,7 +121,9 @@ def lanczos_svd(
 
     Each cycle builds ``Z Q_k = P_k B_k`` (B upper bidiagonal, full re-orthogonalisation); the SVD
     ``B = X Σ Yᵀ`` gives the Ritz vectors ``u_i = P x_i, v_i = Q y_i`` whose residual is exactly
-    ``β_k |x_i[k]|``. The check runs after every step (B is at most K×K), so a warm start stops as soon
+    ``β_k |x_i[k]|``. When the factorisation breaks down (``Zᵀ P ⊂ span Q``) with fewer than ``rank``
+    vectors, it goes on from a fresh direction orthogonal to ``Q`` with a zero coupling β, so a start that
+    is itself a singular vector still yields the next pairs. The check runs after every step (B is at most K×K), so a warm start stops as soon
     as the top ``rank`` residuals are below ``tol·σ_ref``; otherwise the next cycle restarts from
     ``Σ_i v_i`` (§3.2.2). K is raised to at least 2r + 2, below which that restart stalls. ``iterations`` counts the products with ``Z`` and ``Zᵀ`` in pairs.
     """
@@ -142,7 +158,12 @@ def lanczos_svd(
             alphas.append(alpha)
             z = _orthogonalise(operator.rmatvec(P[-1]) - alpha * Q[-1], Q, operator.gram_g)
             beta = operator.norm_right(z)
-            stop = len(P) == krylov_dim or float(beta) <= BREAKDOWN * size or iterations >= max_iterations
+            exhausted = float(beta) <= BREAKDOWN * size  # span(Q) is invariant: no new direction from Zᵀ
+            if exhausted and len(P) < min(rank, krylov_dim) and iterations < max_iterations:
+                fresh = _fresh_direction(Q, operator.gram_g)  # fewer pairs than asked: go on in span(Q)^⊥
+                if fresh is not None:
+                    z, beta, exhausted = fresh, torch.zeros((), dtype=dtype, device=device), False
+            stop = len(P) == krylov_dim or exhausted or iterations >= max_iterations
             if not stop and len(P) >= rank:
                 X, sigmas, _ = torch.linalg.svd(_bidiagonal(alphas, betas, len(Q)), full_matrices=False)
                 stop = worst_residual(X, sigmas, beta, rank) <= tol
@@ -150,7 +171,7 @@ def lanczos_svd(
                 beta_last = beta
                 break
             betas.append(beta)
-            Q.append(z / beta)
+            Q.append(z / beta if float(beta) > 0 else z)
             w = operator.matvec(Q[-1]) - beta * P[-1]
             iterations += 1
         k = len(P)

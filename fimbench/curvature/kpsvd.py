@@ -33,10 +33,16 @@ def kronecker_pair(operator: RearrangedOperator, triplets: SingularTriplets, ind
 
 
 def leading_pair(
-    target: Target, operator: RearrangedOperator, pair: int, options: ApproximationOptions, scale: float | None = None
+    target: Target,
+    operator: RearrangedOperator,
+    pair: int,
+    options: ApproximationOptions,
+    scale: float | None = None,
+    start: Tensor | None = None,
 ) -> SingularTriplets:
-    """Power SVD of ``operator`` started from the warm start of term ``pair`` (or cold)."""
-    return power_svd(operator, target.start(pair), scale=scale, tol=options.tol, max_iterations=options.max_iterations)
+    """Power SVD of ``operator`` started from ``start``, by default the warm start of term ``pair`` (or cold)."""
+    start = target.start(pair) if start is None else start
+    return power_svd(operator, start, scale=scale, tol=options.tol, max_iterations=options.max_iterations)
 
 
 def approximate_kpsvd(

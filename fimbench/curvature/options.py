@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from fimbench.curvature.base import KroneckerSum
@@ -14,6 +15,7 @@ from fimbench.errors import FimbenchError
 DEFAULT_TOL = 1e-6  # the paper's ε (§4), here relative to σ₁
 DEFAULT_MAX_ITERATIONS = 500  # products with Z (in pairs); warm starts need a handful, cold second pairs ~100
 DEFAULT_KRYLOV_DIM = 10
+NEGLIGIBLE_START = 1e-8  # a warm start this much smaller than the cold one carries no direction
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,34 @@ class Target:
     starts: list[int | None]
 
     def start(self, pair: int) -> Tensor:
+        """The warm start of term ``pair``, or the cold start ``E[g gᵀ]`` when there is none or when it is
+        (near) zero — a term that vanished once, e.g. after an update with ``g ≡ 0``, must not seed the next
+        update, since a zero start vector is a fixed point of power SVD and Lanczos."""
+        cold = self.operator.batch_mean()
         index = self.starts[pair] if pair < len(self.starts) else None
-        return self.operator.unit(index) if index is not None else self.operator.batch_mean()
+        if index is None:
+            return cold
+        warm = self.operator.unit(index)
+        if float(self.operator.norm_right(warm)) <= NEGLIGIBLE_START * float(self.operator.norm_right(cold)):
+            return cold
+        return warm
+
+    def start_orthogonal(self, pair: int, leading: Tensor) -> Tensor:
+        """:meth:`start` with the unit right vector ``v₁ = Φ_G y₁`` of an earlier pair projected out.
+
+        The next right singular vector is orthogonal to ``v₁``, and the component along ``v₁`` is all that
+        deflating ``σ₁ u₁ v₁ᵀ`` removes: a start equal to ``v₁`` (a cold start whose first pair converged in
+        one iteration) would be annihilated. When nothing is left after the projection, the start is the
+        basis element ``Φ_G e_t`` farthest from ``v₁``.
+        """
+        gram = self.operator.gram_g
+        start = self.start(pair)
+        candidate = start - (leading @ (gram @ start)) * leading
+        if float(self.operator.norm_right(candidate)) > NEGLIGIBLE_START * float(self.operator.norm_right(start)):
+            return candidate
+        overlaps = gram @ leading  # ⟨Φ_G e_t, v₁⟩
+        index = int(torch.argmax(torch.diagonal(gram) - overlaps.square()))
+        return self.operator.unit(index) - overlaps[index] * leading
 
 
 def ema_target(
