@@ -283,7 +283,7 @@ class KroneckerPreconditioner:
             self.refresh_inverses()
         if self.schedule is not None and self.steps % self.schedule.every == 0:
             self.trial = DampingTrial(
-                [weight_of(layer).detach().clone() for layer in self.layers],
+                [weight_of(layer).detach() for layer in self.layers],
                 [weight_gradient(layer) for layer in self.layers],
             )
         nu = self.precondition(measure_alignment=refresh)

@@ -53,6 +53,7 @@ class TrainResult:
     run_dir: Path
     status: str  # completed | interrupted | diverged
     rows: list[dict[str, Any]] = field(default_factory=list)
+    alignment_first_refresh: float | None = None  # cos(F̃⁻¹∇, ∇) after the first refresh (Kronecker methods)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,8 +229,11 @@ def run_training(
                         progress.step(step, epoch, values[-1], step / elapsed if elapsed > 0 else 0.0)
                 if preconditioner is not None:
                     preconditioner.step(x)
-                    if step == 1 and progress is not None and (warning := damping_warning(preconditioner.alignment)):
-                        progress.warn(warning)
+                    if step == 1:
+                        result.alignment_first_refresh = preconditioner.alignment
+                        warning = damping_warning(result.alignment_first_refresh)
+                        if warning is not None and progress is not None:
+                            progress.warn(warning)
                 optimizer.step()
                 if preconditioner is not None and preconditioner.awaiting_loss:
                     with torch.no_grad():
@@ -330,6 +334,7 @@ def _summary(
         "diverged_at_step": diverged_at,
         "final": {key: value for key, value in last.items() if key != "kind"},
         "best_val_loss": best_val,
+        "alignment_first_refresh": result.alignment_first_refresh,
         "train_seconds": train_seconds,
         "time_per_step": train_seconds / steps if steps else None,
         "device": device_description(device),

@@ -147,3 +147,26 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_log(tmp_path: Path, monkeypatch: pyt
     assert summary["status"] == "interrupted" and summary["epochs"] == 1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1]
+
+
+def test_damping_options_and_the_sgd_warning(tmp_path: Path) -> None:
+    """``--pi`` and ``--damping-schedule`` reach the run; a damping that swamps the curvature is warned once."""
+    config = str(tiny_config(tmp_path))
+    swamped = runner.invoke(app, ["train", "--config", config, "--method", "kpsvd", "--damping", "1e6", "--pi", "2.5",
+                                  "--max-steps", "3", "--out", str(tmp_path / "a")])
+    assert swamped.exit_code == 0, swamped.output
+    warnings = [line for line in swamped.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "close to SGD" in warnings[0]
+    resolved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["optimizer"]
+    assert (resolved["pi"], resolved["damping"]) == (2.5, 1e6)
+    acting = runner.invoke(app, ["train", "--config", config, "--method", "kfac", "--damping-schedule", "adaptive",
+                                 "--nesterov", "--max-steps", "3", "--out", str(tmp_path / "b")])
+    assert acting.exit_code == 0, acting.output
+    assert "warning: " not in acting.stderr
+    row = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["alignment"] < 0.99 and row["damping_adaptations"] == 1
+    resolved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["optimizer"]
+    assert (resolved["pi"], resolved["damping_schedule"], resolved["nesterov"]) == ("trace", "adaptive", True)
+    for bad in (["--pi", "wide"], ["--pi", "-1"], ["--damping-schedule", "cosine"]):
+        one_line_error(runner.invoke(app, ["train", "--config", config, "--method", "kfac", "--max-steps", "1", *bad,
+                                           "--out", str(tmp_path / "c")]))

@@ -177,8 +177,9 @@ def mnist_like(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
 
 
 def first_refresh_alignment(config, run_dir: Path, dataset) -> float:  # type: ignore[no-untyped-def]
-    run_training(config, run_dir, dataset=dataset)
-    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["alignment"]
+    result = run_training(config, run_dir, dataset=dataset)
+    assert json.loads((run_dir / "summary.json").read_text())["alignment_first_refresh"] == result.alignment_first_refresh
+    return result.alignment_first_refresh  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("method", KRONECKER)
