@@ -28,7 +28,7 @@ from typing import ContextManager
 import torch
 from torch import Tensor, nn
 
-from fimbench.capture import capture_statistics, set_weight_gradient, weight_gradient
+from fimbench.capture import capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import (
     DEFAULT_KRYLOV_DIM,
@@ -70,7 +70,8 @@ class PreconditionerDiagnostics:
 
 
 class KroneckerPreconditioner:
-    """Replaces each ``nn.Linear`` gradient by its Kronecker-factored natural gradient (module docstring)."""
+    """Replaces each ``nn.Linear`` and ``nn.Conv2d`` gradient by its Kronecker-factored natural gradient
+    (module docstring; a convolution's gradient as the (out, C·k_h·k_w + 1) matrix of capture.py)."""
 
     def __init__(
         self,
@@ -109,9 +110,9 @@ class KroneckerPreconditioner:
                 raise FimbenchError(f"invalid optimizer setting {name}={value}")
         self.model = model
         self.likelihood = likelihood
-        self.layers = [module for module in model.modules() if isinstance(module, nn.Linear)]
+        self.layers = kronecker_layers(model)
         if not self.layers:
-            raise FimbenchError("the model has no nn.Linear layer to precondition")
+            raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
         self.damping = damping
         self.kl_clip = kl_clip
         self.stats_every = stats_every
