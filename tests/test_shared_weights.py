@@ -11,7 +11,10 @@ Its leading pair is the unconstrained optimum (Prop. 3.2); the tests check both,
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,8 +35,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from fimbench.capture import capture_statistics, kronecker_layers, layer_shape, weight_gradient
+from fimbench.config import load_config
 from fimbench.curvature import KroneckerSum, approximate
 from fimbench.curvature.shared_weights import BatchProducts, SharedWeightOperator, kfac_expand_factors
+from fimbench.data import load_dataset
 from fimbench.errors import FimbenchError
 from fimbench.fisher import (
     ExactFisher,
@@ -43,8 +48,10 @@ from fimbench.fisher import (
     spectral_error,
     spectral_error_dense,
 )
-from fimbench.models import Likelihood
+from fimbench.fisher_error import FisherErrorSettings, run_fisher_error
+from fimbench.models import Architecture, ConvAutoencoder, Likelihood, build_model, default_architecture
 from fimbench.optim import KroneckerPreconditioner
+from fimbench.train import resolve_architecture, run_training
 
 EXACT_RTOL = 1e-10  # identities that hold up to float64 round-off
 SOLVER_TOL = 1e-12  # power SVD / Lanczos stopping tolerance in these tests
@@ -334,7 +341,7 @@ def test_operator_with_low_rank_terms_against_dense(problem):
     torch.testing.assert_close(vec_ref(image), dense.T @ vec_ref(U), rtol=EXACT_RTOL, atol=EXACT_RTOL * scale)
 
 
-@pytest.mark.parametrize("method", ["kfac", "kpsvd", "deflation", "kfac-corrected"])
+@pytest.mark.parametrize("method", ["kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"])
 def test_preconditioned_gradient_equals_the_dense_damped_solve(problem, method):
     model, layer, *_ = problem
     x = problem[3]
@@ -367,3 +374,79 @@ def test_bad_shapes_and_layers_are_user_errors(make_statistics):
         kronecker_layers(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)))
     with pytest.raises(FimbenchError, match="padding"):
         kronecker_layers(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")))
+
+
+# ----------------------------------------------------------------------------- the convolutional preset
+CONV_PRESET = Path(__file__).resolve().parents[1] / "configs" / "curves-conv.yaml"
+PRESET_STEPS = 6
+METHODS = ["sgd", "adam", "kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]
+
+
+@pytest.fixture(scope="module")
+def tiny_curves(tmp_path_factory):
+    return load_dataset("curves-synth", data_dir=tmp_path_factory.mktemp("data"), synth_train=256, synth_test=64)
+
+
+def preset_config(method: str, **extra):
+    overrides = {
+        "optimizer.method": method,
+        "training.batch_size": 32,
+        "training.max_steps": PRESET_STEPS,
+        "training.device": "cpu",
+        "training.log_every": 1,
+        "optimizer.stats_every": 3,
+        "optimizer.inverse_every": 3,
+        **extra,
+    }
+    return load_config(CONV_PRESET, overrides)
+
+
+def test_conv_preset_builds_the_documented_autoencoder():
+    config = preset_config("sgd")
+    architecture = resolve_architecture(config, 784)
+    model = build_model(architecture, seed=0)
+    assert isinstance(model, ConvAutoencoder)
+    layers = kronecker_layers(model)
+    assert [type(layer) for layer in layers] == [nn.Conv2d, nn.Conv2d, nn.Linear, nn.Linear, nn.Conv2d, nn.Conv2d]
+    assert [layer_shape(layer) for layer in layers] == [(10, 8), (73, 16), (785, 32), (33, 784), (145, 8), (73, 1)]
+    assert model(torch.rand(3, 784)).shape == (3, 784)
+    mnist = load_config(CONV_PRESET, {"data.dataset": "mnist", "optimizer.method": "kfac"})
+    assert mnist.model.architecture == "conv" and mnist.optimizer.lr == 1.0  # the conv preset's, not MNIST's
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_the_conv_preset(method, tiny_curves, tmp_path):
+    config = preset_config(method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = run_training(config, tmp_path / method, dataset=tiny_curves)
+    assert result.status == "completed" and result.summary["steps"] == PRESET_STEPS
+    losses = [row["train_loss"] for row in (json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()) if row["kind"] == "step"]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert result.rows[-1]["val_loss"] < losses[0]  # below the untrained model's first-batch loss
+    if method not in ("sgd", "adam"):
+        assert result.rows[-1]["statistics_updates"] == 2 and 0.0 < result.rows[-1]["kl_clip_factor"] <= 1.0
+
+
+def test_fisher_error_on_the_conv_preset(tiny_curves):
+    """The four conv layers; KPSVD (the best rank 1) never above K-FAC, Deflation never above KPSVD."""
+    config = preset_config("adam", **{"optimizer.lr": 1e-3})
+    settings = FisherErrorSettings(layers=(1, 2, 5, 6), iterations=2, every=2)
+    result = run_fisher_error(config, settings, dataset=tiny_curves)
+    assert result.layers == [1, 2, 5, 6]
+    assert result.layer_shapes[1] == (10, 8) and result.layer_shapes[5] == (145, 8)
+    errors = {(row.iteration, row.layer, row.method): row.error1 for row in result.rows}
+    for (iteration, layer, method), error in errors.items():
+        assert math.isfinite(error)
+        if method == "kpsvd":
+            assert error <= errors[(iteration, layer, "kfac")] + METRIC_RTOL
+            assert errors[(iteration, layer, "deflation")] <= error + METRIC_RTOL
+
+
+def test_conv_architecture_errors():
+    with pytest.raises(FimbenchError, match="model.architecture"):
+        default_architecture("curves", "transformer")
+    with pytest.raises(FimbenchError, match="divisible by 4"):
+        build_model(default_architecture("faces", "conv"), seed=0)
+    with pytest.raises(FimbenchError, match="j ≥ 1"):
+        build_model(Architecture((784, 8, 784), Likelihood.BERNOULLI, kind="conv"), seed=0)
