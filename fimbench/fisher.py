@@ -30,6 +30,10 @@ Fast paths (every number says which one produced it):
   ``lanczos``: block Lanczos with full re-orthogonalisation on matrix-free products
   ``V ↦ Σ_k G̃_k V Ã_k`` for the top c eigenvalues, stopped when Error 2 is certified (``_lanczos_top``).
 
+Shared weights (a Conv2d, or a Linear over a sequence): statistics ``a`` (m, T, p) and ``g`` (m, T, q)
+give the block ``F = (1/m) Σ_n vec(DW_n) vec(DW_n)ᵀ`` with ``DW_n = G_nᵀ A_n``; the same identities hold
+with the rows ``J_n = vec(DW_n)`` (:class:`ExactFisher`).
+
 Both metrics are NaN when F = 0 (every derivative of the layer vanished on the batch).
 """
 

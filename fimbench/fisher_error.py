@@ -5,7 +5,9 @@ every i divisible by ``every`` (and once more after the last step), the current 
 targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
 captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
 these same statistics — no EMA, each warm-started from its own previous result (§4) — then
-:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix.
+:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix. Layers are the
+model's Linear and Conv2d layers in module order; a Conv2d's block is the shared-weight one,
+``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` over its T output pixels (curvature/shared_weights.py).
 
 The engine returns dataclasses and never prints; progress goes to an optional :class:`FisherErrorProgress`.
 :func:`write_run` writes ``errors.csv``, ``summary.json`` and ``figure1.png`` into a run directory.
