@@ -10,7 +10,8 @@
 3. Symmetric factors: on each conv layer, the best Kronecker rank-2 error with symmetric factors (what
    Deflation / Lanczos return) against the unconstrained one, from a dense SVD of ``Z(F)`` on a Fisher batch
    of 64, at initialisation and after ``--adam-steps`` Adam steps (curvature/shared_weights.py explains why
-   they can differ when T > 1).
+   they can differ when T > 1). On the same statistics, K-FAC-expand's scale ``‖F̂‖/‖F‖`` and the Error 1
+   of its best multiple ``c F̂``, ``sqrt(1 − ⟨F, F̂⟩² / (‖F‖² ‖F̂‖²))``: how much of K-FAC's error is scale.
 
     OMP_NUM_THREADS=1 python benchmarks/conv.py [--steps 60] [--rounds 3] [--iterations 400] [--every 40]
                                                 [--layers 1,2,5,6] [--out benchmarks/conv] [--threads 1]
@@ -33,10 +34,11 @@ from rich.table import Table
 
 from fimbench.capture import capture_statistics, kronecker_layers, layer_shape
 from fimbench.config import RunConfig, load_config
-from fimbench.curvature import Method
+from fimbench.curvature import Method, approximate
 from fimbench.curvature.shared_weights import per_example_gradients
 from fimbench.data import DatasetSplits, load_dataset
 from fimbench.fisher_error import FisherErrorSettings, run_fisher_error, write_run
+from fimbench.kronecker import vec
 from fimbench.models import build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.timing import PhaseTimer, synchronize
@@ -136,6 +138,9 @@ def symmetric_gap(data: DatasetSplits, layers: list[int], adam_steps: int, devic
                 sym, anti = (torch.cat([values, values.new_zeros(2)]) for values in symmetric_split(Z, p, q))  # q = 1: one σ
                 norm = float(torch.linalg.norm(Z))
                 both = torch.sort(torch.cat([sym, anti]), descending=True).values
+                A, G = approximate(Method.KFAC, stat.a, stat.g).terms[0]
+                kfac_norm = float(torch.linalg.norm(A.double())) * float(torch.linalg.norm(G.double()))
+                cosine = float((Z * torch.outer(vec(A.double()), vec(G.double()))).sum()) / (norm * kfac_norm)
                 rows.append(
                     {
                         "step": step,
@@ -146,6 +151,8 @@ def symmetric_gap(data: DatasetSplits, layers: list[int], adam_steps: int, devic
                         "sigma1_anti": float(anti[0]) / float(sym[0]),
                         "error1_rank2_symmetric": math.sqrt(max(norm**2 - float(sym[:2].square().sum()), 0.0)) / norm,
                         "error1_rank2_unconstrained": math.sqrt(max(norm**2 - float(both[:2].square().sum()), 0.0)) / norm,
+                        "kfac_scale": kfac_norm / norm,
+                        "kfac_scaled_error1": math.sqrt(max(1.0 - cosine**2, 0.0)),
                     }
                 )
         if step == adam_steps:
@@ -154,6 +161,29 @@ def symmetric_gap(data: DatasetSplits, layers: list[int], adam_steps: int, devic
         model.likelihood.nll(model(x), x).mean().backward()
         optimizer.step()
     return rows
+
+
+def fisher_error_tables(console: Console, layers: tuple[int, ...], iterations: int, every: int, data: DatasetSplits, out: Path) -> None:
+    """Run ``fisher-error``'s engine with the preset's Adam, write the run to ``out`` and print Error 1 / 2."""
+    config = preset(Method.ADAM)
+    settings = FisherErrorSettings(layers=layers, iterations=iterations, every=every)
+    started = time.perf_counter()
+    result = run_fisher_error(config, settings, dataset=data)
+    write_run(result, out)
+    console.print(f"fisher-error: {time.perf_counter() - started:.0f} s, written to {out}")
+    for metric in ("error1", "error2"):
+        table = Table(title=f"{'Error 1' if metric == 'error1' else 'Error 2'} along training: first → median → last measurement")
+        table.add_column("method")
+        for layer in result.layers:
+            p, q = result.layer_shapes[layer]
+            table.add_column(f"layer {layer} (p={p}, q={q})", justify="right")
+        for entry in result.entries:
+            cells = []
+            for layer in result.layers:
+                values = [getattr(row, metric) for row in result.rows if row.layer == layer and row.method == entry.method.value]
+                cells.append(f"{values[0]:.3f} → {statistics.median(values):.3f} → {values[-1]:.3f}")
+            table.add_row(entry.label, *cells)
+        console.print(table)
 
 
 def main() -> None:
@@ -167,6 +197,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/conv"), help="directory of the fisher-error run")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-fisher-error", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,34 +224,22 @@ def main() -> None:
         console.print(table)
 
     layers = tuple(int(item) for item in args.layers.split(","))
-    config = preset(Method.ADAM)
-    settings = FisherErrorSettings(layers=layers, iterations=args.iterations, every=args.every)
-    started = time.perf_counter()
-    result = run_fisher_error(config, settings, dataset=data)
-    write_run(result, args.out)
-    console.print(f"fisher-error: {time.perf_counter() - started:.0f} s, written to {args.out}")
-    for metric in ("error1", "error2"):
-        table = Table(title=f"{'Error 1' if metric == 'error1' else 'Error 2'} along training: first → median → last measurement")
-        table.add_column("method")
-        for layer in result.layers:
-            p, q = result.layer_shapes[layer]
-            table.add_column(f"layer {layer} (p={p}, q={q})", justify="right")
-        for entry in result.entries:
-            cells = []
-            for layer in result.layers:
-                values = [getattr(row, metric) for row in result.rows if row.layer == layer and row.method == entry.method.value]
-                cells.append(f"{values[0]:.3f} → {statistics.median(values):.3f} → {values[-1]:.3f}")
-            table.add_row(entry.label, *cells)
-        console.print(table)
+    if not args.skip_fisher_error:
+        fisher_error_tables(console, layers, args.iterations, args.every, data, args.out)
 
     gap = symmetric_gap(data, list(layers), args.adam_steps, device)
     table = Table(title="best rank 2 with symmetric factors vs unconstrained (dense SVD of Z(F), Fisher batch 64)")
-    for header in ("step", "layer", "p×q", "σ₂(sym)/σ₁", "σ₁(anti)/σ₁", "Error 1 rank 2, symmetric", "unconstrained"):
+    headers = (
+        "step", "layer", "p×q", "σ₂(sym)/σ₁", "σ₁(anti)/σ₁", "Error 1 rank 2, symmetric", "unconstrained",
+        "K-FAC ‖F̂‖/‖F‖", "K-FAC best c: Error 1",
+    )
+    for header in headers:
         table.add_column(header, justify="right")
     for row in gap:
         table.add_row(
             str(row["step"]), str(row["layer"]), f"{row['p']}×{row['q']}", f"{row['sigma2_sym']:.3f}", f"{row['sigma1_anti']:.3f}",
             f"{row['error1_rank2_symmetric']:.4f}", f"{row['error1_rank2_unconstrained']:.4f}",
+            f"{row['kfac_scale']:.3f}", f"{row['kfac_scaled_error1']:.3f}",
         )
     console.print(table)
 

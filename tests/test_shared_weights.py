@@ -36,7 +36,8 @@ from torch.func import functional_call, grad, vmap
 
 from fimbench.capture import capture_statistics, kronecker_layers, layer_shape, weight_gradient
 from fimbench.config import load_config
-from fimbench.curvature import KroneckerSum, approximate
+from fimbench.cost import profile_dataset
+from fimbench.curvature import KroneckerSum, Method, approximate
 from fimbench.curvature.shared_weights import BatchProducts, SharedWeightOperator, kfac_expand_factors
 from fimbench.data import load_dataset
 from fimbench.errors import FimbenchError
@@ -450,3 +451,11 @@ def test_conv_architecture_errors():
         build_model(default_architecture("faces", "conv"), seed=0)
     with pytest.raises(FimbenchError, match="j ≥ 1"):
         build_model(Architecture((784, 8, 784), Likelihood.BERNOULLI, kind="conv"), seed=0)
+
+
+def test_cost_profile_on_the_conv_preset():
+    cost = profile_dataset("curves", [Method.KFAC, Method.DEFLATION], torch.device("cpu"), repeats=1, warmup=0, config=CONV_PRESET)
+    assert cost.layers == (784, 8, 16, 32, 16, 8, 784) and cost.profile.batch_size == 256
+    for method in cost.profile.methods:
+        assert [(layer.p, layer.q) for layer in method.layers] == [(10, 8), (73, 16), (785, 32), (33, 784), (145, 8), (73, 1)]
+    assert cost.profile.methods[0].settings["lr"] == 1.0  # the conv preset's K-FAC settings
