@@ -38,7 +38,7 @@ from fimbench.capture import capture_statistics, kronecker_layers, layer_shape, 
 from fimbench.config import load_config
 from fimbench.cost import profile_dataset
 from fimbench.curvature import KroneckerSum, Method, approximate
-from fimbench.curvature.shared_weights import BatchProducts, SharedWeightOperator, kfac_expand_factors
+from fimbench.curvature.shared_weights import BatchProducts, SharedWeightOperator, kfac_expand_factors, product_form
 from fimbench.data import load_dataset
 from fimbench.errors import FimbenchError
 from fimbench.fisher import (
@@ -194,6 +194,17 @@ def test_both_product_forms_equal_the_dense_rearrangement(problem, form):
     torch.testing.assert_close(vec_ref(batch.z(V)), Z @ vec_ref(V), rtol=EXACT_RTOL, atol=EXACT_RTOL * scale * q)
     torch.testing.assert_close(vec_ref(batch.zt(U)), Z.T @ vec_ref(U), rtol=EXACT_RTOL, atol=EXACT_RTOL * scale * p)
     assert math.isclose(batch.squared_norm, float(F.square().sum()), rel_tol=EXACT_RTOL)
+
+
+@pytest.mark.parametrize("form", ["gradients", "positions"])
+@pytest.mark.parametrize("m, T, p, q", [(3, 2, 7, 6), (4, 9, 3, 2)])  # p q > m T², and p q < m T²
+def test_squared_norm_from_either_side(form, m, T, p, q):
+    generator = torch.Generator().manual_seed(9)
+    a = torch.randn(m, T, p, generator=generator, dtype=DTYPE)
+    g = torch.randn(m, T, q, generator=generator, dtype=DTYPE)
+    gradients = torch.stack([sum(torch.outer(g[n, t], a[n, t]) for t in range(T)) for n in range(m)])
+    F = fisher_from_gradients(gradients)
+    assert math.isclose(BatchProducts(a, g, form).squared_norm, float(F.square().sum()), rel_tol=EXACT_RTOL)
 
 
 def symmetriser(d: int) -> Tensor:
@@ -459,3 +470,8 @@ def test_cost_profile_on_the_conv_preset():
     for method in cost.profile.methods:
         assert [(layer.p, layer.q) for layer in method.layers] == [(10, 8), (73, 16), (785, 32), (33, 784), (145, 8), (73, 1)]
     assert cost.profile.methods[0].settings["lr"] == 1.0  # the conv preset's K-FAC settings
+
+
+def test_product_form_follows_the_documented_multiply_add_counts():
+    assert product_form(64, 196, 145, 8) == "gradients"  # p q (p + q) = 177 k < T (p² + q²) = 4.1 M
+    assert product_form(64, 2, 100, 100) == "positions"  # 2 M > T (p² + q²) + T² (p + q) = 40.8 k

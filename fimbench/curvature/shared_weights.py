@@ -112,9 +112,11 @@ class BatchProducts:
     @functools.cached_property
     def squared_norm(self) -> float:
         """``‖Z(F)‖²_F = ‖F‖²_F = (1/m²) Σ_{n,n'} ⟨DW_n, DW_n'⟩²`` with
-        ``⟨DW_n, DW_n'⟩ = Σ_{t,t'} (a_ntᵀ a_n't')(g_ntᵀ g_n't')``."""
-        if self.form == "gradients":
-            flat = self.D.reshape(self.m, -1)
+        ``⟨DW_n, DW_n'⟩ = Σ_{t,t'} (a_ntᵀ a_n't')(g_ntᵀ g_n't')``: from the ``DW_n`` (m p q numbers, formed
+        here if the products do not keep them) or from the positions (m² T² numbers), whichever is smaller."""
+        if self.form == "gradients" or self.p * self.q <= self.m * self.T * self.T:
+            D = self.D if self.form == "gradients" else per_example_gradients(self.a, self.g)
+            flat = D.reshape(self.m, -1)
             inner = flat @ flat.transpose(0, 1)
         else:
             inner = torch.einsum(
