@@ -473,5 +473,5 @@ def test_cost_profile_on_the_conv_preset():
 
 
 def test_product_form_follows_the_documented_multiply_add_counts():
-    assert product_form(64, 196, 145, 8) == "gradients"  # p q (p + q) = 177 k < T (p² + q²) = 4.1 M
-    assert product_form(64, 2, 100, 100) == "positions"  # 2 M > T (p² + q²) + T² (p + q) = 40.8 k
+    assert product_form(196, 145, 8) == "gradients"  # p q (p + q) = 177 k < T (p² + q²) = 4.1 M
+    assert product_form(2, 100, 100) == "positions"  # 2 M > T (p² + q²) + T² (p + q) = 40.8 k

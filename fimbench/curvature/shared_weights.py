@@ -68,9 +68,9 @@ def per_example_gradients(a: Tensor, g: Tensor) -> Tensor:
     return torch.einsum("ntq,ntp->nqp", g, a)
 
 
-def product_form(m: int, positions: int, p: int, q: int) -> str:
-    """``gradients`` when ``p q (p + q) ≤ T (p² + q²) + T² (p + q)`` (module docstring), else ``positions``."""
-    T = positions
+def product_form(T: int, p: int, q: int) -> str:
+    """``gradients`` when ``p q (p + q) ≤ T (p² + q²) + T² (p + q)`` (module docstring; both counts carry the
+    factor m), else ``positions``."""
     return "gradients" if p * q * (p + q) <= T * (p * p + q * q) + T * T * (p + q) else "positions"
 
 
@@ -84,7 +84,7 @@ class BatchProducts:
     def __init__(self, a: Tensor, g: Tensor, form: str | None = None) -> None:
         self.m, self.T, self.p = a.shape
         self.q = g.shape[2]
-        self.form = form or product_form(self.m, self.T, self.p, self.q)
+        self.form = form or product_form(self.T, self.p, self.q)
         if self.form not in ("gradients", "positions"):
             raise FimbenchError(f"unknown product form '{self.form}'; choose gradients or positions")
         self.a = a.to(ITERATION_DTYPE)
