@@ -36,6 +36,7 @@ class ModelConfig:
     layers: list[int] | None = None  # default: the paper's architecture for the dataset (App. D)
     activation: str = "relu"
     likelihood: str | None = None  # bernoulli | gaussian; default: the dataset's
+    architecture: str = "mlp"  # mlp (App. D) | conv (models.ConvAutoencoder; configs/curves-conv.yaml)
 
 
 @dataclass(frozen=True)

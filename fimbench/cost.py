@@ -32,23 +32,24 @@ import platform
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from torch import Tensor, nn
+from torch import Tensor
 
 from fimbench import __version__
-from fimbench.capture import capture_statistics, set_weight_gradient, weight_gradient
+from fimbench.capture import KroneckerLayer, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
 from fimbench.config import OptimizerConfig, load_config
 from fimbench.curvature import KroneckerSum, Method, approximate
 from fimbench.errors import FimbenchError
-from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, Likelihood, build_model
+from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, Likelihood, build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.plots import METHOD_COLORS, METHOD_LABELS, new_figure
 from fimbench.timing import measure
-from fimbench.train import device_description
+from fimbench.train import device_description, resolve_architecture
 
 COST_DATASETS: tuple[str, ...] = ("curves", "mnist", "faces")
 PHASES: tuple[str, ...] = ("build_cold", "build_warm", "inverse", "apply")
@@ -259,13 +260,13 @@ def _check_common(methods: Sequence[Method], repeats: int) -> None:
         raise FimbenchError(f"repeats must be at least 1, got {repeats}")
 
 
-def _restore_gradients(layers: list[nn.Linear], gradients: list[Tensor]) -> None:
+def _restore_gradients(layers: list[KroneckerLayer], gradients: list[Tensor]) -> None:
     for layer, gradient in zip(layers, gradients):
         set_weight_gradient(layer, gradient)
 
 
 def _yardsticks(
-    model: Autoencoder, inputs: Tensor, sgd: OptimizerConfig, fisher_batch: int, seed: int, repeats: int, warmup: int
+    model: Autoencoder | ConvAutoencoder, inputs: Tensor, sgd: OptimizerConfig, fisher_batch: int, seed: int, repeats: int, warmup: int
 ) -> dict[str, Timing]:
     """Forward + backward (leaves the batch's gradient in ``model``), an SGD step on a copy, and capture."""
     device, likelihood = inputs.device, model.likelihood
@@ -283,7 +284,7 @@ def _yardsticks(
         optimizer.step()
 
     generator = torch.Generator(device=device).manual_seed(seed)
-    layers = model.linear_layers()
+    layers = kronecker_layers(model)
     capture = partial(capture_statistics, model, inputs[:fisher_batch], likelihood, layers, None, generator)
     times = {
         "sgd_step": Timing.of(measure(sgd_step, device, repeats, warmup)),
@@ -294,7 +295,7 @@ def _yardsticks(
 
 
 def profile_model(
-    model: Autoencoder,
+    model: Autoencoder | ConvAutoencoder,
     inputs: Tensor,
     configs: dict[Method, OptimizerConfig],
     sgd: OptimizerConfig,
@@ -309,7 +310,7 @@ def profile_model(
     for the warm prior, on ``inputs[-m:]``; each method sees the same ones (same seed).
     """
     device = inputs.device
-    layers = model.linear_layers()
+    layers = kronecker_layers(model)
     batch = inputs.shape[0]
     fractions = {config.fisher_fraction for config in configs.values()}
     if len(fractions) != 1:
@@ -343,8 +344,8 @@ def profile_model(
             layer_costs.append(
                 LayerCost(
                     index=index,
-                    p=now.a.shape[1],
-                    q=now.g.shape[1],
+                    p=now.a.shape[-1],
+                    q=now.g.shape[-1],
                     rank=warm_result.rank,
                     iterations_cold=cold_result.iterations if iterative else None,
                     iterations_warm=warm_result.iterations if iterative else None,
@@ -374,16 +375,21 @@ def profile_dataset(
     warmup: int = 1,
     seed: int = 0,
     progress: Progress | None = None,
+    config: Path | None = None,
 ) -> DatasetCost:
-    """Profile the App. D autoencoder of ``dataset`` at the benchmark's batch size with its preset settings."""
+    """Profile the App. D autoencoder of ``dataset`` at the benchmark's batch size with its preset settings.
+
+    ``config`` (a YAML file, e.g. configs/curves-conv.yaml) overrides the preset: its model (such as
+    ``model.architecture: conv``), batch size and per-method settings.
+    """
     if dataset not in COST_DATASETS:
         raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(COST_DATASETS)}")
     _check_common(methods, repeats)
     configs = {
-        method: load_config(None, {"data.dataset": dataset, "optimizer.method": method.value}) for method in methods
+        method: load_config(config, {"data.dataset": dataset, "optimizer.method": method.value}) for method in methods
     }
-    sgd = load_config(None, {"data.dataset": dataset, "optimizer.method": Method.SGD.value})
-    architecture = ARCHITECTURES[dataset]
+    sgd = load_config(config, {"data.dataset": dataset, "optimizer.method": Method.SGD.value})
+    architecture = resolve_architecture(sgd, ARCHITECTURES[dataset].layers[0])
     model = build_model(architecture, seed).to(device)
     inputs = _random_inputs(sgd.training.batch_size, architecture.layers[0], device, seed)
     profile = profile_model(

@@ -30,6 +30,10 @@ Fast paths (every number says which one produced it):
   ``lanczos``: block Lanczos with full re-orthogonalisation on matrix-free products
   ``V ↦ Σ_k G̃_k V Ã_k`` for the top c eigenvalues, stopped when Error 2 is certified (``_lanczos_top``).
 
+Shared weights (a Conv2d, or a Linear over a sequence): statistics ``a`` (m, T, p) and ``g`` (m, T, q)
+give the block ``F = (1/m) Σ_n vec(DW_n) vec(DW_n)ᵀ`` with ``DW_n = G_nᵀ A_n``; the same identities hold
+with the rows ``J_n = vec(DW_n)`` (:class:`ExactFisher`).
+
 Both metrics are NaN when F = 0 (every derivative of the layer vanished on the batch).
 """
 
@@ -70,10 +74,19 @@ def exact_block(a: Tensor, g: Tensor) -> Tensor:
     """``F = (1/m) Σ_t kron(ā_t ā_tᵀ, g_t g_tᵀ)`` — dense (pq × pq); reference code and small layers only.
 
     Built as ``Jᵀ J / m`` with rows ``J_t = vec(g_t ā_tᵀ) = ā_t ⊗ g_t`` (the per-example weight gradient).
+    Shared weights (``a`` (m, T, p), ``g`` (m, T, q)): ``J_n = vec(G_nᵀ A_n) = Σ_t a_nt ⊗ g_nt``.
     """
+    if a.ndim == 3:
+        per_example = _per_example_gradients(a, g).transpose(1, 2).reshape(a.shape[0], -1)  # vec(G_nᵀ A_n)
+        return per_example.transpose(0, 1) @ per_example / a.shape[0]
     m = a.shape[0]
     per_example = (a.unsqueeze(2) * g.unsqueeze(1)).reshape(m, -1)  # ā_t ⊗ g_t
     return per_example.transpose(0, 1) @ per_example / m
+
+
+def _per_example_gradients(a: Tensor, g: Tensor) -> Tensor:
+    """``DW_n = G_nᵀ A_n`` (m, q, p) from ``a`` (m, T, p) and ``g`` (m, T, q)."""
+    return torch.einsum("ntq,ntp->nqp", g, a)
 
 
 @dataclass(frozen=True)
@@ -116,18 +129,35 @@ class ExactFisher:
     largest eigenvalues, those of ``K = (1/m)(ā āᵀ) ∘ (g gᵀ)`` (F is PSD: round-off below 0 is clamped);
     ``bases`` are orthonormal bases of ``range(āᵀ)`` (p × rank ā) and ``range(gᵀ)`` (:func:`reduce_terms`).
     Cost O(m²(p + q) + m³ + m p min(m, p) + m q min(m, q)); nothing p·q-sized.
+
+    Shared weights (``a`` (m, T, p), ``g`` (m, T, q); T positions per example, ``DW_n = G_nᵀ A_n``): the
+    rows ``J_n = vec(DW_n)`` give ``K[n, n'] = ⟨DW_n, DW_n'⟩_F / m``, ``⟨F, A ⊗ G⟩ = (1/m) Σ_n ⟨DW_n, G DW_n Aᵀ⟩_F``,
+    and the bases span the m T rows ``a_nt`` and ``g_nt`` — every method's factors are
+    combinations of ``a_nt a_nt'ᵀ`` (resp. ``g_nt g_nt'ᵀ``). The per-example gradients cost m T p q (m p q stored).
     """
 
     def __init__(self, a: Tensor, g: Tensor) -> None:
-        if a.ndim != 2 or g.ndim != 2 or a.shape[0] != g.shape[0] or a.shape[0] == 0:
-            raise FimbenchError(f"a and g must be (m, p) and (m, q) with the same m ≥ 1, got {tuple(a.shape)} and {tuple(g.shape)}")
+        shared = a.ndim == 3 and g.ndim == 3 and a.shape[:2] == g.shape[:2]
+        if not shared and (a.ndim != 2 or g.ndim != 2 or a.shape[0] != g.shape[0]) or a.shape[0] == 0:
+            raise FimbenchError(
+                "a and g must be (m, p) and (m, q), or (m, T, p) and (m, T, q), with the same m ≥ 1 (and T), "
+                f"got {tuple(a.shape)} and {tuple(g.shape)}"
+            )
         self.a = a.to(METRIC_DTYPE)
         self.g = g.to(METRIC_DTYPE)
         m = a.shape[0]
-        K = (self.a @ self.a.transpose(0, 1)) * (self.g @ self.g.transpose(0, 1)) / m
+        self.gradients: Tensor | None = None
+        if shared:
+            self.gradients = _per_example_gradients(self.a, self.g)  # (m, q, p)
+            flat = self.gradients.reshape(m, -1)
+            K = flat @ flat.transpose(0, 1) / m
+            rows_a, rows_g = self.a.reshape(-1, self.p), self.g.reshape(-1, self.q)
+        else:
+            K = (self.a @ self.a.transpose(0, 1)) * (self.g @ self.g.transpose(0, 1)) / m
+            rows_a, rows_g = self.a, self.g
         self.squared_norm = float(K.square().sum())
         self.spectrum = torch.linalg.eigvalsh(K).flip(0)[: self.count].clamp_min(0.0)
-        self.bases = (_range_basis([self.a.transpose(0, 1)]), _range_basis([self.g.transpose(0, 1)]))
+        self.bases = (_range_basis([rows_a.transpose(0, 1)]), _range_basis([rows_g.transpose(0, 1)]))
 
     @property
     def m(self) -> int:
@@ -135,11 +165,11 @@ class ExactFisher:
 
     @property
     def p(self) -> int:
-        return self.a.shape[1]
+        return self.a.shape[-1]
 
     @property
     def q(self) -> int:
-        return self.g.shape[1]
+        return self.g.shape[-1]
 
     @property
     def count(self) -> int:
@@ -147,8 +177,11 @@ class ExactFisher:
         return min(self.m, self.p * self.q)
 
     def inner(self, A: Tensor, G: Tensor) -> float:
-        """``⟨F, A ⊗ G⟩_F = (1/m) Σ_t (ā_tᵀ A ā_t)(g_tᵀ G g_t)`` — O(m(p² + q²))."""
+        """``⟨F, A ⊗ G⟩_F = (1/m) Σ_t (ā_tᵀ A ā_t)(g_tᵀ G g_t)`` — O(m(p² + q²)); shared weights:
+        ``(1/m) Σ_n ⟨DW_n, G DW_n Aᵀ⟩_F`` — O(m p q (p + q))."""
         A, G = A.to(METRIC_DTYPE), G.to(METRIC_DTYPE)
+        if self.gradients is not None:
+            return float(((G @ self.gradients @ A.transpose(0, 1)) * self.gradients).sum() / self.m)
         return float((((self.a @ A) * self.a).sum(1) * ((self.g @ G) * self.g).sum(1)).mean())
 
 

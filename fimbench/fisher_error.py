@@ -5,7 +5,9 @@ every i divisible by ``every`` (and once more after the last step), the current 
 targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
 captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
 these same statistics — no EMA, each warm-started from its own previous result (§4) — then
-:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix.
+:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix. Layers are the
+model's Linear and Conv2d layers in module order; a Conv2d's block is the shared-weight one,
+``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` over its T output pixels (curvature/shared_weights.py).
 
 The engine returns dataclasses and never prints; progress goes to an optional :class:`FisherErrorProgress`.
 :func:`write_run` writes ``errors.csv``, ``summary.json`` and ``figure1.png`` into a run directory.
@@ -28,14 +30,14 @@ import torch
 from torch import Tensor
 
 from fimbench import __version__
-from fimbench.capture import capture_statistics
+from fimbench.capture import capture_statistics, kronecker_layers, layer_shape
 from fimbench.config import RunConfig
 from fimbench.curvature import KroneckerSum, Method, approximate, parse_method
 from fimbench.data import DATASETS, DatasetSplits, batch_indices
 from fimbench.errors import FimbenchError
 from fimbench.fisher import ExactFisher, approximation_errors
 from fimbench.io import atomic_write_json, atomic_write_text
-from fimbench.models import ARCHITECTURES, Autoencoder, build_model
+from fimbench.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
 from fimbench.plots import METHOD_LABELS, method_color, new_figure, save_png
 from fimbench.timing import timed_call
 from fimbench.train import (
@@ -91,7 +93,8 @@ def entry_label(method: str, rank: int) -> str:
 
 @dataclass(frozen=True)
 class FisherErrorSettings:
-    """What to measure: 1-based Linear layer numbers (``None``: all), methods, schedule, Lanczos ranks."""
+    """What to measure: 1-based layer numbers (Linear / Conv2d in module order; ``None``: all), methods,
+    schedule, Lanczos ranks."""
 
     layers: tuple[int, ...] | None = (5,)
     methods: tuple[Method, ...] = DEFAULT_METHODS
@@ -155,13 +158,13 @@ def parse_methods(names: list[str]) -> tuple[Method, ...]:
     return methods
 
 
-def resolve_layers(requested: tuple[int, ...] | None, count: int, dataset: str) -> list[int]:
-    """Check 1-based layer numbers against the autoencoder's ``count`` Linear layers."""
+def resolve_layers(requested: tuple[int, ...] | None, count: int, dataset: str, kind: str = "Linear") -> list[int]:
+    """Check 1-based layer numbers against the autoencoder's ``count`` parameterised layers (``kind``)."""
     if requested is None:
         return list(range(1, count + 1))
     for layer in requested:
         if not 1 <= layer <= count:
-            raise FimbenchError(f"layer {layer} is out of range: the {dataset} autoencoder has {count} Linear layers (1-{count})")
+            raise FimbenchError(f"layer {layer} is out of range: the {dataset} autoencoder has {count} {kind} layers (1-{count})")
     return list(requested)
 
 
@@ -182,8 +185,9 @@ def validate(config: RunConfig, settings: FisherErrorSettings) -> list[int]:
         raise FimbenchError(f"the batch size must be at least 1, got {config.training.batch_size}")
     if not settings.methods and settings.lanczos_rank is None:
         raise FimbenchError("nothing to measure: give --methods or --lanczos-rank")
-    widths = config.model.layers or ARCHITECTURES[dataset].layers
-    return resolve_layers(settings.layers, len(widths) - 1, dataset)
+    default = default_architecture(dataset, config.model.architecture)
+    widths = config.model.layers or default.layers
+    return resolve_layers(settings.layers, len(widths) - 1, dataset, "Conv2d/Linear" if default.kind == "conv" else "Linear")
 
 
 class FisherErrorMeter:
@@ -195,7 +199,7 @@ class FisherErrorMeter:
 
     def __init__(
         self,
-        model: Autoencoder,
+        model: Autoencoder | ConvAutoencoder,
         layers: list[int],
         entries: list[Entry],
         config: RunConfig,
@@ -203,10 +207,10 @@ class FisherErrorMeter:
         empirical: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        linear = model.linear_layers()
+        blocks = kronecker_layers(model)
         self.model = model
         self.layers = layers
-        self.modules = [linear[layer - 1] for layer in layers]
+        self.modules = [blocks[layer - 1] for layer in layers]
         self.entries = entries
         self.options = config.optimizer
         self.device = device
@@ -285,11 +289,11 @@ def run_fisher_error(
     meter = FisherErrorMeter(
         model, layers, entries, config, device, settings.empirical, torch.Generator(device=device).manual_seed(training.seed + 2)
     )
-    linear = model.linear_layers()
+    blocks = kronecker_layers(model)
     result = FisherErrorResult(
         dataset=config.data.dataset,
         layers=layers,
-        layer_shapes={layer: (linear[layer - 1].in_features + 1, linear[layer - 1].out_features) for layer in layers},
+        layer_shapes={layer: layer_shape(blocks[layer - 1]) for layer in layers},
         entries=entries,
     )
     result.info = {

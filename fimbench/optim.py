@@ -39,7 +39,7 @@ from typing import ContextManager
 import torch
 from torch import Tensor, nn
 
-from fimbench.capture import capture_statistics, set_weight_gradient, weight_gradient, weight_of
+from fimbench.capture import capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient, weight_of
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import (
     DEFAULT_KRYLOV_DIM,
@@ -107,7 +107,8 @@ class DampingTrial:
 
 
 class KroneckerPreconditioner:
-    """Replaces each ``nn.Linear`` gradient by its Kronecker-factored natural gradient (module docstring)."""
+    """Replaces each ``nn.Linear`` and ``nn.Conv2d`` gradient by its Kronecker-factored natural gradient
+    (module docstring; a convolution's gradient as the (out, C·k_h·k_w + 1) matrix of capture.py)."""
 
     def __init__(
         self,
@@ -159,9 +160,9 @@ class KroneckerPreconditioner:
             )
         self.model = model
         self.likelihood = likelihood
-        self.layers = [module for module in model.modules() if isinstance(module, nn.Linear)]
+        self.layers = kronecker_layers(model)
         if not self.layers:
-            raise FimbenchError("the model has no nn.Linear layer to precondition")
+            raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
         self.damping = damping
         self.pi = check_damping_split(pi)
         self.schedule = LevenbergMarquardt(damping_every, damping_min, damping_max) if damping_schedule == ADAPTIVE else None

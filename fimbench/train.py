@@ -23,7 +23,7 @@ from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices, load_dataset
 from fimbench.errors import FimbenchError
 from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
-from fimbench.models import ARCHITECTURES, Architecture, Likelihood, build_model, evaluate
+from fimbench.models import Architecture, Likelihood, build_model, default_architecture, evaluate
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.timing import PhaseTimer, synchronize
 
@@ -73,8 +73,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_architecture(config: RunConfig, input_dim: int) -> Architecture:
-    """The dataset's App. D autoencoder, or the layers / likelihood the config names."""
-    default = ARCHITECTURES[config.data.dataset]
+    """The dataset's App. D autoencoder (or ``model.architecture``'s default), or the layers / likelihood the config names."""
+    default = default_architecture(config.data.dataset, config.model.architecture)
     layers = tuple(config.model.layers) if config.model.layers else default.layers
     try:
         likelihood = Likelihood(config.model.likelihood) if config.model.likelihood else default.likelihood
@@ -84,7 +84,7 @@ def resolve_architecture(config: RunConfig, input_dim: int) -> Architecture:
         raise FimbenchError(
             f"model.layers must start and end with the data width {input_dim}, got {list(layers)}"
         )
-    return Architecture(layers, likelihood, config.model.activation)
+    return Architecture(layers, likelihood, config.model.activation, default.kind)
 
 
 def load_configured_dataset(config: RunConfig, batch_size: int | None = None) -> DatasetSplits:

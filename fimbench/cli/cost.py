@@ -242,6 +242,9 @@ def cost_profile(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     repeats: int = typer.Option(5, help="Timed repeats of every measurement (after one warm-up call)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/cost-<time>)."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="With --dataset: a YAML config overriding the preset (e.g. configs/curves-conv.yaml)."
+    ),
 ) -> None:
     """Measure the cost of building, inverting and applying each Kronecker approximation (Table 1).
 
@@ -249,6 +252,8 @@ def cost_profile(
     """
     if dataset is not None and (widths is not None or batches is not None):
         raise FimbenchError("choose either --dataset or --widths/--batches, not both")
+    if config is not None and dataset is None:
+        raise FimbenchError("--config needs --dataset (the sweep profiles synthetic layers)")
     if dataset is not None and dataset not in COST_DATASETS:
         raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(COST_DATASETS)}")
     chosen = parse_methods(methods)
@@ -265,7 +270,7 @@ def cost_profile(
             status.update(f"profiling {message}")
 
         if dataset is not None:
-            result = profile_dataset(dataset, chosen, target, repeats, progress=progress)
+            result = profile_dataset(dataset, chosen, target, repeats, progress=progress, config=config)
         else:
             result = profile_sweep(*grid, chosen, target, repeats, progress=progress)
     tables = dataset_tables(result) if isinstance(result, DatasetCost) else sweep_tables(result)

@@ -31,6 +31,13 @@ from fimbench.curvature.options import (
     DEFAULT_TOL,
     ApproximationOptions,
 )
+from fimbench.curvature.shared_weights import (
+    approximate_deflation_shared,
+    approximate_kfac_corrected_shared,
+    approximate_kfac_expand,
+    approximate_kpsvd_shared,
+    approximate_lanczos_shared,
+)
 from fimbench.errors import FimbenchError
 
 __all__ = [
@@ -45,6 +52,7 @@ __all__ = [
     "KroneckerInverse",
     "KroneckerSum",
     "Method",
+    "SHARED_WEIGHT_APPROXIMATIONS",
     "approximate",
     "check_damping_split",
     "parse_method",
@@ -82,6 +90,15 @@ APPROXIMATIONS: dict[Method, Approximation] = {
     Method.KFAC_CORRECTED: approximate_kfac_corrected,
 }
 
+SHARED_WEIGHT_APPROXIMATIONS: dict[Method, Approximation] = {
+    Method.KFAC: approximate_kfac_expand,
+    Method.KPSVD: approximate_kpsvd_shared,
+    Method.DEFLATION: approximate_deflation_shared,
+    Method.LANCZOS: approximate_lanczos_shared,
+    Method.KFAC_CORRECTED: approximate_kfac_corrected_shared,
+}
+"""The same methods for layers applied at T > 1 positions per example (curvature/shared_weights.py)."""
+
 
 def parse_method(name: "str | Method", kronecker_only: bool = False) -> Method:
     """``"deflation"`` -> ``Method.DEFLATION``; a clear error for anything else."""
@@ -112,13 +129,25 @@ def approximate(
     """Approximate the Fisher block ``F = (1/m) Σ_t kron(ā_t ā_tᵀ, g_t g_tᵀ)`` by a Kronecker sum.
 
     ``a`` (m, p) are augmented activations (bias column last), ``g`` (m, q) pre-activation derivatives.
+    A layer with shared weights gives ``a`` (m, T, p) and ``g`` (m, T, q), T positions per example: the
+    block is then ``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` and K-FAC uses the K-FAC-expand factors
+    (curvature/shared_weights.py); T = 1 is the (m, p) case.
     With ``prior`` and ``decay = ρ`` the target is the EMA estimate ``ρ F̂_old + (1 − ρ) F`` (K-FAC: EMA
     of its factors). ``warm_start`` (default: the prior) seeds power SVD / Lanczos with its terms.
     ``tol`` is relative to the leading singular value of ``Z(F)``; ``rank`` and ``krylov_dim`` are
     Lanczos' r and K.
     """
     chosen = parse_method(method, kronecker_only=True)
-    if a.ndim != 2 or g.ndim != 2 or a.shape[0] != g.shape[0]:
-        raise FimbenchError(f"a and g must be (m, p) and (m, q) with the same m, got {tuple(a.shape)} and {tuple(g.shape)}")
+    registry = APPROXIMATIONS
+    if a.ndim == 3 and g.ndim == 3 and a.shape[:2] == g.shape[:2]:
+        if a.shape[1] == 1:
+            a, g = a[:, 0], g[:, 0]
+        else:
+            registry = SHARED_WEIGHT_APPROXIMATIONS
+    elif a.ndim != 2 or g.ndim != 2 or a.shape[0] != g.shape[0]:
+        raise FimbenchError(
+            "a and g must be (m, p) and (m, q), or (m, T, p) and (m, T, q), with the same m (and T), "
+            f"got {tuple(a.shape)} and {tuple(g.shape)}"
+        )
     options = ApproximationOptions(tol=tol, max_iterations=max_iterations, rank=rank, krylov_dim=krylov_dim)
-    return APPROXIMATIONS[chosen](a, g, options, prior=prior, decay=decay, warm_start=warm_start)
+    return registry[chosen](a, g, options, prior=prior, decay=decay, warm_start=warm_start)

@@ -82,20 +82,6 @@ def _orthogonalise(vector: Tensor, basis: list[Tensor], gram: Tensor) -> Tensor:
     return vector
 
 
-def _fresh_direction(basis: list[Tensor], gram: Tensor) -> Tensor | None:
-    """A unit vector (in ``⟨x, x'⟩ = xᵀ M x'``) orthogonal to ``basis``: the basis element farthest from its
-    span, orthogonalised; None when the basis already spans everything ``M`` sees."""
-    stacked = torch.stack(basis, dim=1)  # (n, k)
-    distances = torch.diagonal(gram) - (stacked.transpose(0, 1) @ gram).square().sum(dim=0)
-    index = int(torch.argmax(distances))
-    if float(distances[index]) <= BREAKDOWN**2 * float(torch.diagonal(gram).max()):
-        return None
-    unit = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    unit[index] = 1.0
-    vector = _orthogonalise(unit, basis, gram)
-    return vector / torch.sqrt(vector @ (gram @ vector))
-
-
 def _bidiagonal(alphas: list[Tensor], betas: list[Tensor], columns: int) -> Tensor:
     """``B[i, i] = α_i, B[i, i+1] = β_i`` of shape (k, columns): k×k, or k×(k+1) after an exact stop."""
     k = len(alphas)
@@ -160,7 +146,7 @@ def lanczos_svd(
             beta = operator.norm_right(z)
             exhausted = float(beta) <= BREAKDOWN * size  # span(Q) is invariant: no new direction from Zᵀ
             if exhausted and len(P) < min(rank, krylov_dim) and iterations < max_iterations:
-                fresh = _fresh_direction(Q, operator.gram_g)  # fewer pairs than asked: go on in span(Q)^⊥
+                fresh = operator.fresh_direction(Q)  # fewer pairs than asked: go on in span(Q)^⊥
                 if fresh is not None:
                     z, beta, exhausted = fresh, torch.zeros((), dtype=dtype, device=device), False
             stop = len(P) == krylov_dim or exhausted or iterations >= max_iterations

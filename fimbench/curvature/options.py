@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 from fimbench.curvature.base import KroneckerSum
 from fimbench.curvature.rearranged import RearrangedOperator
+
+if TYPE_CHECKING:
+    from fimbench.curvature.shared_weights import SharedWeightOperator
 from fimbench.errors import FimbenchError
 
 
@@ -64,21 +67,24 @@ class Target:
         return warm
 
     def start_orthogonal(self, pair: int, leading: Tensor) -> Tensor:
-        """:meth:`start` with the unit right vector ``v₁ = Φ_G y₁`` of an earlier pair projected out.
+        """:meth:`start` with the unit right vector of an earlier pair projected out (:func:`orthogonal_start`)."""
+        return orthogonal_start(self.operator, self.start(pair), leading)
 
-        The next right singular vector is orthogonal to ``v₁``, and the component along ``v₁`` is all that
-        deflating ``σ₁ u₁ v₁ᵀ`` removes: a start equal to ``v₁`` (a cold start whose first pair converged in
-        one iteration) would be annihilated. When nothing is left after the projection, the start is the
-        basis element ``Φ_G e_t`` farthest from ``v₁``.
-        """
-        gram = self.operator.gram_g
-        start = self.start(pair)
-        candidate = start - (leading @ (gram @ start)) * leading
-        if float(self.operator.norm_right(candidate)) > NEGLIGIBLE_START * float(self.operator.norm_right(start)):
-            return candidate
-        overlaps = gram @ leading  # ⟨Φ_G e_t, v₁⟩
-        index = int(torch.argmax(torch.diagonal(gram) - overlaps.square()))
-        return self.operator.unit(index) - overlaps[index] * leading
+
+def orthogonal_start(operator: "RearrangedOperator | SharedWeightOperator", start: Tensor, leading: Tensor) -> Tensor:
+    """``start`` with the unit right vector ``v₁`` of an earlier pair projected out (in the operator's inner
+    product).
+
+    The next right singular vector is orthogonal to ``v₁``, and the component along ``v₁`` is all that
+    deflating ``σ₁ u₁ v₁ᵀ`` removes: a start equal to ``v₁`` (a cold start whose first pair converged in
+    one iteration) would be annihilated. When nothing is left after the projection, the start is the
+    operator's :meth:`fresh_direction` orthogonal to ``v₁``.
+    """
+    candidate = start - (leading @ (operator.gram_g @ start)) * leading
+    if float(operator.norm_right(candidate)) > NEGLIGIBLE_START * float(operator.norm_right(start)):
+        return candidate
+    fresh = operator.fresh_direction([leading])
+    return candidate if fresh is None else fresh
 
 
 def ema_target(

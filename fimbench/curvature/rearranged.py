@@ -32,6 +32,7 @@ from torch import Tensor
 from fimbench.kronecker import quadratic_forms, weighted_gram
 
 ITERATION_DTYPE = torch.float64
+FRESH_FLOOR = 1e-24  # squared relative distance below which a basis element lies in a span
 
 
 @dataclass
@@ -146,6 +147,20 @@ class RearrangedOperator:
         else:
             value = ((self.core @ self.gram_g @ self.core.transpose(0, 1)) * self.gram_a).sum()
         return float(torch.sqrt(torch.clamp(value, min=0.0)))
+
+    def fresh_direction(self, basis: list[Tensor]) -> Tensor | None:
+        """A unit right vector (``‖Φ_G y‖ = 1``) orthogonal to ``Φ_G b`` for every ``b`` in ``basis``: the basis
+        element ``Φ_G e_t`` farthest from their span, orthogonalised (twice); None when none is left outside."""
+        stacked = torch.stack(basis, dim=1)  # (n, k), orthonormal in ⟨y, y'⟩ = yᵀ M_G y'
+        overlaps = self.gram_g @ stacked  # row t: ⟨Φ_G e_t, Φ_G b_k⟩
+        distances = torch.diagonal(self.gram_g) - overlaps.square().sum(dim=1)
+        index = int(torch.argmax(distances))
+        if float(distances[index]) <= FRESH_FLOOR * float(torch.diagonal(self.gram_g).max()):
+            return None
+        vector = self.unit(index)
+        for _ in range(2):
+            vector = vector - stacked @ (stacked.transpose(0, 1) @ (self.gram_g @ vector))
+        return vector / self.norm_right(vector)
 
     def unit(self, index: int) -> Tensor:
         """Coefficients of the basis element ``index`` (a warm-start direction)."""
