@@ -18,7 +18,7 @@ import yaml
 
 from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO
 from fimbench.curvature.options import DEFAULT_KRYLOV_DIM, DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
-from fimbench.errors import FimbenchError
+from fimbench.errors import FimbenchError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,17 @@ SECTIONS: dict[str, type] = {
     "optimizer": OptimizerConfig,
     "training": TrainingConfig,
 }
+
+
+class _Null:
+    """Type of :data:`NULL`."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+NULL = _Null()
+"""An override value that sets a key to ``null`` (a plain ``None`` override means "not given")."""
 
 
 PRESET_ALIASES = {"curves-synth": "curves"}  # the synthetic set trains the CURVES autoencoder
@@ -155,6 +166,7 @@ def _merge(config: RunConfig, mapping: dict[str, Any], origin: str) -> RunConfig
         if section not in SECTIONS:
             raise FimbenchError(
                 f"unknown config section '{section}' in {origin}; expected one of {', '.join(SECTIONS)}, methods"
+                f"{did_you_mean(section, [*SECTIONS, 'methods'])}"
             )
         if not isinstance(values, dict):
             raise FimbenchError(f"config section '{section}' in {origin} must be a mapping")
@@ -165,6 +177,7 @@ def _merge(config: RunConfig, mapping: dict[str, Any], origin: str) -> RunConfig
             if key not in known:
                 raise FimbenchError(
                     f"unknown config key '{section}.{key}' in {origin}; known keys: {', '.join(known)}"
+                    f"{did_you_mean(f'{section}.{key}', [f'{section}.{name}' for name in known])}"
                 )
             changes[key] = _coerce(value, hints[key], f"{section}.{key}", origin)
         updated[section] = dataclasses.replace(updated[section], **changes)
@@ -188,7 +201,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     nested_overrides: dict[str, dict[str, Any]] = {}
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
-        nested_overrides.setdefault(section, {})[key] = value
+        nested_overrides.setdefault(section, {})[key] = None if value is NULL else value
 
     dataset = nested_overrides.get("data", {}).get("dataset") or (user.get("data") or {}).get("dataset")
     dataset = dataset or DataConfig.dataset

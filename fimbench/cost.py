@@ -44,13 +44,14 @@ from fimbench.capture import capture_statistics, set_weight_gradient, weight_gra
 from fimbench.config import OptimizerConfig, load_config
 from fimbench.curvature import KroneckerSum, Method, approximate
 from fimbench.errors import FimbenchError
+from fimbench.names import DATASETS
 from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, Likelihood, build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.plots import METHOD_COLORS, METHOD_LABELS, new_figure
 from fimbench.timing import measure
 from fimbench.train import device_description
 
-COST_DATASETS: tuple[str, ...] = ("curves", "mnist", "faces")
+COST_DATASETS: tuple[str, ...] = DATASETS  # every dataset: a profile needs only its architecture
 PHASES: tuple[str, ...] = ("build_cold", "build_warm", "inverse", "apply")
 STEADY_PHASES: tuple[str, ...] = ("build_warm", "inverse", "apply")  # what training repeats every T1 / T2 / step
 YARDSTICKS: tuple[str, ...] = ("forward_backward", "sgd_step", "capture")

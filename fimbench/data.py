@@ -43,9 +43,7 @@ import torch
 from fimbench import __version__
 from fimbench.errors import FimbenchError
 from fimbench.io import atomic_write_bytes, atomic_write_json
-
-DATASETS: tuple[str, ...] = ("curves", "mnist", "faces", "curves-synth")
-DOWNLOADABLE: tuple[str, ...] = ("curves", "mnist", "faces")
+from fimbench.names import DATASETS, DOWNLOADABLE
 
 MARTENS_URL = "http://www.cs.toronto.edu/~jmartens/"
 """Base URL of the CURVES and FACES .mat files (no checksums are published for them)."""

@@ -21,7 +21,7 @@ from fimbench import __version__
 from fimbench.config import OptimizerConfig, RunConfig, dump_config
 from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices, load_dataset
-from fimbench.errors import FimbenchError
+from fimbench.errors import DivergedError, FimbenchError
 from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
 from fimbench.models import ARCHITECTURES, Architecture, Likelihood, build_model, evaluate
 from fimbench.optim import KroneckerPreconditioner
@@ -269,7 +269,7 @@ def run_training(
         result.status = "diverged"
         result.summary = _summary(config, device, result, started, train_seconds, step, diverged.step)
         atomic_write_json(run_dir / "summary.json", result.summary)
-        raise FimbenchError(
+        raise DivergedError(
             f"non-finite loss ({diverged.value}) at step {diverged.step}; stopped, "
             f"{len(result.rows)} epoch(s) kept in {run_dir}"
         ) from None
