@@ -7,6 +7,7 @@ every file left behind is whole. In-process (Typer's runner) wherever a signal i
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -385,3 +386,71 @@ def test_choice_names_match_the_engines() -> None:
     assert METHODS == tuple(method.value for method in Method)
     assert KRONECKER_METHODS == tuple(method.value for method in APPROXIMATIONS)
     assert DATASETS == data.DATASETS and set(data.DOWNLOADABLE) < set(DATASETS)
+
+
+# ----------------------------------------------------------------------------------------------- caches
+
+
+@pytest.fixture
+def curves_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A data directory holding a tiny CURVES imported from ``raw.mat`` (30 + 10 rows): (store, raw file)."""
+    import numpy as np
+    import scipy.io
+
+    from fimbench import data
+
+    monkeypatch.setattr(data, "EXPECTED_ROWS", {**data.EXPECTED_ROWS, "curves": {"bdata": 30, "bdatatest": 10}})
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw.mat"
+    scipy.io.savemat(raw, {"bdata": rng.random((30, 784)), "bdatatest": rng.random((10, 784))})
+    store = tmp_path / "store"
+    data.download_dataset("curves", store, source=str(raw))
+    return store, raw
+
+
+def _train_on(store: Path, out: Path) -> Result:
+    return invoke(["train", "-d", "curves", "--data-dir", store, "--batch-size", "8", "--max-steps", "2", "-m", "sgd",
+                   "--set", "model.layers=[784,8,784]", "--out", out, "-q"])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_cache_is_rebuilt_from_the_raw_file(curves_store: tuple[Path, Path], tmp_path: Path, damage: str) -> None:
+    from fimbench import data
+
+    store, _ = curves_store
+    cache = store / "curves.pt"
+    good = cache.read_bytes()
+    manifest = json.loads((store / "curves.json").read_text())
+    assert manifest["processed"]["sha256"] == hashlib.sha256(good).hexdigest()
+    if damage == "truncate":
+        cache.write_bytes(good[: len(good) // 2])
+    else:
+        cache.write_bytes(good[:-64] + bytes(64))  # same size, different bytes
+    result = _train_on(store, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert data.read_manifest("curves", store) is not None
+    assert data.load_dataset("curves", store).train.shape == (24, 784)
+    files_are_whole(store)
+
+
+def test_corrupt_cache_without_its_raw_file_names_the_fetch_command(curves_store: tuple[Path, Path], tmp_path: Path) -> None:
+    store, raw = curves_store
+    (store / "curves.pt").write_bytes((store / "curves.pt").read_bytes()[:100])
+    raw.unlink()
+    line = fault(_train_on(store, tmp_path / "run"))
+    assert line.startswith(f"error: the cache {store / 'curves.pt'} of 'curves' does not match its manifest")
+    assert line.endswith(f"fetch it again with: fimbench download-data curves --force --data-dir {store}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_damaged_curves_synth_cache_is_generated_again(tmp_path: Path) -> None:
+    from fimbench import data
+
+    first = data.load_dataset("curves-synth", tmp_path, synth_train=40, synth_test=10)
+    (cache,) = tmp_path.glob("curves-synth-*.pt")
+    cache.write_bytes(cache.read_bytes()[:50])
+    again = data.load_dataset("curves-synth", tmp_path, synth_train=40, synth_test=10)
+    assert all(a.equal(b) for a, b in zip((first.train, first.test), (again.train, again.test)))
+    manifest = json.loads(cache.with_suffix(".json").read_text())
+    assert manifest["bytes"] == cache.stat().st_size
+    files_are_whole(tmp_path)
