@@ -454,3 +454,30 @@ def test_damaged_curves_synth_cache_is_generated_again(tmp_path: Path) -> None:
     manifest = json.loads(cache.with_suffix(".json").read_text())
     assert manifest["bytes"] == cache.stat().st_size
     files_are_whole(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- report on a folder
+
+
+def test_report_finds_runs_and_sweeps_below_a_folder(tmp_path: Path) -> None:
+    from test_report import make_run
+
+    folder = tmp_path / "runs"
+    make_run(folder / "loop" / "seed0-kfac", "kfac", [0.30, 0.20], 2.0)
+    make_run(folder / "loop" / "deeper" / "adam", "adam", [0.40, 0.25], 1.0)
+    sweep = folder / "sweeps" / "sw"
+    make_run(sweep / "sgd-lr_1e-3", "sgd", [0.50, 0.45], 0.5)
+    make_run(sweep / "sgd-lr_1e-2", "sgd", [0.50, 0.35], 0.5)
+    (sweep / "sweep.json").write_text(json.dumps({"methods": {"sgd": {"points": {"sgd-lr_1e-3": {}, "sgd-lr_1e-2": {}}}}}))
+    result = invoke(["report", folder, "--json"])
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)["datasets"][0]["results"]
+    assert sorted((entry["method"], entry["run"]) for entry in results) == [
+        ("adam", "adam"), ("kfac", "seed0-kfac"), ("sgd", "sgd-lr_1e-2")  # the sweep's best point only
+    ]
+
+
+def test_report_on_a_folder_without_runs(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "nested").mkdir(parents=True)
+    line = fault(invoke(["report", tmp_path / "empty"]))
+    assert line.endswith("nor a sweep directory (sweep.json), and holds none below it")
