@@ -481,3 +481,34 @@ def test_report_on_a_folder_without_runs(tmp_path: Path) -> None:
     (tmp_path / "empty" / "nested").mkdir(parents=True)
     line = fault(invoke(["report", tmp_path / "empty"]))
     assert line.endswith("nor a sweep directory (sweep.json), and holds none below it")
+
+
+# ----------------------------------------------------------------------------------------------- help and tables
+
+
+def test_download_data_help_keeps_its_default_and_env_var() -> None:
+    text = " ".join(runner.invoke(app, ["download-data", "--help"], env={"COLUMNS": "250"}).stdout.split())
+    assert "Dataset cache directory (default: the per-user cache directory). [env var: FIMBENCH_DATA]" in text
+
+
+def test_long_training_table_is_thinned_unless_full_table(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, synth_train=160, epochs=45)  # 2 steps per epoch
+    thinned = invoke(["train", "-c", config, "-m", "sgd", "--out", tmp_path / "a", "-q"])
+    assert thinned.exit_code == 0, thinned.output
+    epochs = [int(line.split("│")[1]) for line in thinned.stdout.splitlines() if line.startswith("│")]
+    assert len(epochs) == 21 and epochs[0] == 1 and epochs[-1] == 45 and epochs == sorted(set(epochs))
+    assert "21 of 45 epochs (all in metrics.jsonl; --full-table shows every one)" in " ".join(thinned.stdout.split())
+    assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 45
+    full = invoke(["train", "-c", config, "-m", "sgd", "--out", tmp_path / "b", "-q", "--full-table"])
+    assert [int(line.split("│")[1]) for line in full.stdout.splitlines() if line.startswith("│")] == list(range(1, 46))
+
+
+def test_tables_stay_whole_when_output_is_not_a_terminal(tmp_path: Path) -> None:
+    """Typer's runner captures the output (not a terminal, 80 columns): no cell is cut to '…'."""
+    result = invoke(["fisher-error", "-c", tiny_config(tmp_path), "--layer", "1", "--iterations", "2", "--every", "2",
+                     "--batch-size", "32", "--out", tmp_path / "fe"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    header = next(line for line in result.stdout.splitlines() if "E1 med" in line)
+    assert len(header) > 80 and all(name in header for name in ("E1<KFAC", "E2<KFAC", "iters", "paths"))
+    assert "KFAC-corrected" in result.stdout and "iteration" in result.stdout

@@ -43,7 +43,7 @@ class LiveErrorTable:
     """A live rich table: the latest measurement of every layer × method, under the training progress."""
 
     def __init__(self) -> None:
-        self.live = Live(Table(), console=console, refresh_per_second=4, transient=False)
+        self.live = Live(Table(), console=console, refresh_per_second=4, transient=not console.is_terminal)
         self.latest: list[ErrorRow] = []
         self.measured_count = 0
         self.measurements = 0
@@ -69,8 +69,8 @@ class LiveErrorTable:
     def stop(self) -> None:
         if self.live.is_started:
             self.live.stop()
-            if not console.is_terminal:  # rich ends the final frame with a newline on terminals only
-                console.line()
+            if not console.is_terminal:  # the live view is transient there: its last frame, whole (FittingConsole)
+                console.print(self._table())
 
     def _table(self) -> Table:
         from fimbench.fisher_error import entry_label
