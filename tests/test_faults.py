@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pytest
 import yaml
@@ -512,3 +517,114 @@ def test_tables_stay_whole_when_output_is_not_a_terminal(tmp_path: Path) -> None
     header = next(line for line in result.stdout.splitlines() if "E1 med" in line)
     assert len(header) > 80 and all(name in header for name in ("E1<KFAC", "E2<KFAC", "iters", "paths"))
     assert "KFAC-corrected" in result.stdout and "iteration" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------- processes and signals
+
+FIMBENCH = Path(sys.executable).with_name("fimbench")  # the console script installed beside this interpreter
+QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+def _wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _logged_epochs(run: Path) -> int:
+    try:
+        return len((run / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def test_help_and_version_import_no_torch_matplotlib_or_scipy() -> None:
+    script = (
+        "import sys\n"
+        "from fimbench.cli import app\n"
+        "for argv in (['--help'], ['--version'], *([c, '--help'] for c in "
+        "('train', 'fisher-error', 'cost-profile', 'sweep', 'report', 'download-data'))):\n"
+        "    try:\n"
+        "        app(argv, prog_name='fimbench')\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, argv\n"
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'scipy') if m in sys.modules)\n"
+        "print('heavy:', heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=QUIET_ENV, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "heavy: []"
+
+
+def test_shell_completion(tmp_path: Path) -> None:
+    env = {**QUIET_ENV, "_FIMBENCH_COMPLETE": "complete_bash", "COMP_WORDS": "fimbench train --dataset ", "COMP_CWORD": "3"}
+    completed = subprocess.run([FIMBENCH], capture_output=True, text=True, env=env, timeout=60)
+    assert completed.stdout.split() == ["curves", "mnist", "faces", "curves-synth"]
+    installed = subprocess.run([FIMBENCH, "--install-completion", "bash"], capture_output=True, text=True,
+                               env={**QUIET_ENV, "HOME": str(tmp_path)}, timeout=60)
+    assert installed.returncode == 0, installed.stderr
+    assert "_FIMBENCH_COMPLETE=complete_bash" in (tmp_path / ".bash_completions" / "fimbench.sh").read_text()
+
+
+def _start_training(tmp_path: Path, out: Path) -> subprocess.Popen[str]:
+    config = tiny_config(tmp_path, epochs=500)
+    args = [FIMBENCH, "train", "-c", config, "-m", "kfac", "--out", out, "--json"]
+    return subprocess.Popen([str(arg) for arg in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=QUIET_ENV)
+
+
+def test_sigint_during_a_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = _start_training(tmp_path, out)
+    _wait_for(lambda: _logged_epochs(out) >= 2, process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    line = error_line(stderr, stdout, exit_codes.INTERRUPTED, process.returncode)
+    assert line == f"error: interrupted; what was logged is kept in {out}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads(stdout) == {"run_dir": str(out), **summary}
+    assert summary["status"] == "interrupted" and summary["epochs"] == _logged_epochs(out) >= 2
+    files_are_whole(out)
+
+
+def test_sigkill_during_a_run_leaves_whole_files(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = _start_training(tmp_path, out)
+    _wait_for(lambda: _logged_epochs(out) >= 2, process)
+    process.kill()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL and "Traceback" not in stderr
+    files_are_whole(out)
+    assert not (out / "summary.json").exists() and _logged_epochs(out) >= 2
+    report = invoke(["report", out, "--json"])  # what was logged is still read
+    assert report.exit_code == 0, report.output
+    (result,) = json.loads(report.stdout)["datasets"][0]["results"]
+    assert result["status"] == "incomplete" and result["epochs"] >= 2
+
+
+def test_sweep_interrupted_and_resumed(tmp_path: Path) -> None:
+    out = tmp_path / "sw"
+    args = [str(arg) for arg in [FIMBENCH, "sweep", "-c", tiny_config(tmp_path), "-m", "sgd",
+                                 "--grid", "lr=1e-3,1e-4", "-j", "1", "--out", out, "--json"]]
+    first = out / "sgd-lr_1e-3"
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=QUIET_ENV)
+    _wait_for(lambda: (first / "summary.json").is_file(), process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    line = error_line(stderr, stdout, exit_codes.INTERRUPTED, process.returncode)
+    assert line == f"error: interrupted; rerun the same command to resume the sweep in {out}"
+    statuses = {point["name"]: point["status"] for point in json.loads(stdout)["points"]}
+    assert statuses["sgd-lr_1e-3"] == "completed"
+    assert set(statuses.values()) - {"completed"} and "running" not in statuses.values()
+    files_are_whole(out)
+    kept = (first / "summary.json").read_bytes()
+
+    resumed = subprocess.run(args, capture_output=True, text=True, env=QUIET_ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    points = json.loads(resumed.stdout)["points"]
+    assert [point["status"] for point in points] == ["completed"] * 2
+    assert [point["resumed"] for point in points][0] is True
+    assert (first / "summary.json").read_bytes() == kept  # the finished point was not run again
+    assert (out / "best" / "sgd.yaml").is_file()
+    files_are_whole(out)
