@@ -261,8 +261,8 @@ def run_training(
                 row["seconds_approximate"] = phases.get("approximate", 0.0)
                 row["seconds_invert"] = phases.get("invert", 0.0)
                 row["seconds_precondition"] = phases.get("precondition", 0.0)
+            result.rows.append(row)  # first: an interrupt during the write's fsync keeps both in step
             append_jsonl(metrics_path, row)
-            result.rows.append(row)
             if progress is not None:
                 progress.epoch(row)
     except _Diverged as diverged:

@@ -48,9 +48,6 @@ class OneLineErrors(TyperGroup):
             hint = f" (see: {context.command_path} --help)" if context is not None else ""
             typer.echo(f"error: {message}{hint}", err=True)
             sys.exit(getattr(error, "exit_code", exit_codes.USAGE))
-        except typer.Abort:
-            typer.echo("error: interrupted", err=True)
-            sys.exit(exit_codes.INTERRUPTED)
         sys.exit(status if isinstance(status, int) else exit_codes.OK)
 
 
