@@ -27,9 +27,11 @@ SET_HELP = (
 )
 
 
-def dataset_option(default_help: str = "default: the config's, else curves-synth") -> Any:
+def dataset_option() -> Any:
     """``-d/--dataset``: one of the dataset names, shown as choices."""
-    return typer.Option(None, "--dataset", "-d", help=f"Dataset ({default_help}).", case_sensitive=False)
+    return typer.Option(
+        None, "--dataset", "-d", help="Dataset (default: the config's, else curves-synth).", case_sensitive=False
+    )
 
 
 def methods_option(default: Optional[str], help: str) -> Any:
@@ -54,16 +56,19 @@ def data_dir_option() -> Any:
 
 
 def json_option() -> Any:
+    """``--json``: the final summary as one JSON document on stdout (:mod:`fimbench.cli.output`)."""
     return typer.Option(
         False, "--json", help="Print the final summary as one JSON document on stdout; progress and tables go to stderr."
     )
 
 
 def quiet_option() -> Any:
+    """``-q/--quiet``: no progress, the summary table only."""
     return typer.Option(False, "--quiet", "-q", help="No progress and no notes: print the summary table only.")
 
 
 def set_option() -> Any:
+    """``--set SECTION.KEY=VALUE``, repeatable (:func:`parse_sets`)."""
     return typer.Option(None, "--set", help=SET_HELP)
 
 
