@@ -18,6 +18,7 @@ from fimbench.cli.options import (
     data_dir_option,
     dataset_option,
     dataset_value,
+    empirical_fisher_option,
     json_option,
     quiet_option,
     run_directory,
@@ -85,9 +86,7 @@ def train(
     inverse_every: Optional[int] = typer.Option(None, "--inverse-every", help="T2: steps between inversions."),
     ema_decay: Optional[float] = typer.Option(None, help="α of the EMA, ρ = min(1 − 1/k, α)."),
     fisher_fraction: Optional[float] = typer.Option(None, help="Fisher sub-batch size as a fraction of the batch."),
-    empirical_fisher: Optional[bool] = typer.Option(
-        None, "--empirical-fisher/--true-fisher", help="Data targets instead of targets sampled from the model."
-    ),
+    empirical_fisher: Optional[bool] = empirical_fisher_option(None),
     tol: Optional[float] = typer.Option(None, help="Power SVD / Lanczos tolerance, relative to σ₁."),
     max_iterations: Optional[int] = typer.Option(None, help="Power SVD / Lanczos iteration cap."),
     lanczos_rank: Optional[int] = typer.Option(None, help="Kronecker rank r of Lanczos (1 or 2 for training)."),
