@@ -244,8 +244,21 @@ def _result(record: RunRecord) -> MethodResult:
     )
 
 
+def discover(folder: Path) -> list[Path]:
+    """The run and sweep directories below ``folder`` (at any depth, in name order), whatever made them:
+    a sweep directory is listed, not its points, and nothing below a run directory is searched."""
+    found: list[Path] = []
+    for child in sorted(path for path in folder.iterdir() if path.is_dir() and not path.is_symlink()):
+        if (child / SWEEP_MANIFEST).is_file() or is_run_dir(child):
+            found.append(child)
+        else:
+            found.extend(discover(child))
+    return found
+
+
 def _collect(paths: Sequence[Path]) -> tuple[list[RunRecord], list[str]]:
-    """The runs to compare: each run directory given, and the best point per method of each sweep."""
+    """The runs to compare: each run directory given, the best point per method of each sweep, and those
+    of the run and sweep directories below any other folder given (:func:`discover`)."""
     records: list[RunRecord] = []
     warnings: list[str] = []
     seen: set[Path] = set()
@@ -256,9 +269,21 @@ def _collect(paths: Sequence[Path]) -> tuple[list[RunRecord], list[str]]:
             records.append(record)
             warnings.extend(record.warnings)
 
+    targets: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
             raise FimbenchError(f"{path} is not a directory")
+        if (path / SWEEP_MANIFEST).is_file() or is_run_dir(path):
+            targets.append(path)
+        else:
+            below = discover(path)
+            if not below:
+                raise FimbenchError(
+                    f"{path} is neither a run directory (metrics.jsonl) nor a sweep directory ({SWEEP_MANIFEST}), "
+                    "and holds none below it"
+                )
+            targets.extend(below)
+    for path in targets:
         if (path / SWEEP_MANIFEST).is_file():
             for method, run_dirs in sweep_points(path).items():
                 best = best_run([read_run(run_dir) for run_dir in run_dirs if is_run_dir(run_dir)])
@@ -266,12 +291,8 @@ def _collect(paths: Sequence[Path]) -> tuple[list[RunRecord], list[str]]:
                     warnings.append(f"{path}: no completed {method} point yet; {method} is left out")
                 else:
                     add(best)
-        elif is_run_dir(path):
-            add(read_run(path))
         else:
-            raise FimbenchError(
-                f"{path} is neither a run directory (metrics.jsonl) nor a sweep directory ({SWEEP_MANIFEST})"
-            )
+            add(read_run(path))
     return records, warnings
 
 

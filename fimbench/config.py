@@ -19,7 +19,7 @@ import yaml
 from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO, TRACE_SPLIT
 from fimbench.curvature.options import DEFAULT_KRYLOV_DIM, DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
 from fimbench.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, FIXED
-from fimbench.errors import FimbenchError
+from fimbench.errors import FimbenchError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,17 @@ SECTIONS: dict[str, type] = {
     "optimizer": OptimizerConfig,
     "training": TrainingConfig,
 }
+
+
+class _Null:
+    """Type of :data:`NULL`."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+NULL = _Null()
+"""An override value that sets a key to ``null`` (a plain ``None`` override means "not given")."""
 
 
 PRESET_ALIASES = {"curves-synth": "curves"}  # the synthetic set trains the CURVES autoencoder
@@ -169,6 +180,7 @@ def _merge(config: RunConfig, mapping: dict[str, Any], origin: str) -> RunConfig
         if section not in SECTIONS:
             raise FimbenchError(
                 f"unknown config section '{section}' in {origin}; expected one of {', '.join(SECTIONS)}, methods"
+                f"{did_you_mean(section, [*SECTIONS, 'methods'])}"
             )
         if not isinstance(values, dict):
             raise FimbenchError(f"config section '{section}' in {origin} must be a mapping")
@@ -179,6 +191,7 @@ def _merge(config: RunConfig, mapping: dict[str, Any], origin: str) -> RunConfig
             if key not in known:
                 raise FimbenchError(
                     f"unknown config key '{section}.{key}' in {origin}; known keys: {', '.join(known)}"
+                    f"{did_you_mean(f'{section}.{key}', [f'{section}.{name}' for name in known])}"
                 )
             changes[key] = _coerce(value, hints[key], f"{section}.{key}", origin)
         updated[section] = dataclasses.replace(updated[section], **changes)
@@ -202,7 +215,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     nested_overrides: dict[str, dict[str, Any]] = {}
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
-        nested_overrides.setdefault(section, {})[key] = value
+        nested_overrides.setdefault(section, {})[key] = None if value is NULL else value
 
     dataset = nested_overrides.get("data", {}).get("dataset") or (user.get("data") or {}).get("dataset")
     dataset = dataset or DataConfig.dataset

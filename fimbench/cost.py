@@ -46,12 +46,13 @@ from fimbench.config import OptimizerConfig, load_config
 from fimbench.curvature import KroneckerSum, Method, approximate
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, Likelihood, build_model
+from fimbench.names import DATASETS
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.plots import METHOD_COLORS, METHOD_LABELS, new_figure
 from fimbench.timing import measure
 from fimbench.train import device_description, resolve_architecture
 
-COST_DATASETS: tuple[str, ...] = ("curves", "mnist", "faces")
+COST_DATASETS: tuple[str, ...] = DATASETS  # every dataset: a profile needs only its architecture
 PHASES: tuple[str, ...] = ("build_cold", "build_warm", "inverse", "apply")
 STEADY_PHASES: tuple[str, ...] = ("build_warm", "inverse", "apply")  # what training repeats every T1 / T2 / step
 YARDSTICKS: tuple[str, ...] = ("forward_backward", "sgd_step", "capture")

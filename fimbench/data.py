@@ -5,9 +5,13 @@ Layout of a data directory (``default_data_dir()`` unless given)::
     raw/<file name>          downloaded files, renamed into place only once complete and checked
     <name>.pt                processed tensors {"format", "train", "test"} (MNIST uint8, others float32);
                              "train" is the pool that :func:`load_dataset` splits into train/val
-    <name>.json              manifest: source, sha256 of every raw file, shapes, fimbench version
-    curves-synth-v<V>-seed<S>-<n_train>-<n_test>.pt
+    <name>.json              manifest: source, sha256 of every raw file and of <name>.pt, shapes, version
+    curves-synth-v<V>-seed<S>-<n_train>-<n_test>.pt (and .json: its size and sha256)
                              cached output of :func:`generate_curves_synth`
+
+Every file is written atomically, and a cache is read only once it matches its manifest's size and sha256:
+a corrupt or truncated ``<name>.pt`` is rebuilt from the raw files (or, when they are gone, the error
+names ``fimbench download-data NAME --force``), a damaged curves-synth cache is generated again.
 
 Splits (DESIGN §3) are drawn at load time from ``torch.Generator().manual_seed(split_seed)`` exactly like
 ``torch.utils.data.random_split(pool, [n_train, n_val], generator)``: CURVES 20000 → 16000/4000 (test
@@ -43,9 +47,7 @@ import torch
 from fimbench import __version__
 from fimbench.errors import FimbenchError
 from fimbench.io import atomic_write_bytes, atomic_write_json
-
-DATASETS: tuple[str, ...] = ("curves", "mnist", "faces", "curves-synth")
-DOWNLOADABLE: tuple[str, ...] = ("curves", "mnist", "faces")
+from fimbench.names import DATASETS, DOWNLOADABLE
 
 MARTENS_URL = "http://www.cs.toronto.edu/~jmartens/"
 """Base URL of the CURVES and FACES .mat files (no checksums are published for them)."""
@@ -196,11 +198,91 @@ def is_present(name: str, data_dir: Path | None = None) -> bool:
 
 
 def require_present(name: str, data_dir: Path | None = None) -> None:
-    """Raise the one-line error that names the fetch command when ``name`` is not in ``data_dir``."""
+    """Raise the one-line error that names the fetch command when ``name`` is not in ``data_dir``; a
+    processed cache that no longer matches its manifest is rebuilt from the raw files first."""
     root = _root(data_dir)
-    if not is_present(name, root):
-        hint = "" if root.resolve() == default_data_dir().resolve() else f" --data-dir {root}"
-        raise FimbenchError(f"dataset '{name}' is not in {root}; fetch it with: fimbench download-data {name}{hint}")
+    if is_present(name, root):
+        return
+    manifest = _stored_manifest(root, name)
+    if manifest is None:
+        raise FimbenchError(f"dataset '{name}' is not in {root}; fetch it with: {_fetch_command(name, root)}")
+    _rebuild(name, root, manifest, "does not match its manifest")
+
+
+def _fetch_command(name: str, root: Path, force: bool = False) -> str:
+    """``fimbench download-data NAME`` with ``--force`` and ``--data-dir`` where they are needed."""
+    data_dir = "" if root.resolve() == default_data_dir().resolve() else f" --data-dir {root}"
+    return f"fimbench download-data {name}{' --force' if force else ''}{data_dir}"
+
+
+def _stored_manifest(root: Path, name: str) -> dict[str, Any] | None:
+    """The manifest file of ``name`` as written, whatever state its processed file is in (``None`` if it
+    is absent, unreadable or of another format)."""
+    try:
+        manifest = json.loads(_manifest_path(root, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != PROCESSED_FORMAT:
+        return None
+    raw_files = manifest.get("raw_files")
+    if not isinstance(manifest.get("processed"), dict) or not isinstance(raw_files, list):
+        return None
+    if not all(isinstance(entry, dict) and {"name", "origin", "sha256"} <= entry.keys() for entry in raw_files):
+        return None
+    return manifest
+
+
+def _read_processed(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
+    """The tensors in ``path`` if it is the file ``expected`` describes (its ``bytes`` and ``sha256``;
+    caches written before hashes were recorded are checked by size and by loading), else ``None``."""
+    try:
+        content = path.read_bytes()
+    except OSError:
+        return None
+    if len(content) != expected.get("bytes"):
+        return None
+    if "sha256" in expected and hashlib.sha256(content).hexdigest() != expected["sha256"]:
+        return None
+    try:
+        blob = torch.load(io.BytesIO(content), weights_only=True)
+    except Exception:  # a damaged file makes torch.load raise RuntimeError, pickle or zip errors, ...
+        return None
+    if not isinstance(blob, dict) or not all(isinstance(blob.get(key), torch.Tensor) for key in ("train", "test")):
+        return None
+    return blob
+
+
+def _rebuild(name: str, root: Path, manifest: dict[str, Any], why: str) -> dict[str, Any]:
+    """Rebuild the processed cache of ``name`` from the raw files its manifest lists (checked against
+    their sha256), rewrite the manifest, and return the tensors; without them, the error names the
+    command that fetches the dataset again."""
+    path = _processed_path(root, name)
+    again = f"fetch it again with: {_fetch_command(name, root, force=True)}"
+    raw: dict[str, _RawFile] = {}
+    for entry in manifest["raw_files"]:
+        candidates = [root / "raw" / entry["name"], Path(entry["origin"])]  # downloaded, or imported from
+        found = next((c for c in candidates if c.is_file() and _sha256(c) == entry["sha256"]), None)
+        if found is None:
+            raise FimbenchError(f"the cache {path} of '{name}' {why}, and its raw file {entry['name']} is gone or changed; {again}")
+        key = entry["name"] if entry["name"] in MNIST_IDX_FILES else "mat"
+        raw[key] = _RawFile(path=found, origin=entry["origin"], sha256=entry["sha256"], downloaded=False)
+    try:
+        pool, test = _parse(name, raw)
+    except FimbenchError as error:
+        raise FimbenchError(f"the cache {path} of '{name}' {why}, and rebuilding it failed ({error}); {again}") from None
+    blob = {"format": PROCESSED_FORMAT, "train": pool, "test": test}
+    processed = dict(manifest["processed"])
+    processed.update(_save_tensors(path, blob))
+    atomic_write_json(_manifest_path(root, name), {**manifest, "processed": processed})
+    return blob
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -225,9 +307,7 @@ def load_dataset(
             raise FimbenchError("curves-synth needs synth_train >= 2 and synth_test >= 1")
         pool, test = _curves_synth(root, synth_train, synth_test)
     else:
-        require_present(name, root)
-        blob = torch.load(_processed_path(root, name), weights_only=True)
-        pool, test = blob["train"], blob["test"]
+        pool, test = _load_processed(name, root)
     train_idx, val_idx = split_indices(pool.shape[0], VAL_FRACTION[name], split_seed)
     return DatasetSplits(
         name=name,
@@ -237,6 +317,19 @@ def load_dataset(
         image_shape=IMAGE_SHAPE[name],
         synthetic=name == "curves-synth",
     )
+
+
+def _load_processed(name: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The processed tensors of a downloaded dataset, checked against the manifest's size and sha256; a
+    corrupt or truncated cache is rebuilt from the raw files (:func:`_rebuild`)."""
+    require_present(name, root)
+    manifest = _stored_manifest(root, name)
+    if manifest is None:  # removed since require_present looked
+        raise FimbenchError(f"dataset '{name}' is not in {root}; fetch it with: {_fetch_command(name, root)}")
+    blob = _read_processed(_processed_path(root, name), manifest["processed"])
+    if blob is None:
+        blob = _rebuild(name, root, manifest, "is corrupt or truncated")
+    return blob["train"], blob["test"]
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,22 +391,30 @@ def generate_curves_synth(n: int, seed: int) -> torch.Tensor:
 def _curves_synth(root: Path, n_train: int, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The curves-synth pool and test set, from the cache in ``root`` or generated (then cached)."""
     path = root / f"curves-synth-v{SYNTH_VERSION}-seed{SYNTH_SEED}-{n_train}-{n_test}.pt"
-    if path.is_file():
-        blob = torch.load(path, weights_only=True)
+    manifest = path.with_suffix(".json")  # {"bytes", "sha256"} of the cache: a damaged one is regenerated
+    try:
+        expected = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        expected = None
+    blob = _read_processed(path, expected) if isinstance(expected, dict) else None
+    if blob is not None:
         return blob["train"], blob["test"]
     pool = generate_curves_synth(n_train, SYNTH_SEED)
     test = generate_curves_synth(n_test, SYNTH_SEED + 1)
     try:
-        _save_tensors(path, {"format": PROCESSED_FORMAT, "train": pool, "test": test})
+        atomic_write_json(manifest, _save_tensors(path, {"format": PROCESSED_FORMAT, "train": pool, "test": test}))
     except OSError:
         pass  # read-only data dir: the cache is only a speed-up
     return pool, test
 
 
-def _save_tensors(path: Path, blob: dict[str, Any]) -> None:
+def _save_tensors(path: Path, blob: dict[str, Any]) -> dict[str, Any]:
+    """Write ``blob`` atomically; returns the ``bytes`` and ``sha256`` a manifest records of it."""
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    content = buffer.getvalue()
+    atomic_write_bytes(path, content)
+    return {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
 
 
 # ----------------------------------------------------------------------------------------------- download
@@ -350,7 +451,7 @@ def download_dataset(
             if item.downloaded:
                 item.path.unlink(missing_ok=True)
         raise
-    _save_tensors(target, {"format": PROCESSED_FORMAT, "train": pool, "test": test})
+    written = _save_tensors(target, {"format": PROCESSED_FORMAT, "train": pool, "test": test})
     n_val = round(pool.shape[0] * VAL_FRACTION[name])
     atomic_write_json(
         _manifest_path(root, name),
@@ -366,7 +467,7 @@ def download_dataset(
             ],
             "processed": {
                 "file": target.name,
-                "bytes": target.stat().st_size,
+                **written,
                 "dtype": str(pool.dtype).removeprefix("torch."),
                 "pool_shape": list(pool.shape),
                 "test_shape": list(test.shape),

@@ -602,8 +602,10 @@ def run_sweep(
     except KeyboardInterrupt:
         runner.close()
         for state in todo:
-            if state.status == "running":
-                state.status = read_summary(state.run_dir).get("status", "interrupted")
+            summary = read_summary(state.run_dir) if state.status in ACTIVE else {}
+            if summary or state.status == "running":  # a point may finish between two polls
+                state.status = summary.get("status", "interrupted")
+                _fill(state, summary.get("final") or {})
         save()
         raise
     best = _write_best(plan, states)

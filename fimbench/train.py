@@ -21,7 +21,7 @@ from fimbench import __version__
 from fimbench.config import OptimizerConfig, RunConfig, dump_config
 from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices, load_dataset
-from fimbench.errors import FimbenchError
+from fimbench.errors import DivergedError, FimbenchError
 from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
 from fimbench.models import Architecture, Likelihood, build_model, default_architecture, evaluate
 from fimbench.optim import KroneckerPreconditioner
@@ -285,15 +285,15 @@ def run_training(
                 row["seconds_approximate"] = phases.get("approximate", 0.0)
                 row["seconds_invert"] = phases.get("invert", 0.0)
                 row["seconds_precondition"] = phases.get("precondition", 0.0)
+            result.rows.append(row)  # first: an interrupt during the write's fsync keeps both in step
             append_jsonl(metrics_path, row)
-            result.rows.append(row)
             if progress is not None:
                 progress.epoch(row)
     except _Diverged as diverged:
         result.status = "diverged"
         result.summary = _summary(config, device, result, started, train_seconds, step, diverged.step)
         atomic_write_json(run_dir / "summary.json", result.summary)
-        raise FimbenchError(
+        raise DivergedError(
             f"non-finite loss ({diverged.value}) at step {diverged.step}; stopped, "
             f"{len(result.rows)} epoch(s) kept in {run_dir}"
         ) from None

@@ -200,7 +200,6 @@ def test_measure_synchronises_cpu_around_the_clock(monkeypatch: pytest.MonkeyPat
         (["--widths", "16,0", "--batches", "8"], "error: --widths takes positive integers, got '0'"),
         (["--widths", "16", "--batches", "-8"], "error: --batches takes positive integers, got '-8'"),
         (["--widths", "16", "--batches", "eight"], "error: --batches takes positive integers, got 'eight'"),
-        (["--dataset", "cifar"], "error: unknown dataset 'cifar'; choose from curves, mnist, faces"),
         (["--widths", "16", "--repeats", "0"], "error: --repeats must be at least 1, got 0"),
         (["--widths", "16", "--methods", ","], "error: no method to profile"),
     ],

@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from fimbench.cli import app as fimbench_app
 from fimbench.cli.common import console
 from fimbench.cli.fisher_error import fisher_error
 from fimbench.fisher_error import CSV_COLUMNS, FIGURE_PANEL, figure_layout
@@ -91,7 +92,7 @@ def test_run_writes_table_csv_summary_and_figure(small: list[str], tmp_path: Pat
 def test_all_layers_and_lanczos_ranks(small: list[str], tmp_path: Path) -> None:
     out = tmp_path / "all"
     args = small + ["--layer", "all", "--methods", "kfac,deflation", "--lanczos-rank", "3", "--iterations", "0",
-                    "--batch-size", "16", "--optimizer", "sgd", "--empirical", "--out", str(out)]
+                    "--batch-size", "16", "--optimizer", "sgd", "--empirical-fisher", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     with open(out / "errors.csv", newline="", encoding="utf-8") as handle:
@@ -131,6 +132,8 @@ def test_bad_inputs_exit_2_with_one_line(small: list[str], tmp_path: Path, extra
 
 
 def test_unknown_dataset(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["fisher-error", "--dataset", "cifar", "--out", str(tmp_path / "never")])
+    result = runner.invoke(fimbench_app, ["fisher-error", "--dataset", "cifar", "--out", str(tmp_path / "never")])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: unknown dataset 'cifar'; choose from curves, mnist, faces, curves-synth"
+    assert result.stderr.startswith("error: Invalid value for '--dataset' / '-d'")
+    assert "'cifar' is not one of 'curves', 'mnist', 'faces', 'curves-synth'" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "never").exists()

@@ -1,22 +1,63 @@
 """Typer application: one module per subcommand, each a thin layer over an engine.
 
 User mistakes raise :class:`fimbench.errors.FimbenchError`; every command is wrapped by
-:func:`fimbench.cli.common.user_errors`, which prints them as one line on stderr and exits with
-status 2, never with a traceback.
+:func:`fimbench.cli.common.user_errors`, which prints them as one line on stderr and exits with the
+error's status (:mod:`fimbench.exit_codes`), never with a traceback. Usage errors found while parsing the
+command line (an unknown option, a value not among the choices) are one ``error:`` line too.
+
+Nothing is imported here or by the command modules at import time that pulls in torch, matplotlib or
+scipy: ``fimbench --help``, ``--version`` and every ``--help`` stay fast; each command imports its engine
+when it runs.
 """
 
 from __future__ import annotations
 
-import typer
+import sys
+from typing import Any, Sequence
 
-from fimbench import __version__
+import typer
+from typer.core import TyperGroup
+
+from fimbench import __version__, exit_codes
+
+ClickException: type[Exception] = next(
+    base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException"
+)
+"""The base of every command-line parsing error (Typer's bundled Click)."""
+
+
+class OneLineErrors(TyperGroup):
+    """Prints a parsing error as ``error: <message>`` on one line (exit status 2), like every other error."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        arguments = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or not arguments:  # no arguments: the help, as no_args_is_help asks
+            return super().main(arguments, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            status = super().main(arguments, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as error:
+            message = error.format_message()  # type: ignore[attr-defined]
+            context = getattr(error, "ctx", None)
+            hint = f" (see: {context.command_path} --help)" if context is not None else ""
+            typer.echo(f"error: {message}{hint}", err=True)
+            sys.exit(getattr(error, "exit_code", exit_codes.USAGE))
+        sys.exit(status if isinstance(status, int) else exit_codes.OK)
+
 
 app = typer.Typer(
     name="fimbench",
+    cls=OneLineErrors,
     help="Kronecker-factored Fisher approximations (K-FAC, KPSVD, Deflation, Lanczos, KFAC-corrected): "
     "train, measure their error against the exact Fisher, and profile their cost.",
+    epilog=exit_codes.help_text(),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -41,12 +82,13 @@ from fimbench.cli import report as _report  # noqa: E402
 from fimbench.cli import sweep as _sweep  # noqa: E402
 from fimbench.cli import train as _train  # noqa: E402
 
-app.command("train")(_train.train)
-app.command("fisher-error")(_fisher_error.fisher_error)
-app.command("cost-profile")(_cost.cost_profile)
-app.command("sweep")(_sweep.sweep)
-app.command("report")(_report.report)
-app.command("download-data")(_download.download_data)
+EPILOG = exit_codes.help_text()
+app.command("train", epilog=EPILOG)(_train.train)
+app.command("fisher-error", epilog=EPILOG)(_fisher_error.fisher_error)
+app.command("cost-profile", epilog=EPILOG)(_cost.cost_profile)
+app.command("sweep", epilog=EPILOG)(_sweep.sweep)
+app.command("report", epilog=EPILOG)(_report.report)
+app.command("download-data", epilog=EPILOG)(_download.download_data)
 
 
 def main() -> None:

@@ -6,16 +6,20 @@ import functools
 from typing import Callable, TypeVar
 
 import typer
-from rich.console import Console
 
+from fimbench import exit_codes
+from fimbench.cli.output import console
 from fimbench.errors import FimbenchError
 
-console = Console(stderr=False)
+__all__ = ["console", "split_list", "user_errors"]
+
 F = TypeVar("F", bound=Callable[..., object])
 
 
 def user_errors(command: F) -> F:
-    """Turn a :class:`FimbenchError` into ``error: <message>`` on stderr and exit status 2."""
+    """Turn a :class:`FimbenchError` into ``error: <message>`` on stderr and its exit status
+    (:mod:`fimbench.exit_codes`); an unhandled Ctrl-C and an operating-system error (a file that cannot be
+    written, say) likewise end with one ``error:`` line, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> object:
@@ -23,7 +27,14 @@ def user_errors(command: F) -> F:
             return command(*args, **kwargs)
         except FimbenchError as error:
             typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(exit_codes.INTERRUPTED) from None
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            typer.echo(f"error: {where}{error.strerror or error}", err=True)
+            raise typer.Exit(exit_codes.USAGE) from None
 
     return wrapper  # type: ignore[return-value]
 

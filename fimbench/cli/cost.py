@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
 from fimbench.cli.common import console, split_list, user_errors
-from fimbench.cost import (
-    COST_DATASETS,
-    EXPONENT_TOLERANCE,
-    PHASES,
-    STEADY_PHASES,
-    AxisFit,
-    DatasetCost,
-    MethodCost,
-    ModelProfile,
-    SweepCost,
-    Timing,
-    profile_dataset,
-    profile_sweep,
-    sweep_figure,
-)
-from fimbench.curvature import APPROXIMATIONS, Method, parse_method
+from fimbench.cli.options import DatasetName, dataset_value, json_option, methods_option, quiet_option, run_directory
+from fimbench.cli.output import current, with_output
 from fimbench.errors import FimbenchError
-from fimbench.io import atomic_write_json
-from fimbench.plots import METHOD_LABELS, save_png
-from fimbench.train import resolve_device
+
+if TYPE_CHECKING:
+    from fimbench.cost import AxisFit, DatasetCost, MethodCost, ModelProfile, SweepCost, Timing
+    from fimbench.curvature import Method
 
 DEFAULT_WIDTHS = "128,256,512,1024"
 DEFAULT_BATCHES = "64,256,1024"
@@ -39,7 +27,6 @@ PHASE_HEADERS: dict[str, str] = {
     "inverse": "F̂⁻¹ inverse",
     "apply": "F̂⁻¹∇h apply",
 }
-SWEEP_PHASES = {phase: PHASE_HEADERS[phase] for phase in STEADY_PHASES}  # cold builds: in cost.json
 LEGEND = (
     "median seconds; ×KFAC: ratio to KFAC's same phase; ×SGD: ratio to one SGD step (forward, backward, "
     "momentum step) of the same model and batch. Build and inverse run every T1 / T2 steps, apply every step."
@@ -48,6 +35,8 @@ LEGEND = (
 
 def parse_methods(text: str) -> list[Method]:
     """``all`` or a comma-separated list of Kronecker methods, in the given order, without repeats."""
+    from fimbench.curvature import APPROXIMATIONS, parse_method
+
     if text.strip() == "all":
         return list(APPROXIMATIONS)
     methods: list[Method] = []
@@ -105,6 +94,9 @@ def _iterations(cost: MethodCost) -> str:
 
 def _method_rows(profile: ModelProfile, phases: dict[str, str]) -> list[list[str]]:
     """One row per method: k, each phase summed over layers and the precondition step, with ratios."""
+    from fimbench.curvature import Method
+    from fimbench.plots import METHOD_LABELS
+
     kfac = profile.method(Method.KFAC.value)
     sgd = profile.yardsticks["sgd_step"].median
     rows: list[list[str]] = []
@@ -125,6 +117,8 @@ def _yardstick_line(profile: ModelProfile) -> str:
 
 def dataset_tables(result: DatasetCost) -> list[Table]:
     """Table 1's layout for the whole model (Σ over layers) and a per-layer table with spreads."""
+    from fimbench.plots import METHOD_LABELS
+
     profile, env = result.profile, result.environment
     layers = len(result.layers) - 1
     summary = Table(
@@ -164,6 +158,10 @@ def _axis_cells(axis: AxisFit | None) -> list[str]:
 
 def sweep_tables(result: SweepCost) -> list[Table]:
     """A compact per-(d, m) view in Table 1's layout, and the fitted exponents beside the predictions."""
+    from fimbench.cost import EXPONENT_TOLERANCE, PHASES, STEADY_PHASES
+    from fimbench.plots import METHOD_LABELS
+
+    steady_phases = {phase: PHASE_HEADERS[phase] for phase in STEADY_PHASES}  # cold builds: in cost.json
     env = result.environment
     sample = result.points[0].profile
     points = Table(
@@ -173,10 +171,10 @@ def sweep_tables(result: SweepCost) -> list[Table]:
         caption=LEGEND,
         header_style="bold",
     )
-    for header in ["d", "m", "method", "k cold → warm", *SWEEP_PHASES.values(), "precondition step", "SGD step"]:
+    for header in ["d", "m", "method", "k cold → warm", *steady_phases.values(), "precondition step", "SGD step"]:
         points.add_column(header, justify="left" if header == "method" else "right")
     for point in result.points:
-        rows = _method_rows(point.profile, SWEEP_PHASES)
+        rows = _method_rows(point.profile, steady_phases)
         sgd = format_seconds(point.profile.yardsticks["sgd_step"].median)
         for position, row in enumerate(rows):
             first = position == 0
@@ -222,6 +220,10 @@ def sweep_tables(result: SweepCost) -> list[Table]:
 
 def write_outputs(result: DatasetCost | SweepCost, run_dir: Path) -> None:
     """``cost.json`` (everything, fits under ``exponents``) and, for a sweep, ``cost.png`` — atomically."""
+    from fimbench.cost import SweepCost, sweep_figure
+    from fimbench.io import atomic_write_json
+    from fimbench.plots import save_png
+
     atomic_write_json(run_dir / "cost.json", result.to_dict())
     if isinstance(result, SweepCost):
         save_png(sweep_figure(result), run_dir / "cost.png")
@@ -232,30 +234,35 @@ def _default_out() -> Path:
 
 
 @user_errors
+@with_output
 def cost_profile(
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", "-d", help=f"Profile every layer of the App. D autoencoder of {', '.join(COST_DATASETS)}."
+    dataset: Optional[DatasetName] = typer.Option(
+        None, "--dataset", "-d", help="Profile every layer of this dataset's App. D autoencoder (random inputs: no data needed).",
+        case_sensitive=False,
     ),
     widths: Optional[str] = typer.Option(None, help=f"Sweep: layer widths d (default {DEFAULT_WIDTHS})."),
     batches: Optional[str] = typer.Option(None, help=f"Sweep: Fisher batch sizes m (default {DEFAULT_BATCHES})."),
-    methods: str = typer.Option("all", "--methods", "-m", help="all, or a comma-separated list of Kronecker methods."),
+    methods: str = methods_option("all", "all, or a comma-separated list of Kronecker methods."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     repeats: int = typer.Option(5, help="Timed repeats of every measurement (after one warm-up call)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/cost-<time>)."),
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="With --dataset: a YAML config overriding the preset (e.g. configs/curves-conv.yaml)."
     ),
+    json_output: bool = json_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Measure the cost of building, inverting and applying each Kronecker approximation (Table 1).
 
     Example: fimbench cost-profile --widths 128,256,512 --batches 64,256
     """
+    from fimbench.cost import DatasetCost, profile_dataset, profile_sweep
+    from fimbench.train import resolve_device
+
     if dataset is not None and (widths is not None or batches is not None):
         raise FimbenchError("choose either --dataset or --widths/--batches, not both")
     if config is not None and dataset is None:
         raise FimbenchError("--config needs --dataset (the sweep profiles synthetic layers)")
-    if dataset is not None and dataset not in COST_DATASETS:
-        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(COST_DATASETS)}")
     chosen = parse_methods(methods)
     if repeats < 1:
         raise FimbenchError(f"--repeats must be at least 1, got {repeats}")
@@ -264,17 +271,22 @@ def cost_profile(
     )
     target = resolve_device(device)
     run_dir = out or _default_out()
+    output = current()
     result: DatasetCost | SweepCost
-    with console.status("profiling") as status:
-        def progress(message: str) -> None:
-            status.update(f"profiling {message}")
+    with run_directory(run_dir):
+        with console.status("profiling") if output.progress else nullcontext() as status:
+            def progress(message: str) -> None:
+                if status is not None:
+                    status.update(f"profiling {message}")
 
-        if dataset is not None:
-            result = profile_dataset(dataset, chosen, target, repeats, progress=progress, config=config)
-        else:
-            result = profile_sweep(*grid, chosen, target, repeats, progress=progress)
-    tables = dataset_tables(result) if isinstance(result, DatasetCost) else sweep_tables(result)
-    for table in tables:
-        console.print(table)
-    write_outputs(result, run_dir)
-    console.print(f"results in [bold]{run_dir}[/bold]")
+            if dataset is not None:
+                result = profile_dataset(str(dataset_value(dataset)), chosen, target, repeats, progress=progress, config=config)
+            else:
+                result = profile_sweep(*grid, chosen, target, repeats, progress=progress)
+        write_outputs(result, run_dir)
+    summary, *details = dataset_tables(result) if isinstance(result, DatasetCost) else sweep_tables(result)
+    output.summary(summary)
+    for table in details:
+        output.note(table)
+    output.note(f"results in [bold]{run_dir}[/bold]")
+    output.document({"run_dir": str(run_dir), **result.to_dict()})

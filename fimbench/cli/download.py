@@ -10,8 +10,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from fimbench.cli.common import console, user_errors
-from fimbench.data import DOWNLOADABLE, default_data_dir, download_dataset, is_present, read_manifest
+from fimbench.cli.options import data_dir_option
 from fimbench.errors import FimbenchError
+from fimbench.names import DOWNLOADABLE
 
 
 class DownloadChoice(str, Enum):
@@ -46,9 +47,7 @@ class _RichProgress:
 @user_errors
 def download_data(
     name: DownloadChoice = typer.Argument(..., help="Dataset to fetch, or 'all' for mnist, curves and faces."),
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Data cache directory. [default: $FIMBENCH_DATA, else the per-user cache directory]"
-    ),
+    data_dir: Path | None = data_dir_option(),
     source: str | None = typer.Option(
         None,
         "--source",
@@ -64,6 +63,8 @@ def download_data(
 
     Example: fimbench download-data curves --source ~/Downloads/digs3pts_1.mat
     """
+    from fimbench.data import default_data_dir, download_dataset, is_present
+
     root = data_dir if data_dir is not None else default_data_dir()
     names = DOWNLOADABLE if name is DownloadChoice.ALL else (name.value,)
     if len(names) > 1 and source is not None and (source.endswith(".mat") or Path(source).expanduser().is_file()):
@@ -86,6 +87,8 @@ def download_data(
 
 def _summary(dataset: str, root: Path, path: Path, present: bool) -> str:
     """One line: where the dataset is, its split shapes, the short sha256 of each raw file."""
+    from fimbench.data import read_manifest
+
     manifest = read_manifest(dataset, root)
     if manifest is None:
         raise FimbenchError(f"{path} was written but its manifest is missing or does not match it")

@@ -5,30 +5,30 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
 from fimbench.cli.common import console, split_list, user_errors
-from fimbench.config import load_config
-from fimbench.data import DATASETS
-from fimbench.errors import FimbenchError
-from fimbench.fisher_error import (
-    DEFAULT_METHODS,
-    OPTIMIZERS,
-    EntrySummary,
-    ErrorRow,
-    FisherErrorResult,
-    FisherErrorSettings,
-    entry_label,
-    parse_layers,
-    parse_methods,
-    run_fisher_error,
-    summarise,
-    write_run,
+from fimbench.cli.options import (
+    DatasetName,
+    data_dir_option,
+    dataset_option,
+    dataset_value,
+    empirical_fisher_option,
+    json_option,
+    methods_option,
+    quiet_option,
+    run_directory,
 )
+from fimbench.cli.output import current, with_output
+from fimbench.errors import Interrupted
+from fimbench.names import KRONECKER_METHODS
+
+if TYPE_CHECKING:
+    from fimbench.fisher_error import EntrySummary, ErrorRow, FisherErrorResult
 
 
 def _number(value: float | None, spec: str = ".4g") -> str:
@@ -43,7 +43,7 @@ class LiveErrorTable:
     """A live rich table: the latest measurement of every layer × method, under the training progress."""
 
     def __init__(self) -> None:
-        self.live = Live(Table(), console=console, refresh_per_second=4, transient=False)
+        self.live = Live(Table(), console=console, refresh_per_second=4, transient=not console.is_terminal)
         self.latest: list[ErrorRow] = []
         self.measured_count = 0
         self.measurements = 0
@@ -69,10 +69,12 @@ class LiveErrorTable:
     def stop(self) -> None:
         if self.live.is_started:
             self.live.stop()
-            if not console.is_terminal:  # rich ends the final frame with a newline on terminals only
-                console.line()
+            if not console.is_terminal:  # the live view is transient there: its last frame, whole (FittingConsole)
+                console.print(self._table())
 
     def _table(self) -> Table:
+        from fimbench.fisher_error import entry_label
+
         caption = (
             f"iteration {self.iteration}, training loss {_number(self.loss)}, "
             f"measurement {self.measured_count}/{self.measurements}"
@@ -96,6 +98,8 @@ class LiveErrorTable:
 
 def summary_table(summaries: list[EntrySummary], title: str) -> Table:
     """Per method: median / mean / max of Error 1 and Error 2, how often it beats KFAC, cost, paths."""
+    from fimbench.fisher_error import entry_label
+
     table = Table(
         title=title,
         caption="E1 = ‖F − F̂‖/‖F‖, E2 = ‖spec F − spec F̂‖/‖spec F‖; <KFAC: share of measurements below KFAC; "
@@ -128,15 +132,12 @@ def _default_out(dataset: str) -> Path:
 
 
 @user_errors
+@with_output
 def fisher_error(
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", "-d", help=f"One of {', '.join(DATASETS)} (default: the config's, else curves-synth)."
-    ),
+    dataset: Optional[DatasetName] = dataset_option(),
     layer: str = typer.Option("5", "--layer", help="Linear layer(s), 1-based as in the paper: 5, a list 1,5,9, or all."),
-    methods: str = typer.Option(
-        ",".join(m.value for m in DEFAULT_METHODS), "--methods", help="Comma-separated Kronecker methods to measure."
-    ),
-    optimizer: str = typer.Option("adam", "--optimizer", help=f"Independent optimizer that trains the network: {' or '.join(OPTIMIZERS)}."),
+    methods: str = methods_option(",".join(KRONECKER_METHODS), "Comma-separated Kronecker methods to measure."),
+    optimizer: str = typer.Option("adam", "--optimizer", help="Independent optimizer that trains the network: adam or sgd."),
     iterations: int = typer.Option(1000, "--iterations", help="Training iterations."),
     every: int = typer.Option(20, "--every", help="Measure every K iterations (and at 0)."),
     lanczos_rank: Optional[int] = typer.Option(None, "--lanczos-rank", help="Measure Lanczos at ranks 1..R (instead of rank 2 only)."),
@@ -144,19 +145,28 @@ def fisher_error(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/fisher-error-<dataset>-<time>)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; CLI options override it."),
-    empirical: bool = typer.Option(False, "--empirical", help="Empirical Fisher (data targets) instead of the true Fisher."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FIMBENCH_DATA", help="Dataset cache directory."),
+    empirical: bool = empirical_fisher_option(False),
+    data_dir: Optional[Path] = data_dir_option(),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Mini-batch size (default: the dataset's, 256/512/1024)."),
+    json_output: bool = json_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Figure 1 (§4.1): Error 1 = ‖F − F̂‖/‖F‖ and Error 2 = ‖spec F − spec F̂‖/‖spec F‖ of every method
     on the exact Fisher block of the chosen layer(s), along training with an independent optimizer.
 
     Example: fimbench fisher-error --dataset curves-synth --iterations 200 --every 20
     """
-    if dataset is not None and dataset not in DATASETS:
-        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
-    if optimizer not in OPTIMIZERS:
-        raise FimbenchError(f"unknown optimizer '{optimizer}'; choose from {', '.join(OPTIMIZERS)}")
+    from fimbench.config import load_config
+    from fimbench.fisher_error import (
+        FisherErrorSettings,
+        parse_layers,
+        parse_methods,
+        run_fisher_error,
+        summarise,
+        summary_json,
+        write_run,
+    )
+
     settings = FisherErrorSettings(
         layers=parse_layers(layer),
         methods=parse_methods(split_list(methods)),
@@ -168,7 +178,7 @@ def fisher_error(
     resolved = load_config(
         config,
         {
-            "data.dataset": dataset,
+            "data.dataset": dataset_value(dataset),
             "data.data_dir": str(data_dir) if data_dir is not None else None,
             "optimizer.method": optimizer,
             "training.batch_size": batch_size,
@@ -177,14 +187,18 @@ def fisher_error(
         },
     )
     run_dir = out or _default_out(resolved.data.dataset)
-    live = LiveErrorTable()
-    try:
-        result = run_fisher_error(resolved, settings, live)
-    finally:
-        live.stop()
-    paths = write_run(result, run_dir)
+    output = current()
+    live = LiveErrorTable() if output.progress else None
+    with run_directory(run_dir):
+        try:
+            result = run_fisher_error(resolved, settings, live)
+        finally:
+            if live is not None:
+                live.stop()
+        paths = write_run(result, run_dir)
     title = f"{result.dataset}, layer(s) {', '.join(map(str, result.layers))}: errors over {len({r.iteration for r in result.rows})} measurements"
-    console.print(summary_table(summarise(result), title))
-    console.print(f"{result.status} in {result.info['seconds']:.1f} s; {', '.join(str(p) for p in paths.values())}")
+    output.summary(summary_table(summarise(result), title))
+    output.note(f"{result.status} in {result.info['seconds']:.1f} s; {', '.join(str(p) for p in paths.values())}")
+    output.document({"run_dir": str(run_dir), "files": {name: str(path) for name, path in paths.items()}, **summary_json(result)})
     if result.status == "interrupted":
-        raise typer.Exit(130)
+        raise Interrupted(f"interrupted; what was measured is in {run_dir}")

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import typer
 from rich.live import Live
 
 from fimbench.cli.common import console, split_list, user_errors
-from fimbench.config import load_config
-from fimbench.data import DATASETS
-from fimbench.errors import FimbenchError
-from fimbench.report import sweep_table
-from fimbench.sweep import LocalRunner, PointState, Runner, SubmititRunner, inspect_points, parse_grid, plan_sweep, run_sweep
+from fimbench.cli.options import (
+    DatasetName,
+    check_out,
+    data_dir_option,
+    dataset_option,
+    dataset_value,
+    json_option,
+    methods_option,
+    quiet_option,
+    set_option,
+    with_sets,
+)
+from fimbench.cli.output import current, with_output
+from fimbench.errors import Interrupted, SweepFailedError
+
+if TYPE_CHECKING:
+    from fimbench.sweep import PointState, Runner, SweepPlan
 
 
 class Executor(str, Enum):
@@ -24,28 +37,33 @@ class Executor(str, Enum):
 
 class LiveSweepTable:
     """Redraws :func:`fimbench.report.sweep_table` in place, as tall as the terminal allows; the live view
-    is transient, the final table is printed once."""
+    is transient, the final table is printed once. With ``draw`` false it only keeps the latest states."""
 
-    def __init__(self) -> None:
+    def __init__(self, draw: bool = True) -> None:
+        self.draw = draw
         self.live = Live(console=console, auto_refresh=False, transient=True)
         self.states: Sequence[PointState] = []
 
     def update(self, states: Sequence[PointState]) -> None:
+        from fimbench.report import sweep_table
+
         self.states = states
-        self.live.update(sweep_table(states, limit=max(5, console.height - 10)), refresh=True)
+        if self.draw:
+            self.live.update(sweep_table(states, limit=max(5, console.height - 10)), refresh=True)
 
 
 def _default_out(config: Optional[Path], dataset: Optional[str]) -> Path:
     """``sweeps/<dataset>``: a fixed name, so rerunning the same command resumes."""
+    from fimbench.config import load_config
+
     return Path("sweeps") / load_config(config, {"data.dataset": dataset}).data.dataset
 
 
 @user_errors
+@with_output
 def sweep(
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", "-d", help=f"One of {', '.join(DATASETS)} (default: the config's, else curves-synth)."
-    ),
-    methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated methods (default: all seven)."),
+    dataset: Optional[DatasetName] = dataset_option(),
+    methods: Optional[str] = methods_option(None, "Comma-separated methods (default: all seven)."),
     grid: Optional[list[str]] = typer.Option(
         None,
         "--grid",
@@ -67,7 +85,7 @@ def sweep(
     max_steps: Optional[int] = typer.Option(None, help="Stop each point after this many steps (smoke sweeps)."),
     seed: Optional[int] = typer.Option(None, help="Seed of every point."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
-    data_dir: Optional[Path] = typer.Option(None, envvar="FIMBENCH_DATA", help="Dataset cache directory."),
+    data_dir: Optional[Path] = data_dir_option(),
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", help="Points at once (local: worker processes, default 1; slurm: array parallelism)."
     ),
@@ -78,19 +96,23 @@ def sweep(
     cpus_per_job: int = typer.Option(4, help="CPUs (torch threads) per SLURM job."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default: sweeps/<dataset>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the points and what is already finished; run nothing."),
+    sets: Optional[list[str]] = set_option(),
+    json_output: bool = json_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Grid-search each method (paper §4.2); every point is an ordinary train run directory.
 
     Rerunning the same command resumes: finished points (completed or diverged) are kept, interrupted and
     failed ones rerun. The best point per method (lowest final train loss) is written to
-    <out>/best/<method>.yaml for fimbench train --config. Exit status 1 if a point failed.
+    <out>/best/<method>.yaml for fimbench train --config. Exit status 4 if a point failed.
 
     Example: fimbench sweep -d curves-synth -m kfac,adam --grid lr=1e-1,1e-2 --authors-scale --epochs 5 -j 2
     """
-    if dataset is not None and dataset not in DATASETS:
-        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    from fimbench.report import sweep_table
+    from fimbench.sweep import LocalRunner, SubmititRunner, inspect_points, parse_grid, plan_sweep, run_sweep
+
     overrides = {
-        "data.dataset": dataset,
+        "data.dataset": dataset_value(dataset),
         "data.data_dir": str(data_dir) if data_dir is not None else None,
         "training.epochs": epochs,
         "training.batch_size": batch_size,
@@ -98,11 +120,16 @@ def sweep(
         "training.seed": seed,
         "training.device": device,
     }
-    plan = plan_sweep(out or _default_out(config, dataset), split_list(methods), parse_grid(grid or []), authors_scale, config, overrides)
+    overrides = with_sets(overrides, sets)
+    target = out or _default_out(config, dataset_value(dataset))
+    check_out(target)
+    plan = plan_sweep(target, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides)
+    output = current()
     if dry_run:
         states = inspect_points(plan)
-        console.print(sweep_table(states))
-        console.print(f"{len(states)} points, {sum(s.status == 'pending' for s in states)} to run, in [bold]{plan.out}[/bold]")
+        output.summary(sweep_table(states))
+        output.note(f"{len(states)} points, {sum(s.status == 'pending' for s in states)} to run, in [bold]{plan.out}[/bold]")
+        output.document(_document(plan, states, {}))
         return
     runner: Runner
     if executor is Executor.LOCAL:
@@ -111,19 +138,44 @@ def sweep(
         runner = SubmititRunner(
             plan.out / "submitit", "slurm", partition, time_minutes, gpus_per_job, cpus_per_job, jobs
         )
-    progress = LiveSweepTable()
+    progress = LiveSweepTable(draw=output.progress)
     try:
-        with progress.live:
+        with progress.live if output.progress else nullcontext():
             result = run_sweep(plan, runner, progress)
     except KeyboardInterrupt:
-        console.print(sweep_table(progress.states))
-        typer.echo(f"interrupted; rerun the same command to resume the sweep in {plan.out}", err=True)
-        raise typer.Exit(130) from None
-    console.print(sweep_table(result.states))
+        output.summary(sweep_table(progress.states))
+        output.document(_document(plan, progress.states, {}))
+        raise Interrupted(f"interrupted; rerun the same command to resume the sweep in {plan.out}") from None
+    output.summary(sweep_table(result.states))
     for method, path in result.best.items():
-        console.print(f"best {method}: [bold]{path}[/bold]")
+        output.note(f"best {method}: [bold]{path}[/bold]")
+    output.document(_document(plan, result.states, result.best))
     if result.failed:
         for state in result.failed:
             typer.echo(f"failed: {state.point.name}: {state.message}", err=True)
-        typer.echo(f"{len(result.failed)} point(s) failed; rerun the same command to retry them", err=True)
-        raise typer.Exit(1)
+        raise SweepFailedError(f"{len(result.failed)} point(s) failed; rerun the same command to retry them")
+
+
+def _document(plan: SweepPlan, states: Sequence[PointState], best: dict[str, Path]) -> dict[str, Any]:
+    """The sweep's JSON summary: every point's state and run directory, and each method's best config."""
+    return {
+        "out": str(plan.out),
+        "dataset": plan.dataset,
+        "points": [
+            {
+                "name": state.point.name,
+                "method": state.point.method,
+                "values": state.point.values,
+                "status": state.status,
+                "resumed": state.resumed,
+                "epoch": state.epoch,
+                "train_loss": state.train_loss,
+                "val_loss": state.val_loss,
+                "message": state.message,
+                "run_dir": str(state.run_dir),
+            }
+            for state in states
+        ],
+        "counts": {status: sum(state.status == status for state in states) for status in sorted({s.status for s in states})},
+        "best": {method: str(path) for method, path in best.items()},
+    }

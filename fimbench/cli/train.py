@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -11,12 +12,24 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fimbench.cli.common import console, user_errors
-from fimbench.config import load_config
-from fimbench.curvature import Method
-from fimbench.data import DATASETS
-from fimbench.errors import FimbenchError
-from fimbench.report import curvature_table, training_table
-from fimbench.train import run_training
+from fimbench.cli.options import (
+    DatasetName,
+    MethodName,
+    data_dir_option,
+    dataset_option,
+    dataset_value,
+    empirical_fisher_option,
+    json_option,
+    quiet_option,
+    run_directory,
+    set_option,
+    with_sets,
+)
+from fimbench.cli.output import current, thin_rows, with_output
+from fimbench.errors import DivergedError, FimbenchError, Interrupted
+
+RUN_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
+"""What a run writes into its directory; ``--overwrite`` removes them first (summary first)."""
 
 
 class RichTrainProgress:
@@ -69,11 +82,10 @@ def _default_out(dataset: str, method: str) -> Path:
 
 
 @user_errors
+@with_output
 def train(
-    method: Optional[Method] = typer.Option(None, "--method", "-m", help="Optimizer (default: the config's, else sgd)."),
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", "-d", help=f"One of {', '.join(DATASETS)} (default: the config's, else curves-synth)."
-    ),
+    method: Optional[MethodName] = typer.Option(None, "--method", "-m", help="Optimizer (default: the config's, else sgd)."),
+    dataset: Optional[DatasetName] = dataset_option(),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; CLI options override it."),
     lr: Optional[float] = typer.Option(None, help="Learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
@@ -94,9 +106,7 @@ def train(
     inverse_every: Optional[int] = typer.Option(None, "--inverse-every", help="T2: steps between inversions."),
     ema_decay: Optional[float] = typer.Option(None, help="α of the EMA, ρ = min(1 − 1/k, α)."),
     fisher_fraction: Optional[float] = typer.Option(None, help="Fisher sub-batch size as a fraction of the batch."),
-    empirical_fisher: Optional[bool] = typer.Option(
-        None, "--empirical-fisher/--true-fisher", help="Data targets instead of targets sampled from the model."
-    ),
+    empirical_fisher: Optional[bool] = empirical_fisher_option(None),
     tol: Optional[float] = typer.Option(None, help="Power SVD / Lanczos tolerance, relative to σ₁."),
     max_iterations: Optional[int] = typer.Option(None, help="Power SVD / Lanczos iteration cap."),
     lanczos_rank: Optional[int] = typer.Option(None, help="Kronecker rank r of Lanczos (1 or 2 for training)."),
@@ -104,17 +114,26 @@ def train(
     min_curvature_ratio: Optional[float] = typer.Option(None, help="δ of the rank-2 positive-definiteness safeguard."),
     seed: Optional[int] = typer.Option(None, help="Seed of data order, initialisation and Fisher sampling."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
-    data_dir: Optional[Path] = typer.Option(None, envvar="FIMBENCH_DATA", help="Dataset cache directory."),
+    data_dir: Optional[Path] = data_dir_option(),
     log_every: Optional[int] = typer.Option(None, help="Also log a metrics row every N steps."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<dataset>-<method>-<time>)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (else it is refused)."),
+    sets: Optional[list[str]] = set_option(),
+    full_table: bool = typer.Option(False, "--full-table", help="Show every epoch in the table (default: about 20 rows)."),
+    json_output: bool = json_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Train an autoencoder with sgd, adam, kfac, kpsvd, deflation, lanczos or kfac-corrected.
 
     Example: fimbench train --method deflation --dataset curves-synth --epochs 2
     """
+    from fimbench.config import load_config
+    from fimbench.report import curvature_table, training_table
+    from fimbench.train import run_training
+
     overrides = {
         "optimizer.method": method.value if method is not None else None,
-        "data.dataset": dataset,
+        "data.dataset": dataset_value(dataset),
         "data.data_dir": str(data_dir) if data_dir is not None else None,
         "optimizer.lr": lr,
         "training.batch_size": batch_size,
@@ -141,25 +160,42 @@ def train(
         "training.device": device,
         "training.log_every": log_every,
     }
-    if dataset is not None and dataset not in DATASETS:
-        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
-    resolved = load_config(config, overrides)
+    resolved = load_config(config, with_sets(overrides, sets))
+    output = current()
     run_dir = out or _default_out(resolved.data.dataset, resolved.optimizer.method)
-    progress = RichTrainProgress()
+    progress = RichTrainProgress() if output.progress else None
     started = time.perf_counter()
-    try:
-        result = run_training(resolved, run_dir, progress)
-    except KeyboardInterrupt:
-        progress.stop()
-        typer.echo(f"interrupted; what was logged is kept in {run_dir}", err=True)
-        raise typer.Exit(130) from None
-    finally:
-        progress.stop()
+    with run_directory(run_dir, refuse_existing=not overwrite, replace=RUN_FILES if overwrite else ()):
+        try:
+            result = run_training(resolved, run_dir, progress)
+        except DivergedError:
+            output.document(_summary_document(run_dir))
+            raise
+        except KeyboardInterrupt:
+            output.document(_summary_document(run_dir))
+            raise Interrupted(f"interrupted; what was logged is kept in {run_dir}") from None
+        finally:
+            if progress is not None:
+                progress.stop()
     method_name, dataset_name = resolved.optimizer.method, resolved.data.dataset
-    console.print(training_table(result.rows, f"{method_name} on {dataset_name} ({result.summary['device']})"))
+    rows = result.rows if full_table else thin_rows(result.rows)
+    table = training_table(rows, f"{method_name} on {dataset_name} ({result.summary['device']})")
+    if len(rows) < len(result.rows):
+        table.caption = f"{len(rows)} of {len(result.rows)} epochs (all in metrics.jsonl; --full-table shows every one)"
+    output.summary(table)
     if any("seconds_refresh" in row for row in result.rows):
-        console.print(curvature_table(result.rows, f"{method_name}: curvature work per epoch"))
-    console.print(
+        output.note(curvature_table(rows, f"{method_name}: curvature work per epoch"))
+    output.note(
         f"{result.summary['steps']} steps in {time.perf_counter() - started:.1f} s "
         f"(training {result.summary['train_seconds']:.1f} s); results in [bold]{run_dir}[/bold]"
     )
+    output.document({"run_dir": str(run_dir), **result.summary})
+
+
+def _summary_document(run_dir: Path) -> dict[str, Any]:
+    """The JSON document of a run that stopped early: its ``summary.json`` (if written) and where it is."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {"status": "interrupted"}
+    return {"run_dir": str(run_dir), **summary}

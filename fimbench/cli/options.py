@@ -1,0 +1,179 @@
+"""One option vocabulary for every command: shared option definitions, ``--set``, and run directories.
+
+Nothing here imports torch: ``fimbench --help`` builds every command's options from this module.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import typer
+
+from fimbench.errors import FimbenchError, did_you_mean
+from fimbench.names import DATASETS, METHODS
+
+DatasetName = Enum("DatasetName", {name.upper().replace("-", "_"): name for name in DATASETS}, type=str)  # type: ignore[misc]
+"""``--dataset`` choices (every dataset fimbench knows)."""
+MethodName = Enum("MethodName", {name.upper().replace("-", "_"): name for name in METHODS}, type=str)  # type: ignore[misc]
+"""``--method`` choices (every optimizer)."""
+
+SET_HELP = (
+    "SECTION.KEY=VALUE, repeatable: set any config key (sections data, model, optimizer, training), e.g. "
+    "model.layers=[784,64,784] or optimizer.kl_clip=null. VALUE is read as YAML; it wins over the config file."
+)
+
+
+def dataset_option() -> Any:
+    """``-d/--dataset``: one of the dataset names, shown as choices."""
+    return typer.Option(
+        None, "--dataset", "-d", help="Dataset (default: the config's, else curves-synth).", case_sensitive=False
+    )
+
+
+def methods_option(default: Optional[str], help: str) -> Any:
+    """``-m/--methods``: a comma-separated list, wherever a command takes several methods."""
+    return typer.Option(default, "--methods", "-m", help=help)
+
+
+def empirical_fisher_option(default: Optional[bool]) -> Any:
+    """``--empirical-fisher/--true-fisher``: statistics from the data's targets or sampled from the model."""
+    return typer.Option(
+        default,
+        "--empirical-fisher/--true-fisher",
+        help="Empirical Fisher (targets from the data) or true Fisher (targets sampled from the model).",
+    )
+
+
+def data_dir_option() -> Any:
+    """``--data-dir``, also read from ``FIMBENCH_DATA``."""
+    return typer.Option(
+        None, "--data-dir", envvar="FIMBENCH_DATA", help="Dataset cache directory (default: the per-user cache directory)."
+    )
+
+
+def json_option() -> Any:
+    """``--json``: the final summary as one JSON document on stdout (:mod:`fimbench.cli.output`)."""
+    return typer.Option(
+        False, "--json", help="Print the final summary as one JSON document on stdout; progress and tables go to stderr."
+    )
+
+
+def quiet_option() -> Any:
+    """``-q/--quiet``: no progress, the summary table only."""
+    return typer.Option(False, "--quiet", "-q", help="No progress and no notes: print the summary table only.")
+
+
+def set_option() -> Any:
+    """``--set SECTION.KEY=VALUE``, repeatable (:func:`parse_sets`)."""
+    return typer.Option(None, "--set", help=SET_HELP)
+
+
+def dataset_value(dataset: Optional[Enum]) -> Optional[str]:
+    """The name behind a ``--dataset`` choice (``None`` when not given)."""
+    return None if dataset is None else str(dataset.value)
+
+
+# ----------------------------------------------------------------------------------------------- --set
+
+
+def parse_sets(specs: Sequence[str] | None) -> dict[str, Any]:
+    """``["model.layers=[784,64,784]", "optimizer.kl_clip=null"]`` -> dotted overrides for
+    :func:`fimbench.config.load_config` (``null`` becomes :data:`fimbench.config.NULL`).
+
+    Sections come from :data:`fimbench.config.SECTIONS` and keys are checked, with their types, by the
+    config loader itself, so every key of the config dataclasses can be set and nothing else.
+    """
+    import yaml
+
+    from fimbench.config import NULL, SECTIONS
+
+    values: dict[str, Any] = {}
+    for spec in specs or []:
+        key, separator, text = spec.partition("=")
+        key = key.strip()
+        section, dot, name = key.partition(".")
+        if not separator or not dot or not name or not text.strip():
+            raise FimbenchError(f"--set takes SECTION.KEY=VALUE, e.g. optimizer.lr=0.01; got '{spec}'")
+        if section not in SECTIONS:
+            raise FimbenchError(
+                f"unknown config section '{section}' in --set {spec}; expected one of {', '.join(SECTIONS)}"
+                f"{did_you_mean(section, SECTIONS)}"
+            )
+        if key in values:
+            raise FimbenchError(f"--set {key} is given twice")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise FimbenchError(f"--set {key}: VALUE is not valid YAML ({getattr(error, 'problem', error)})") from None
+        values[key] = NULL if value is None else value
+    return values
+
+
+def with_sets(overrides: dict[str, Any], specs: Sequence[str] | None) -> dict[str, Any]:
+    """``overrides`` (from named options; ``None`` = not given) plus the ``--set`` values; a key given by
+    both is an error."""
+    sets = parse_sets(specs)
+    both = sorted(key for key in sets if overrides.get(key) is not None)
+    if both:
+        raise FimbenchError(f"{', '.join(both)} given both by an option and by --set; give it once")
+    return {**overrides, **sets}
+
+
+# ----------------------------------------------------------------------------------------------- run directories
+
+
+def _first_missing(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, outermost first; an existing file on the way
+    (or at ``path``) is an error."""
+    missing: list[Path] = []
+    for candidate in [path, *path.parents]:
+        if candidate.is_dir():
+            break
+        if candidate.exists():
+            raise FimbenchError(f"cannot create --out {path}: {candidate} is not a directory")
+        missing.append(candidate)
+    return list(reversed(missing))
+
+
+def check_out(path: Path) -> None:
+    """Fail early, with one line, if ``path`` cannot be a directory (a file on its way, say)."""
+    _first_missing(Path(path))
+
+
+@contextmanager
+def run_directory(path: Path, refuse_existing: bool = False, replace: Sequence[str] = ()) -> Iterator[Path]:
+    """Create the run directory ``path`` and yield it; if the command fails before writing anything
+    there, remove the directories this created, so bad input leaves no trace.
+
+    ``refuse_existing``: a directory that already holds files is an error. ``replace``: file names removed
+    from it first (the run that ``--overwrite`` replaces).
+    """
+    path = Path(path)
+    if refuse_existing and path.is_dir() and any(path.iterdir()):
+        raise FimbenchError(f"{path} already holds a run; pass --overwrite to replace it, or choose another --out")
+    created = _first_missing(path)
+    try:
+        for directory in created:
+            directory.mkdir()
+    except OSError as error:
+        _remove_empty(created)
+        raise FimbenchError(f"cannot create --out {path}: {error.strerror or error}") from None
+    for name in replace:
+        (path / name).unlink(missing_ok=True)
+    try:
+        yield path
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for directory in reversed(created):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return  # not empty (or gone): what the command wrote stays
