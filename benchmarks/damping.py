@@ -6,7 +6,8 @@ On curves-synth (CURVES autoencoder, batch 256, T1 = T2 = 100) for ``--epochs`` 
 * ``authors``: the authors' exact damping split (``fimbench.conventions.from_authors_scale``: their λ_a, lr_a);
 * ``adaptive``: fimbench's preset (trace π, λ₀ = 0.01, lr 0.1) with Levenberg–Marquardt damping;
 * ``preset``: fimbench's preset with fixed λ = 0.01 (configs/curves.yaml);
-* SGD and Adam from configs/curves.yaml (the authors' baselines, converted).
+* SGD and Adam: ``baseline`` from configs/curves.yaml (the authors' learning rates, no weight decay) and
+  ``authors`` (their exact baselines: Nesterov SGD, weight decay 1e-3, converted).
 
 For each run: the alignment cos(F̃⁻¹∇, ∇) after the first refresh and at the end, the final train loss per
 pixel, and the epochs and seconds to reach SGD's and Adam's final train loss. Every run is an ordinary run
@@ -37,6 +38,7 @@ CURVES_TUNED = {  # the authors' (lr, damping) on CURVES, in their scale
     "kfac": (0.1, 3e-3), "kpsvd": (0.1, 3e-3), "kfac-corrected": (0.1, 0.03), "deflation": (0.1, 0.1), "lanczos": (1e-3, 1e-3),
 }
 CONDITIONS = ("old", "authors", "adaptive", "preset")
+FIRST_ORDER_LR = {"sgd": 0.3, "adam": 1e-3}  # the authors' learning rates, in their scale
 
 
 def optimizer_overrides(method: str, condition: str) -> dict[str, Any]:
@@ -46,6 +48,9 @@ def optimizer_overrides(method: str, condition: str) -> dict[str, Any]:
     if condition == "adaptive":
         return {"damping_schedule": "adaptive"}
     architecture = ARCHITECTURES["curves"]
+    if method in FIRST_ORDER_LR:  # the authors' baseline
+        converted = from_authors_scale(Method(method), architecture.likelihood, 784, FIRST_ORDER_LR[method], weight_decay=AUTHORS_WEIGHT_DECAY)
+        return {**converted, "nesterov": method == "sgd"}
     lr_a, damping_a = CURVES_TUNED[method]
     converted = from_authors_scale(Method(method), architecture.likelihood, 784, lr_a, damping_a, AUTHORS_WEIGHT_DECAY)
     if condition == "old":
@@ -55,7 +60,8 @@ def optimizer_overrides(method: str, condition: str) -> dict[str, Any]:
 
 
 def cells(methods: list[str]) -> list[tuple[str, str]]:
-    return [(method, condition) for method in methods for condition in CONDITIONS] + [("sgd", "baseline"), ("adam", "baseline")]
+    first_order = [(method, condition) for method in FIRST_ORDER_LR for condition in ("baseline", "authors")]
+    return [(method, condition) for method in methods for condition in CONDITIONS] + first_order
 
 
 def run_cell(job: tuple[str, str, int, str, str]) -> str:
