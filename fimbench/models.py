@@ -26,34 +26,62 @@ from fimbench.errors import FimbenchError
 
 
 class Likelihood(str, Enum):
-    """The network's predictive distribution ``P(y | x, θ)`` (paper §2.1)."""
+    """The network's predictive distribution ``P(y | x, θ)`` (paper §2.1).
+
+    ``categorical`` is for classifiers in the user's own loop (library use; the benchmarks' autoencoders
+    are Bernoulli or Gaussian): ``P(y = c | x) = softmax(z)_c`` over the last dimension, targets are class
+    indices, ``ℓ = −log softmax(z)_y``, and ``g = ∂ℓ/∂z = softmax(z) − e_y``, so the true Fisher's output
+    factor is ``E_y[g gᵀ] = diag(p) − p pᵀ``.
+    """
 
     BERNOULLI = "bernoulli"
     GAUSSIAN = "gaussian"
+    CATEGORICAL = "categorical"
 
     def nll(self, output: Tensor, target: Tensor) -> Tensor:
-        """Per-example negative log-likelihood ``ℓ_t``, summed over pixels: shape (m,)."""
+        """Per-example negative log-likelihood ``ℓ_t``, summed over pixels (outputs): shape (m,)."""
         if self is Likelihood.BERNOULLI:
             return functional.binary_cross_entropy_with_logits(output, target, reduction="none").sum(dim=1)
+        if self is Likelihood.CATEGORICAL:
+            return functional.cross_entropy(output, target, reduction="none")
         return 0.5 * (output - target).square().sum(dim=1)
 
     def mean(self, output: Tensor) -> Tensor:
-        """The predicted image ``E[y | x]``: sigmoid of the logits, or the Gaussian mean."""
+        """The prediction ``E[y | x]``: sigmoid of the logits, the Gaussian mean, or the class probabilities."""
+        if self is Likelihood.CATEGORICAL:
+            return torch.softmax(output, dim=-1)
         return torch.sigmoid(output) if self is Likelihood.BERNOULLI else output
 
     def sample(self, output: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Targets drawn from the model: ``y ~ Bernoulli(sigmoid(z))`` or ``y ~ N(z, I)`` (true Fisher)."""
+        """Targets drawn from the model: ``y ~ Bernoulli(sigmoid(z))``, ``y ~ N(z, I)`` or
+        ``y ~ Categorical(softmax(z))`` (class indices) — the true Fisher's targets."""
         if self is Likelihood.BERNOULLI:
             uniform = torch.rand(output.shape, generator=generator, device=output.device, dtype=output.dtype)
             return (uniform < torch.sigmoid(output)).to(output.dtype)
+        if self is Likelihood.CATEGORICAL:
+            probabilities = torch.softmax(output, dim=-1).reshape(-1, output.shape[-1])
+            return torch.multinomial(probabilities, 1, generator=generator).reshape(output.shape[:-1])
         noise = torch.randn(output.shape, generator=generator, device=output.device, dtype=output.dtype)
         return output + noise
 
     def loss_per_pixel(self, output: Tensor, target: Tensor) -> Tensor:
-        """The paper's metric (mean over pixels and examples): BCE, or the squared error ``(y − z)²``."""
+        """The paper's metric (mean over pixels and examples): BCE, or the squared error ``(y − z)²``;
+        for a classifier the mean cross-entropy."""
         if self is Likelihood.BERNOULLI:
             return functional.binary_cross_entropy_with_logits(output, target)
+        if self is Likelihood.CATEGORICAL:
+            return functional.cross_entropy(output, target)
         return functional.mse_loss(output, target)
+
+
+def parse_likelihood(likelihood: object) -> Likelihood:
+    """A :class:`Likelihood` or its name; anything else (say, a torch loss module) is a one-line error."""
+    try:
+        return Likelihood(likelihood)
+    except ValueError:
+        names = ", ".join(item.value for item in Likelihood)
+        shown = type(likelihood).__name__ if isinstance(likelihood, nn.Module) else repr(likelihood)
+        raise FimbenchError(f"the likelihood must be one of {names} (the model's predictive distribution), got {shown}") from None
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {

@@ -67,7 +67,7 @@ from fimbench.damping import (
 )
 from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_matvec
-from fimbench.models import Likelihood
+from fimbench.models import Likelihood, parse_likelihood
 from fimbench.timing import PhaseTimer
 
 
@@ -113,7 +113,7 @@ class KroneckerPreconditioner:
     def __init__(
         self,
         model: nn.Module,
-        likelihood: Likelihood,
+        likelihood: "Likelihood | str",
         method: "str | Method",
         *,
         damping: float = 1e-3,
@@ -159,7 +159,7 @@ class KroneckerPreconditioner:
                 f"got damping={damping:g}"
             )
         self.model = model
-        self.likelihood = likelihood
+        self.likelihood = parse_likelihood(likelihood)
         self.layers = kronecker_layers(model)
         if not self.layers:
             raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")

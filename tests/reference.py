@@ -105,10 +105,12 @@ def nll_ref(output: Tensor, target: Tensor, likelihood: str) -> Tensor:
     """Per-example negative log-likelihood summed over outputs, from its textbook formula.
 
     Bernoulli with logits z: ``Σ_j softplus(z_j) − y_j z_j``; Gaussian N(z, I): ``½ Σ_j (y_j − z_j)²``
-    (constants dropped).
+    (constants dropped); categorical with class index y: ``logsumexp(z) − z_y``.
     """
     if likelihood == "bernoulli":
         return (nn.functional.softplus(output) - target * output).sum(dim=-1)
+    if likelihood == "categorical":  # −log softmax(z)_y = logsumexp(z) − z_y
+        return torch.logsumexp(output, dim=-1) - output.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
     return 0.5 * ((target - output) ** 2).sum(dim=-1)
 
 
