@@ -47,12 +47,18 @@ def augment(activations: Tensor) -> Tensor:
 
 
 def kronecker_layers(model: nn.Module) -> list[KroneckerLayer]:
-    """The model's ``nn.Linear`` and ``nn.Conv2d`` layers in module order — the blocks fimbench preconditions.
+    """The model's trainable ``nn.Linear`` and ``nn.Conv2d`` layers in module order — the blocks fimbench
+    preconditions. Frozen layers (``weight.requires_grad`` false) are left out.
 
-    Raises for a layer whose Fisher block the capture cannot form (grouped or non-zero-padded convolutions).
+    Raises for a layer whose Fisher block the capture cannot form (grouped or non-zero-padded convolutions,
+    a bias frozen while its weight trains).
     """
-    layers = [module for module in model.modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
+    layers = [
+        module for module in model.modules() if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.requires_grad
+    ]
     for layer in layers:
+        if layer.bias is not None and not layer.bias.requires_grad:
+            raise FimbenchError(f"{layer} trains its weight but not its bias; freeze or train both")
         if isinstance(layer, nn.Conv2d):
             if layer.groups != 1:
                 raise FimbenchError(f"Conv2d with groups={layer.groups} is not supported (only groups=1)")
@@ -108,6 +114,8 @@ def capture_statistics(
     recorded: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 
     def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        if module in recorded:  # its Fisher block would need the statistics of every call together
+            raise FimbenchError(f"{module} is called more than once in one forward pass; weight sharing across calls is not supported")
         recorded[module] = (args[0].detach(), output)  # type: ignore[index]
 
     handles = [layer.register_forward_hook(record) for layer in layers]

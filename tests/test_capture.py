@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from reference import (
     DTYPE,
     fisher_from_gradients,
@@ -22,9 +23,11 @@ from reference import (
     targets_from_output_derivative,
 )
 
-from fimbench.capture import augment, capture_statistics, set_weight_gradient, weight_gradient
+from fimbench.capture import augment, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
+from fimbench.errors import FimbenchError
 from fimbench.fisher import exact_block
 from fimbench.models import Likelihood
+from fimbench.optim import KroneckerPreconditioner
 
 EXACT = 1e-12  # relative: the same derivatives by two autodiff routes in float64
 STATISTICAL = 5.0  # z-score bound for Monte-Carlo checks with fixed seeds
@@ -185,3 +188,27 @@ def test_augment_appends_ones_last():
     a = augment(x)
     assert a.shape == (3, 3) and a.dtype == DTYPE
     assert torch.equal(a[:, :2], x) and torch.equal(a[:, 2], torch.ones(3, dtype=DTYPE))
+
+
+def test_frozen_layers_are_left_out_and_keep_their_gradient(make_mlp):
+    """A frozen first layer: no block for it, and a preconditioned step leaves it untouched."""
+    model = make_mlp((6, 5, 6), Likelihood.BERNOULLI)
+    first, second = model.linear_layers()
+    first.requires_grad_(False)
+    assert kronecker_layers(model) == [second]
+    x = (torch.rand(8, 6, generator=torch.Generator().manual_seed(0), dtype=DTYPE) > 0.5).to(DTYPE)
+    Likelihood.BERNOULLI.nll(model(x), x).mean().backward()
+    preconditioner = KroneckerPreconditioner(model, Likelihood.BERNOULLI, "kfac", fisher_fraction=1.0)
+    preconditioner.step(x)
+    assert first.weight.grad is None and preconditioner.layers == [second]
+    first.weight.requires_grad_(True)  # a weight that trains with a frozen bias has no block to fill
+    with pytest.raises(FimbenchError, match="freeze or train both"):
+        kronecker_layers(model)
+
+
+def test_a_layer_called_twice_is_refused():
+    shared = nn.Linear(4, 4).double()
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    x = torch.randn(5, 4, dtype=DTYPE)
+    with pytest.raises(FimbenchError, match="more than once"):
+        capture_statistics(model, x, Likelihood.GAUSSIAN, [shared])
