@@ -42,7 +42,7 @@ from fimbench.kronecker import vec
 from fimbench.models import build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.timing import PhaseTimer, synchronize
-from fimbench.train import device_description, first_order_optimizer, resolve_architecture, resolve_device
+from fimbench.setup import device_description, first_order_optimizer, resolve_architecture, resolve_device
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "curves-conv.yaml"
 METHODS = [Method.SGD, Method.ADAM, Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED]

@@ -26,7 +26,7 @@ from fimbench.cli.cost import dataset_tables, sweep_tables, write_outputs
 from fimbench.cli.common import console
 from fimbench.cost import profile_dataset, profile_sweep
 from fimbench.curvature import APPROXIMATIONS
-from fimbench.train import resolve_device
+from fimbench.setup import resolve_device
 
 WIDTHS = (128, 256, 512)
 FISHER_BATCHES = (64, 256)

@@ -50,7 +50,7 @@ from fimbench.names import DATASETS
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.plots import METHOD_COLORS, METHOD_LABELS, new_figure
 from fimbench.timing import measure
-from fimbench.train import device_description, resolve_architecture
+from fimbench.setup import device_description, resolve_architecture
 
 COST_DATASETS: tuple[str, ...] = DATASETS  # every dataset: a profile needs only its architecture
 PHASES: tuple[str, ...] = ("build_cold", "build_warm", "inverse", "apply")

@@ -104,7 +104,7 @@ def test_diverged_run_exits_3_and_its_json_says_so(tmp_path: Path) -> None:
 class _FailingRunner:
     """A sweep runner whose every point ends at once without a summary: a failed worker."""
 
-    def __init__(self, jobs: int = 1) -> None:
+    def __init__(self, jobs: int = 1, *, worker: Any) -> None:
         self.states: list[Any] = []
 
     def submit(self, states: Sequence[Any]) -> None:

@@ -52,7 +52,8 @@ from fimbench.fisher import (
 from fimbench.fisher_error import FisherErrorSettings, run_fisher_error
 from fimbench.models import Architecture, ConvAutoencoder, Likelihood, build_model, default_architecture
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.train import resolve_architecture, run_training
+from fimbench.train import run_training
+from fimbench.setup import resolve_architecture
 
 EXACT_RTOL = 1e-10  # identities that hold up to float64 round-off
 SOLVER_TOL = 1e-12  # power SVD / Lanczos stopping tolerance in these tests

@@ -13,6 +13,7 @@ from rich.table import Table
 from fimbench.cli.common import console, split_list, user_errors
 from fimbench.cli.options import DatasetName, dataset_value, json_option, methods_option, quiet_option, run_directory
 from fimbench.cli.output import current, with_output
+from fimbench.cli.parsers import parse_methods
 from fimbench.errors import FimbenchError
 
 if TYPE_CHECKING:
@@ -27,26 +28,11 @@ PHASE_HEADERS: dict[str, str] = {
     "inverse": "F̂⁻¹ inverse",
     "apply": "F̂⁻¹∇h apply",
 }
+NO_METHOD = "no method to profile; pass --methods all or a list such as kfac,deflation"
 LEGEND = (
     "median seconds; ×KFAC: ratio to KFAC's same phase; ×SGD: ratio to one SGD step (forward, backward, "
     "momentum step) of the same model and batch. Build and inverse run every T1 / T2 steps, apply every step."
 )
-
-
-def parse_methods(text: str) -> list[Method]:
-    """``all`` or a comma-separated list of Kronecker methods, in the given order, without repeats."""
-    from fimbench.curvature import APPROXIMATIONS, parse_method
-
-    if text.strip() == "all":
-        return list(APPROXIMATIONS)
-    methods: list[Method] = []
-    for name in split_list(text):
-        method = parse_method(name, kronecker_only=True)
-        if method not in methods:
-            methods.append(method)
-    if not methods:
-        raise FimbenchError("no method to profile; pass --methods all or a list such as kfac,deflation")
-    return methods
 
 
 def parse_sizes(text: str, option: str) -> list[int]:
@@ -257,13 +243,13 @@ def cost_profile(
     Example: fimbench cost-profile --widths 128,256,512 --batches 64,256
     """
     from fimbench.cost import DatasetCost, profile_dataset, profile_sweep
-    from fimbench.train import resolve_device
+    from fimbench.setup import resolve_device
 
     if dataset is not None and (widths is not None or batches is not None):
         raise FimbenchError("choose either --dataset or --widths/--batches, not both")
     if config is not None and dataset is None:
         raise FimbenchError("--config needs --dataset (the sweep profiles synthetic layers)")
-    chosen = parse_methods(methods)
+    chosen = parse_methods(split_list(methods), empty=NO_METHOD, repeats=True, allow_all=True)
     if repeats < 1:
         raise FimbenchError(f"--repeats must be at least 1, got {repeats}")
     grid: tuple[list[int], list[int]] = ([], []) if dataset is not None else (

@@ -24,6 +24,7 @@ from fimbench.cli.options import (
     run_directory,
 )
 from fimbench.cli.output import current, with_output
+from fimbench.cli.parsers import parse_layers, parse_methods
 from fimbench.errors import Interrupted
 from fimbench.names import KRONECKER_METHODS
 
@@ -158,9 +159,8 @@ def fisher_error(
     """
     from fimbench.config import load_config
     from fimbench.fisher_error import (
+        DEFAULT_METHODS,
         FisherErrorSettings,
-        parse_layers,
-        parse_methods,
         run_fisher_error,
         summarise,
         summary_json,
@@ -169,7 +169,7 @@ def fisher_error(
 
     settings = FisherErrorSettings(
         layers=parse_layers(layer),
-        methods=parse_methods(split_list(methods)),
+        methods=tuple(parse_methods(split_list(methods), empty="--methods needs at least one of " + ", ".join(m.value for m in DEFAULT_METHODS))),
         iterations=iterations,
         every=every,
         lanczos_rank=lanczos_rank,

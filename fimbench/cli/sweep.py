@@ -45,7 +45,7 @@ class LiveSweepTable:
         self.states: Sequence[PointState] = []
 
     def update(self, states: Sequence[PointState]) -> None:
-        from fimbench.report import sweep_table
+        from fimbench.tables import sweep_table
 
         self.states = states
         if self.draw:
@@ -108,8 +108,9 @@ def sweep(
 
     Example: fimbench sweep -d curves-synth -m kfac,adam --grid lr=1e-1,1e-2 --authors-scale --epochs 5 -j 2
     """
-    from fimbench.report import sweep_table
+    from fimbench.tables import sweep_table
     from fimbench.sweep import LocalRunner, SubmititRunner, inspect_points, parse_grid, plan_sweep, run_sweep
+    from fimbench.train import run_point
 
     overrides = {
         "data.dataset": dataset_value(dataset),
@@ -133,10 +134,10 @@ def sweep(
         return
     runner: Runner
     if executor is Executor.LOCAL:
-        runner = LocalRunner(jobs or 1)
+        runner = LocalRunner(jobs or 1, worker=run_point)
     else:
         runner = SubmititRunner(
-            plan.out / "submitit", "slurm", partition, time_minutes, gpus_per_job, cpus_per_job, jobs
+            plan.out / "submitit", "slurm", partition, time_minutes, gpus_per_job, cpus_per_job, jobs, worker=run_point
         )
     progress = LiveSweepTable(draw=output.progress)
     try:

@@ -128,7 +128,7 @@ def train(
     Example: fimbench train --method deflation --dataset curves-synth --epochs 2
     """
     from fimbench.config import load_config
-    from fimbench.report import curvature_table, training_table
+    from fimbench.tables import curvature_table, training_table
     from fimbench.train import run_training
 
     overrides = {
