@@ -37,7 +37,7 @@ from fimbench.setup import device_description, resolve_device
 
 GIB = 1024**3
 MNIST_SECONDS_TARGET, FACES_BYTES_TARGET = 20.0, 8 * GIB
-FACES_TRAIN = 82800  # the FACES training split (DESIGN §3), kept in memory as the real run does
+FACES_TRAIN = 82800  # the FACES training split (docs/design.md §2), kept in memory as the real run does
 
 
 def random_images(n: int, pixels: int, generator: torch.Generator) -> torch.Tensor:

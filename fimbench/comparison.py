@@ -3,7 +3,7 @@
 A run directory is what :func:`fimbench.train.run_training` writes (``config.yaml``, ``metrics.jsonl``,
 ``summary.json``); a sweep directory is what :mod:`fimbench.sweep` writes (``sweep.json`` naming each
 method's grid points, each an ordinary run directory). Losses here are the paper's: per pixel (the
-authors' mean BCE / MSE, ``*_loss_per_pixel`` in ``metrics.jsonl``), so the numbers read like DESIGN §4.
+authors' mean BCE / MSE, ``*_loss_per_pixel`` in ``metrics.jsonl``), so the numbers read like the paper's (docs/design.md §3).
 
 Reading is forgiving: an unparsable line of ``metrics.jsonl`` (a write cut short by a kill) becomes a
 warning and the valid rows are kept; a run without ``summary.json`` (still running, or killed) is shown
@@ -159,7 +159,7 @@ class MethodResult:
     status: str
     device: str
     epochs: int
-    final_train_loss: float | None  # per pixel, the paper's unit (DESIGN §4)
+    final_train_loss: float | None  # per pixel, the paper's unit (docs/design.md §3)
     best_train_loss: float | None
     final_val_loss: float | None
     best_val_loss: float | None

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO, TRACE_SPLIT
+from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, TRACE_SPLIT
 from fimbench.curvature.options import DEFAULT_KRYLOV_DIM, DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
 from fimbench.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, FIXED
 from fimbench.errors import FimbenchError, did_you_mean
@@ -48,7 +48,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     damping: float = 1e-3  # λ of the factored Tikhonov damping (§2.2); the initial λ when adaptive
-    pi: float | str = TRACE_SPLIT  # damping split: "trace" (§2.2) or a fixed π (curvature/base.py)
+    pi: float | str = TRACE_SPLIT  # damping split: "trace" (§2.2) or a fixed π (curvature/kronecker_sum.py)
     damping_schedule: str = FIXED  # fixed | adaptive (Levenberg–Marquardt, fimbench/damping.py)
     damping_every: int = DEFAULT_ADAPT_EVERY  # T3: steps between adaptations of λ
     damping_min: float = DEFAULT_DAMPING_MIN  # bounds of the adaptive λ
@@ -63,7 +63,7 @@ class OptimizerConfig:
     max_iterations: int = DEFAULT_MAX_ITERATIONS
     lanczos_rank: int = 2
     krylov_dim: int = DEFAULT_KRYLOV_DIM
-    min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO  # δ of the rank-2 safeguard (curvature/base.py)
+    min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO  # δ of the rank-2 safeguard (curvature/kronecker_sum.py)
 
 
 @dataclass(frozen=True)

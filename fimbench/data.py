@@ -13,7 +13,7 @@ Every file is written atomically, and a cache is read only once it matches its m
 a corrupt or truncated ``<name>.pt`` is rebuilt from the raw files (or, when they are gone, the error
 names ``fimbench download-data NAME --force``), a damaged curves-synth cache is generated again.
 
-Splits (DESIGN §3) are drawn at load time from ``torch.Generator().manual_seed(split_seed)`` exactly like
+Splits (docs/design.md §2) are drawn at load time from ``torch.Generator().manual_seed(split_seed)`` exactly like
 ``torch.utils.data.random_split(pool, [n_train, n_val], generator)``: CURVES 20000 → 16000/4000 (test
 10000), FACES first 103500 rows → 82800/20700 (test = last 41400 rows), MNIST 60000 → 50000/10000
 (test 10000). This module never prints; downloads report through an optional :class:`DownloadProgress`.

@@ -1,4 +1,4 @@
-"""Kronecker algebra in fimbench's conventions (DESIGN §1).
+"""Kronecker algebra in fimbench's conventions (docs/design.md §1).
 
 * ``vec`` is column-major: ``vec(V) == V.T.reshape(-1)``, so ``kron(A, G) @ vec(V) == vec(G @ V @ A.T)``.
 * A Fisher block is ``F = E[ā āᵀ ⊗ g gᵀ]``: ``A`` (p×p) is always the activation side, ``G`` (q×q) the

@@ -18,7 +18,7 @@ the model, and each block's approximation is refreshed towards the EMA estimate
 warm-started from the previous solution. Every T2 steps the damped blocks are re-factorised.
 Weight decay and momentum are those of the torch optimizer, applied to ``ν P`` as in the authors' code.
 
-Damping: ``damped(λ, π)`` of :mod:`fimbench.curvature.base`, with π the trace rule or fixed (``pi``).
+Damping: ``damped(λ, π)`` of :mod:`fimbench.curvature.kronecker_sum`, with π the trace rule or fixed (``pi``).
 With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule of :mod:`fimbench.damping`:
 every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
 blocks are re-factorised at the next step.

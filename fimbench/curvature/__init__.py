@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from fimbench.curvature.base import (
+from fimbench.curvature.kronecker_sum import (
     DEFAULT_MIN_CURVATURE_RATIO,
     TRACE_SPLIT,
     DampingSplit,

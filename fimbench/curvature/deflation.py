@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.kpsvd import kronecker_pair, leading_pair
 from fimbench.curvature.options import ApproximationOptions, ema_target
 

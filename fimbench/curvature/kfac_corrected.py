@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.kfac import kfac_factors
 from fimbench.curvature.iterative import power_svd
 from fimbench.curvature.kpsvd import kronecker_pair, leading_pair

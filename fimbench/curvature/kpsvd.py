@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.iterative import SingularTriplets, power_svd
 from fimbench.curvature.options import ApproximationOptions, Target, ema_target
 from fimbench.curvature.rearranged import RearrangedOperator

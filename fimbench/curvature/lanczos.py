@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.iterative import lanczos_svd
 from fimbench.curvature.kpsvd import kronecker_pair
 from fimbench.curvature.options import ApproximationOptions, ema_target

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.rearranged import RearrangedOperator
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Shared weights: Fisher blocks of layers applied at T positions per example (convolutions, sequences).
+"""Shared weights: Fisher blocks of layers applied at T positions per example (convolutions, sequences;
+docs/design.md §7).
 
 A layer applied at T positions of example n (the patches of a convolution, the tokens of a sequence)
 sees the augmented activations ``a_nt`` — rows of ``A_n`` (T × p), bias column last — and produces the
@@ -53,7 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
+from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.iterative import SingularTriplets, lanczos_svd, power_svd
 from fimbench.curvature.kfac_corrected import SCALE_TOLERANCE
 from fimbench.curvature.kpsvd import kronecker_pair

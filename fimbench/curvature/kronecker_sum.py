@@ -1,6 +1,6 @@
 """A Kronecker-factored Fisher block ``F̂ = Σ_k A_k ⊗ G_k``, its damping and its inverse.
 
-Damping convention (one convention for every method; paper §2.2, Martens & Grosse 2015):
+Damping convention (one convention for every method; paper §2.2, Martens & Grosse 2015; docs/design.md §5–6):
 the first term gets factored Tikhonov damping and the others are kept as they are,
 
     damped(λ, π) = (A₁ + π √λ I) ⊗ (G₁ + √λ / π I) + τ Σ_{k≥2} A_k ⊗ G_k.
