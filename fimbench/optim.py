@@ -34,7 +34,7 @@ import inspect
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
-from typing import ContextManager
+from typing import ContextManager, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -220,15 +220,25 @@ class KroneckerPreconditioner:
         decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
         with self._phase("approximate"):
             for index, stats in enumerate(statistics):
-                previous = self.approximations[index]
-                updated = approximate(
-                    self.method, stats.a, stats.g, prior=previous, decay=decay, warm_start=previous, **self.options
-                )
+                updated = self.approximate_block(stats.a, stats.g, prior=self.approximations[index], decay=decay)
                 self.approximations[index] = updated
                 if updated.method != Method.KFAC.value:
                     self.diagnostics.iterations.append(updated.iterations)
                     self.diagnostics.residuals.append(updated.residual)
         self.diagnostics.updates += 1
+
+    def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
+        """One block's approximation with this preconditioner's method and options: of
+        ``decay · prior + (1 − decay) · F_batch`` (``F_batch`` from the statistics ``(ā, g)``), warm-started
+        from ``prior``; without a prior, of ``F_batch`` alone."""
+        return approximate(self.method, a, g, prior=prior, decay=decay, warm_start=prior, **self.options)
+
+    def load_approximations(self, approximations: Sequence[KroneckerSum]) -> None:
+        """Use ``approximations`` (one per layer, in :attr:`layers` order) as the blocks and factorise them."""
+        if len(approximations) != len(self.layers):
+            raise FimbenchError(f"expected {len(self.layers)} approximations (one per layer), got {len(approximations)}")
+        self.approximations = list(approximations)
+        self.refresh_inverses()
 
     def refresh_inverses(self) -> None:
         """Factorise every damped block (T2 event, or the step after λ moved)."""

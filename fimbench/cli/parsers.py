@@ -1,4 +1,4 @@
-"""Parsers of the list-valued options (``--methods``, ``--layer``): one rule each, shared by the commands.
+"""Parsers of the list-valued options (``--methods``, ``--layer``, ``--widths`` / ``--batches``): one rule each, shared by the commands.
 
 They import the engines' types lazily, so that ``--help`` does not load torch.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fimbench.cli.common import split_list
 from fimbench.errors import FimbenchError
 
 if TYPE_CHECKING:
@@ -45,3 +46,19 @@ def parse_layers(text: str) -> tuple[int, ...] | None:
     if len(set(layers)) != len(layers):
         raise FimbenchError(f"--layer lists a layer twice: '{text}'")
     return layers
+
+
+def parse_sizes(text: str, option: str) -> list[int]:
+    """``"128,256"`` -> ``[128, 256]``; every entry must be a positive integer."""
+    sizes: list[int] = []
+    for item in split_list(text):
+        try:
+            value = int(item)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise FimbenchError(f"{option} takes positive integers, got '{item}'")
+        sizes.append(value)
+    if not sizes:
+        raise FimbenchError(f"{option} needs at least one positive integer")
+    return sizes
