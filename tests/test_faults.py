@@ -403,8 +403,9 @@ def curves_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path,
     import scipy.io
 
     from fimbench import data
+    from fimbench.data import parse
 
-    monkeypatch.setattr(data, "EXPECTED_ROWS", {**data.EXPECTED_ROWS, "curves": {"bdata": 30, "bdatatest": 10}})
+    monkeypatch.setattr(parse, "EXPECTED_ROWS", {**parse.EXPECTED_ROWS, "curves": {"bdata": 30, "bdatatest": 10}})
     rng = np.random.default_rng(0)
     raw = tmp_path / "raw.mat"
     scipy.io.savemat(raw, {"bdata": rng.random((30, 784)), "bdatatest": rng.random((10, 784))})

@@ -44,7 +44,7 @@ from fimbench.cost.results import CostPoint, DatasetCost, LayerCost, MethodCost,
 from fimbench.curvature import KroneckerSum, Method
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, Likelihood, build_model
-from fimbench.names import DATASETS
+from fimbench.names import DATASETS, check_dataset
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.setup import environment, resolve_architecture
 from fimbench.timing import measure
@@ -191,8 +191,7 @@ def profile_dataset(
     ``config`` (a YAML file, e.g. configs/curves-conv.yaml) overrides the preset: its model (such as
     ``model.architecture: conv``), batch size and per-method settings.
     """
-    if dataset not in COST_DATASETS:
-        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(COST_DATASETS)}")
+    check_dataset(dataset, COST_DATASETS)
     _check_common(methods, repeats)
     configs = {
         method: load_config(config, {"data.dataset": dataset, "optimizer.method": method.value}) for method in methods

@@ -27,10 +27,11 @@ from torch import Tensor
 from fimbench.capture import capture_statistics, kronecker_layers, layer_shape
 from fimbench.config import RunConfig
 from fimbench.curvature import KroneckerSum, Method, approximate
-from fimbench.data import DATASETS, DatasetSplits, batch_indices
+from fimbench.data import DatasetSplits, batch_indices
 from fimbench.errors import FimbenchError
 from fimbench.fisher import ExactFisher, approximation_errors
 from fimbench.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
+from fimbench.names import check_dataset
 from fimbench.plots import METHOD_LABELS
 from fimbench.setup import (
     check_batch_size,
@@ -141,8 +142,7 @@ def resolve_layers(requested: tuple[int, ...] | None, count: int, dataset: str, 
 def validate(config: RunConfig, settings: FisherErrorSettings) -> list[int]:
     """Reject bad settings before any data is loaded; returns the resolved layer numbers."""
     dataset = config.data.dataset
-    if dataset not in DATASETS:
-        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    check_dataset(dataset)
     if config.optimizer.method not in OPTIMIZERS:
         raise FimbenchError(f"unknown optimizer '{config.optimizer.method}'; choose from {', '.join(OPTIMIZERS)}")
     if not config.optimizer.lr > 0:

@@ -23,9 +23,9 @@ from typing import Any, Mapping, Sequence
 from fimbench.config import RunConfig, load_config
 from fimbench.conventions import from_authors_scale
 from fimbench.curvature import Method, parse_method
-from fimbench.data import DATASETS
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture
+from fimbench.names import check_dataset
 from fimbench.setup import resolve_architecture
 
 _PAPER_VALUES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
@@ -150,8 +150,7 @@ def plan_sweep(
     for method in chosen:
         base = load_config(config_path, {**overrides, "optimizer.method": method.value})
         dataset = base.data.dataset
-        if dataset not in DATASETS:
-            raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+        check_dataset(dataset)
         architecture = resolve_architecture(base, ARCHITECTURES[dataset].layers[0])
         axes = tuple(_axis(method, architecture, key, grid.get(key), authors_scale) for key in tunable_keys(method))
         grids[method.value] = axes
