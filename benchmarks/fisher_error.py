@@ -32,8 +32,8 @@ from fimbench.config import load_config
 from fimbench.data import DatasetSplits
 from fimbench.fisher_error import FisherErrorMeter, FisherErrorSettings, run_fisher_error
 from fimbench.models import ARCHITECTURES, build_model
-from fimbench.timing import synchronize
 from fimbench.setup import device_description, resolve_device
+from fimbench.timing import synchronize
 
 GIB = 1024**3
 MNIST_SECONDS_TARGET, FACES_BYTES_TARGET = 20.0, 8 * GIB

@@ -30,44 +30,23 @@ the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell ba
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
-from typing import ContextManager, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ContextManager, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from fimbench.capture import capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient, weight_of
 from fimbench.config import OptimizerConfig
-from fimbench.curvature import (
-    DEFAULT_KRYLOV_DIM,
-    DEFAULT_MAX_ITERATIONS,
-    DEFAULT_MIN_CURVATURE_RATIO,
-    DEFAULT_TOL,
-    TRACE_SPLIT,
-    DampingSplit,
-    KroneckerInverse,
-    KroneckerSum,
-    Method,
-    approximate,
-    check_damping_split,
-    parse_method,
-)
-from fimbench.damping import (
-    ADAPTIVE,
-    DAMPING_SCHEDULES,
-    DEFAULT_ADAPT_EVERY,
-    DEFAULT_DAMPING_MAX,
-    DEFAULT_DAMPING_MIN,
-    FIXED,
-    LevenbergMarquardt,
-    reduction_ratio,
-)
+from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
+from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
 from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood
+from fimbench.settings import PreconditionerSettings
 from fimbench.timing import PhaseTimer
 
 
@@ -115,45 +94,33 @@ class KroneckerPreconditioner:
         model: nn.Module,
         likelihood: Likelihood,
         method: "str | Method",
+        settings: PreconditionerSettings | None = None,
         *,
-        damping: float = 1e-3,
-        pi: DampingSplit = TRACE_SPLIT,
-        damping_schedule: str = FIXED,
-        damping_every: int = DEFAULT_ADAPT_EVERY,
-        damping_min: float = DEFAULT_DAMPING_MIN,
-        damping_max: float = DEFAULT_DAMPING_MAX,
-        kl_clip: float | None = 1e-2,
-        stats_every: int = 100,
-        inverse_every: int = 100,
-        ema_decay: float = 0.95,
-        fisher_fraction: float = 0.25,
-        empirical_fisher: bool = False,
-        tol: float = DEFAULT_TOL,
-        max_iterations: int = DEFAULT_MAX_ITERATIONS,
-        lanczos_rank: int = 2,
-        krylov_dim: int = DEFAULT_KRYLOV_DIM,
-        min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,
+        **overrides: Any,
     ) -> None:
+        """``settings`` (default: :class:`PreconditionerSettings`', which own every default), with any of its
+        fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``."""
         self.method = parse_method(method, kronecker_only=True)
+        self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         checks = {
-            "damping": damping > 0,
-            "stats_every": stats_every >= 1,
-            "inverse_every": inverse_every >= 1,
-            "ema_decay": 0.0 <= ema_decay < 1.0,
-            "fisher_fraction": 0.0 < fisher_fraction <= 1.0,
-            "kl_clip": kl_clip is None or kl_clip > 0,
-            "lanczos_rank": lanczos_rank in (1, 2),
-            "damping_schedule": damping_schedule in DAMPING_SCHEDULES,
-            "damping_every": damping_every >= 1,
-            "damping_min": 0 < damping_min <= damping_max,
+            "damping": settings.damping > 0,
+            "stats_every": settings.stats_every >= 1,
+            "inverse_every": settings.inverse_every >= 1,
+            "ema_decay": 0.0 <= settings.ema_decay < 1.0,
+            "fisher_fraction": 0.0 < settings.fisher_fraction <= 1.0,
+            "kl_clip": settings.kl_clip is None or settings.kl_clip > 0,
+            "lanczos_rank": settings.lanczos_rank in (1, 2),
+            "damping_schedule": settings.damping_schedule in DAMPING_SCHEDULES,
+            "damping_every": settings.damping_every >= 1,
+            "damping_min": 0 < settings.damping_min <= settings.damping_max,
         }
         for name, valid in checks.items():
             if not valid:
-                value = locals()[name]
-                raise FimbenchError(f"invalid optimizer setting {name}={value}")
-        if damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
+                raise FimbenchError(f"invalid optimizer setting {name}={getattr(settings, name)}")
+        damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
+        if settings.damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
             raise FimbenchError(
                 f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], "
                 f"got damping={damping:g}"
@@ -164,16 +131,18 @@ class KroneckerPreconditioner:
         if not self.layers:
             raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
         self.damping = damping
-        self.pi = check_damping_split(pi)
-        self.schedule = LevenbergMarquardt(damping_every, damping_min, damping_max) if damping_schedule == ADAPTIVE else None
-        self.kl_clip = kl_clip
-        self.stats_every = stats_every
-        self.inverse_every = inverse_every
-        self.ema_decay = ema_decay
-        self.fisher_fraction = fisher_fraction
-        self.empirical_fisher = empirical_fisher
-        self.min_curvature_ratio = min_curvature_ratio
-        self.options = dict(tol=tol, max_iterations=max_iterations, rank=lanczos_rank, krylov_dim=krylov_dim)
+        self.pi = check_damping_split(settings.pi)
+        self.schedule = (
+            LevenbergMarquardt(settings.damping_every, damping_min, damping_max) if settings.damping_schedule == ADAPTIVE else None
+        )
+        self.kl_clip = settings.kl_clip
+        self.stats_every = settings.stats_every
+        self.inverse_every = settings.inverse_every
+        self.ema_decay = settings.ema_decay
+        self.fisher_fraction = settings.fisher_fraction
+        self.empirical_fisher = settings.empirical_fisher
+        self.min_curvature_ratio = settings.min_curvature_ratio
+        self.options = settings.approximation_options()
         self.generator = generator
         self.timer = timer
         self.steps = 0
@@ -195,10 +164,8 @@ class KroneckerPreconditioner:
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,
     ) -> "KroneckerPreconditioner":
-        """The preconditioner of ``config``: every config field that is a keyword of ``__init__``."""
-        keywords = inspect.signature(cls.__init__).parameters
-        settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name in keywords and f.name != "method"}
-        return cls(model, likelihood, config.method, generator=generator, timer=timer, **settings)
+        """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is)."""
+        return cls(model, likelihood, config.method, config, generator=generator, timer=timer)
 
     def _phase(self, name: str) -> ContextManager[None]:
         return self.timer.phase(name) if self.timer is not None else nullcontext()
@@ -231,7 +198,7 @@ class KroneckerPreconditioner:
         """One block's approximation with this preconditioner's method and options: of
         ``decay · prior + (1 − decay) · F_batch`` (``F_batch`` from the statistics ``(ā, g)``), warm-started
         from ``prior``; without a prior, of ``F_batch`` alone."""
-        return approximate(self.method, a, g, prior=prior, decay=decay, warm_start=prior, **self.options)
+        return approximate(self.method, a, g, prior=prior, decay=decay, warm_start=prior, options=self.options)
 
     def load_approximations(self, approximations: Sequence[KroneckerSum]) -> None:
         """Use ``approximations`` (one per layer, in :attr:`layers` order) as the blocks and factorise them."""

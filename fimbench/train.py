@@ -17,14 +17,13 @@ from typing import Any, Protocol
 
 import torch
 
-from fimbench.comparison import read_summary
 from fimbench.config import RunConfig, dump_config, load_config
 from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.errors import DivergedError, FimbenchError
-from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
 from fimbench.models import Likelihood, build_model, evaluate
 from fimbench.optim import KroneckerPreconditioner
+from fimbench.rundir import CONFIG, append_metrics, read_summary, start_metrics, write_config, write_summary
 from fimbench.setup import check_batch_size, environment, first_order_optimizer, load_configured_dataset, resolve_architecture, resolve_device
 from fimbench.timing import PhaseTimer, synchronize
 
@@ -152,9 +151,8 @@ def _prepare(config: RunConfig, run_dir: Path, progress: TrainProgress | None, d
         preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("", encoding="utf-8")
+    write_config(run_dir, dump_config(config))
+    metrics_path = start_metrics(run_dir)
 
     steps_per_epoch = dataset.train.shape[0] // training.batch_size
     total_steps = steps_per_epoch * training.epochs
@@ -196,7 +194,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     run.train_seconds += time.perf_counter() - epoch_start
     row = _epoch_row(run, epoch, (sums / max(epoch_steps, 1)).tolist())
     run.result.rows.append(row)  # first: an interrupt during the write's fsync keeps both in step
-    append_jsonl(run.metrics_path, row)
+    append_metrics(run.metrics_path, row)
     if run.progress is not None:
         run.progress.epoch(row)
 
@@ -246,7 +244,7 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
             "train_loss": float(loss.detach()),
             "wall_time": run.train_seconds + time.perf_counter() - epoch_start,
         }
-        append_jsonl(run.metrics_path, step_row)
+        append_metrics(run.metrics_path, step_row)
 
 
 def _epoch_row(run: _Run, epoch: int, train_means: list[float]) -> dict[str, Any]:
@@ -285,7 +283,7 @@ def _finish(run: _Run, status: str, diverged_at: int | None) -> TrainResult:
     result = run.result
     result.status = status
     result.summary = _summary(run.config, run.device, result, run.started, run.train_seconds, run.step, diverged_at)
-    atomic_write_json(result.run_dir / "summary.json", result.summary)
+    write_summary(result.run_dir, result.summary)
     return result
 
 
@@ -335,7 +333,7 @@ def run_point(run_dir: str, threads: int) -> str:
     torch.set_num_threads(threads)
     path = Path(run_dir)
     try:
-        return run_training(load_config(path / "config.yaml"), path).status
+        return run_training(load_config(path / CONFIG), path).status
     except FimbenchError:
         if read_summary(path).get("status") == "diverged":
             return "diverged"

@@ -10,8 +10,8 @@ import scipy.io
 from typer.testing import CliRunner
 
 from fimbench import data
-from fimbench.data import parse
 from fimbench.cli import app
+from fimbench.data import parse
 
 runner = CliRunner()
 

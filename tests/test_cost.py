@@ -14,8 +14,8 @@ import typer
 from typer.testing import CliRunner
 
 from fimbench import timing
-from fimbench.cost import profiler
 from fimbench.cli.cost import cost_profile
+from fimbench.cost import profiler
 from fimbench.cost import (
     PHASES,
     YARDSTICKS,

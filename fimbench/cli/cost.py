@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from fimbench.cli.common import console, split_list, user_errors
-from fimbench.cli.options import DatasetName, dataset_value, json_option, methods_option, quiet_option, run_directory
+from fimbench.cli.options import DatasetName, dataset_value, default_run_dir, json_option, methods_option, quiet_option, run_directory
 from fimbench.cli.output import current, with_output
 from fimbench.cli.parsers import parse_methods, parse_sizes
 from fimbench.errors import FimbenchError
@@ -21,10 +20,6 @@ if TYPE_CHECKING:
 DEFAULT_WIDTHS = "128,256,512,1024"
 DEFAULT_BATCHES = "64,256,1024"
 NO_METHOD = "no method to profile; pass --methods all or a list such as kfac,deflation"
-
-
-def _default_out() -> Path:
-    return Path("runs") / f"cost-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 @user_errors
@@ -65,7 +60,7 @@ def cost_profile(
         parse_sizes(widths or DEFAULT_WIDTHS, "--widths"), parse_sizes(batches or DEFAULT_BATCHES, "--batches")
     )
     target = resolve_device(device)
-    run_dir = out or _default_out()
+    run_dir = out or default_run_dir("cost")
     output = current()
     result: DatasetCost | SweepCost
     with run_directory(run_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -17,6 +16,7 @@ from fimbench.cli.options import (
     data_dir_option,
     dataset_option,
     dataset_value,
+    default_run_dir,
     empirical_fisher_option,
     json_option,
     methods_option,
@@ -128,10 +128,6 @@ def summary_table(summaries: list[EntrySummary], title: str) -> Table:
     return table
 
 
-def _default_out(dataset: str) -> Path:
-    return Path("runs") / f"fisher-error-{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 @user_errors
 @with_output
 def fisher_error(
@@ -186,7 +182,7 @@ def fisher_error(
             "training.device": device,
         },
     )
-    run_dir = out or _default_out(resolved.data.dataset)
+    run_dir = out or default_run_dir("fisher-error", resolved.data.dataset)
     output = current()
     live = LiveErrorTable() if output.progress else None
     with run_directory(run_dir):

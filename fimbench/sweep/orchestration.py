@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from fimbench.comparison import SWEEP_MANIFEST, best_run, read_run, read_summary
-from fimbench.io import atomic_write_json, atomic_write_text
+from fimbench.rundir import CONFIG, best_run, read_run, read_summary, write_config, write_sweep_manifest
 from fimbench.sweep.plan import SweepPlan, format_value
 from fimbench.sweep.runners import Runner
 from fimbench.sweep.state import (
@@ -70,7 +69,7 @@ def _write_best(plan: SweepPlan, states: Sequence[PointState]) -> dict[str, Path
             continue
         state = next(state for state in method_states if state.run_dir == best.path)
         header = _best_header(plan, state, method_states, best.final_train_loss, path)
-        atomic_write_text(path, header + (best.path / "config.yaml").read_text(encoding="utf-8"))
+        write_config(path.parent, (best.path / CONFIG).read_text(encoding="utf-8"), header, name=path.name)
         written[method] = path
     return written
 
@@ -92,7 +91,7 @@ def run_sweep(
             reset_run_dir(state)
 
     def save() -> None:
-        atomic_write_json(plan.out / SWEEP_MANIFEST, manifest_document(plan, previous, states))
+        write_sweep_manifest(plan.out, manifest_document(plan, previous, states))
 
     plan.out.mkdir(parents=True, exist_ok=True)
     save()

@@ -8,19 +8,24 @@ runs again from scratch. A finished point whose ``config.yaml`` differs from the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
-from fimbench.comparison import SWEEP_MANIFEST, read_metrics, read_summary
 from fimbench.config import RunConfig, dump_config
 from fimbench.data import require_present
 from fimbench.errors import FimbenchError
-from fimbench.io import atomic_write_text
+from fimbench.rundir import (
+    METRICS,
+    SWEEP_MANIFEST,
+    clear_results,
+    read_config,
+    read_metrics,
+    read_summary,
+    read_sweep_manifest,
+    write_config,
+)
 from fimbench.setup import load_configured_dataset
 from fimbench.sweep.plan import SweepPlan, SweepPoint
 
@@ -55,11 +60,8 @@ def fill_state(state: PointState, row: Mapping[str, Any]) -> None:
 
 def _config_difference(point: SweepPoint, run_dir: Path) -> str | None:
     """The first setting in which ``run_dir/config.yaml`` differs from the point's config, if any."""
-    try:
-        recorded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        recorded = None
-    if not isinstance(recorded, dict):
+    recorded = read_config(run_dir)
+    if recorded is None:
         return "its config.yaml is missing or unreadable"
     for section, values in point.config.to_dict().items():
         for key, value in values.items():
@@ -75,7 +77,7 @@ def existing_manifest(plan: SweepPlan) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = read_sweep_manifest(plan.out)
     except (OSError, ValueError):
         raise FimbenchError(f"{path} is unreadable; sweep into another --out or delete it") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("methods"), dict):
@@ -149,14 +151,13 @@ def prepare_data(config: RunConfig) -> None:
 
 def reset_run_dir(state: PointState) -> None:
     """Drop what an earlier attempt left and write the point's config for the worker."""
-    for name in ("summary.json", "metrics.jsonl"):
-        (state.run_dir / name).unlink(missing_ok=True)
-    atomic_write_text(state.run_dir / "config.yaml", dump_config(state.point.config))
+    clear_results(state.run_dir)
+    write_config(state.run_dir, dump_config(state.point.config))
 
 
 def observe(state: PointState) -> None:
     """A pending point whose worker has started logging is running; show its latest epoch."""
-    metrics = state.run_dir / "metrics.jsonl"
+    metrics = state.run_dir / METRICS
     if metrics.is_file():
         state.status = "running"
         rows, _ = read_metrics(metrics)
