@@ -1,6 +1,6 @@
 """The settings of an optimizer, each default written once here.
 
-:class:`PreconditionerSettings` is what :class:`fimbench.optim.KroneckerPreconditioner` consumes as-is;
+:class:`PreconditionerSettings` is what :class:`fimbench.preconditioner.KroneckerPreconditioner` consumes as-is;
 :class:`FirstOrderSettings` is what the torch optimizer takes. :class:`fimbench.config.OptimizerConfig`
 is both (first-order fields first, as in ``config.yaml``), so the config, ``--set`` and the command-line
 options all derive their keys from these fields.

@@ -22,7 +22,7 @@ from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.errors import DivergedError, FimbenchError
 from fimbench.models import Likelihood, build_model, evaluate
-from fimbench.optim import KroneckerPreconditioner
+from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.rundir import CONFIG, append_metrics, read_summary, start_metrics, write_config, write_summary
 from fimbench.setup import check_batch_size, environment, first_order_optimizer, load_configured_dataset, resolve_architecture, resolve_device
 from fimbench.timing import PhaseTimer, synchronize

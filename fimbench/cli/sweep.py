@@ -53,7 +53,7 @@ class LiveSweepTable:
             self.live.update(sweep_table(states, limit=max(5, console.height - 10)), refresh=True)
 
 
-def _default_out(config: Optional[Path], dataset: Optional[str]) -> Path:
+def _default_sweep_dir(config: Optional[Path], dataset: Optional[str]) -> Path:
     """``sweeps/<dataset>``: a fixed name, so rerunning the same command resumes."""
     from fimbench.config import load_config
 
@@ -118,7 +118,7 @@ def sweep(
         **config_overrides(locals(), ("training",)),
     }
     overrides = with_sets(overrides, sets)
-    target = out or _default_out(config, dataset_value(dataset))
+    target = out or _default_sweep_dir(config, dataset_value(dataset))
     check_out(target)
     plan = plan_sweep(target, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides)
     output = current()

@@ -45,7 +45,7 @@ from fimbench.curvature import KroneckerSum, Method
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, Likelihood, build_model
 from fimbench.names import DATASETS, check_dataset
-from fimbench.optim import KroneckerPreconditioner
+from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.setup import environment, resolve_architecture
 from fimbench.timing import measure
 
