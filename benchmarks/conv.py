@@ -41,8 +41,8 @@ from fimbench.fisher_error import FisherErrorSettings, run_fisher_error, write_r
 from fimbench.kronecker import vec
 from fimbench.models import build_model
 from fimbench.optim import KroneckerPreconditioner
+from fimbench.setup import device_description, first_order_optimizer, resolve_architecture, resolve_device
 from fimbench.timing import PhaseTimer, synchronize
-from fimbench.train import device_description, first_order_optimizer, resolve_architecture, resolve_device
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "curves-conv.yaml"
 METHODS = [Method.SGD, Method.ADAM, Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED]

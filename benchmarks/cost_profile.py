@@ -22,11 +22,14 @@ from pathlib import Path
 
 import torch
 
-from fimbench.cli.cost import dataset_tables, sweep_tables, write_outputs
-from fimbench.cli.common import console
-from fimbench.cost import profile_dataset, profile_sweep
+from rich.console import Console
+
+from fimbench.cost import profile_dataset, profile_sweep, write_outputs
 from fimbench.curvature import APPROXIMATIONS
-from fimbench.train import resolve_device
+from fimbench.setup import resolve_device
+from fimbench.tables import dataset_tables, sweep_tables
+
+console = Console()
 
 WIDTHS = (128, 256, 512)
 FISHER_BATCHES = (64, 256)

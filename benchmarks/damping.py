@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from fimbench.comparison import compare, read_summary
+from fimbench.comparison import compare
 from fimbench.config import load_config
 from fimbench.conventions import AUTHORS_WEIGHT_DECAY, from_authors_scale, loss_scale
 from fimbench.curvature import Method
 from fimbench.models import ARCHITECTURES
+from fimbench.rundir import read_summary
 from fimbench.train import run_training
 
 KRONECKER = ["kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]

@@ -32,12 +32,12 @@ from fimbench.config import load_config
 from fimbench.data import DatasetSplits
 from fimbench.fisher_error import FisherErrorMeter, FisherErrorSettings, run_fisher_error
 from fimbench.models import ARCHITECTURES, build_model
+from fimbench.setup import device_description, resolve_device
 from fimbench.timing import synchronize
-from fimbench.train import device_description, resolve_device
 
 GIB = 1024**3
 MNIST_SECONDS_TARGET, FACES_BYTES_TARGET = 20.0, 8 * GIB
-FACES_TRAIN = 82800  # the FACES training split (DESIGN §3), kept in memory as the real run does
+FACES_TRAIN = 82800  # the FACES training split (docs/design.md §2), kept in memory as the real run does
 
 
 def random_images(n: int, pixels: int, generator: torch.Generator) -> torch.Tensor:

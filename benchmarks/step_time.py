@@ -21,8 +21,8 @@ from rich.table import Table
 from fimbench.curvature import Method
 from fimbench.models import ARCHITECTURES, build_model
 from fimbench.optim import KroneckerPreconditioner
+from fimbench.setup import device_description, resolve_device
 from fimbench.timing import PhaseTimer, synchronize
-from fimbench.train import device_description, resolve_device
 
 BATCH, FISHER_FRACTION = 512, 0.25
 # lr/damping of configs/mnist.yaml (they only matter for the numbers' stability, not for the timing)

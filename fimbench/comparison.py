@@ -1,149 +1,25 @@
 """Comparison engine (paper §4.2, Figure 2): read run and sweep directories, compare methods per dataset.
 
-A run directory is what :func:`fimbench.train.run_training` writes (``config.yaml``, ``metrics.jsonl``,
-``summary.json``); a sweep directory is what :mod:`fimbench.sweep` writes (``sweep.json`` naming each
-method's grid points, each an ordinary run directory). Losses here are the paper's: per pixel (the
-authors' mean BCE / MSE, ``*_loss_per_pixel`` in ``metrics.jsonl``), so the numbers read like DESIGN §4.
+Run and sweep directories are read by :mod:`fimbench.rundir`. Losses here are the paper's: per pixel (the
+authors' mean BCE / MSE, ``*_loss_per_pixel`` in ``metrics.jsonl``), so the numbers read like the paper's (docs/design.md §3).
 
-Reading is forgiving: an unparsable line of ``metrics.jsonl`` (a write cut short by a kill) becomes a
-warning and the valid rows are kept; a run without ``summary.json`` (still running, or killed) is shown
-with status ``incomplete``. Nothing here prints.
+A run without ``summary.json`` (still running, or killed) is shown with status ``incomplete``. Nothing
+here prints.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from fimbench.curvature import Method
 from fimbench.errors import FimbenchError
 from fimbench.io import atomic_write_json, atomic_write_text
-
-SWEEP_MANIFEST = "sweep.json"
-"""File naming a sweep directory's methods and points (schema: :mod:`fimbench.sweep`)."""
-
-_EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "wall_time")  # an epoch row lacking one is garbled
-
-
-@dataclass
-class RunRecord:
-    """One run directory as read from disk."""
-
-    path: Path
-    dataset: str
-    method: str
-    status: str  # completed | interrupted | diverged | incomplete (no summary.json)
-    device: str
-    rows: list[dict[str, Any]]  # the valid epoch rows of metrics.jsonl
-    summary: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def final_train_loss(self) -> float | None:
-        """The last epoch's train loss (fimbench's objective), the quantity §4.2 tunes on."""
-        return self.rows[-1]["train_loss"] if self.rows else None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The epoch rows of a ``metrics.jsonl`` and warnings for the lines that are not valid rows."""
-    if not path.is_file():
-        return [], []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    rows: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = "its last line" if number == len(lines) else f"line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.append(f"{path}: {where} is not valid JSON (a write cut short?); skipped it")
-            continue
-        if not isinstance(row, dict):
-            warnings.append(f"{path}: {where} is not a JSON object; skipped it")
-        elif row.get("kind", "epoch") == "epoch":
-            if all(_is_number(row.get(key)) for key in _EPOCH_KEYS):
-                rows.append(row)
-            else:
-                warnings.append(f"{path}: {where} lacks one of {', '.join(_EPOCH_KEYS)}; skipped it")
-    return rows, warnings
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """``summary.json`` of a run directory, or ``{}`` when it is absent or unreadable."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("summary.json", "metrics.jsonl"))
-
-
-def read_run(run_dir: Path) -> RunRecord:
-    """Read a run directory; a missing ``summary.json`` or garbled metrics lines become warnings."""
-    run_dir = Path(run_dir)
-    if not is_run_dir(run_dir):
-        raise FimbenchError(f"{run_dir} is not a run directory (no metrics.jsonl or summary.json)")
-    rows, warnings = read_metrics(run_dir / "metrics.jsonl")
-    summary = read_summary(run_dir)
-    config = _read_config(run_dir)
-    if not summary:
-        warnings.append(f"{run_dir}: no summary.json (still running, or killed); showing its {len(rows)} logged epoch(s)")
-    dataset = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "unknown"
-    method = summary.get("method") or (config.get("optimizer") or {}).get("method") or "unknown"
-    return RunRecord(
-        path=run_dir,
-        dataset=str(dataset),
-        method=str(method),
-        status=str(summary.get("status", "incomplete")),
-        device=str(summary.get("device", "unknown")),
-        rows=rows,
-        summary=summary,
-        warnings=warnings,
-    )
-
-
-def best_run(records: Sequence[RunRecord]) -> RunRecord | None:
-    """The completed run with the lowest final train loss (§4.2 selects by training loss), if any."""
-    completed = [record for record in records if record.status == "completed" and record.rows]
-    return min(completed, key=lambda record: record.final_train_loss, default=None)
-
-
-def sweep_points(sweep_dir: Path) -> dict[str, list[Path]]:
-    """``{method: [run_dir, ...]}`` of the points listed in a sweep directory's manifest."""
-    manifest_path = sweep_dir / SWEEP_MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        return {
-            method: [sweep_dir / name for name in entry["points"]]
-            for method, entry in manifest["methods"].items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise FimbenchError(f"{manifest_path} is unreadable or not a fimbench sweep manifest") from None
-
+from fimbench.rundir import SWEEP_MANIFEST, RunRecord, best_run, is_number, is_run_dir, read_run, sweep_points
 
 # ----------------------------------------------------------------------------------------------- comparison
 
@@ -159,7 +35,7 @@ class MethodResult:
     status: str
     device: str
     epochs: int
-    final_train_loss: float | None  # per pixel, the paper's unit (DESIGN §4)
+    final_train_loss: float | None  # per pixel, the paper's unit (docs/design.md §3)
     best_train_loss: float | None
     final_val_loss: float | None
     best_val_loss: float | None
@@ -211,7 +87,7 @@ class Comparison:
 
 
 def _column(rows: list[dict[str, Any]], key: str) -> list[float]:
-    return [row[key] for row in rows if _is_number(row.get(key)) and math.isfinite(row[key])]
+    return [row[key] for row in rows if is_number(row.get(key)) and math.isfinite(row[key])]
 
 
 def _result(record: RunRecord) -> MethodResult:
@@ -305,7 +181,7 @@ def _reach(result: MethodResult, target: float) -> None:
     """First logged epoch whose train loss per pixel is at or below ``target``, and its time."""
     for row in result.rows:
         loss = row.get("train_loss_per_pixel")
-        if _is_number(loss) and loss <= target:
+        if is_number(loss) and loss <= target:
             result.epochs_to_target, result.seconds_to_target = int(row["epoch"]), float(row["wall_time"])
             return
 
@@ -389,7 +265,7 @@ def write_figure2(comparison: Comparison, path: Path) -> None:
                 label = METHOD_LABELS.get(result.method, result.method)
                 if methods.count(result.method) > 1:
                     label = f"{label} ({result.run})"
-                points = [(row[x_key], row[y_key]) for row in result.rows if _is_number(row.get(y_key)) and row[y_key] > 0]
+                points = [(row[x_key], row[y_key]) for row in result.rows if is_number(row.get(y_key)) and row[y_key] > 0]
                 ax.plot(
                     [x for x, _ in points],
                     [y for _, y in points],

@@ -16,10 +16,8 @@ from typing import Any
 
 import yaml
 
-from fimbench.curvature.base import DEFAULT_MIN_CURVATURE_RATIO, TRACE_SPLIT
-from fimbench.curvature.options import DEFAULT_KRYLOV_DIM, DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
-from fimbench.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, FIXED
 from fimbench.errors import FimbenchError, did_you_mean
+from fimbench.settings import FirstOrderSettings, PreconditionerSettings
 
 
 @dataclass(frozen=True)
@@ -40,30 +38,8 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class OptimizerConfig:
-    method: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False  # Nesterov momentum (SGD and the Kronecker methods' momentum)
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    damping: float = 1e-3  # λ of the factored Tikhonov damping (§2.2); the initial λ when adaptive
-    pi: float | str = TRACE_SPLIT  # damping split: "trace" (§2.2) or a fixed π (curvature/base.py)
-    damping_schedule: str = FIXED  # fixed | adaptive (Levenberg–Marquardt, fimbench/damping.py)
-    damping_every: int = DEFAULT_ADAPT_EVERY  # T3: steps between adaptations of λ
-    damping_min: float = DEFAULT_DAMPING_MIN  # bounds of the adaptive λ
-    damping_max: float = DEFAULT_DAMPING_MAX
-    kl_clip: float | None = 1e-2  # c of App. E; null disables clipping
-    stats_every: int = 100  # T1
-    inverse_every: int = 100  # T2
-    ema_decay: float = 0.95  # α in ρ = min(1 − 1/k, α)
-    fisher_fraction: float = 0.25  # Fisher sub-batch size / batch size
-    empirical_fisher: bool = False
-    tol: float = DEFAULT_TOL
-    max_iterations: int = DEFAULT_MAX_ITERATIONS
-    lanczos_rank: int = 2
-    krylov_dim: int = DEFAULT_KRYLOV_DIM
-    min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO  # δ of the rank-2 safeguard (curvature/base.py)
+class OptimizerConfig(PreconditionerSettings, FirstOrderSettings):
+    """The ``optimizer`` section: :class:`FirstOrderSettings`' fields, then :class:`PreconditionerSettings`'."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Converting hyperparameters tuned under the authors' loss scale and damping into fimbench's.
+"""Converting hyperparameters tuned under the authors' loss scale and damping into fimbench's (docs/design.md §3, §5).
 
 Loss scale. The authors' code minimises ``h_a = κ h`` with ``κ = 1/P`` (BCELoss, mean over P pixels) or
 ``κ = 2/P`` (MSELoss: mean of ``(y − z)²`` = ``2 ℓ / P`` for fimbench's Gaussian ``ℓ = ½ Σ (y − z)²``).
@@ -37,7 +37,7 @@ so ``P_a = (F̃_a)⁻¹ ∇h_a = κ⁻¹ F̃⁻¹ ∇h``, and matching updates s
 for SGD ``lr = κ · lr_a``, ``weight_decay = wd_a / κ``, and for Adam (invariant to the gradient's scale)
 ``lr = lr_a``, ``weight_decay = wd_a / κ``. Two differences remain and are fimbench's choice: their
 rank-2 solve takes ``abs()`` of the whitened eigenvalues where fimbench shrinks an unsafe correction
-(:mod:`fimbench.curvature.base`), and their EMA averages each factor where fimbench's averages ``F̂``.
+(:mod:`fimbench.curvature.kronecker_sum`), and their EMA averages each factor where fimbench's averages ``F̂``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Adaptive damping: the Levenberg–Marquardt rule of Martens & Grosse (2015, §6.5), for every method.
+"""Adaptive damping: the Levenberg–Marquardt rule of Martens & Grosse (2015, §6.5), for every method
+(docs/design.md §5).
 
 Every T3 steps the update ``δ`` that was just applied is judged by the reduction ratio
 

@@ -28,7 +28,7 @@ Fast paths (every number says which one produced it):
   ``dense``: ``eigvalsh`` of F̃ when its size n ≤ max(DENSE_SPECTRUM_LIMIT, 4c); above that a dense
   eigensolver costs O(n³) (n = 7750 for MNIST layer 5 takes about a minute on 2 cores), so
   ``lanczos``: block Lanczos with full re-orthogonalisation on matrix-free products
-  ``V ↦ Σ_k G̃_k V Ã_k`` for the top c eigenvalues, stopped when Error 2 is certified (``_lanczos_top``).
+  ``V ↦ Σ_k G̃_k V Ã_k`` for the top c eigenvalues, stopped when Error 2 is certified (:func:`fimbench.spectrum.lanczos_top`).
 
 Shared weights (a Conv2d, or a Linear over a sequence): statistics ``a`` (m, T, p) and ``g`` (m, T, q)
 give the block ``F = (1/m) Σ_n vec(DW_n) vec(DW_n)ᵀ`` with ``DW_n = G_nᵀ A_n``; the same identities hold
@@ -47,26 +47,15 @@ import torch
 from torch import Tensor
 
 from fimbench.errors import FimbenchError
+from fimbench.spectrum import Spectrum, lanczos_top, spectral_distance
 
 METRIC_DTYPE = torch.float64
 DENSE_SPECTRUM_LIMIT = 2048
 """Reduced sizes n up to which F̃'s spectrum comes from a dense ``eigvalsh`` (about a second on 2 cores).
 Above ``max(DENSE_SPECTRUM_LIMIT, 4c)`` block Lanczos needs a Krylov space of about 2–3 c ≪ n vectors."""
-LANCZOS_BLOCK = 64
-"""Block size b of the block Lanczos: products and re-orthogonalisation run as matrix–matrix products."""
-SPECTRUM_RTOL, SPECTRUM_ATOL = 1e-4, 1e-7
-"""Lanczos stops once the certified change still possible in Error 2 is ≤ RTOL · Error 2 + ATOL."""
-SPECTRUM_SEED = 0
-"""Seed of the random starting block: the Lanczos path is deterministic."""
-LANCZOS_BUDGET = 6
-"""Largest Krylov space, in multiples of c (and at most n/2). Runs certify at 2–3 c on Fisher blocks; one
-that exhausts the budget reports path ``lanczos-bound``: its Error 2 is then an upper bound (interlacing)."""
 PROJECTION_RTOL = 1e-5
 """Largest relative part of a factor that the projection onto the statistics' ranges may drop (float32
 round-off of factors that lie in those ranges exactly: a few ε₃₂ ≈ 1.2e-7)."""
-BREAKDOWN = 1e-12
-"""A new Lanczos direction shorter than this (relative to ‖F̃‖_F) means an invariant subspace was found."""
-
 Terms = Sequence[tuple[Tensor, Tensor]]
 
 
@@ -107,19 +96,6 @@ class ApproximationErrors:
     @property
     def path(self) -> str:
         return f"{self.error1.path}/{self.error2.path}"
-
-
-@dataclass(frozen=True)
-class Spectrum:
-    """The ``count`` algebraically largest eigenvalues of F̂ (decreasing) and ``‖F̂‖²_F = Σ_all λ²``.
-
-    ``krylov_dim`` is the size of the Krylov space the Lanczos path used (0 on other paths).
-    """
-
-    top: Tensor
-    squared_norm: float
-    path: str
-    krylov_dim: int = 0
 
 
 class ExactFisher:
@@ -204,19 +180,6 @@ def frobenius_error(fisher: ExactFisher, terms: Terms) -> Metric:
     return Metric(math.sqrt(max(squared, 0.0) / fisher.squared_norm) if fisher.squared_norm > 0 else math.nan, "gram")
 
 
-def spectral_distance(reference: Tensor, reference_squared_norm: float, spectrum: Spectrum) -> float:
-    """``‖spec(F) − spec(F̂)‖₂ / ‖spec(F)‖₂`` from F's c largest eigenvalues (the rest are 0) and F̂'s
-    c largest: ``Σ_{i≤c} (λ_i(F) − λ_i(F̂))² + ‖F̂‖² − Σ_{i≤c} λ_i(F̂)²`` (module docstring).
-    NaN when F = 0 (a layer whose derivatives all vanish), like Error 1."""
-    if reference_squared_norm <= 0:
-        return math.nan
-    c = reference.shape[0]
-    top = spectrum.top[:c]
-    head = float((reference[: top.shape[0]] - top).square().sum() + reference[top.shape[0] :].square().sum())
-    tail = max(spectrum.squared_norm - float(top.square().sum()), 0.0)
-    return math.sqrt((head + tail) / reference_squared_norm)
-
-
 def _range_basis(matrices: list[Tensor]) -> Tensor:
     """Orthonormal basis of ``range([M_1 … M_R])``, singular values below ``σ₁ · d · ε`` dropped."""
     stacked = torch.cat(matrices, dim=1)
@@ -297,102 +260,12 @@ def kronecker_spectrum(
     zeros = terms[0][0].shape[0] * terms[0][1].shape[0] - n  # spec(F̂) = spec(F̃) ∪ {0}^zeros
     wanted = min(count, n)
     if n > max(dense_limit, 4 * wanted):
-        top, krylov_dim, certified = _lanczos_top(reduced, wanted, weights, reference_squared_norm, squared_norm)
+        top, krylov_dim, certified = lanczos_top(reduced, wanted, weights, reference_squared_norm, squared_norm)
         path = "lanczos" if certified else "lanczos-bound"
     else:
         top, krylov_dim, path = _dense_top(reduced, wanted), 0, "dense"
     merged = torch.cat([top, torch.zeros(min(zeros, count), dtype=METRIC_DTYPE, device=top.device)])
     return Spectrum(torch.sort(merged, descending=True).values[:count], squared_norm, path, krylov_dim)
-
-
-def _lanczos_top(
-    terms: list[tuple[Tensor, Tensor]],
-    count: int,
-    weights: Tensor,
-    reference_squared_norm: float,
-    squared_norm: float,
-) -> tuple[Tensor, int, bool]:
-    """Block Lanczos (block size b, full re-orthogonalisation twice) for the ``count`` largest eigenvalues.
-
-    Vectors are q×p matrices V (row-major), the operator ``V ↦ Σ_k G_k V A_k`` — a permutation-similar
-    copy of F̃. With the block recurrence ``F̃ Q_j = Q_{j−1} B_{j−1}ᵀ + Q_j A_j + Q_{j+1} B_j`` the Ritz
-    values θ_i of the block-tridiagonal ``T = QᵀF̃Q`` rise monotonically towards λ_i (Cauchy interlacing:
-    θ_i ≤ λ_i, so Error 2 computed from them is an upper bound) and Ritz pair i has the residual
-    ``r_i = ‖B_J s_i[last block]‖``. As ``∂(Error 2)²/∂λ_i(F̂) = −2 λ_i(F) / ‖F‖²``, the squared error can
-    still move by at most ``2 Σ_i λ_i(F) r_i / ‖F‖²``: the run stops when that certifies Error 2 to
-    ``SPECTRUM_RTOL · Error 2 + SPECTRUM_ATOL``. Checks at Krylov sizes 1.5c, then ×1.25, up to
-    ``min(n/2, LANCZOS_BUDGET · c)``; returns ``(θ, Krylov size, certified)``.
-    """
-    A0, G0 = terms[0]
-    p, q = A0.shape[0], G0.shape[0]
-    n = p * q
-    dtype, device = A0.dtype, A0.device
-    b = min(LANCZOS_BLOCK, count)
-    capacity = max(min(n // 2, LANCZOS_BUDGET * count) // b, 2) * b
-    basis = torch.empty(min(capacity, 2 * count) + b, n, dtype=dtype, device=device)
-    generator = torch.Generator().manual_seed(SPECTRUM_SEED)
-
-    def apply(X: Tensor) -> Tensor:
-        V = X.reshape(-1, q, p)
-        return sum(G @ V @ A for A, G in terms).reshape(-1, n)  # type: ignore[union-attr]
-
-    def orthogonalise(W: Tensor, filled: int) -> Tensor:
-        previous = basis[:filled]
-        for _ in range(2):
-            W = W - (W @ previous.transpose(0, 1)) @ previous
-        return W
-
-    def next_block(W: Tensor, filled: int) -> tuple[Tensor, Tensor]:
-        """``W = Bᵀ X`` with orthonormal rows X ⟂ basis; exhausted directions are refilled at random
-        (an invariant subspace was found: T gets a zero coupling there, as it should)."""
-        Q, R = torch.linalg.qr(W.transpose(0, 1))
-        good = torch.diagonal(R).abs() > BREAKDOWN * math.sqrt(squared_norm)
-        if bool(good.all()):
-            return Q.transpose(0, 1), R
-        fresh = torch.randn(int((~good).sum()), n, generator=generator, dtype=dtype).to(device)
-        candidates = orthogonalise(torch.cat([Q.transpose(0, 1)[good], fresh]), filled)
-        X = torch.linalg.qr(candidates.transpose(0, 1))[0].transpose(0, 1)
-        return X, X @ W.transpose(0, 1)
-
-    start = torch.randn(b, n, generator=generator, dtype=dtype).to(device)
-    basis[:b] = torch.linalg.qr(start.transpose(0, 1))[0].transpose(0, 1)
-    diagonal: list[Tensor] = []
-    coupling: list[Tensor] = []
-    w = weights[:count].to(dtype=dtype, device=device)
-    check_at = max(count + b, (3 * count) // 2)
-    filled = b
-    while True:
-        X = basis[filled - b : filled]
-        W = apply(X)
-        A_j = X @ W.transpose(0, 1)
-        A_j = 0.5 * (A_j + A_j.transpose(0, 1))
-        W = W - A_j @ X
-        if coupling:
-            W = W - coupling[-1] @ basis[filled - 2 * b : filled - b]
-        X_next, B_j = next_block(orthogonalise(W, filled), filled)
-        diagonal.append(A_j)
-        coupling.append(B_j)
-        last = filled + b > capacity
-        if filled >= check_at or last:
-            T = torch.block_diag(*diagonal)
-            for j, B in enumerate(coupling[:-1]):
-                T[(j + 1) * b : (j + 2) * b, j * b : (j + 1) * b] = B
-                T[j * b : (j + 1) * b, (j + 1) * b : (j + 2) * b] = B.transpose(0, 1)
-            theta, S = torch.linalg.eigh(T)
-            theta, S = theta.flip(0)[:count], S.flip(1)[:, :count]
-            residual = (B_j @ S[-b:]).norm(dim=0)
-            error = spectral_distance(w, reference_squared_norm, Spectrum(theta, squared_norm, "lanczos"))
-            movable = 2.0 * float((w[: theta.shape[0]] * residual).sum()) / reference_squared_norm
-            certified = movable <= max(2.0 * error * (SPECTRUM_RTOL * error + SPECTRUM_ATOL), SPECTRUM_ATOL**2)
-            if certified or last:
-                return theta, filled, certified
-            check_at = -(-int(1.25 * filled) // b) * b
-        if filled + b > basis.shape[0]:
-            grown = torch.empty(min(2 * basis.shape[0], capacity + b), n, dtype=dtype, device=device)
-            grown[:filled] = basis[:filled]
-            basis = grown
-        basis[filled : filled + b] = X_next
-        filled += b
 
 
 def spectral_error(fisher: ExactFisher, terms: Terms, dense_limit: int = DENSE_SPECTRUM_LIMIT) -> Metric:
@@ -404,19 +277,3 @@ def spectral_error(fisher: ExactFisher, terms: Terms, dense_limit: int = DENSE_S
 def approximation_errors(fisher: ExactFisher, terms: Terms, dense_limit: int = DENSE_SPECTRUM_LIMIT) -> ApproximationErrors:
     """Error 1 and Error 2 of ``F̂ = Σ_k A_k ⊗ G_k`` against ``fisher`` by the fast paths."""
     return ApproximationErrors(frobenius_error(fisher, terms), spectral_error(fisher, terms, dense_limit))
-
-
-def frobenius_error_dense(a: Tensor, g: Tensor, terms: Terms) -> Metric:
-    """Reference Error 1 from the dense F and F̂ (path ``dense``; small layers only)."""
-    F = exact_block(a.to(METRIC_DTYPE), g.to(METRIC_DTYPE))
-    F_hat = sum(torch.kron(A, G) for A, G in _as_metric_terms(terms))
-    return Metric(float(torch.linalg.norm(F - F_hat) / torch.linalg.norm(F)), "dense")
-
-
-def spectral_error_dense(a: Tensor, g: Tensor, terms: Terms) -> Metric:
-    """Reference Error 2 from ``eigvalsh`` of the dense F and F̂, both sorted decreasing (path ``dense``)."""
-    F = exact_block(a.to(METRIC_DTYPE), g.to(METRIC_DTYPE))
-    F_hat = sum(torch.kron(A, G) for A, G in _as_metric_terms(terms))
-    spec_F = torch.linalg.eigvalsh(F).flip(0)
-    spec_F_hat = torch.linalg.eigvalsh(F_hat).flip(0)  # type: ignore[arg-type]
-    return Metric(float(torch.linalg.norm(spec_F - spec_F_hat) / torch.linalg.norm(spec_F)), "dense")

@@ -1,4 +1,4 @@
-"""Kronecker algebra in fimbench's conventions (DESIGN §1).
+"""Kronecker algebra in fimbench's conventions (docs/design.md §1).
 
 * ``vec`` is column-major: ``vec(V) == V.T.reshape(-1)``, so ``kron(A, G) @ vec(V) == vec(G @ V @ A.T)``.
 * A Fisher block is ``F = E[ā āᵀ ⊗ g gᵀ]``: ``A`` (p×p) is always the activation side, ``G`` (q×q) the
@@ -36,16 +36,6 @@ def kron_dense(A: Tensor, G: Tensor) -> Tensor:
     return torch.kron(A, G)
 
 
-def rearrange(F: Tensor, p: int, q: int) -> Tensor:
-    """Van Loan's zigzag rearrangement ``Z(F)`` of a (pq × pq) matrix made of p×p blocks of size q×q.
-
-    ``Z[μ + ν p, i + j q] = F[μ q + i, ν q + j]`` — row ``(μ, ν)`` is ``vec(F_{μν})ᵀ`` (paper §3.1).
-    Reference code only: it is as large as ``F``.
-    """
-    blocks = F.reshape(p, q, p, q)  # [μ, i, ν, j]
-    return blocks.permute(2, 0, 3, 1).reshape(p * p, q * q)
-
-
 def weighted_gram(x: Tensor, weights: Tensor) -> Tensor:
     """``Σ_t w_t x_t x_tᵀ = xᵀ diag(w) x`` for rows ``x_t`` of ``x`` (m, d) — O(m d²)."""
     return (x * weights.unsqueeze(1)).transpose(0, 1) @ x
@@ -54,13 +44,3 @@ def weighted_gram(x: Tensor, weights: Tensor) -> Tensor:
 def quadratic_forms(x: Tensor, M: Tensor) -> Tensor:
     """``(x_tᵀ M x_t)_t`` for every row of ``x`` (m, d) — O(m d²)."""
     return ((x @ M) * x).sum(dim=1)
-
-
-def z_matvec(a: Tensor, g: Tensor, V: Tensor) -> Tensor:
-    """``Z(F) vec(V) = E[(gᵀ V g) vec(ā āᵀ)]`` (Prop. 3.1) as the p×p matrix ``aᵀ diag(w) a / m``."""
-    return weighted_gram(a, quadratic_forms(g, V)) / a.shape[0]
-
-
-def z_rmatvec(a: Tensor, g: Tensor, U: Tensor) -> Tensor:
-    """``Z(F)ᵀ vec(U) = E[(āᵀ U ā) vec(g gᵀ)]`` (Prop. 3.1) as the q×q matrix ``gᵀ diag(w) g / m``."""
-    return weighted_gram(g, quadratic_forms(a, U)) / g.shape[0]

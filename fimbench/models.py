@@ -1,7 +1,7 @@
 """The deep autoencoders of the paper's App. D, a convolutional autoencoder for square images, and their
 likelihoods.
 
-Scale convention (used everywhere in fimbench, DESIGN §1): the per-example loss is the negative
+Scale convention (used everywhere in fimbench, docs/design.md §3): the per-example loss is the negative
 log-likelihood summed over pixels,
 
     Bernoulli (CURVES, MNIST):  ℓ(y, z) = Σ_j BCE(sigmoid(z_j), y_j)   (computed from the logits z),

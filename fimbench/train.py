@@ -8,23 +8,23 @@ but never prints: progress goes to an optional :class:`TrainProgress` (the CLI d
 from __future__ import annotations
 
 import math
-import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import torch
 
-from fimbench import __version__
-from fimbench.config import OptimizerConfig, RunConfig, dump_config
+from fimbench.config import RunConfig, dump_config, load_config
 from fimbench.curvature import Method, parse_method
-from fimbench.data import DatasetSplits, batch_indices, load_dataset
+from fimbench.data import DatasetSplits, batch_indices
 from fimbench.errors import DivergedError, FimbenchError
-from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
-from fimbench.models import Architecture, Likelihood, build_model, default_architecture, evaluate
-from fimbench.optim import KroneckerPreconditioner
+from fimbench.models import Likelihood, build_model, evaluate
+from fimbench.preconditioner import KroneckerPreconditioner
+from fimbench.rundir import CONFIG, append_metrics, read_summary, start_metrics, write_config, write_summary
+from fimbench.setup import check_batch_size, environment, first_order_optimizer, load_configured_dataset, resolve_architecture, resolve_device
 from fimbench.timing import PhaseTimer, synchronize
 
 CHECK_EVERY = 10  # steps between host reads of the loss on an accelerator (progress + finiteness)
@@ -57,74 +57,6 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without it is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FimbenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FimbenchError("device 'cuda' requested but CUDA is not available; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise FimbenchError(f"unsupported device '{name}'; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def resolve_architecture(config: RunConfig, input_dim: int) -> Architecture:
-    """The dataset's App. D autoencoder (or ``model.architecture``'s default), or the layers / likelihood the config names."""
-    default = default_architecture(config.data.dataset, config.model.architecture)
-    layers = tuple(config.model.layers) if config.model.layers else default.layers
-    try:
-        likelihood = Likelihood(config.model.likelihood) if config.model.likelihood else default.likelihood
-    except ValueError:
-        raise FimbenchError(f"unknown likelihood '{config.model.likelihood}'; choose bernoulli or gaussian") from None
-    if layers[0] != input_dim or layers[-1] != input_dim:
-        raise FimbenchError(
-            f"model.layers must start and end with the data width {input_dim}, got {list(layers)}"
-        )
-    return Architecture(layers, likelihood, config.model.activation, default.kind)
-
-
-def load_configured_dataset(config: RunConfig, batch_size: int | None = None) -> DatasetSplits:
-    """The dataset ``config.data`` names; with ``batch_size``, check that one batch fits in it."""
-    data = config.data
-    dataset = load_dataset(
-        data.dataset,
-        data_dir=Path(data.data_dir) if data.data_dir else None,
-        split_seed=data.split_seed,
-        synth_train=data.synth_train,
-        synth_test=data.synth_test,
-    )
-    if batch_size is not None:
-        check_batch_size(batch_size, dataset)
-    return dataset
-
-
-def check_batch_size(batch_size: int, dataset: DatasetSplits) -> None:
-    if batch_size > dataset.train.shape[0]:
-        raise FimbenchError(f"batch size {batch_size} exceeds the {dataset.train.shape[0]} training examples")
-
-
-def first_order_optimizer(parameters: Iterable[torch.nn.Parameter], method: Method, settings: OptimizerConfig) -> torch.optim.Optimizer:
-    """Adam for ``adam``; momentum SGD (with weight decay) for every other method — the Kronecker
-    methods' preconditioned gradient included."""
-    if method is Method.ADAM:
-        return torch.optim.Adam(
-            parameters, lr=settings.lr, betas=tuple(settings.adam_betas), weight_decay=settings.weight_decay  # type: ignore[arg-type]
-        )
-    return torch.optim.SGD(
-        parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay, nesterov=settings.nesterov
-    )
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
 def _validate(config: RunConfig) -> Method:
     method = parse_method(config.optimizer.method)
     training, optimizer = config.training, config.optimizer
@@ -152,6 +84,51 @@ def run_training(
     ``dataset`` replaces the one ``config.data`` names (e.g. random data of a benchmark's shape); the
     architecture is still the one of ``config.data.dataset`` unless ``config.model.layers`` is set.
     """
+    run = _prepare(config, run_dir, progress, dataset)
+    try:
+        for epoch in range(1, config.training.epochs + 1):
+            if run.step >= run.total_steps:
+                break
+            _train_epoch(run, epoch)
+    except _Diverged as diverged:
+        _finish(run, "diverged", diverged.step)
+        raise DivergedError(
+            f"non-finite loss ({diverged.value}) at step {diverged.step}; stopped, "
+            f"{len(run.result.rows)} epoch(s) kept in {run_dir}"
+        ) from None
+    except KeyboardInterrupt:
+        _finish(run, "interrupted", None)
+        raise
+    return _finish(run, "completed", None)
+
+
+@dataclass
+class _Run:
+    """The state of one training run between its prepare, epoch and finish steps."""
+
+    config: RunConfig
+    device: torch.device
+    dataset: DatasetSplits
+    train_x: torch.Tensor
+    val_x: torch.Tensor
+    model: torch.nn.Module
+    likelihood: Likelihood
+    order_generator: torch.Generator
+    timer: PhaseTimer
+    optimizer: torch.optim.Optimizer
+    preconditioner: KroneckerPreconditioner | None
+    metrics_path: Path
+    total_steps: int
+    result: TrainResult
+    progress: TrainProgress | None
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    train_seconds: float = 0.0
+    step: int = 0
+    window: list[torch.Tensor] = field(default_factory=list)  # losses not yet read on the host
+
+
+def _prepare(config: RunConfig, run_dir: Path, progress: TrainProgress | None, dataset: DatasetSplits | None) -> _Run:
+    """Validate, load the data, build the model and optimizers, and start the run directory."""
     method = _validate(config)
     device = resolve_device(config.training.device)
     training, settings = config.training, config.optimizer
@@ -174,9 +151,8 @@ def run_training(
         preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("", encoding="utf-8")
+    write_config(run_dir, dump_config(config))
+    metrics_path = start_metrics(run_dir)
 
     steps_per_epoch = dataset.train.shape[0] // training.batch_size
     total_steps = steps_per_epoch * training.epochs
@@ -184,126 +160,130 @@ def run_training(
         total_steps = min(total_steps, training.max_steps)
     if progress is not None:
         progress.start(total_steps, steps_per_epoch)
+    return _Run(
+        config, device, dataset, train_x, val_x, model, likelihood, order_generator, timer, optimizer, preconditioner,
+        metrics_path, total_steps, TrainResult(run_dir, "completed"), progress,
+    )
 
-    result = TrainResult(run_dir, "completed")
-    started = datetime.now(timezone.utc)
-    train_seconds = 0.0
-    step = 0
-    window: list[torch.Tensor] = []  # losses not yet read on the host
 
-    def read_window() -> list[float]:
-        """Host values of the pending losses; raises on the first non-finite one."""
-        values = torch.stack(window).tolist() if window else []
-        for offset, value in enumerate(values):
-            if not math.isfinite(value):
-                bad_step = step - len(values) + offset + 1
-                raise _Diverged(bad_step, value)
-        window.clear()
-        return values
+def _read_window(run: _Run) -> list[float]:
+    """Host values of the pending losses; raises on the first non-finite one."""
+    values = torch.stack(run.window).tolist() if run.window else []
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            raise _Diverged(run.step - len(values) + offset + 1, value)
+    run.window.clear()
+    return values
 
-    try:
-        for epoch in range(1, training.epochs + 1):
-            if step >= total_steps:
-                break
-            model.train()
-            synchronize(device)
-            epoch_start = time.perf_counter()
-            sums = torch.zeros(3, dtype=torch.float64, device=device)
-            epoch_steps = 0
-            for index in batch_indices(dataset.train.shape[0], training.batch_size, order_generator, device):
-                if step >= total_steps:
-                    break
-                x = train_x[index]
-                output = model(x)
-                loss = likelihood.nll(output, x).mean()
-                optimizer.zero_grad(set_to_none=False)
-                loss.backward()
-                step += 1
-                epoch_steps += 1
-                window.append(loss.detach())
-                due = preconditioner is not None and preconditioner.steps % preconditioner.stats_every == 0
-                if device.type == "cpu" or step % CHECK_EVERY == 0 or due:
-                    values = read_window()
-                    if progress is not None and values:
-                        elapsed = train_seconds + time.perf_counter() - epoch_start
-                        progress.step(step, epoch, values[-1], step / elapsed if elapsed > 0 else 0.0)
-                if preconditioner is not None:
-                    preconditioner.step(x)
-                    if step == 1:
-                        result.alignment_first_refresh = preconditioner.alignment
-                        warning = damping_warning(result.alignment_first_refresh)
-                        if warning is not None and progress is not None:
-                            progress.warn(warning)
-                optimizer.step()
-                if preconditioner is not None and preconditioner.awaiting_loss:
-                    with torch.no_grad():
-                        preconditioner.adapt_damping(loss.detach(), likelihood.nll(model(x), x).mean())
-                with torch.no_grad():
-                    sums += torch.stack(
-                        [
-                            loss.detach().double(),
-                            likelihood.loss_per_pixel(output.detach(), x).double(),
-                            (likelihood.mean(output.detach()) - x).square().sum(dim=1).mean().double(),
-                        ]
-                    )
-                if training.log_every and step % training.log_every == 0:
-                    synchronize(device)
-                    step_row = {
-                        "kind": "step",
-                        "step": step,
-                        "epoch": epoch,
-                        "train_loss": float(loss.detach()),
-                        "wall_time": train_seconds + time.perf_counter() - epoch_start,
-                    }
-                    append_jsonl(metrics_path, step_row)
-            read_window()
-            synchronize(device)
-            train_seconds += time.perf_counter() - epoch_start
-            model.eval()
-            validation = evaluate(model, val_x)
-            train_means = (sums / max(epoch_steps, 1)).tolist()
-            row: dict[str, Any] = {
-                "kind": "epoch",
-                "epoch": epoch,
-                "step": step,
-                "train_loss": train_means[0],
-                "train_loss_per_pixel": train_means[1],
-                "train_reconstruction_error": train_means[2],
-                "val_loss": validation.loss,
-                "val_loss_per_pixel": validation.loss_per_pixel,
-                "val_reconstruction_error": validation.reconstruction_error,
-                "wall_time": train_seconds,
-                "time_per_step": train_seconds / step if step else None,
-            }
-            if not all(math.isfinite(row[key]) for key in ("val_loss", "train_loss")):
-                raise _Diverged(step, row["val_loss"])
-            if preconditioner is not None:
-                phases = timer.reset()
-                row.update(preconditioner.pop_diagnostics())
-                row["seconds_statistics"] = phases.get("statistics", 0.0)
-                row["seconds_refresh"] = phases.get("approximate", 0.0) + phases.get("invert", 0.0)
-                row["seconds_approximate"] = phases.get("approximate", 0.0)
-                row["seconds_invert"] = phases.get("invert", 0.0)
-                row["seconds_precondition"] = phases.get("precondition", 0.0)
-            result.rows.append(row)  # first: an interrupt during the write's fsync keeps both in step
-            append_jsonl(metrics_path, row)
-            if progress is not None:
-                progress.epoch(row)
-    except _Diverged as diverged:
-        result.status = "diverged"
-        result.summary = _summary(config, device, result, started, train_seconds, step, diverged.step)
-        atomic_write_json(run_dir / "summary.json", result.summary)
-        raise DivergedError(
-            f"non-finite loss ({diverged.value}) at step {diverged.step}; stopped, "
-            f"{len(result.rows)} epoch(s) kept in {run_dir}"
-        ) from None
-    except KeyboardInterrupt:
-        result.status = "interrupted"
-        result.summary = _summary(config, device, result, started, train_seconds, step, None)
-        atomic_write_json(run_dir / "summary.json", result.summary)
-        raise
-    result.summary = _summary(config, device, result, started, train_seconds, step, None)
-    atomic_write_json(run_dir / "summary.json", result.summary)
+
+def _train_epoch(run: _Run, epoch: int) -> None:
+    """One pass over the shuffled training split (up to ``total_steps``), then the epoch's row."""
+    training = run.config.training
+    run.model.train()
+    synchronize(run.device)
+    epoch_start = time.perf_counter()
+    sums = torch.zeros(3, dtype=torch.float64, device=run.device)
+    epoch_steps = 0
+    for index in batch_indices(run.dataset.train.shape[0], training.batch_size, run.order_generator, run.device):
+        if run.step >= run.total_steps:
+            break
+        _train_step(run, epoch, run.train_x[index], sums, epoch_start)
+        epoch_steps += 1
+    _read_window(run)
+    synchronize(run.device)
+    run.train_seconds += time.perf_counter() - epoch_start
+    row = _epoch_row(run, epoch, (sums / max(epoch_steps, 1)).tolist())
+    run.result.rows.append(row)  # first: an interrupt during the write's fsync keeps both in step
+    append_metrics(run.metrics_path, row)
+    if run.progress is not None:
+        run.progress.epoch(row)
+
+
+def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoch_start: float) -> None:
+    """One optimizer step on the mini-batch ``x``; adds (loss, loss per pixel, reconstruction error) to ``sums``."""
+    model, likelihood, preconditioner, progress = run.model, run.likelihood, run.preconditioner, run.progress
+    output = model(x)
+    loss = likelihood.nll(output, x).mean()
+    run.optimizer.zero_grad(set_to_none=False)
+    loss.backward()
+    run.step += 1
+    step = run.step
+    run.window.append(loss.detach())
+    due = preconditioner is not None and preconditioner.steps % preconditioner.stats_every == 0
+    if run.device.type == "cpu" or step % CHECK_EVERY == 0 or due:
+        values = _read_window(run)
+        if progress is not None and values:
+            elapsed = run.train_seconds + time.perf_counter() - epoch_start
+            progress.step(step, epoch, values[-1], step / elapsed if elapsed > 0 else 0.0)
+    if preconditioner is not None:
+        preconditioner.step(x)
+        if step == 1:
+            run.result.alignment_first_refresh = preconditioner.alignment
+            warning = damping_warning(run.result.alignment_first_refresh)
+            if warning is not None and progress is not None:
+                progress.warn(warning)
+    run.optimizer.step()
+    if preconditioner is not None and preconditioner.awaiting_loss:
+        with torch.no_grad():
+            preconditioner.adapt_damping(loss.detach(), likelihood.nll(model(x), x).mean())
+    with torch.no_grad():
+        sums += torch.stack(
+            [
+                loss.detach().double(),
+                likelihood.loss_per_pixel(output.detach(), x).double(),
+                (likelihood.mean(output.detach()) - x).square().sum(dim=1).mean().double(),
+            ]
+        )
+    log_every = run.config.training.log_every
+    if log_every and step % log_every == 0:
+        synchronize(run.device)
+        step_row = {
+            "kind": "step",
+            "step": step,
+            "epoch": epoch,
+            "train_loss": float(loss.detach()),
+            "wall_time": run.train_seconds + time.perf_counter() - epoch_start,
+        }
+        append_metrics(run.metrics_path, step_row)
+
+
+def _epoch_row(run: _Run, epoch: int, train_means: list[float]) -> dict[str, Any]:
+    """The epoch's ``metrics.jsonl`` row: train means, validation, timing and the preconditioner's diagnostics."""
+    run.model.eval()
+    validation = evaluate(run.model, run.val_x)
+    step, train_seconds = run.step, run.train_seconds
+    row: dict[str, Any] = {
+        "kind": "epoch",
+        "epoch": epoch,
+        "step": step,
+        "train_loss": train_means[0],
+        "train_loss_per_pixel": train_means[1],
+        "train_reconstruction_error": train_means[2],
+        "val_loss": validation.loss,
+        "val_loss_per_pixel": validation.loss_per_pixel,
+        "val_reconstruction_error": validation.reconstruction_error,
+        "wall_time": train_seconds,
+        "time_per_step": train_seconds / step if step else None,
+    }
+    if not all(math.isfinite(row[key]) for key in ("val_loss", "train_loss")):
+        raise _Diverged(step, row["val_loss"])
+    if run.preconditioner is not None:
+        phases = run.timer.reset()
+        row.update(run.preconditioner.pop_diagnostics())
+        row["seconds_statistics"] = phases.get("statistics", 0.0)
+        row["seconds_refresh"] = phases.get("approximate", 0.0) + phases.get("invert", 0.0)
+        row["seconds_approximate"] = phases.get("approximate", 0.0)
+        row["seconds_invert"] = phases.get("invert", 0.0)
+        row["seconds_precondition"] = phases.get("precondition", 0.0)
+    return row
+
+
+def _finish(run: _Run, status: str, diverged_at: int | None) -> TrainResult:
+    """Write ``summary.json`` with the run's ``status`` and return the result."""
+    result = run.result
+    result.status = status
+    result.summary = _summary(run.config, run.device, result, run.started, run.train_seconds, run.step, diverged_at)
+    write_summary(result.run_dir, result.summary)
     return result
 
 
@@ -337,13 +317,28 @@ def _summary(
         "alignment_first_refresh": result.alignment_first_refresh,
         "train_seconds": train_seconds,
         "time_per_step": train_seconds / steps if steps else None,
-        "device": device_description(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "fimbench": __version__,
-        "host": platform.node(),
+        **environment(device),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "loss_convention": "train_loss/val_loss: per-example negative log-likelihood summed over pixels "
         "(mean over examples); *_loss_per_pixel: the paper's mean BCE / MSE",
     }
+
+
+def run_point(run_dir: str, threads: int) -> str:
+    """Train the point whose resolved config is ``run_dir/config.yaml`` with ``threads`` torch threads.
+
+    Returns the run's status; a divergence is a result (recorded in ``summary.json``), not a failure.
+    """
+    torch.set_num_threads(threads)
+    path = Path(run_dir)
+    try:
+        return run_training(load_config(path / CONFIG), path).status
+    except FimbenchError:
+        if read_summary(path).get("status") == "diverged":
+            return "diverged"
+        raise
+
+
+if __name__ == "__main__":  # a sweep worker: python -m fimbench.train RUN_DIR THREADS
+    run_point(sys.argv[1], int(sys.argv[2]))

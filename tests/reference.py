@@ -6,7 +6,7 @@ outer products of those gradients, ``Z(F)`` is assembled block by block from the
 (§3.1), and the best Kronecker rank-r approximation is read off a dense SVD of ``Z(F)``
 (Theorem 3.1 / Eckart–Young). Everything is float64 and small.
 
-Conventions (DESIGN §1): ``vec`` stacks columns; a layer's weight matrix is ``[W | b]`` (q × p) with the
+Conventions (docs/design.md §1): ``vec`` stacks columns; a layer's weight matrix is ``[W | b]`` (q × p) with the
 bias column LAST; ``F`` has p × p blocks of size q × q (p: activation side, q: derivative side).
 """
 

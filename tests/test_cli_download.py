@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fimbench import data
 from fimbench.cli import app
+from fimbench.data import parse
 
 runner = CliRunner()
 
@@ -19,7 +20,7 @@ runner = CliRunner()
 def small_files(monkeypatch: pytest.MonkeyPatch) -> None:
     """Accept the tiny fake raw files these tests build."""
     monkeypatch.setattr(
-        data,
+        parse,
         "EXPECTED_ROWS",
         {"curves": {"bdata": 30, "bdatatest": 10}, "faces": {"newfaces_single": 16}, "mnist": {"train": 20, "test": 10}},
     )

@@ -13,15 +13,16 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from fimbench import cost, timing
+from fimbench import timing
 from fimbench.cli.cost import cost_profile
+from fimbench.cost import profiler
 from fimbench.cost import (
     PHASES,
     YARDSTICKS,
     LayerCost,
     MethodCost,
     ModelProfile,
-    SweepPoint,
+    CostPoint,
     Timing,
     fit_exponents,
     sweep_exponents,
@@ -92,7 +93,7 @@ def test_tiny_sweep_prints_tables_and_writes_json_and_png(tmp_path: Path) -> Non
 
 def test_dataset_profile_per_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--dataset`` profiles every layer of the dataset's autoencoder (shrunk here) at its preset batch."""
-    monkeypatch.setitem(cost.ARCHITECTURES, "curves", Architecture((12, 6, 12), Likelihood.BERNOULLI))
+    monkeypatch.setitem(profiler.ARCHITECTURES, "curves", Architecture((12, 6, 12), Likelihood.BERNOULLI))
     out = tmp_path / "run"
     result = runner.invoke(
         _app(),
@@ -136,7 +137,7 @@ def test_sweep_exponents_recover_synthetic_timings() -> None:
             times = {phase: Timing.of([scales[phase] * d**a * m**b]) for phase, (a, b) in exponents.items()}
             layer = LayerCost(0, d + 1, d, 1, None, None, times)
             methods = [MethodCost("kfac", {}, [layer], Timing.of([1.0]))]
-            points.append(SweepPoint(d, m, ModelProfile(4 * m, m, {}, methods)))
+            points.append(CostPoint(d, m, ModelProfile(4 * m, m, {}, methods)))
     fits = sweep_exponents(widths, batches, points)
     assert [fit.phase for fit in fits] == list(PHASES)
     for fit in fits:

@@ -10,6 +10,7 @@ import scipy.io
 import torch
 
 from fimbench import data
+from fimbench.data import parse
 from fimbench.errors import FimbenchError
 
 SMALL_ROWS = {
@@ -22,7 +23,7 @@ SMALL_ROWS = {
 @pytest.fixture(autouse=True)
 def small_files(monkeypatch: pytest.MonkeyPatch) -> None:
     """Accept the tiny fake raw files these tests build instead of full-size ones."""
-    monkeypatch.setattr(data, "EXPECTED_ROWS", SMALL_ROWS)
+    monkeypatch.setattr(parse, "EXPECTED_ROWS", SMALL_ROWS)
 
 
 def _tagged(n: int, width: int, offset: int = 0) -> np.ndarray:

@@ -21,6 +21,7 @@ import scipy.io
 import torch
 
 from fimbench import data
+from fimbench.data import download, parse
 from fimbench.errors import FimbenchError
 
 SMALL_ROWS = {
@@ -67,8 +68,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(data, "MARTENS_URL", state.url + "/jmartens/")
-    monkeypatch.setattr(data, "RETRY_BACKOFF", 0.0)
+    monkeypatch.setattr(download, "MARTENS_URL", state.url + "/jmartens/")
+    monkeypatch.setattr(download, "RETRY_BACKOFF", 0.0)
     yield state
     httpd.shutdown()
     httpd.server_close()
@@ -77,9 +78,9 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
 @pytest.fixture(autouse=True)
 def small_files(monkeypatch: pytest.MonkeyPatch) -> None:
     """Accept tiny fake raw files; never reach torchvision's real mirrors."""
-    monkeypatch.setattr(data, "EXPECTED_ROWS", SMALL_ROWS)
-    monkeypatch.setattr(data, "MNIST_MIRRORS", ("http://127.0.0.1:9/",))
-    monkeypatch.setattr(data, "MNIST_MD5", {})
+    monkeypatch.setattr(parse, "EXPECTED_ROWS", SMALL_ROWS)
+    monkeypatch.setattr(download, "MNIST_MIRRORS", ("http://127.0.0.1:9/",))
+    monkeypatch.setattr(download, "MNIST_MD5", {})
 
 
 def _mat_bytes(variables: dict[str, np.ndarray]) -> bytes:
@@ -161,8 +162,8 @@ def test_faces_from_file_url(server: FakeServer, tmp_path: Path) -> None:
 def test_mnist_idx_with_mirror_fallback(server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = _mnist_idx()
     server.files.update({f"/good/{name}": body for name, body in files.items()})
-    monkeypatch.setattr(data, "MNIST_MIRRORS", (server.url + "/missing/", server.url + "/good/"))
-    monkeypatch.setattr(data, "MNIST_MD5", _md5s(files))
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (server.url + "/missing/", server.url + "/good/"))
+    monkeypatch.setattr(download, "MNIST_MD5", _md5s(files))
     data.download_dataset("mnist", tmp_path)
     assert _leftovers(tmp_path) == sorted(files)
     assert server.hits[f"/missing/{data.MNIST_IDX_FILES[0]}"] == 1  # a 404 is not retried
@@ -182,8 +183,8 @@ def test_md5_mismatch_leaves_nothing(server: FakeServer, tmp_path: Path, monkeyp
     files = _mnist_idx()
     server.files.update({f"/m/{name}": body for name, body in files.items()})
     wrong = dict(_md5s(files), **{data.MNIST_IDX_FILES[0]: "0" * 32})
-    monkeypatch.setattr(data, "MNIST_MIRRORS", (server.url + "/m/",))
-    monkeypatch.setattr(data, "MNIST_MD5", wrong)
+    monkeypatch.setattr(download, "MNIST_MIRRORS", (server.url + "/m/",))
+    monkeypatch.setattr(download, "MNIST_MD5", wrong)
     with pytest.raises(FimbenchError) as info:
         data.download_dataset("mnist", tmp_path)
     message = str(info.value)
@@ -224,7 +225,7 @@ def test_retry_recovers_from_one_cut(server: FakeServer, tmp_path: Path, monkeyp
     path = "/jmartens/digs3pts_1.mat"
     server.files[path] = _curves_mat()
     server.truncate.add(path)
-    original = data._fetch_once
+    original = download._fetch_once
 
     def heal_after_first(*args: object, **kwargs: object) -> str:
         try:
@@ -232,14 +233,14 @@ def test_retry_recovers_from_one_cut(server: FakeServer, tmp_path: Path, monkeyp
         finally:
             server.truncate.discard(path)
 
-    monkeypatch.setattr(data, "_fetch_once", heal_after_first)
+    monkeypatch.setattr(download, "_fetch_once", heal_after_first)
     data.download_dataset("curves", tmp_path)
     assert server.hits[path] == 2 and data.is_present("curves", tmp_path)
 
 
 def test_connection_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "RETRY_BACKOFF", 0.0)
-    monkeypatch.setattr(data, "MARTENS_URL", "http://127.0.0.1:9/")
+    monkeypatch.setattr(download, "RETRY_BACKOFF", 0.0)
+    monkeypatch.setattr(download, "MARTENS_URL", "http://127.0.0.1:9/")
     with pytest.raises(FimbenchError, match=r"could not download newfaces_rot_single.mat: http://127.0.0.1:9/newfaces_rot_single.mat: .*\(tried 2 times\)"):
         data.download_dataset("faces", tmp_path, retries=1, timeout=5)
     assert _leftovers(tmp_path) == []
@@ -290,13 +291,13 @@ def test_import_from_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     files = _mnist_idx()
     for name, body in {**files, "digs3pts_1.mat": _curves_mat(), "newfaces_rot_single.mat": _faces_mat()}.items():
         (mirror / name).write_bytes(body)
-    monkeypatch.setattr(data, "MNIST_MD5", _md5s(files))
+    monkeypatch.setattr(download, "MNIST_MD5", _md5s(files))
     for name in data.DOWNLOADABLE:
         data.download_dataset(name, tmp_path, source=str(mirror))
         assert data.is_present(name, tmp_path)
     assert data.load_dataset("mnist", tmp_path).train.shape == (50, 784)
 
-    monkeypatch.setattr(data, "MNIST_MD5", {data.MNIST_IDX_FILES[2]: "f" * 32})
+    monkeypatch.setattr(download, "MNIST_MD5", {data.MNIST_IDX_FILES[2]: "f" * 32})
     with pytest.raises(FimbenchError, match=f"t10k-images-idx3-ubyte.gz: MD5 mismatch \\(expected {'f' * 32}, got "):
         data.download_dataset("mnist", tmp_path, source=str(mirror), force=True)
     assert all((mirror / name).is_file() for name in files)  # user files are never deleted
@@ -332,8 +333,8 @@ def test_corrupt_idx_file(tmp_path: Path) -> None:
 
 
 def test_mnist_defaults_come_from_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "MNIST_MIRRORS", None)
-    monkeypatch.setattr(data, "MNIST_MD5", None)
-    mirrors, md5 = data._mnist_sources()
+    monkeypatch.setattr(download, "MNIST_MIRRORS", None)
+    monkeypatch.setattr(download, "MNIST_MD5", None)
+    mirrors, md5 = download._mnist_sources()
     assert mirrors and all(m.startswith("http") and m.endswith("/") for m in mirrors)
     assert set(md5) == set(data.MNIST_IDX_FILES) and all(len(v) == 32 for v in md5.values())

@@ -104,7 +104,7 @@ def test_diverged_run_exits_3_and_its_json_says_so(tmp_path: Path) -> None:
 class _FailingRunner:
     """A sweep runner whose every point ends at once without a summary: a failed worker."""
 
-    def __init__(self, jobs: int = 1) -> None:
+    def __init__(self, jobs: int = 1, *, worker: Any) -> None:
         self.states: list[Any] = []
 
     def submit(self, states: Sequence[Any]) -> None:
@@ -403,8 +403,9 @@ def curves_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path,
     import scipy.io
 
     from fimbench import data
+    from fimbench.data import parse
 
-    monkeypatch.setattr(data, "EXPECTED_ROWS", {**data.EXPECTED_ROWS, "curves": {"bdata": 30, "bdatatest": 10}})
+    monkeypatch.setattr(parse, "EXPECTED_ROWS", {**parse.EXPECTED_ROWS, "curves": {"bdata": 30, "bdatatest": 10}})
     rng = np.random.default_rng(0)
     raw = tmp_path / "raw.mat"
     scipy.io.savemat(raw, {"bdata": rng.random((30, 784)), "bdatatest": rng.random((10, 784))})

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dense_helpers import frobenius_error_dense, spectral_error_dense
 from reference import DTYPE, random_spd, random_symmetric
 
 from fimbench import fisher
+from fimbench import spectrum as spectrum_module
 from fimbench.capture import capture_statistics
 from fimbench.curvature import approximate
 from fimbench.fisher import (
@@ -15,11 +17,10 @@ from fimbench.fisher import (
     approximation_errors,
     exact_block,
     frobenius_error,
-    frobenius_error_dense,
     spectral_error,
-    spectral_error_dense,
 )
 from fimbench.models import Likelihood
+from fimbench.spectrum import SPECTRUM_ATOL, SPECTRUM_RTOL
 
 EXACT = 1e-10  # identities exact in real arithmetic: float64 round-off (and Error² cancellation) only
 CONVERGED = 1e-8  # iterative solutions (power SVD at tol 1e-10; Lanczos certified to SPECTRUM_RTOL/ATOL)
@@ -111,7 +112,7 @@ def test_negative_definite_and_structurally_singular_sums_sort_like_eigvalsh(mak
 @pytest.fixture
 def lanczos_up_to_half(monkeypatch):
     """Random test matrices have flat spectra (real Fisher blocks certify at 2–3 c): allow n/2."""
-    monkeypatch.setattr(fisher, "LANCZOS_BUDGET", 1000)
+    monkeypatch.setattr(spectrum_module, "LANCZOS_BUDGET", 1000)
 
 
 @pytest.mark.parametrize("rank, indefinite", [(2, False), (2, True), (3, True)])
@@ -126,7 +127,7 @@ def test_spectral_lanczos_path_equals_eigvalsh_of_dense_matrices(make_statistics
     assert torch.allclose(spectrum.top[:3], dense[:3], rtol=1e-6)  # the extreme eigenvalues converge first
     fast = spectral_error(exact, terms, dense_limit=0)
     assert fast.path == "lanczos"
-    assert fast.value == pytest.approx(spectral_error_dense(a, g, terms).value, rel=fisher.SPECTRUM_RTOL, abs=fisher.SPECTRUM_ATOL)
+    assert fast.value == pytest.approx(spectral_error_dense(a, g, terms).value, rel=SPECTRUM_RTOL, abs=SPECTRUM_ATOL)
 
 
 def test_lanczos_handles_multiple_eigenvalues(make_statistics, lanczos_up_to_half):
@@ -147,7 +148,7 @@ def test_lanczos_handles_multiple_eigenvalues(make_statistics, lanczos_up_to_hal
 
 def test_lanczos_out_of_budget_reports_an_upper_bound(make_statistics, generator, monkeypatch):
     """Ritz values interlace (θ_i ≤ λ_i), so a run stopped early over-estimates Error 2 and says so."""
-    monkeypatch.setattr(fisher, "LANCZOS_BUDGET", 2)
+    monkeypatch.setattr(spectrum_module, "LANCZOS_BUDGET", 2)
     m, p, q = 8, 16, 15
     a, g = make_statistics(m, p, q)
     terms = random_terms(p, q, 2, generator, indefinite=True)

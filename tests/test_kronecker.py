@@ -12,17 +12,15 @@ from reference import (
     vec_ref,
 )
 
+from dense_helpers import rearrange, z_matvec, z_rmatvec
 from fimbench.fisher import exact_block
 from fimbench.kronecker import (
     kron_dense,
     kron_matvec,
     quadratic_forms,
-    rearrange,
     unvec,
     vec,
     weighted_gram,
-    z_matvec,
-    z_rmatvec,
 )
 
 EXACT = 1e-12  # relative: identities that hold in exact arithmetic, float64 round-off only

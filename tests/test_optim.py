@@ -15,7 +15,7 @@ import pytest
 import torch
 from reference import DTYPE, mat_ref, vec_ref
 
-import fimbench.optim as optim_module
+import fimbench.preconditioner as preconditioner_module
 from fimbench.capture import capture_statistics, weight_gradient
 from fimbench.curvature import KroneckerSum, approximate
 from fimbench.errors import FimbenchError
@@ -198,14 +198,14 @@ def test_ema_decay_schedule(make_mlp, monkeypatch, method):
         fisher_fraction=1.0, generator=torch.Generator().manual_seed(0),
     )
     calls = []
-    real_approximate = optim_module.approximate
+    real_approximate = preconditioner_module.approximate
 
     def spy(method_name, a, g, **kwargs):
         result = real_approximate(method_name, a, g, **kwargs)
         calls.append({"a": a, "g": g, "result": result, **kwargs})
         return result
 
-    monkeypatch.setattr(optim_module, "approximate", spy)
+    monkeypatch.setattr(preconditioner_module, "approximate", spy)
     layers = len(model.linear_layers())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for step in range(5):

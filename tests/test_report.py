@@ -14,9 +14,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fimbench.cli.report import report
-from fimbench.comparison import compare, read_metrics, write_csv, write_figure2, write_report_json
+from fimbench.comparison import compare, write_csv, write_figure2, write_report_json
 from fimbench.errors import FimbenchError
-from fimbench.report import comparison_table
+from fimbench.rundir import read_metrics
+from fimbench.tables import comparison_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

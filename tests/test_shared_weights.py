@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as functional
+from dense_helpers import frobenius_error_dense, spectral_error_dense
 from reference import (
     DTYPE,
     best_kronecker,
@@ -45,14 +46,13 @@ from fimbench.fisher import (
     ExactFisher,
     exact_block,
     frobenius_error,
-    frobenius_error_dense,
     spectral_error,
-    spectral_error_dense,
 )
 from fimbench.fisher_error import FisherErrorSettings, run_fisher_error
 from fimbench.models import Architecture, ConvAutoencoder, Likelihood, build_model, default_architecture
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.train import resolve_architecture, run_training
+from fimbench.setup import resolve_architecture
+from fimbench.train import run_training
 
 EXACT_RTOL = 1e-10  # identities that hold up to float64 round-off
 SOLVER_TOL = 1e-12  # power SVD / Lanczos stopping tolerance in these tests

@@ -34,6 +34,7 @@ from fimbench.sweep import (
     point_name,
     run_sweep,
 )
+from fimbench.train import run_point
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 KAPPA = 1 / 784  # curves-synth: Bernoulli over 784 pixels
@@ -69,7 +70,7 @@ def _restore_threads():
 
 def debug_runner(out: Path) -> SubmititRunner:
     """submitit's debug executor: jobs run in this process, one torch thread each (as with -j = cores)."""
-    return SubmititRunner(out / "submitit", cluster="debug", cpus_per_job=1)
+    return SubmititRunner(out / "submitit", cluster="debug", cpus_per_job=1, worker=run_point)
 
 
 class Recording:
@@ -250,7 +251,7 @@ def test_submitit_local_executor(tmp_path: Path, data_dir: Path) -> None:
     """submitit's LocalExecutor pickles run_point into a fresh process, as SLURM would; a divergence there
     is still a result."""
     plan = plan_sweep(tmp_path / "sw", ["sgd"], {"lr": [1e20]}, config_path=SMOKE, overrides=tiny(data_dir))
-    runner = SubmititRunner(plan.out / "submitit", cluster="local", time_minutes=5, cpus_per_job=1)
+    runner = SubmititRunner(plan.out / "submitit", cluster="local", time_minutes=5, cpus_per_job=1, worker=run_point)
     result = run_sweep(plan, runner, poll_seconds=0.2)
     assert [state.status for state in result.states] == ["diverged"]
     summary = json.loads((result.states[0].run_dir / "summary.json").read_text())
@@ -323,7 +324,7 @@ def test_slurm_submission_through_fake_commands(tmp_path: Path, data_dir: Path, 
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     plan = plan_sweep(tmp_path / "sw", ["sgd"], {"lr": [1e-3, 1e-4]}, config_path=SMOKE, overrides=tiny(data_dir))
-    runner = SubmititRunner(plan.out / "submitit", partition="gpu", time_minutes=30, gpus_per_job=1, cpus_per_job=2, jobs=1)
+    runner = SubmititRunner(plan.out / "submitit", partition="gpu", time_minutes=30, gpus_per_job=1, cpus_per_job=2, jobs=1, worker=run_point)
     runner.submit(inspect_points(plan))
     script = (tmp_path / "job.sh").read_text()
     for flag in ("--partition=gpu", "--time=30", "--gpus-per-node=1", "--cpus-per-task=2", "--array=0-1%1", "--job-name=fimbench-sweep"):

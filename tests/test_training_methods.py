@@ -19,7 +19,8 @@ import yaml
 from fimbench.config import load_config
 from fimbench.data import load_dataset
 from fimbench.models import build_model, evaluate
-from fimbench.train import resolve_architecture, run_training
+from fimbench.setup import resolve_architecture
+from fimbench.train import run_training
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 METHODS = ["sgd", "adam", "kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]

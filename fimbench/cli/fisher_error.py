@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -17,6 +16,7 @@ from fimbench.cli.options import (
     data_dir_option,
     dataset_option,
     dataset_value,
+    default_run_dir,
     empirical_fisher_option,
     json_option,
     methods_option,
@@ -24,6 +24,7 @@ from fimbench.cli.options import (
     run_directory,
 )
 from fimbench.cli.output import current, with_output
+from fimbench.cli.parsers import parse_layers, parse_methods
 from fimbench.errors import Interrupted
 from fimbench.names import KRONECKER_METHODS
 
@@ -127,10 +128,6 @@ def summary_table(summaries: list[EntrySummary], title: str) -> Table:
     return table
 
 
-def _default_out(dataset: str) -> Path:
-    return Path("runs") / f"fisher-error-{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 @user_errors
 @with_output
 def fisher_error(
@@ -158,9 +155,8 @@ def fisher_error(
     """
     from fimbench.config import load_config
     from fimbench.fisher_error import (
+        DEFAULT_METHODS,
         FisherErrorSettings,
-        parse_layers,
-        parse_methods,
         run_fisher_error,
         summarise,
         summary_json,
@@ -169,7 +165,7 @@ def fisher_error(
 
     settings = FisherErrorSettings(
         layers=parse_layers(layer),
-        methods=parse_methods(split_list(methods)),
+        methods=tuple(parse_methods(split_list(methods), empty="--methods needs at least one of " + ", ".join(m.value for m in DEFAULT_METHODS))),
         iterations=iterations,
         every=every,
         lanczos_rank=lanczos_rank,
@@ -186,7 +182,7 @@ def fisher_error(
             "training.device": device,
         },
     )
-    run_dir = out or _default_out(resolved.data.dataset)
+    run_dir = out or default_run_dir("fisher-error", resolved.data.dataset)
     output = current()
     live = LiveErrorTable() if output.progress else None
     with run_directory(run_dir):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -177,3 +178,25 @@ def _remove_empty(created: list[Path]) -> None:
             os.rmdir(directory)
         except OSError:
             return  # not empty (or gone): what the command wrote stays
+
+
+def config_overrides(options: dict[str, Any], sections: Sequence[str], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The dotted config overrides of the command-line options named after a config field.
+
+    ``options`` maps parameter names to values (a command's arguments); each name that is a field of one
+    of ``sections`` (a dataclass of :data:`fimbench.config.SECTIONS`), and not in ``skip``, becomes
+    ``"section.name"``: ``{"lr": 0.1, "seed": 3}`` -> ``{"optimizer.lr": 0.1, "training.seed": 3}``. The
+    option names are the config's own, so a new setting needs no second spelling of its key.
+    """
+    from dataclasses import fields
+
+    from fimbench.config import SECTIONS
+
+    owner = {field.name: section for section in sections for field in fields(SECTIONS[section])}
+    return {f"{owner[name]}.{name}": value for name, value in options.items() if name in owner and name not in skip}
+
+
+def default_run_dir(*parts: str) -> Path:
+    """The one default ``--out`` of a run: ``runs/<part>-…-<YYYYmmdd-HHMMSS>`` (a sweep's is fixed instead, so
+    that rerunning it resumes)."""
+    return Path("runs") / "-".join([*parts, datetime.now().strftime("%Y%m%d-%H%M%S")])

@@ -31,7 +31,7 @@ def report(
     Example: fimbench report sweeps/curves-synth --out benchmarks/curves-synth
     """
     from fimbench.comparison import compare, write_csv, write_figure2, write_report_json
-    from fimbench.report import comparison_table
+    from fimbench.tables import comparison_table
 
     if out is not None:
         check_out(out)

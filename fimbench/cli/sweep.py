@@ -14,6 +14,7 @@ from fimbench.cli.common import console, split_list, user_errors
 from fimbench.cli.options import (
     DatasetName,
     check_out,
+    config_overrides,
     data_dir_option,
     dataset_option,
     dataset_value,
@@ -36,7 +37,7 @@ class Executor(str, Enum):
 
 
 class LiveSweepTable:
-    """Redraws :func:`fimbench.report.sweep_table` in place, as tall as the terminal allows; the live view
+    """Redraws :func:`fimbench.tables.sweep_table` in place, as tall as the terminal allows; the live view
     is transient, the final table is printed once. With ``draw`` false it only keeps the latest states."""
 
     def __init__(self, draw: bool = True) -> None:
@@ -45,14 +46,14 @@ class LiveSweepTable:
         self.states: Sequence[PointState] = []
 
     def update(self, states: Sequence[PointState]) -> None:
-        from fimbench.report import sweep_table
+        from fimbench.tables import sweep_table
 
         self.states = states
         if self.draw:
             self.live.update(sweep_table(states, limit=max(5, console.height - 10)), refresh=True)
 
 
-def _default_out(config: Optional[Path], dataset: Optional[str]) -> Path:
+def _default_sweep_dir(config: Optional[Path], dataset: Optional[str]) -> Path:
     """``sweeps/<dataset>``: a fixed name, so rerunning the same command resumes."""
     from fimbench.config import load_config
 
@@ -108,20 +109,16 @@ def sweep(
 
     Example: fimbench sweep -d curves-synth -m kfac,adam --grid lr=1e-1,1e-2 --authors-scale --epochs 5 -j 2
     """
-    from fimbench.report import sweep_table
-    from fimbench.sweep import LocalRunner, SubmititRunner, inspect_points, parse_grid, plan_sweep, run_sweep
+    from fimbench.sweep import inspect_points, parse_grid, plan_sweep
+    from fimbench.tables import sweep_table
 
     overrides = {
         "data.dataset": dataset_value(dataset),
         "data.data_dir": str(data_dir) if data_dir is not None else None,
-        "training.epochs": epochs,
-        "training.batch_size": batch_size,
-        "training.max_steps": max_steps,
-        "training.seed": seed,
-        "training.device": device,
+        **config_overrides(locals(), ("training",)),
     }
     overrides = with_sets(overrides, sets)
-    target = out or _default_out(config, dataset_value(dataset))
+    target = out or _default_sweep_dir(config, dataset_value(dataset))
     check_out(target)
     plan = plan_sweep(target, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides)
     output = current()
@@ -131,13 +128,30 @@ def sweep(
         output.note(f"{len(states)} points, {sum(s.status == 'pending' for s in states)} to run, in [bold]{plan.out}[/bold]")
         output.document(_document(plan, states, {}))
         return
-    runner: Runner
+    runner = _runner(plan, executor, jobs, partition, time_minutes, gpus_per_job, cpus_per_job)
+    _run(plan, runner)
+
+
+def _runner(
+    plan: SweepPlan, executor: Executor, jobs: Optional[int], partition: Optional[str], time_minutes: int, gpus_per_job: int, cpus_per_job: int
+) -> Runner:
+    """Worker processes here (``local``), or SLURM jobs through submitit; each runs :func:`fimbench.train.run_point`."""
+    from fimbench.sweep import LocalRunner, SubmititRunner
+    from fimbench.train import run_point
+
     if executor is Executor.LOCAL:
-        runner = LocalRunner(jobs or 1)
-    else:
-        runner = SubmititRunner(
-            plan.out / "submitit", "slurm", partition, time_minutes, gpus_per_job, cpus_per_job, jobs
-        )
+        return LocalRunner(jobs or 1, worker=run_point)
+    return SubmititRunner(
+        plan.out / "submitit", "slurm", partition, time_minutes, gpus_per_job, cpus_per_job, jobs, worker=run_point
+    )
+
+
+def _run(plan: SweepPlan, runner: Runner) -> None:
+    """Run the plan with the live table, then print the table, the best configs and the failures."""
+    from fimbench.sweep import run_sweep
+    from fimbench.tables import sweep_table
+
+    output = current()
     progress = LiveSweepTable(draw=output.progress)
     try:
         with progress.live if output.progress else nullcontext():

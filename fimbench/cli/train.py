@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,7 +15,9 @@ from fimbench.cli.options import (
     MethodName,
     data_dir_option,
     dataset_option,
+    config_overrides,
     dataset_value,
+    default_run_dir,
     empirical_fisher_option,
     json_option,
     quiet_option,
@@ -28,9 +28,9 @@ from fimbench.cli.options import (
 from fimbench.cli.output import current, thin_rows, with_output
 from fimbench.errors import DivergedError, FimbenchError, Interrupted
 
-RUN_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
-"""What a run writes into its directory; ``--overwrite`` removes them first (summary first)."""
-
+if TYPE_CHECKING:
+    from fimbench.config import RunConfig
+    from fimbench.train import TrainResult
 
 class RichTrainProgress:
     """Live bar: epoch, step, loss, steps/s."""
@@ -75,10 +75,6 @@ def _damping_split(text: str | None) -> float | str | None:
         return float(text)
     except ValueError:
         raise FimbenchError(f"--pi must be 'trace' or a positive number, got '{text}'") from None
-
-
-def _default_out(dataset: str, method: str) -> Path:
-    return Path("runs") / f"{dataset}-{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 @user_errors
@@ -127,47 +123,39 @@ def train(
 
     Example: fimbench train --method deflation --dataset curves-synth --epochs 2
     """
-    from fimbench.config import load_config
-    from fimbench.report import curvature_table, training_table
-    from fimbench.train import run_training
+    options = dict(locals())  # the arguments, named after the config fields they override
+    resolved = _resolve(options, config, sets)
+    run_dir = out or default_run_dir(resolved.data.dataset, resolved.optimizer.method)
+    started = time.perf_counter()
+    result = _run(resolved, run_dir, overwrite)
+    _report(result, resolved, run_dir, full_table, time.perf_counter() - started)
 
+
+def _resolve(options: dict[str, Any], config: Optional[Path], sets: Optional[list[str]]) -> RunConfig:
+    """The run's config: ``config`` (or the preset), then the options, then ``--set``."""
+    from fimbench.config import load_config
+
+    method, data_dir = options["method"], options["data_dir"]
     overrides = {
         "optimizer.method": method.value if method is not None else None,
-        "data.dataset": dataset_value(dataset),
+        "data.dataset": dataset_value(options["dataset"]),
         "data.data_dir": str(data_dir) if data_dir is not None else None,
-        "optimizer.lr": lr,
-        "training.batch_size": batch_size,
-        "training.epochs": epochs,
-        "training.max_steps": max_steps,
-        "optimizer.momentum": momentum,
-        "optimizer.nesterov": nesterov,
-        "optimizer.weight_decay": weight_decay,
-        "optimizer.damping": damping,
-        "optimizer.pi": _damping_split(pi),
-        "optimizer.damping_schedule": damping_schedule,
-        "optimizer.kl_clip": kl_clip,
-        "optimizer.stats_every": stats_every,
-        "optimizer.inverse_every": inverse_every,
-        "optimizer.ema_decay": ema_decay,
-        "optimizer.fisher_fraction": fisher_fraction,
-        "optimizer.empirical_fisher": empirical_fisher,
-        "optimizer.tol": tol,
-        "optimizer.max_iterations": max_iterations,
-        "optimizer.lanczos_rank": lanczos_rank,
-        "optimizer.krylov_dim": krylov_dim,
-        "optimizer.min_curvature_ratio": min_curvature_ratio,
-        "training.seed": seed,
-        "training.device": device,
-        "training.log_every": log_every,
+        "optimizer.pi": _damping_split(options["pi"]),
+        **config_overrides(options, ("optimizer", "training"), skip=("method", "pi")),
     }
-    resolved = load_config(config, with_sets(overrides, sets))
+    return load_config(config, with_sets(overrides, sets))
+
+
+def _run(resolved: RunConfig, run_dir: Path, overwrite: bool) -> TrainResult:
+    """Train in ``run_dir`` with a live progress bar; a run that stops early still gets its document."""
+    from fimbench.rundir import RUN_FILES
+    from fimbench.train import run_training
+
     output = current()
-    run_dir = out or _default_out(resolved.data.dataset, resolved.optimizer.method)
     progress = RichTrainProgress() if output.progress else None
-    started = time.perf_counter()
     with run_directory(run_dir, refuse_existing=not overwrite, replace=RUN_FILES if overwrite else ()):
         try:
-            result = run_training(resolved, run_dir, progress)
+            return run_training(resolved, run_dir, progress)
         except DivergedError:
             output.document(_summary_document(run_dir))
             raise
@@ -177,6 +165,13 @@ def train(
         finally:
             if progress is not None:
                 progress.stop()
+
+
+def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table: bool, seconds: float) -> None:
+    """The training table (about 20 rows unless ``full_table``), the curvature table, a note and the document."""
+    from fimbench.tables import curvature_table, training_table
+
+    output = current()
     method_name, dataset_name = resolved.optimizer.method, resolved.data.dataset
     rows = result.rows if full_table else thin_rows(result.rows)
     table = training_table(rows, f"{method_name} on {dataset_name} ({result.summary['device']})")
@@ -186,7 +181,7 @@ def train(
     if any("seconds_refresh" in row for row in result.rows):
         output.note(curvature_table(rows, f"{method_name}: curvature work per epoch"))
     output.note(
-        f"{result.summary['steps']} steps in {time.perf_counter() - started:.1f} s "
+        f"{result.summary['steps']} steps in {seconds:.1f} s "
         f"(training {result.summary['train_seconds']:.1f} s); results in [bold]{run_dir}[/bold]"
     )
     output.document({"run_dir": str(run_dir), **result.summary})
@@ -194,8 +189,6 @@ def train(
 
 def _summary_document(run_dir: Path) -> dict[str, Any]:
     """The JSON document of a run that stopped early: its ``summary.json`` (if written) and where it is."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        summary = {"status": "interrupted"}
-    return {"run_dir": str(run_dir), **summary}
+    from fimbench.rundir import read_summary
+
+    return {"run_dir": str(run_dir), **(read_summary(run_dir) or {"status": "interrupted"})}

@@ -7,12 +7,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Callable
+import dataclasses
+from typing import Any
 
 from torch import Tensor
 
-from fimbench.curvature.base import (
+from fimbench.curvature.deflation import approximate_deflation
+from fimbench.curvature.kfac import approximate_kfac
+from fimbench.curvature.kfac_corrected import approximate_kfac_corrected
+from fimbench.curvature.kpsvd import approximate_kpsvd
+from fimbench.curvature.kronecker_sum import (
     DEFAULT_MIN_CURVATURE_RATIO,
     TRACE_SPLIT,
     DampingSplit,
@@ -20,18 +24,15 @@ from fimbench.curvature.base import (
     KroneckerSum,
     check_damping_split,
 )
-from fimbench.curvature.deflation import approximate_deflation
-from fimbench.curvature.kfac import approximate_kfac
-from fimbench.curvature.kfac_corrected import approximate_kfac_corrected
-from fimbench.curvature.kpsvd import approximate_kpsvd
 from fimbench.curvature.lanczos import approximate_lanczos
+from fimbench.curvature.methods import FIRST_ORDER_METHODS, KRONECKER_METHODS, Approximator, Method, parse_method
 from fimbench.curvature.options import (
     DEFAULT_KRYLOV_DIM,
     DEFAULT_MAX_ITERATIONS,
     DEFAULT_TOL,
     ApproximationOptions,
 )
-from fimbench.curvature.shared_weights import (
+from fimbench.curvature.shared_methods import (
     approximate_deflation_shared,
     approximate_kfac_corrected_shared,
     approximate_kfac_expand,
@@ -42,12 +43,15 @@ from fimbench.errors import FimbenchError
 
 __all__ = [
     "APPROXIMATIONS",
+    "FIRST_ORDER_METHODS",
+    "KRONECKER_METHODS",
     "DEFAULT_KRYLOV_DIM",
     "DEFAULT_MAX_ITERATIONS",
     "DEFAULT_MIN_CURVATURE_RATIO",
     "DEFAULT_TOL",
     "TRACE_SPLIT",
     "ApproximationOptions",
+    "Approximator",
     "DampingSplit",
     "KroneckerInverse",
     "KroneckerSum",
@@ -59,30 +63,7 @@ __all__ = [
 ]
 
 
-class Method(str, Enum):
-    """Every optimizer fimbench trains with; the first five precondition with a Kronecker approximation."""
-
-    KFAC = "kfac"
-    KPSVD = "kpsvd"
-    DEFLATION = "deflation"
-    LANCZOS = "lanczos"
-    KFAC_CORRECTED = "kfac-corrected"
-    SGD = "sgd"
-    ADAM = "adam"
-
-    @property
-    def is_kronecker(self) -> bool:
-        return self in APPROXIMATIONS
-
-    @property
-    def rank(self) -> int:
-        """Kronecker rank of the approximation (Lanczos: its default)."""
-        return 1 if self in (Method.KFAC, Method.KPSVD) else 2
-
-
-Approximation = Callable[..., KroneckerSum]
-
-APPROXIMATIONS: dict[Method, Approximation] = {
+APPROXIMATIONS: dict[Method, Approximator] = {
     Method.KFAC: approximate_kfac,
     Method.KPSVD: approximate_kpsvd,
     Method.DEFLATION: approximate_deflation,
@@ -90,7 +71,7 @@ APPROXIMATIONS: dict[Method, Approximation] = {
     Method.KFAC_CORRECTED: approximate_kfac_corrected,
 }
 
-SHARED_WEIGHT_APPROXIMATIONS: dict[Method, Approximation] = {
+SHARED_WEIGHT_APPROXIMATIONS: dict[Method, Approximator] = {
     Method.KFAC: approximate_kfac_expand,
     Method.KPSVD: approximate_kpsvd_shared,
     Method.DEFLATION: approximate_deflation_shared,
@@ -98,19 +79,6 @@ SHARED_WEIGHT_APPROXIMATIONS: dict[Method, Approximation] = {
     Method.KFAC_CORRECTED: approximate_kfac_corrected_shared,
 }
 """The same methods for layers applied at T > 1 positions per example (curvature/shared_weights.py)."""
-
-
-def parse_method(name: "str | Method", kronecker_only: bool = False) -> Method:
-    """``"deflation"`` -> ``Method.DEFLATION``; a clear error for anything else."""
-    choices = list(APPROXIMATIONS) if kronecker_only else list(Method)
-    try:
-        method = Method(name)
-    except ValueError:
-        method = None
-    if method is None or method not in choices:
-        names = ", ".join(m.value for m in choices)
-        raise FimbenchError(f"unknown method '{getattr(name, 'value', name)}'; choose from {names}")
-    return method
 
 
 def approximate(
@@ -121,10 +89,8 @@ def approximate(
     prior: KroneckerSum | None = None,
     decay: float = 0.0,
     warm_start: KroneckerSum | None = None,
-    tol: float = DEFAULT_TOL,
-    max_iterations: int = DEFAULT_MAX_ITERATIONS,
-    rank: int = 2,
-    krylov_dim: int = DEFAULT_KRYLOV_DIM,
+    options: ApproximationOptions | None = None,
+    **settings: Any,
 ) -> KroneckerSum:
     """Approximate the Fisher block ``F = (1/m) Σ_t kron(ā_t ā_tᵀ, g_t g_tᵀ)`` by a Kronecker sum.
 
@@ -134,8 +100,9 @@ def approximate(
     (curvature/shared_weights.py); T = 1 is the (m, p) case.
     With ``prior`` and ``decay = ρ`` the target is the EMA estimate ``ρ F̂_old + (1 − ρ) F`` (K-FAC: EMA
     of its factors). ``warm_start`` (default: the prior) seeds power SVD / Lanczos with its terms.
-    ``tol`` is relative to the leading singular value of ``Z(F)``; ``rank`` and ``krylov_dim`` are
-    Lanczos' r and K.
+    ``options`` (default :class:`ApproximationOptions`'s, which own every default), with any of its fields
+    given as keywords on top (``tol`` relative to the leading singular value of ``Z(F)``,
+    ``max_iterations``, Lanczos' ``rank`` r and ``krylov_dim`` K), says how far to iterate.
     """
     chosen = parse_method(method, kronecker_only=True)
     registry = APPROXIMATIONS
@@ -149,5 +116,5 @@ def approximate(
             "a and g must be (m, p) and (m, q), or (m, T, p) and (m, T, q), with the same m (and T), "
             f"got {tuple(a.shape)} and {tuple(g.shape)}"
         )
-    options = ApproximationOptions(tol=tol, max_iterations=max_iterations, rank=rank, krylov_dim=krylov_dim)
-    return registry[chosen](a, g, options, prior=prior, decay=decay, warm_start=warm_start)
+    chosen_options = dataclasses.replace(options or ApproximationOptions(), **settings)
+    return registry[chosen](a, g, chosen_options, prior=prior, decay=decay, warm_start=warm_start)

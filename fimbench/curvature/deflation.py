@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
-from fimbench.curvature.kpsvd import kronecker_pair, leading_pair
-from fimbench.curvature.options import ApproximationOptions, ema_target
+from fimbench.curvature.kronecker_sum import KroneckerSum
+from fimbench.curvature.options import ApproximationOptions
+from fimbench.curvature.targets import ema_target, kronecker_pair, leading_pair
 
 
 def approximate_deflation(

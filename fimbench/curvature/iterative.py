@@ -94,6 +94,17 @@ def _bidiagonal(alphas: list[Tensor], betas: list[Tensor], columns: int) -> Tens
     return B
 
 
+def _padded(rank: int, sigmas: Tensor, left: Tensor, right: Tensor, iterations: int, residual: float) -> SingularTriplets:
+    """The triplets found (``σ_i``, ``u_i``, ``v_i`` as columns), zero-padded to ``rank``."""
+    found = sigmas.shape[0]
+    values = torch.zeros(rank, dtype=sigmas.dtype, device=sigmas.device)
+    values[:found] = sigmas
+    x = torch.zeros(left.shape[0], rank, dtype=left.dtype, device=left.device)
+    y = torch.zeros_like(x)
+    x[:, :found], y[:, :found] = left, right
+    return SingularTriplets(values, x, y, iterations, residual)
+
+
 def lanczos_svd(
     operator: RearrangedOperator,
     start: Tensor,
@@ -172,8 +183,4 @@ def lanczos_svd(
             break
         q = right[:, :found].sum(dim=1)
         q = _normalised(q, operator.norm_right(q))
-    values = torch.zeros(rank, dtype=dtype, device=device)
-    values[:found] = sigmas[:found]
-    x, y = zeros.clone(), zeros.clone()
-    x[:, :found], y[:, :found] = left[:, :found], right[:, :found]
-    return SingularTriplets(values, x, y, iterations, worst)
+    return _padded(rank, sigmas[:found], left[:, :found], right[:, :found], iterations, worst)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
-from fimbench.curvature.kfac import kfac_factors
 from fimbench.curvature.iterative import power_svd
-from fimbench.curvature.kpsvd import kronecker_pair, leading_pair
-from fimbench.curvature.options import ApproximationOptions, ema_target
+from fimbench.curvature.kfac import kfac_factors
+from fimbench.curvature.kronecker_sum import KroneckerSum
+from fimbench.curvature.options import ApproximationOptions
 from fimbench.curvature.rearranged import ITERATION_DTYPE
+from fimbench.curvature.targets import ema_target, kronecker_pair, leading_pair
 
 SCALE_TOLERANCE = 1e-3  # σ₁ only sets the scale of the stopping rule
 

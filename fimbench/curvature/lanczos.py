@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fimbench.curvature.base import KroneckerSum
 from fimbench.curvature.iterative import lanczos_svd
-from fimbench.curvature.kpsvd import kronecker_pair
-from fimbench.curvature.options import ApproximationOptions, ema_target
+from fimbench.curvature.kronecker_sum import KroneckerSum
+from fimbench.curvature.options import ApproximationOptions
+from fimbench.curvature.targets import ema_target, kronecker_pair
 
 
 def approximate_lanczos(

@@ -1,4 +1,4 @@
-"""The rearranged Fisher ``Z`` in Gram coordinates: every product of Prop. 3.1 at O(n²) cost.
+"""The rearranged Fisher ``Z`` in Gram coordinates: every product of Prop. 3.1 at O(n²) cost (docs/design.md §4).
 
 The operators whose leading singular pairs the methods need are all of the form
 

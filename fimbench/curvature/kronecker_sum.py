@@ -1,6 +1,6 @@
 """A Kronecker-factored Fisher block ``F̂ = Σ_k A_k ⊗ G_k``, its damping and its inverse.
 
-Damping convention (one convention for every method; paper §2.2, Martens & Grosse 2015):
+Damping convention (one convention for every method; paper §2.2, Martens & Grosse 2015; docs/design.md §5–6):
 the first term gets factored Tikhonov damping and the others are kept as they are,
 
     damped(λ, π) = (A₁ + π √λ I) ⊗ (G₁ + √λ / π I) + τ Σ_{k≥2} A_k ⊗ G_k.
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from fimbench.errors import FimbenchError
-from fimbench.kronecker import kron_dense, kron_matvec
+from fimbench.kronecker import kron_dense
 
 DEFAULT_MIN_CURVATURE_RATIO = 0.1
 TRACE_SPLIT = "trace"
@@ -80,10 +80,6 @@ class KroneckerSum:
     def to_dense(self) -> Tensor:
         """Dense ``Σ_k A_k ⊗ G_k`` (pq × pq) — reference code and small layers only."""
         return sum(kron_dense(A, G) for A, G in self.terms)  # type: ignore[return-value]
-
-    def matvec(self, V: Tensor) -> Tensor:
-        """``F̂ vec(V) = Σ_k vec(G_k V A_kᵀ)`` for a weight-shaped (q, p) ``V``."""
-        return sum(kron_matvec(A, G, V) for A, G in self.terms)  # type: ignore[return-value]
 
     def damping_split(self, pi: DampingSplit = TRACE_SPLIT) -> float:
         """The π of the damped first term: ``pi`` itself when it is a number, else the trace rule

@@ -10,44 +10,38 @@ model's Linear and Conv2d layers in module order; a Conv2d's block is the shared
 ``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` over its T output pixels (curvature/shared_weights.py).
 
 The engine returns dataclasses and never prints; progress goes to an optional :class:`FisherErrorProgress`.
-:func:`write_run` writes ``errors.csv``, ``summary.json`` and ``figure1.png`` into a run directory.
+:func:`fimbench.fisher_error.outputs.write_run` writes ``errors.csv``, ``summary.json`` and ``figure1.png`` into a run directory.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import platform
-import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterator, Protocol, cast
 
 import torch
 from torch import Tensor
 
-from fimbench import __version__
 from fimbench.capture import capture_statistics, kronecker_layers, layer_shape
 from fimbench.config import RunConfig
-from fimbench.curvature import KroneckerSum, Method, approximate, parse_method
-from fimbench.data import DATASETS, DatasetSplits, batch_indices
+from fimbench.curvature import KroneckerSum, Method, approximate
+from fimbench.data import DatasetSplits, batch_indices
 from fimbench.errors import FimbenchError
 from fimbench.fisher import ExactFisher, approximation_errors
-from fimbench.io import atomic_write_json, atomic_write_text
 from fimbench.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
-from fimbench.plots import METHOD_LABELS, method_color, new_figure, save_png
-from fimbench.timing import timed_call
-from fimbench.train import (
+from fimbench.names import check_dataset
+from fimbench.plots import METHOD_LABELS
+from fimbench.setup import (
     check_batch_size,
-    device_description,
+    environment,
     first_order_optimizer,
     load_configured_dataset,
     resolve_architecture,
     resolve_device,
 )
+from fimbench.timing import timed_call
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_METHODS: tuple[Method, ...] = (Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED)
@@ -135,29 +129,6 @@ class FisherErrorProgress(Protocol):
     def measured(self, iteration: int, rows: list[ErrorRow]) -> None: ...
 
 
-def parse_layers(text: str) -> tuple[int, ...] | None:
-    """``"5"`` -> (5,), ``"1,5,9"`` -> (1, 5, 9), ``"all"`` -> None; 1-based Linear layer numbers."""
-    if text.strip().lower() == "all":
-        return None
-    try:
-        layers = tuple(int(item) for item in text.split(","))
-    except ValueError:
-        raise FimbenchError(f"--layer must be 'all' or Linear layer numbers such as 5 or 1,5,9 (1-based); got '{text}'") from None
-    if len(set(layers)) != len(layers):
-        raise FimbenchError(f"--layer lists a layer twice: '{text}'")
-    return layers
-
-
-def parse_methods(names: list[str]) -> tuple[Method, ...]:
-    """Kronecker methods by name, in order, each once."""
-    if not names:
-        raise FimbenchError("--methods needs at least one of " + ", ".join(m.value for m in DEFAULT_METHODS))
-    methods = tuple(parse_method(name, kronecker_only=True) for name in names)
-    if len(set(methods)) != len(methods):
-        raise FimbenchError(f"--methods lists a method twice: {', '.join(names)}")
-    return methods
-
-
 def resolve_layers(requested: tuple[int, ...] | None, count: int, dataset: str, kind: str = "Linear") -> list[int]:
     """Check 1-based layer numbers against the autoencoder's ``count`` parameterised layers (``kind``)."""
     if requested is None:
@@ -171,8 +142,7 @@ def resolve_layers(requested: tuple[int, ...] | None, count: int, dataset: str, 
 def validate(config: RunConfig, settings: FisherErrorSettings) -> list[int]:
     """Reject bad settings before any data is loaded; returns the resolved layer numbers."""
     dataset = config.data.dataset
-    if dataset not in DATASETS:
-        raise FimbenchError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    check_dataset(dataset)
     if config.optimizer.method not in OPTIMIZERS:
         raise FimbenchError(f"unknown optimizer '{config.optimizer.method}'; choose from {', '.join(OPTIMIZERS)}")
     if not config.optimizer.lr > 0:
@@ -311,11 +281,7 @@ def run_fisher_error(
         "tol": options.tol,
         "max_iterations": options.max_iterations,
         "seed": training.seed,
-        "device": device_description(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "fimbench": __version__,
-        "host": platform.node(),
+        **environment(device),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if progress is not None:
@@ -349,231 +315,3 @@ def run_fisher_error(
     result.info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result.info["status"] = result.status
     return result
-
-
-# ----------------------------------------------------------------------------------------------- summaries
-
-
-@dataclass(frozen=True)
-class EntrySummary:
-    """Statistics of one entry over a run (all layers, or one): median / mean / max of both errors (NaNs
-    skipped), the fraction of measurements where it beats KFAC (``None`` for KFAC itself or without KFAC),
-    mean iterations and seconds, and the paths its numbers came from."""
-
-    method: str
-    rank: int
-    layer: int | None
-    measurements: int
-    error1_median: float
-    error1_mean: float
-    error1_max: float
-    error2_median: float
-    error2_mean: float
-    error2_max: float
-    beats_kfac_error1: float | None
-    beats_kfac_error2: float | None
-    iterations_mean: float
-    seconds_mean: float
-    paths: str
-
-
-def _stats(values: list[float]) -> tuple[float, float, float]:
-    finite = [value for value in values if math.isfinite(value)]
-    if not finite:
-        return math.nan, math.nan, math.nan
-    return statistics.median(finite), statistics.fmean(finite), max(finite)
-
-
-def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySummary]:
-    """One :class:`EntrySummary` per entry (over all layers), or per (layer, entry) with ``by_layer``."""
-    kfac = {(row.iteration, row.layer): row for row in result.rows if row.method == Method.KFAC.value}
-    groups = [(layer, entry) for layer in result.layers for entry in result.entries] if by_layer else [
-        (None, entry) for entry in result.entries
-    ]
-    summaries = []
-    for layer, entry in groups:
-        rows = [
-            row
-            for row in result.rows
-            if row.method == entry.method.value and row.rank == entry.rank and (layer is None or row.layer == layer)
-        ]
-        if not rows:
-            continue
-        compared = [] if entry.method is Method.KFAC else [
-            (row, kfac[(row.iteration, row.layer)]) for row in rows if (row.iteration, row.layer) in kfac
-        ]
-        e1, e2 = _stats([row.error1 for row in rows]), _stats([row.error2 for row in rows])
-        summaries.append(
-            EntrySummary(
-                method=entry.method.value,
-                rank=entry.rank,
-                layer=layer,
-                measurements=len(rows),
-                error1_median=e1[0],
-                error1_mean=e1[1],
-                error1_max=e1[2],
-                error2_median=e2[0],
-                error2_mean=e2[1],
-                error2_max=e2[2],
-                beats_kfac_error1=statistics.fmean(row.error1 < base.error1 for row, base in compared) if compared else None,
-                beats_kfac_error2=statistics.fmean(row.error2 < base.error2 for row, base in compared) if compared else None,
-                iterations_mean=statistics.fmean(row.iterations for row in rows),
-                seconds_mean=statistics.fmean(row.seconds for row in rows),
-                paths=",".join(sorted({row.path for row in rows})),
-            )
-        )
-    return summaries
-
-
-# ----------------------------------------------------------------------------------------------- run directory
-
-
-def errors_csv(rows: list[ErrorRow]) -> str:
-    """``errors.csv``: one row per iteration × layer × method (× Lanczos rank), columns ``CSV_COLUMNS``."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        writer.writerow([repr(value) if isinstance(value, float) else value for value in (getattr(row, name) for name in CSV_COLUMNS)])
-    return buffer.getvalue()
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN / inf -> None (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def summary_json(result: FisherErrorResult) -> dict[str, Any]:
-    """``summary.json``: the run's settings and environment, per-entry and per-layer summaries, losses."""
-    return _json_safe(
-        {
-            **result.info,
-            "layer_shapes": {str(layer): {"p": p, "q": q, "block_size": p * q} for layer, (p, q) in result.layer_shapes.items()},
-            "measurements": len({row.iteration for row in result.rows}),
-            "summary": [asdict(summary) for summary in summarise(result)],
-            "summary_by_layer": [asdict(summary) for summary in summarise(result, by_layer=True)],
-            "training_loss": [{"iteration": iteration, "loss": loss} for iteration, loss in result.losses],
-            "loss_convention": "per-example negative log-likelihood summed over pixels, mean over the batch",
-            "errors": "error1 = ‖F − F̂‖_F/‖F‖_F, error2 = ‖spec(F) − spec(F̂)‖₂/‖spec(F)‖₂ (paper §4.1); "
-            "path = error1 path/error2 path (gram, kron, dense, lanczos; see fimbench.fisher)",
-        }
-    )
-
-
-FIGURE_PANEL = (5.0, 3.6)  # inches per panel (plots.new_figure)
-ROWS_PER_LAYER_MAX = 4  # up to this many layers: one row (Error 1 | Error 2) per layer
-GRID_COLUMNS = 4  # more layers: a grid of Error 1 panels above a grid of Error 2 panels
-
-
-def figure_layout(layers: int) -> tuple[int, int]:
-    """(rows, columns) of ``figure1.png`` for ``layers`` plotted layers."""
-    if layers <= ROWS_PER_LAYER_MAX:
-        return layers, 2
-    return 2 * math.ceil(layers / GRID_COLUMNS), GRID_COLUMNS
-
-
-def _panel(index: int, metric: int, layers: int) -> tuple[int, int]:
-    """Grid position of layer ``index``'s Error ``metric + 1`` panel."""
-    if layers <= ROWS_PER_LAYER_MAX:
-        return index, metric
-    block = math.ceil(layers / GRID_COLUMNS)
-    return metric * block + index // GRID_COLUMNS, index % GRID_COLUMNS
-
-
-MARKERS: dict[Method, str] = {
-    Method.KFAC: "o",
-    Method.KPSVD: "s",
-    Method.DEFLATION: "^",
-    Method.LANCZOS: "v",
-    Method.KFAC_CORRECTED: "D",
-}
-"""Deflation and Lanczos (rank 2) reach the same optimum (eq. 5): markers keep both curves visible."""
-
-
-def _line_style(entry: Entry) -> str:
-    """Solid for the paper's methods; Lanczos at other ranks dotted (r = 1) or dashed (r > 2)."""
-    if entry.method is not Method.LANCZOS or entry.rank == 2:
-        return "-"
-    return ":" if entry.rank == 1 else "--"
-
-
-def plot_figure1(result: FisherErrorResult, path: Path) -> None:
-    """Error 1 and Error 2 against iteration, one line per entry, in the layout of the paper's Figure 1.
-
-    Like the paper's MNIST panel, an axis whose errors exceed 1 is clipped to [0, 1] (and says so).
-    """
-    count = len(result.layers)
-    rows, columns = figure_layout(count)
-    figure, axes = new_figure(rows, columns, *FIGURE_PANEL)
-    for index, layer in enumerate(result.layers):
-        p, q = result.layer_shapes[layer]
-        for metric, name in enumerate(("Error 1", "Error 2")):
-            row, column = _panel(index, metric, count)
-            ax = axes[row][column]  # type: ignore[index]
-            peak = 0.0
-            for entry in result.entries:
-                selected = [r for r in result.rows if r.layer == layer and r.method == entry.method.value and r.rank == entry.rank]
-                values = [r.error2 if metric else r.error1 for r in selected]
-                peak = max([peak] + [value for value in values if math.isfinite(value)])
-                ax.plot(
-                    [r.iteration for r in selected],
-                    values,
-                    _line_style(entry),
-                    color=method_color(entry.method.value),
-                    label=entry.label,
-                    linewidth=1.4,
-                    marker=MARKERS[entry.method],
-                    markersize=4,
-                    markevery=max(1, len(selected) // 12),
-                    fillstyle="none",
-                )
-            clipped = peak > 1.0
-            ax.set_ylim(0.0, 1.0 if clipped else max(1.05 * peak, 1e-12))
-            ax.set_title(f"layer {layer} (p={p}, q={q}): {name}" + (", clipped at 1" if clipped else ""), fontsize=9)
-            ax.set_xlabel("iteration")
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
-    if count > ROWS_PER_LAYER_MAX:
-        for index in range(count, math.ceil(count / GRID_COLUMNS) * GRID_COLUMNS):
-            for metric in (0, 1):
-                row, column = _panel(index, metric, count)
-                axes[row][column].set_visible(False)  # type: ignore[index]
-    axes[0][0].legend(fontsize=8, title=f"{result.dataset}, {result.info['optimizer']}", title_fontsize=8)  # type: ignore[index]
-    save_png(figure, path)
-
-
-def write_run(result: FisherErrorResult, run_dir: Path) -> dict[str, Path]:
-    """Write ``errors.csv``, ``summary.json`` and ``figure1.png`` atomically; returns their paths."""
-    paths = {name: Path(run_dir) / name for name in ("errors.csv", "summary.json", "figure1.png")}
-    atomic_write_text(paths["errors.csv"], errors_csv(result.rows))
-    atomic_write_json(paths["summary.json"], summary_json(result))
-    plot_figure1(result, paths["figure1.png"])
-    return paths
-
-
-__all__ = [
-    "CSV_COLUMNS",
-    "DEFAULT_METHODS",
-    "Entry",
-    "EntrySummary",
-    "ErrorRow",
-    "FisherErrorMeter",
-    "FisherErrorProgress",
-    "FisherErrorResult",
-    "FisherErrorSettings",
-    "entry_label",
-    "errors_csv",
-    "parse_layers",
-    "parse_methods",
-    "plot_figure1",
-    "run_fisher_error",
-    "summarise",
-    "summary_json",
-    "write_run",
-]

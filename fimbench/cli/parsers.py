@@ -1,0 +1,64 @@
+"""Parsers of the list-valued options (``--methods``, ``--layer``, ``--widths`` / ``--batches``): one rule each, shared by the commands.
+
+They import the engines' types lazily, so that ``--help`` does not load torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fimbench.cli.common import split_list
+from fimbench.errors import FimbenchError
+
+if TYPE_CHECKING:
+    from fimbench.curvature import Method
+
+
+def parse_methods(names: list[str], *, empty: str, repeats: bool = False, allow_all: bool = False) -> list[Method]:
+    """Kronecker methods by name, in the given order: ``all`` (with ``allow_all``) is every one of them.
+
+    A name given twice is an error, or is dropped with ``repeats``; no name at all raises ``empty``.
+    """
+    from fimbench.curvature import APPROXIMATIONS, parse_method
+
+    if allow_all and [name.strip() for name in names] == ["all"]:
+        return list(APPROXIMATIONS)
+    methods: list[Method] = []
+    for name in names:
+        method = parse_method(name, kronecker_only=True)
+        if method in methods and not repeats:
+            raise FimbenchError(f"--methods lists a method twice: {', '.join(names)}")
+        if method not in methods:
+            methods.append(method)
+    if not methods:
+        raise FimbenchError(empty)
+    return methods
+
+
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """``"5"`` -> (5,), ``"1,5,9"`` -> (1, 5, 9), ``"all"`` -> None; 1-based Linear layer numbers."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        layers = tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise FimbenchError(f"--layer must be 'all' or Linear layer numbers such as 5 or 1,5,9 (1-based); got '{text}'") from None
+    if len(set(layers)) != len(layers):
+        raise FimbenchError(f"--layer lists a layer twice: '{text}'")
+    return layers
+
+
+def parse_sizes(text: str, option: str) -> list[int]:
+    """``"128,256"`` -> ``[128, 256]``; every entry must be a positive integer."""
+    sizes: list[int] = []
+    for item in split_list(text):
+        try:
+            value = int(item)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise FimbenchError(f"{option} takes positive integers, got '{item}'")
+        sizes.append(value)
+    if not sizes:
+        raise FimbenchError(f"{option} needs at least one positive integer")
+    return sizes

@@ -1,0 +1,70 @@
+"""Cost profile: the paper's Table 1 (App. C) measured — :mod:`~fimbench.cost.profiler` times the phases,
+:mod:`~fimbench.cost.model` predicts and fits their orders, :mod:`~fimbench.cost.results` holds what was
+measured and :mod:`~fimbench.cost.outputs` writes ``cost.json`` and ``cost.png``."""
+
+from fimbench.cost.model import (
+    EXPONENT_TOLERANCE,
+    MODEL_BUILD,
+    PAPER_BUILD,
+    PHASES,
+    STEADY_PHASES,
+    fit_exponents,
+    model_order,
+    modelled_cost,
+    paper_order,
+    sweep_exponents,
+)
+from fimbench.cost.outputs import sweep_figure, write_outputs
+from fimbench.cost.profiler import (
+    COST_DATASETS,
+    SWEEP_LIKELIHOOD,
+    YARDSTICKS,
+    Progress,
+    profile_dataset,
+    profile_model,
+    profile_sweep,
+)
+from fimbench.cost.results import (
+    FIT_STATISTIC,
+    AxisFit,
+    CostPoint,
+    DatasetCost,
+    ExponentFit,
+    LayerCost,
+    MethodCost,
+    ModelProfile,
+    SweepCost,
+    Timing,
+)
+
+__all__ = [
+    "COST_DATASETS",
+    "EXPONENT_TOLERANCE",
+    "FIT_STATISTIC",
+    "MODEL_BUILD",
+    "PAPER_BUILD",
+    "PHASES",
+    "STEADY_PHASES",
+    "SWEEP_LIKELIHOOD",
+    "YARDSTICKS",
+    "AxisFit",
+    "CostPoint",
+    "DatasetCost",
+    "ExponentFit",
+    "LayerCost",
+    "MethodCost",
+    "ModelProfile",
+    "Progress",
+    "SweepCost",
+    "Timing",
+    "fit_exponents",
+    "model_order",
+    "modelled_cost",
+    "paper_order",
+    "profile_dataset",
+    "profile_model",
+    "profile_sweep",
+    "sweep_exponents",
+    "sweep_figure",
+    "write_outputs",
+]

@@ -1,0 +1,310 @@
+"""Natural-gradient preconditioning with Kronecker-factored Fisher blocks (§2.2, App. E).
+
+Usage in a plain PyTorch loop::
+
+    preconditioner = KroneckerPreconditioner(model, Likelihood.BERNOULLI, "deflation", damping=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    for x in batches:
+        optimizer.zero_grad()
+        model.likelihood.nll(model(x), x).mean().backward()
+        preconditioner.step(x)          # statistics every T1, inverses every T2, grad ← ν F̃⁻¹ grad
+        optimizer.step()                # momentum SGD on the preconditioned gradient
+
+Per layer, every step: ``P = F̃⁻¹ ∇_W h`` — ``G_inv @ grad @ A_inv`` for one term, §3.4's solve for two.
+Then KL-clipping (App. E): ``ν = min(1, sqrt(c / Σ_i |⟨P_i, ∇_{W_i} h⟩|))`` and ``grad ← ν P``.
+Every T1 steps the statistics ``(ā, g)`` are captured on a Fisher sub-batch with targets sampled from
+the model, and each block's approximation is refreshed towards the EMA estimate
+``ρ F̂_old + (1 − ρ) F_batch`` (K-FAC: its factors), ``ρ = min(1 − 1/k, α)`` for the k-th update,
+warm-started from the previous solution. Every T2 steps the damped blocks are re-factorised.
+Weight decay and momentum are those of the torch optimizer, applied to ``ν P`` as in the authors' code.
+
+Damping: ``damped(λ, π)`` of :mod:`fimbench.curvature.kronecker_sum`, with π the trace rule or fixed (``pi``).
+With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule of :mod:`fimbench.damping`:
+every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
+blocks are re-factorised at the next step.
+
+Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
+preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
+the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ContextManager, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fimbench.capture import capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient, weight_of
+from fimbench.config import OptimizerConfig
+from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
+from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
+from fimbench.errors import FimbenchError
+from fimbench.kronecker import kron_matvec
+from fimbench.models import Likelihood, parse_likelihood
+from fimbench.settings import PreconditionerSettings
+from fimbench.timing import PhaseTimer
+
+
+@dataclass
+class PreconditionerDiagnostics:
+    """What happened since the last :meth:`KroneckerPreconditioner.pop_diagnostics` call."""
+
+    updates: int = 0  # statistics updates (T1 events)
+    refreshes: int = 0  # inversions (T2 events)
+    iterations: list[int] = field(default_factory=list)  # per layer and update
+    residuals: list[float] = field(default_factory=list)
+    clip_sum: Tensor | None = None  # Σ ν over steps, kept on the device
+    steps: int = 0
+    reduction_ratios: list[float] = field(default_factory=list)  # ρ of each damping adaptation
+
+    def summary(self) -> dict[str, float | int | None]:
+        ratios = [rho for rho in self.reduction_ratios if math.isfinite(rho)]
+        return {
+            "statistics_updates": self.updates,
+            "inverse_refreshes": self.refreshes,
+            "iterations_mean": sum(self.iterations) / len(self.iterations) if self.iterations else None,
+            "iterations_max": max(self.iterations) if self.iterations else None,
+            "residual_mean": sum(self.residuals) / len(self.residuals) if self.residuals else None,
+            "residual_max": max(self.residuals) if self.residuals else None,
+            "kl_clip_factor": float(self.clip_sum) / self.steps if self.clip_sum is not None and self.steps else None,
+            "damping_adaptations": len(self.reduction_ratios),
+            "reduction_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
+        }
+
+
+@dataclass
+class DampingTrial:
+    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update."""
+
+    parameters: list[Tensor]
+    gradients: list[Tensor]
+
+
+class KroneckerPreconditioner:
+    """Replaces each ``nn.Linear`` and ``nn.Conv2d`` gradient by its Kronecker-factored natural gradient
+    (module docstring; a convolution's gradient as the (out, C·k_h·k_w + 1) matrix of capture.py)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: "Likelihood | str",
+        method: "str | Method",
+        settings: PreconditionerSettings | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        timer: PhaseTimer | None = None,
+        **overrides: Any,
+    ) -> None:
+        """``settings`` (default: :class:`PreconditionerSettings`', which own every default), with any of its
+        fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``."""
+        self.method = parse_method(method, kronecker_only=True)
+        self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
+        checks = {
+            "damping": settings.damping > 0,
+            "stats_every": settings.stats_every >= 1,
+            "inverse_every": settings.inverse_every >= 1,
+            "ema_decay": 0.0 <= settings.ema_decay < 1.0,
+            "fisher_fraction": 0.0 < settings.fisher_fraction <= 1.0,
+            "kl_clip": settings.kl_clip is None or settings.kl_clip > 0,
+            "lanczos_rank": settings.lanczos_rank in (1, 2),
+            "damping_schedule": settings.damping_schedule in DAMPING_SCHEDULES,
+            "damping_every": settings.damping_every >= 1,
+            "damping_min": 0 < settings.damping_min <= settings.damping_max,
+        }
+        for name, valid in checks.items():
+            if not valid:
+                raise FimbenchError(f"invalid optimizer setting {name}={getattr(settings, name)}")
+        damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
+        if settings.damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
+            raise FimbenchError(
+                f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], "
+                f"got damping={damping:g}"
+            )
+        self.model = model
+        self.likelihood = parse_likelihood(likelihood)
+        self.layers = kronecker_layers(model)
+        if not self.layers:
+            raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
+        self.damping = damping
+        self.pi = check_damping_split(settings.pi)
+        self.schedule = (
+            LevenbergMarquardt(settings.damping_every, damping_min, damping_max) if settings.damping_schedule == ADAPTIVE else None
+        )
+        self.kl_clip = settings.kl_clip
+        self.stats_every = settings.stats_every
+        self.inverse_every = settings.inverse_every
+        self.ema_decay = settings.ema_decay
+        self.fisher_fraction = settings.fisher_fraction
+        self.empirical_fisher = settings.empirical_fisher
+        self.min_curvature_ratio = settings.min_curvature_ratio
+        self.options = settings.approximation_options()
+        self.generator = generator
+        self.timer = timer
+        self.steps = 0
+        self.updates = 0
+        self.approximations: list[KroneckerSum | None] = [None] * len(self.layers)
+        self.inverses: list[KroneckerInverse | None] = [None] * len(self.layers)
+        self.diagnostics = PreconditionerDiagnostics()
+        self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
+        self.trial: DampingTrial | None = None
+        self._alignment: Tensor | None = None  # at the latest refresh, kept on the device
+        self.correction_scale: float | None = None  # smallest τ over layers at the latest refresh (rank 2)
+
+    @classmethod
+    def from_config(
+        cls,
+        model: nn.Module,
+        likelihood: Likelihood,
+        config: OptimizerConfig,
+        generator: torch.Generator | None = None,
+        timer: PhaseTimer | None = None,
+    ) -> "KroneckerPreconditioner":
+        """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is)."""
+        return cls(model, likelihood, config.method, config, generator=generator, timer=timer)
+
+    def _phase(self, name: str) -> ContextManager[None]:
+        return self.timer.phase(name) if self.timer is not None else nullcontext()
+
+    def fisher_batch_size(self, batch_size: int) -> int:
+        return max(1, round(batch_size * self.fisher_fraction))
+
+    def update_statistics(self, inputs: Tensor, targets: Tensor | None = None) -> None:
+        """Capture ``(ā, g)`` on a Fisher sub-batch and refresh every block's approximation (T1 event)."""
+        m = self.fisher_batch_size(inputs.shape[0])
+        sub_targets = None
+        if self.empirical_fisher:
+            sub_targets = (targets if targets is not None else inputs)[:m]
+        with self._phase("statistics"):
+            statistics = capture_statistics(
+                self.model, inputs[:m], self.likelihood, self.layers, sub_targets, self.generator
+            )
+        self.updates += 1
+        decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
+        with self._phase("approximate"):
+            for index, stats in enumerate(statistics):
+                updated = self.approximate_block(stats.a, stats.g, prior=self.approximations[index], decay=decay)
+                self.approximations[index] = updated
+                if updated.method != Method.KFAC.value:
+                    self.diagnostics.iterations.append(updated.iterations)
+                    self.diagnostics.residuals.append(updated.residual)
+        self.diagnostics.updates += 1
+
+    def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
+        """One block's approximation with this preconditioner's method and options: of
+        ``decay · prior + (1 − decay) · F_batch`` (``F_batch`` from the statistics ``(ā, g)``), warm-started
+        from ``prior``; without a prior, of ``F_batch`` alone."""
+        return approximate(self.method, a, g, prior=prior, decay=decay, warm_start=prior, options=self.options)
+
+    def load_approximations(self, approximations: Sequence[KroneckerSum]) -> None:
+        """Use ``approximations`` (one per layer, in :attr:`layers` order) as the blocks and factorise them."""
+        if len(approximations) != len(self.layers):
+            raise FimbenchError(f"expected {len(self.layers)} approximations (one per layer), got {len(approximations)}")
+        self.approximations = list(approximations)
+        self.refresh_inverses()
+
+    def refresh_inverses(self) -> None:
+        """Factorise every damped block (T2 event, or the step after λ moved)."""
+        with self._phase("invert"):
+            self.inverses = [
+                approximation.inverse(self.damping, self.min_curvature_ratio, self.pi)  # type: ignore[union-attr]
+                for approximation in self.approximations
+            ]
+        ranks = [inverse.operator.rank for inverse in self.inverses]
+        scales = [inverse.correction_scale for inverse, rank in zip(self.inverses, ranks) if rank > 1]
+        self.correction_scale = min(scales) if scales else None
+        self.refresh_due = False
+        self.diagnostics.refreshes += 1
+
+    @property
+    def alignment(self) -> float | None:
+        """Mean over layers of ``cos(F̃⁻¹∇, ∇)`` at the latest refresh (a host sync); None before one."""
+        return None if self._alignment is None else float(self._alignment)
+
+    def precondition(self, measure_alignment: bool = False) -> Tensor:
+        """``grad ← ν F̃⁻¹ grad`` for every layer; returns ν (a 0-d tensor on the device, no sync)."""
+        with self._phase("precondition"):
+            gradients = [weight_gradient(layer) for layer in self.layers]
+            directions = [inverse.apply(grad) for inverse, grad in zip(self.inverses, gradients)]  # type: ignore[union-attr]
+            if measure_alignment:
+                cosines = [
+                    torch.vdot(d.reshape(-1), grad.reshape(-1)) / (torch.linalg.vector_norm(d) * torch.linalg.vector_norm(grad) + 1e-30)
+                    for d, grad in zip(directions, gradients)
+                ]
+                self._alignment = torch.stack(cosines).mean()
+            if self.kl_clip is None:
+                nu = torch.ones((), device=gradients[0].device)
+            else:
+                inner = torch.stack(
+                    [torch.vdot(d.reshape(-1), grad.reshape(-1)).abs() for d, grad in zip(directions, gradients)]
+                ).sum()
+                nu = torch.clamp(torch.sqrt(self.kl_clip / (inner + 1e-30)), max=1.0)
+            for layer, direction in zip(self.layers, directions):
+                set_weight_gradient(layer, direction, scale=nu)
+        return nu
+
+    def step(self, inputs: Tensor, targets: Tensor | None = None) -> Tensor:
+        """One preconditioning step after ``loss.backward()``; returns the KL-clip factor ν.
+
+        With adaptive damping, on every T3-th step ``awaiting_loss`` becomes true: after
+        ``optimizer.step()`` the loop evaluates the loss again on the same batch and calls
+        :meth:`adapt_damping`.
+        """
+        if self.steps % self.stats_every == 0:
+            self.update_statistics(inputs, targets)
+        refresh = self.steps % self.inverse_every == 0 or self.refresh_due
+        if refresh:
+            self.refresh_inverses()
+        if self.schedule is not None and self.steps % self.schedule.every == 0:
+            self.trial = DampingTrial(
+                [weight_of(layer).detach() for layer in self.layers],
+                [weight_gradient(layer) for layer in self.layers],
+            )
+        nu = self.precondition(measure_alignment=refresh)
+        self.steps += 1
+        self.diagnostics.steps += 1
+        clip_sum = self.diagnostics.clip_sum
+        self.diagnostics.clip_sum = nu.detach() if clip_sum is None else clip_sum + nu.detach()
+        return nu
+
+    @property
+    def awaiting_loss(self) -> bool:
+        """True between a T3 step of adaptive damping and its :meth:`adapt_damping` call."""
+        return self.trial is not None
+
+    def predicted_change(self, trial: DampingTrial) -> Tensor:
+        """``M(δ) = Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩`` for the update ``δ`` applied since ``trial``,
+        with ``F̃_i`` the damped operator that produced it (0-d tensor on the device)."""
+        total = torch.zeros((), dtype=trial.gradients[0].dtype, device=trial.gradients[0].device)
+        for layer, inverse, before, gradient in zip(self.layers, self.inverses, trial.parameters, trial.gradients):
+            delta = weight_of(layer).detach() - before
+            curvature = sum(kron_matvec(A, G, delta) for A, G in inverse.operator.terms)  # type: ignore[union-attr]
+            total = total + (gradient * delta).sum() + 0.5 * (delta * curvature).sum()
+        return total
+
+    def adapt_damping(self, loss_before: Tensor | float, loss_after: Tensor | float) -> float:
+        """One Levenberg–Marquardt update of λ (:mod:`fimbench.damping`) from ``h(θ)`` and ``h(θ + δ)``
+        on the batch of the last T3 step; returns ρ. The blocks are re-factorised at the next step if λ moved."""
+        if self.trial is None or self.schedule is None:
+            raise FimbenchError("adapt_damping is called once after each step whose awaiting_loss is true")
+        predicted = float(self.predicted_change(self.trial))
+        self.trial = None
+        rho = reduction_ratio(float(loss_after) - float(loss_before), predicted)
+        damping = self.schedule.update(self.damping, rho)
+        if damping != self.damping:
+            self.damping = damping
+            self.refresh_due = True
+        self.diagnostics.reduction_ratios.append(rho)
+        return rho
+
+    def pop_diagnostics(self) -> dict[str, float | int | None]:
+        """Summary since the last call (iterations, residuals, ν, adaptations; resets them) and the state
+        now: λ, and ``alignment`` and ``correction_scale`` at the latest refresh."""
+        summary = self.diagnostics.summary()
+        summary.update(damping=self.damping, alignment=self.alignment, correction_scale=self.correction_scale)
+        self.diagnostics = PreconditionerDiagnostics()
+        return summary

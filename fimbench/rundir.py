@@ -1,0 +1,189 @@
+"""Run and sweep directories on disk: the one module that reads and writes their files.
+
+A run directory (what :func:`fimbench.train.run_training` writes) holds ``config.yaml`` (the fully
+resolved config), ``metrics.jsonl`` (one JSON row per epoch, and per ``log_every`` steps if asked) and
+``summary.json``; a sweep directory (what :mod:`fimbench.sweep` writes) holds ``sweep.json`` naming each
+method's grid points, each an ordinary run directory.
+
+Reading is forgiving: an unparsable line of ``metrics.jsonl`` (a write cut short by a kill) becomes a
+warning and the valid rows are kept; a run without ``summary.json`` (still running, or killed) has status
+``incomplete``. Every write is atomic (``metrics.jsonl``: whole lines appended).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fimbench.errors import FimbenchError
+from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+RUN_FILES = (SUMMARY, METRICS, CONFIG)
+"""What a run writes into its directory; ``fimbench train --overwrite`` removes them first (summary first)."""
+SWEEP_MANIFEST = "sweep.json"
+"""File naming a sweep directory's methods and points (schema: :mod:`fimbench.sweep`)."""
+
+_EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "wall_time")  # an epoch row lacking one is garbled
+
+
+@dataclass
+class RunRecord:
+    """One run directory as read from disk."""
+
+    path: Path
+    dataset: str
+    method: str
+    status: str  # completed | interrupted | diverged | incomplete (no summary.json)
+    device: str
+    rows: list[dict[str, Any]]  # the valid epoch rows of metrics.jsonl
+    summary: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def final_train_loss(self) -> float | None:
+        """The last epoch's train loss (fimbench's objective), the quantity §4.2 tunes on."""
+        return self.rows[-1]["train_loss"] if self.rows else None
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (not a boolean)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The epoch rows of a ``metrics.jsonl`` and warnings for the lines that are not valid rows."""
+    if not path.is_file():
+        return [], []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = "its last line" if number == len(lines) else f"line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.append(f"{path}: {where} is not valid JSON (a write cut short?); skipped it")
+            continue
+        if not isinstance(row, dict):
+            warnings.append(f"{path}: {where} is not a JSON object; skipped it")
+        elif row.get("kind", "epoch") == "epoch":
+            if all(is_number(row.get(key)) for key in _EPOCH_KEYS):
+                rows.append(row)
+            else:
+                warnings.append(f"{path}: {where} lacks one of {', '.join(_EPOCH_KEYS)}; skipped it")
+    return rows, warnings
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """``summary.json`` of a run directory, or ``{}`` when it is absent or unreadable."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """``config.yaml`` of a run directory as a mapping, or ``None`` when it is absent or unreadable."""
+    try:
+        config = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def write_config(folder: Path, text: str, header: str = "", name: str = CONFIG) -> Path:
+    """Write a config file (``config.yaml`` of a run directory unless ``name`` says otherwise): the
+    resolved config's YAML ``text`` after an optional comment ``header``."""
+    path = folder / name
+    atomic_write_text(path, header + text)
+    return path
+
+
+def start_metrics(run_dir: Path) -> Path:
+    """An empty ``metrics.jsonl`` for a run that starts; returns its path for :func:`append_metrics`."""
+    path = run_dir / METRICS
+    path.write_text("", encoding="utf-8")
+    return path
+
+
+def append_metrics(path: Path, row: dict[str, Any]) -> None:
+    """One row of ``metrics.jsonl``, written whole (a reader never sees half a line but at a kill)."""
+    append_jsonl(path, row)
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``, atomically."""
+    atomic_write_json(run_dir / SUMMARY, summary)
+
+
+def clear_results(run_dir: Path) -> None:
+    """Remove ``summary.json`` and ``metrics.jsonl`` (a run about to start again from scratch)."""
+    for name in (SUMMARY, METRICS):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def read_sweep_manifest(sweep_dir: Path) -> Any:
+    """The parsed ``sweep.json`` of a sweep directory; raises ``OSError`` or ``ValueError`` as reading does."""
+    return json.loads((sweep_dir / SWEEP_MANIFEST).read_text(encoding="utf-8"))
+
+
+def write_sweep_manifest(sweep_dir: Path, manifest: dict[str, Any]) -> None:
+    """``sweep.json``, atomically."""
+    atomic_write_json(sweep_dir / SWEEP_MANIFEST, manifest)
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("summary.json", "metrics.jsonl"))
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read a run directory; a missing ``summary.json`` or garbled metrics lines become warnings."""
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise FimbenchError(f"{run_dir} is not a run directory (no metrics.jsonl or summary.json)")
+    rows, warnings = read_metrics(run_dir / METRICS)
+    summary = read_summary(run_dir)
+    config = read_config(run_dir) or {}
+    if not summary:
+        warnings.append(f"{run_dir}: no summary.json (still running, or killed); showing its {len(rows)} logged epoch(s)")
+    dataset = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "unknown"
+    method = summary.get("method") or (config.get("optimizer") or {}).get("method") or "unknown"
+    return RunRecord(
+        path=run_dir,
+        dataset=str(dataset),
+        method=str(method),
+        status=str(summary.get("status", "incomplete")),
+        device=str(summary.get("device", "unknown")),
+        rows=rows,
+        summary=summary,
+        warnings=warnings,
+    )
+
+
+def best_run(records: Sequence[RunRecord]) -> RunRecord | None:
+    """The completed run with the lowest final train loss (§4.2 selects by training loss), if any."""
+    completed = [record for record in records if record.status == "completed" and record.rows]
+    return min(completed, key=lambda record: record.final_train_loss, default=None)
+
+
+def sweep_points(sweep_dir: Path) -> dict[str, list[Path]]:
+    """``{method: [run_dir, ...]}`` of the points listed in a sweep directory's manifest."""
+    manifest_path = sweep_dir / SWEEP_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        return {
+            method: [sweep_dir / name for name in entry["points"]]
+            for method, entry in manifest["methods"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise FimbenchError(f"{manifest_path} is unreadable or not a fimbench sweep manifest") from None

@@ -1,0 +1,124 @@
+"""The sweep itself: run a plan's unfinished points on a runner, keep ``sweep.json`` current, and write
+``<out>/best/<method>.yaml``, the best point's configuration (lowest final train loss, as §4.2 selects)
+ready for ``fimbench train --config``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from fimbench.rundir import CONFIG, best_run, read_run, read_summary, write_config, write_sweep_manifest
+from fimbench.sweep.plan import SweepPlan, format_value
+from fimbench.sweep.runners import Runner
+from fimbench.sweep.state import (
+    ACTIVE,
+    PointState,
+    existing_manifest,
+    fill_state,
+    manifest_document,
+    observe,
+    prepare_data,
+    reset_run_dir,
+    settle,
+    inspect_points,
+)
+
+
+class SweepProgress(Protocol):
+    def update(self, states: Sequence[PointState]) -> None: ...
+
+
+@dataclass
+class SweepResult:
+    plan: SweepPlan
+    states: list[PointState]
+    best: dict[str, Path]  # method -> best/<method>.yaml
+
+    @property
+    def failed(self) -> list[PointState]:
+        return [state for state in self.states if state.status == "failed"]
+
+
+def _best_header(plan: SweepPlan, state: PointState, method_states: Sequence[PointState], train_loss: float, path: Path) -> str:
+    completed = sum(other.status == "completed" for other in method_states)
+    lines = [
+        f"Best {state.point.method} point of the sweep in {plan.out} on {plan.dataset}: {state.point.name}",
+        f"lowest final train loss ({train_loss:.6g}) among {completed} completed of {len(method_states)} points "
+        "(paper §4.2 selects by training loss).",
+        "Grid values (fimbench's scale): " + ", ".join(f"{k} {format_value(v)}" for k, v in state.point.values.items()),
+    ]
+    if state.point.authors_values:
+        authors = ", ".join(f"{k} {format_value(v)}" for k, v in state.point.authors_values.items())
+        lines.append(f"In the authors' scale: {authors} (converted by fimbench.conventions.from_authors_scale).")
+    lines.append(f"Reproduce: fimbench train --config {path}")
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def _write_best(plan: SweepPlan, states: Sequence[PointState]) -> dict[str, Path]:
+    """``best/<method>.yaml``: the config of the completed point with the lowest final train loss."""
+    written: dict[str, Path] = {}
+    for method in plan.grids:
+        method_states = [state for state in states if state.point.method == method]
+        path = plan.out / "best" / f"{method}.yaml"
+        best = best_run([read_run(state.run_dir) for state in method_states if state.status == "completed"])
+        if best is None or best.final_train_loss is None:
+            path.unlink(missing_ok=True)  # a best file from an earlier grid of this method is stale
+            continue
+        state = next(state for state in method_states if state.run_dir == best.path)
+        header = _best_header(plan, state, method_states, best.final_train_loss, path)
+        write_config(path.parent, (best.path / CONFIG).read_text(encoding="utf-8"), header, name=path.name)
+        written[method] = path
+    return written
+
+
+def run_sweep(
+    plan: SweepPlan, runner: Runner, progress: SweepProgress | None = None, poll_seconds: float = 1.0
+) -> SweepResult:
+    """Run the plan's unfinished points on ``runner`` and write the manifest and best configs.
+
+    Ctrl-C stops the workers (they record ``interrupted``), saves the manifest and re-raises; running the
+    same plan again resumes.
+    """
+    states = inspect_points(plan)
+    previous = existing_manifest(plan)
+    todo = [state for state in states if state.status == "pending"]
+    if todo:
+        prepare_data(todo[0].point.config)
+        for state in todo:
+            reset_run_dir(state)
+
+    def save() -> None:
+        write_sweep_manifest(plan.out, manifest_document(plan, previous, states))
+
+    plan.out.mkdir(parents=True, exist_ok=True)
+    save()
+    try:
+        runner.submit(todo)
+        while True:
+            ended = runner.poll()
+            for state, error in ended:
+                settle(state, error)
+            for state in todo:
+                if state.status in ACTIVE:
+                    observe(state)
+            if ended:
+                save()
+            if progress is not None:
+                progress.update(states)
+            if not any(state.status in ACTIVE for state in todo):
+                break
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        runner.close()
+        for state in todo:
+            summary = read_summary(state.run_dir) if state.status in ACTIVE else {}
+            if summary or state.status == "running":  # a point may finish between two polls
+                state.status = summary.get("status", "interrupted")
+                fill_state(state, summary.get("final") or {})
+        save()
+        raise
+    best = _write_best(plan, states)
+    return SweepResult(plan, states, best)

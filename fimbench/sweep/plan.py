@@ -1,0 +1,170 @@
+"""Sweep planning: the grid (paper §4.2) in fimbench's or the authors' scale, expanded into points.
+
+Grid scale. The paper's grid (:data:`PAPER_GRID`) is in the authors' loss scale and damping split,
+which differ from fimbench's (:mod:`fimbench.conventions`: κ = 1/P for BCE, 2/P for MSE, and a fixed π per
+method). With ``authors_scale`` every value, given or the paper's, is converted per method and dataset by
+:func:`fimbench.conventions.from_authors_scale` (a converted damping also sets the point's ``pi``), so the
+sweep explores exactly the optimizers the paper explored. Otherwise values are in fimbench's scale (that
+of ``fimbench train --lr`` and of ``config.yaml``, with the base config's ``pi``), and the Kronecker
+methods' default grid is :data:`KRONECKER_GRID`, fimbench's own around its presets, where the curvature
+acts; SGD and Adam keep the paper's learning rates, converted (their conversion involves no damping).
+SGD and Adam tune ``lr`` only; the Kronecker methods tune ``lr``, ``damping`` and ``clip`` (the KL-clip c,
+invariant under the conversion).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fimbench.config import RunConfig, load_config
+from fimbench.conventions import from_authors_scale
+from fimbench.curvature import Method, parse_method
+from fimbench.errors import FimbenchError
+from fimbench.models import ARCHITECTURES, Architecture
+from fimbench.names import check_dataset
+from fimbench.setup import resolve_architecture
+
+_PAPER_VALUES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+PAPER_GRID: dict[str, tuple[float, ...]] = {"lr": _PAPER_VALUES, "damping": _PAPER_VALUES, "clip": (1e-2, 1e-3)}
+"""§4.2's grid, in the authors' loss scale."""
+KRONECKER_GRID: dict[str, tuple[float, ...]] = {"lr": (1.0, 0.3, 0.1, 0.03), "damping": (1.0, 0.1, 1e-2, 1e-3), "clip": (1e-2, 1e-3)}
+"""The Kronecker methods' default grid in fimbench's scale (trace π): around the presets of configs/."""
+GRID_KEYS: dict[str, str] = {"lr": "optimizer.lr", "damping": "optimizer.damping", "clip": "optimizer.kl_clip"}
+
+
+def tunable_keys(method: Method) -> tuple[str, ...]:
+    """The grid keys a method tunes: SGD and Adam have no damping and no KL-clipping."""
+    return tuple(GRID_KEYS) if method.is_kronecker else ("lr",)
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
+    """``["lr=1e-1,3e-2", "clip=1e-2"]`` -> ``{"lr": [0.1, 0.03], "clip": [0.01]}``."""
+    grid: dict[str, list[float]] = {}
+    for spec in specs:
+        key, separator, text = spec.partition("=")
+        key = key.strip()
+        if not separator or key not in GRID_KEYS:
+            raise FimbenchError(f"--grid takes KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; got '{spec}'")
+        if key in grid:
+            raise FimbenchError(f"--grid {key} is given twice; list all its values in one --grid {key}=...")
+        try:
+            values = [float(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise FimbenchError(f"--grid {key}: values must be numbers, got '{text}'") from None
+        if not values or not all(math.isfinite(value) and value > 0 for value in values):
+            raise FimbenchError(f"--grid {key}: give one or more positive numbers, got '{text}'")
+        grid[key] = values
+    return grid
+
+
+def format_value(value: float) -> str:
+    """Six significant digits, no padding: 0.03 -> ``3e-2``, 78.4 -> ``7.84e1``."""
+    mantissa, exponent = f"{value:.5e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def point_name(method: str, values: Mapping[str, float]) -> str:
+    """The point's run directory name: ``kfac-lr_3e-2-damping_1e-3-clip_1e-2``."""
+    return "-".join([method, *(f"{key}_{format_value(value)}" for key, value in values.items())])
+
+
+def to_fimbench_scale(method: Method, architecture: Architecture, key: str, value: float) -> float:
+    """A grid value of the authors' scale in fimbench's (module docstring); the KL-clip c is invariant."""
+    pixels = architecture.layers[0]
+    if key == "lr":
+        return from_authors_scale(method, architecture.likelihood, pixels, lr=value)["lr"]
+    if key == "damping":
+        return from_authors_scale(method, architecture.likelihood, pixels, lr=1.0, damping=value)["damping"]
+    return value
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    key: str  # lr | damping | clip
+    values: tuple[float, ...]  # fimbench's scale
+    authors_values: tuple[float, ...] | None  # the same, in the authors' scale, when converted from it
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    name: str
+    method: str
+    values: dict[str, float]  # grid key -> value in fimbench's scale
+    authors_values: dict[str, float]  # the keys whose values were converted from the authors' scale
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    out: Path
+    dataset: str
+    grids: dict[str, tuple[GridAxis, ...]]  # method -> its axes
+    points: tuple[SweepPoint, ...]
+
+
+def _axis(method: Method, architecture: Architecture, key: str, given: Sequence[float] | None, authors_scale: bool) -> GridAxis:
+    if given is None and method.is_kronecker and not authors_scale:
+        return GridAxis(key, KRONECKER_GRID[key], None)
+    raw = tuple(given) if given is not None else PAPER_GRID[key]
+    converted = authors_scale or given is None
+    values = tuple(to_fimbench_scale(method, architecture, key, value) for value in raw) if converted else raw
+    first: dict[str, int] = {}  # one point per distinct run name
+    for index, value in enumerate(values):
+        first.setdefault(format_value(value), index)
+    kept = sorted(first.values())
+    return GridAxis(key, tuple(values[i] for i in kept), tuple(raw[i] for i in kept) if converted else None)
+
+
+def plan_sweep(
+    out: Path,
+    methods: Sequence[str] = (),
+    grid: Mapping[str, Sequence[float]] | None = None,
+    authors_scale: bool = False,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SweepPlan:
+    """Expand each method's grid into points (module docstring).
+
+    ``methods``: default all seven. ``grid``: values per key (:func:`parse_grid`); keys left out take the
+    default grid (module docstring). ``config_path`` and dotted ``overrides`` (``data.dataset``, ``training.epochs``, ...) are
+    resolved as by ``fimbench train`` for every point, before the point's own values.
+    """
+    grid = dict(grid or {})
+    overrides = dict(overrides or {})
+    chosen = list(dict.fromkeys(parse_method(name) for name in methods)) or list(Method)
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise FimbenchError(f"unknown grid key(s) {', '.join(unknown)}; use {', '.join(GRID_KEYS)}")
+    unused = sorted(set(grid) - {key for method in chosen for key in tunable_keys(method)})
+    if unused:
+        raise FimbenchError(
+            f"--grid {', '.join(unused)} is tuned by none of {', '.join(m.value for m in chosen)} (SGD and Adam tune lr only)"
+        )
+    grids: dict[str, tuple[GridAxis, ...]] = {}
+    points: list[SweepPoint] = []
+    dataset = ""
+    for method in chosen:
+        base = load_config(config_path, {**overrides, "optimizer.method": method.value})
+        dataset = base.data.dataset
+        check_dataset(dataset)
+        architecture = resolve_architecture(base, ARCHITECTURES[dataset].layers[0])
+        axes = tuple(_axis(method, architecture, key, grid.get(key), authors_scale) for key in tunable_keys(method))
+        grids[method.value] = axes
+        for combination in itertools.product(*(range(len(axis.values)) for axis in axes)):
+            values = {axis.key: axis.values[i] for axis, i in zip(axes, combination)}
+            authors = {
+                axis.key: axis.authors_values[i]
+                for axis, i in zip(axes, combination)
+                if axis.authors_values is not None
+            }
+            point_overrides = {GRID_KEYS[key]: value for key, value in values.items()}
+            if "damping" in authors:  # the authors' damping comes with their split
+                pixels = architecture.layers[0]
+                point_overrides["optimizer.pi"] = from_authors_scale(method, architecture.likelihood, pixels, 1.0, 1.0)["pi"]
+            config = load_config(config_path, {**overrides, "optimizer.method": method.value, **point_overrides})
+            points.append(SweepPoint(point_name(method.value, values), method.value, values, authors, config))
+    return SweepPlan(Path(out), dataset, grids, tuple(points))
