@@ -32,13 +32,6 @@ from fimbench.curvature.options import (
     DEFAULT_TOL,
     ApproximationOptions,
 )
-from fimbench.curvature.shared_methods import (
-    approximate_deflation_shared,
-    approximate_kfac_corrected_shared,
-    approximate_kfac_expand,
-    approximate_kpsvd_shared,
-    approximate_lanczos_shared,
-)
 from fimbench.errors import FimbenchError
 
 __all__ = [
@@ -56,7 +49,6 @@ __all__ = [
     "KroneckerInverse",
     "KroneckerSum",
     "Method",
-    "SHARED_WEIGHT_APPROXIMATIONS",
     "approximate",
     "check_damping_split",
     "parse_method",
@@ -71,14 +63,6 @@ APPROXIMATIONS: dict[Method, Approximator] = {
     Method.KFAC_CORRECTED: approximate_kfac_corrected,
 }
 
-SHARED_WEIGHT_APPROXIMATIONS: dict[Method, Approximator] = {
-    Method.KFAC: approximate_kfac_expand,
-    Method.KPSVD: approximate_kpsvd_shared,
-    Method.DEFLATION: approximate_deflation_shared,
-    Method.LANCZOS: approximate_lanczos_shared,
-    Method.KFAC_CORRECTED: approximate_kfac_corrected_shared,
-}
-"""The same methods for layers applied at T > 1 positions per example (curvature/shared_weights.py)."""
 
 
 def approximate(
@@ -105,16 +89,13 @@ def approximate(
     ``max_iterations``, Lanczos' ``rank`` r and ``krylov_dim`` K), says how far to iterate.
     """
     chosen = parse_method(method, kronecker_only=True)
-    registry = APPROXIMATIONS
     if a.ndim == 3 and g.ndim == 3 and a.shape[:2] == g.shape[:2]:
         if a.shape[1] == 1:
             a, g = a[:, 0], g[:, 0]
-        else:
-            registry = SHARED_WEIGHT_APPROXIMATIONS
     elif a.ndim != 2 or g.ndim != 2 or a.shape[0] != g.shape[0]:
         raise FimbenchError(
             "a and g must be (m, p) and (m, q), or (m, T, p) and (m, T, q), with the same m (and T), "
             f"got {tuple(a.shape)} and {tuple(g.shape)}"
         )
     chosen_options = dataclasses.replace(options or ApproximationOptions(), **settings)
-    return registry[chosen](a, g, chosen_options, prior=prior, decay=decay, warm_start=warm_start)
+    return APPROXIMATIONS[chosen](a, g, chosen_options, prior=prior, decay=decay, warm_start=warm_start)

@@ -3,21 +3,20 @@
     (P, Q) = argmin ‖F − A_KFAC ⊗ G_KFAC − P ⊗ Q‖_F,
 
 the leading pair of ``Z(F) − vec(A_KFAC) vec(G_KFAC)ᵀ`` by power SVD. K-FAC's factors lie in the span of
-the rearranged basis (``A_KFAC = Φ_A (1/m, …)``), so the deflation is exact in Gram coordinates. The
+the rearranged basis (``A_KFAC = Φ_A (1/m, …)``), so the deflation is exact in Gram coordinates; for a
+layer applied at T > 1 positions the pair is K-FAC-expand's. The
 tolerance is relative to σ₁ of ``Z(F)``, estimated by a loose power SVD (O(n²) per iteration, not counted
 in ``iterations``).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from fimbench.curvature.iterative import power_svd
 from fimbench.curvature.kfac import kfac_factors
 from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.options import ApproximationOptions
-from fimbench.curvature.rearranged import ITERATION_DTYPE
 from fimbench.curvature.targets import ema_target, kronecker_pair, leading_pair
 
 SCALE_TOLERANCE = 1e-3  # σ₁ only sets the scale of the stopping rule
@@ -34,14 +33,9 @@ def approximate_kfac_corrected(
     """K-FAC's pair (EMA of the factors) plus the best rank-1 correction of the EMA block."""
     target = ema_target(a, g, prior, decay, warm_start)
     operator = target.operator
-    m = a.shape[0]
-    kfac_coefficients = torch.zeros(operator.size, dtype=ITERATION_DTYPE, device=a.device)
-    kfac_coefficients[:m] = (1.0 - decay) / m if prior is not None and decay > 0.0 else 1.0 / m
-    if prior is not None and decay > 0.0:
-        kfac_coefficients[m] = decay  # the prior's first term is its K-FAC pair
     A, G = kfac_factors(a, g, prior, decay)
-    corrected = operator.deflated(1.0, kfac_coefficients, kfac_coefficients)
-    sigma1 = float(power_svd(operator, target.start(0), tol=SCALE_TOLERANCE, max_iterations=options.max_iterations).values[0])
+    corrected = operator.deflated(1.0, *target.kfac_coordinates(A, G))
+    sigma1 = float(power_svd(operator, target.start(0), tol=SCALE_TOLERANCE, max_iterations=options.max_iterations).values[0])  # type: ignore[arg-type]
     correction = leading_pair(target, corrected, 1, options, scale=sigma1)
     return KroneckerSum(
         [(A, G), kronecker_pair(corrected, correction)],

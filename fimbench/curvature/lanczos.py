@@ -24,12 +24,9 @@ def approximate_lanczos(
     """Top-``options.rank`` pairs; the restart vector is the sum of the previous solution's ``S_k``."""
     target = ema_target(a, g, prior, decay, warm_start)
     operator = target.operator
-    start = operator.batch_mean()
-    if target.starts:
-        start = sum(target.start(k) for k in range(len(target.starts)))  # type: ignore[assignment]
     triplets = lanczos_svd(
-        operator,
-        start,
+        operator,  # type: ignore[arg-type]
+        target.lanczos_start(),
         rank=options.rank,
         krylov_dim=options.krylov_dim,
         tol=options.tol,

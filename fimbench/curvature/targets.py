@@ -1,29 +1,51 @@
 """What the iterative methods share: the rearranged EMA target ``Z(ρ F̂_old + (1 − ρ) F_batch)`` with its
-warm starts, and the Kronecker pairs read off its singular triplets (Theorem 3.1, Prop. 3.2)."""
+warm starts, and the Kronecker pairs read off its singular triplets (Theorem 3.1, Prop. 3.2).
+
+The target is :class:`Target` (Gram coordinates, :mod:`fimbench.curvature.rearranged`) for 2-D statistics
+and :class:`SharedTarget` (p × p / q × q coordinates, :mod:`fimbench.curvature.shared_weights`) for a layer
+applied at T > 1 positions; both answer the same questions, so each method is written once."""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from fimbench.curvature.iterative import SingularTriplets, power_svd
 from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.options import ApproximationOptions
-from fimbench.curvature.rearranged import RearrangedOperator
+from fimbench.curvature.rearranged import ITERATION_DTYPE, RearrangedOperator
+from fimbench.curvature.shared_weights import SharedWeightOperator
 from fimbench.errors import FimbenchError
-
-if TYPE_CHECKING:
-    from fimbench.curvature.shared_weights import SharedWeightOperator
 
 NEGLIGIBLE_START = 1e-8  # a warm start this much smaller than the cold one carries no direction
 
 
+class StartingVectors(ABC):
+    """What :class:`Target` and :class:`SharedTarget` derive from their ``start(pair)``."""
+
+    operator: "RearrangedOperator | SharedWeightOperator"
+    starts: list
+
+    @abstractmethod
+    def start(self, pair: int) -> Tensor:
+        """The right starting vector of term ``pair``: a usable warm start, else the cold start ``E[g gᵀ]``."""
+
+    def start_orthogonal(self, pair: int, leading: Tensor) -> Tensor:
+        """:meth:`start` with the unit right vector of an earlier pair projected out (:func:`orthogonal_start`)."""
+        return orthogonal_start(self.operator, self.start(pair), leading)
+
+    def lanczos_start(self) -> Tensor:
+        """``Σ_k`` of the warm starts (§3.2.2's restart vector), or the cold start."""
+        if not self.starts:
+            return self.operator.batch_mean()
+        return sum(self.start(k) for k in range(len(self.starts)))  # type: ignore[return-value]
+
+
 @dataclass
-class Target:
+class Target(StartingVectors):
     """What a method approximates: ``Z(ρ F̂_old + (1 − ρ) F_batch)``, plus where to start iterating.
 
     ``starts[k]`` is the basis index of a warm-start direction for the k-th pair (the k-th term of the
@@ -32,6 +54,8 @@ class Target:
 
     operator: RearrangedOperator
     starts: list[int | None]
+    batch_weight: float = 1.0  # 1 − ρ when a prior contributes, else 1
+    prior_weight: float = 0.0  # ρ of the prior's columns (its first term is K-FAC's pair in KFAC-corrected)
 
     def start(self, pair: int) -> Tensor:
         """The warm start of term ``pair``, or the cold start ``E[g gᵀ]`` when there is none or when it is
@@ -46,9 +70,38 @@ class Target:
             return cold
         return warm
 
-    def start_orthogonal(self, pair: int, leading: Tensor) -> Tensor:
-        """:meth:`start` with the unit right vector of an earlier pair projected out (:func:`orthogonal_start`)."""
-        return orthogonal_start(self.operator, self.start(pair), leading)
+    def kfac_coordinates(self, A: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
+        """Coordinates of K-FAC's EMA factors ``A`` and ``G``: they lie in the span of the basis,
+        ``A = Φ_A x`` with ``x_t = (1 − ρ)/m`` on the batch and ``ρ`` on the prior's first term."""
+        m = self.operator.batch_size
+        x = torch.zeros(self.operator.size, dtype=ITERATION_DTYPE, device=self.operator.core.device)
+        x[:m] = self.batch_weight / m
+        if self.prior_weight > 0.0:
+            x[m] = self.prior_weight
+        return x, x
+
+
+@dataclass
+class SharedTarget(StartingVectors):
+    """:class:`Target` for a layer applied at T > 1 positions: the right starts are ``vec(S_k)`` of a
+    previous solution, in the operator's zero-padded coordinates."""
+
+    operator: SharedWeightOperator
+    starts: list[Tensor]
+
+    def start(self, pair: int) -> Tensor:
+        """The warm start of term ``pair``, or K-FAC-expand's G (cold, or when the previous term vanished)."""
+        cold = self.operator.batch_mean()
+        if pair >= len(self.starts):
+            return cold
+        warm = self.starts[pair]
+        if float(self.operator.norm_right(warm)) <= NEGLIGIBLE_START * float(self.operator.norm_right(cold)):
+            return cold
+        return warm
+
+    def kfac_coordinates(self, A: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
+        """``(vec(A), vec(G))`` in the operator's coordinates."""
+        return self.operator.activations.coordinates(A), self.operator.derivatives.coordinates(G)
 
 
 def orthogonal_start(operator: "RearrangedOperator | SharedWeightOperator", start: Tensor, leading: Tensor) -> Tensor:
@@ -73,29 +126,35 @@ def ema_target(
     prior: KroneckerSum | None = None,
     decay: float = 0.0,
     warm_start: KroneckerSum | None = None,
-) -> Target:
-    """The rearranged EMA estimate ``ρ Z(F̂_old) + (1 − ρ) Z(F_batch)`` with ``ρ = decay`` (§2.2).
+) -> "Target | SharedTarget":
+    """The rearranged EMA estimate ``ρ Z(F̂_old) + (1 − ρ) Z(F_batch)`` with ``ρ = decay`` (§2.2), for
+    2-D statistics (m, p), (m, q) in Gram coordinates, for 3-D ones (m, T, p), (m, T, q) on the factors.
 
-    Terms of ``warm_start`` that are not the prior enter the basis with coefficient 0: they change
-    nothing but the starting vectors.
+    ``warm_start`` (default: the prior) seeds the iterations. In Gram coordinates its terms that are not
+    the prior enter the basis with coefficient 0: they change nothing but the starting vectors.
     """
     if not 0.0 <= decay < 1.0:
         raise FimbenchError(f"the EMA decay must be in [0, 1), got {decay}")
-    m = a.shape[0]
     active_prior = prior if prior is not None and decay > 0.0 else None
     terms = [(decay, A, G) for A, G in active_prior.terms] if active_prior is not None else []
     seeds = warm_start if warm_start is not None else active_prior
+    batch_weight = 1.0 - decay if active_prior is not None else 1.0
+    if a.ndim == 3:
+        shared = SharedWeightOperator.build(a, g, batch_weight=batch_weight, terms=terms)
+        starts_shared = [shared.derivatives.coordinates(S) for _, S in seeds.terms] if seeds is not None else []
+        return SharedTarget(shared, starts_shared)
+    m = a.shape[0]
     starts: list[int | None] = []
     if seeds is not None:
         first = m if seeds is active_prior else m + len(terms)  # the prior's columns seed themselves
         if seeds is not active_prior:
             terms += [(0.0, A, G) for A, G in seeds.terms]
         starts = [first + k for k in range(len(seeds.terms))]
-    operator = RearrangedOperator.build(a, g, batch_weight=1.0 - decay, terms=terms)
-    return Target(operator, starts)
+    operator = RearrangedOperator.build(a, g, batch_weight=batch_weight, terms=terms)
+    return Target(operator, starts, batch_weight, decay if active_prior is not None else 0.0)
 
 
-def kronecker_pair(operator: RearrangedOperator, triplets: SingularTriplets, index: int = 0) -> tuple[Tensor, Tensor]:
+def kronecker_pair(operator: "RearrangedOperator | SharedWeightOperator", triplets: SingularTriplets, index: int = 0) -> tuple[Tensor, Tensor]:
     """``(√σ MAT(Φ_A x), √σ MAT(Φ_G y))`` for triplet ``index``, signed so that ``tr R ≥ 0``.
 
     Flipping both factors leaves ``R ⊗ S`` unchanged; for the leading pair of a PSD block this sign makes
@@ -110,8 +169,8 @@ def kronecker_pair(operator: RearrangedOperator, triplets: SingularTriplets, ind
 
 
 def leading_pair(
-    target: Target,
-    operator: RearrangedOperator,
+    target: "Target | SharedTarget",
+    operator: "RearrangedOperator | SharedWeightOperator",
     pair: int,
     options: ApproximationOptions,
     scale: float | None = None,
