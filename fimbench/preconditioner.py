@@ -39,13 +39,14 @@ from typing import Any, ContextManager, Sequence
 import torch
 from torch import Tensor, nn
 
-from fimbench.capture import capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient, weight_of
+from fimbench.capture import capture_statistics, set_weight_gradient, weight_gradient, weight_of
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
 from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
 from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood, parse_likelihood
+from fimbench.selection import LayerSpec, select_layers, unwrap, warn_raw_gradients
 from fimbench.settings import PreconditionerSettings
 from fimbench.timing import PhaseTimer
 
@@ -98,10 +99,15 @@ class KroneckerPreconditioner:
         *,
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,
+        layers: Sequence[LayerSpec] | None = None,
+        skip_layers: Sequence[LayerSpec] | None = None,
         **overrides: Any,
     ) -> None:
         """``settings`` (default: :class:`PreconditionerSettings`', which own every default), with any of its
-        fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``."""
+        fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``.
+
+        ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
+        (:mod:`fimbench.selection`)."""
         self.method = parse_method(method, kronecker_only=True)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         checks = {
@@ -125,11 +131,12 @@ class KroneckerPreconditioner:
                 f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], "
                 f"got damping={damping:g}"
             )
-        self.model = model
+        self.model = unwrap(model)
         self.likelihood = parse_likelihood(likelihood)
-        self.layers = kronecker_layers(model)
+        self.layers = select_layers(self.model, layers, skip_layers)
         if not self.layers:
             raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
+        warn_raw_gradients(self.model, self.layers)
         self.damping = damping
         self.pi = check_damping_split(settings.pi)
         self.schedule = (
@@ -262,7 +269,7 @@ class KroneckerPreconditioner:
         if self.schedule is not None and self.steps % self.schedule.every == 0:
             self.trial = DampingTrial(
                 [weight_of(layer).detach() for layer in self.layers],
-                [weight_gradient(layer) for layer in self.layers],
+                [weight_gradient(layer).clone() for layer in self.layers],
             )
         nu = self.precondition(measure_alignment=refresh)
         self.steps += 1
