@@ -1,8 +1,8 @@
 """The preconditioner on models users bring: layer selection, bias-free layers, other parameterised modules,
-``torch.compile``.
+``torch.compile``, GradScaler, bfloat16 and autocast.
 
 References: a bias-free layer's update is checked against the dense solve of its stored block; a compiled
-model is checked against the eager run of the same seeds.
+model and a GradScaler run are checked against the plain float32 run of the same seeds.
 """
 
 from __future__ import annotations
@@ -111,3 +111,55 @@ def test_compiled_model_matches_the_eager_run():
     train(compiled, preconditioner)
     assert relative(flat(compiled_source), flat(eager)) <= 1e-5
     assert relative(flat(compiled_source), flat(network())) > 1e-2  # it trained
+
+
+def test_grad_scaler_run_matches_the_unscaled_run():
+    plain, scaled = network(), network()
+    train(plain, KroneckerPreconditioner(plain, LIKELIHOOD, "kfac", **SETTINGS), steps=5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    train(scaled, KroneckerPreconditioner(scaled, LIKELIHOOD, "kfac", grad_scaler=scaler, **SETTINGS), steps=5, scaler=scaler)
+    assert relative(flat(scaled), flat(plain)) <= 1e-4
+    assert relative(flat(scaled), flat(network())) > 1e-2
+
+
+def test_grad_scaler_skips_a_step_with_infinite_gradients():
+    model = network()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", grad_scaler=scaler, **SETTINGS)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = data()
+    scaler.scale(LIKELIHOOD.nll(model(x), y).mean()).backward()
+    model[2].bias.grad[0] = float("inf")
+    before, grads = flat(model), [p.grad.clone() for p in model.parameters()]
+    preconditioner.step(x, y)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))  # left for the scaler
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.equal(flat(model), before) and scaler.get_scale() == 512.0
+
+
+def test_bfloat16_model_trains_with_float32_factors():
+    model = network(torch.bfloat16)
+    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "deflation", **SETTINGS)
+    x, y = data(torch.bfloat16)
+    with torch.no_grad():
+        start = float(LIKELIHOOD.nll(model(x).float(), y.float()).mean())
+    train(model, preconditioner, steps=5)
+    assert preconditioner.approximations[0].terms[0][0].dtype == torch.float32
+    assert model[0].weight.dtype == model[0].weight.grad.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert float(LIKELIHOOD.nll(model(x).float(), y.float()).mean()) < start
+    assert KroneckerPreconditioner(model, LIKELIHOOD, "kfac", factor_dtype=torch.float64).factor_dtype == torch.float64
+
+
+def test_step_inside_autocast_matches_the_step_outside():
+    outside, inside = network(), network()
+    x, y = data()
+    for model, autocast in ((outside, False), (inside, True)):
+        preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", **SETTINGS)
+        LIKELIHOOD.nll(model(x), y).mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            preconditioner.step(x, y)
+        assert preconditioner.approximations[0].terms[0][0].dtype == torch.float32
+    for a, b in zip(outside.parameters(), inside.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-9)
