@@ -44,6 +44,7 @@ from fimbench.capture import LayerStatistics, capture_statistics, set_weight_gra
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
 from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
+from fimbench.distributed import gather_statistics
 from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood, parse_likelihood
@@ -110,7 +111,8 @@ class KroneckerPreconditioner:
         fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``.
 
         ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
-        (:mod:`fimbench.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.amp`."""
+        (:mod:`fimbench.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.amp`. Under an
+        initialised process group the statistics of all ranks are gathered (:mod:`fimbench.distributed`)."""
         self.method = parse_method(method, kronecker_only=True)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         checks = {
@@ -195,7 +197,9 @@ class KroneckerPreconditioner:
             statistics = capture_statistics(
                 self.model, inputs[:m], self.likelihood, self.layers, sub_targets, self.generator
             )
-            statistics = [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
+            statistics = gather_statistics(
+                [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
+            )
         self.updates += 1
         decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
         with self._phase("approximate"):
