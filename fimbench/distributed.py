@@ -51,3 +51,32 @@ def gather_statistics(statistics: list[LayerStatistics]) -> list[LayerStatistics
         LayerStatistics(a.reshape(total, *stats.a.shape[1:]), g.reshape(total, *stats.g.shape[1:]))
         for stats, a, g in zip(statistics, columns[0::2], columns[1::2])
     ]
+
+
+def rank() -> int:
+    """This process's rank in the default process group; 0 when torch.distributed is not initialised."""
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` under an initialised process group (gradients averaged
+    over the ranks, on the model's CUDA device or on CPU); ``model`` itself otherwise."""
+    if world_size() == 1:
+        return model
+    parameter = next(model.parameters())
+    device_ids = [parameter.device] if parameter.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def shard(index: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous part of a global mini-batch's example indices (all of it on one process)."""
+    return index.tensor_split(world_size())[rank()]
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over the ranks (``values`` itself on one process)."""
+    if world_size() == 1:
+        return values
+    total = values.clone()
+    dist.all_reduce(total)
+    return total / world_size()

@@ -7,6 +7,7 @@ loss is the full batch's gradient: the two runs compute the same quantities, up 
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -70,3 +71,26 @@ def test_two_ranks_are_identical_and_equal_one_process_on_the_full_batch(tmp_pat
     single = train(model, x, y)
     assert float((replicas[0] - single).norm() / single.norm()) <= 1e-4
     assert float((single - start).norm() / start.norm()) > 1e-2  # the runs moved: the comparison has teeth
+
+
+def test_train_nproc_2_matches_one_process(tmp_path):
+    """``fimbench train --nproc 2``: rank 0's epoch rows equal the one-process run's (same exactness
+    argument as above: empirical Fisher, Fisher fraction 1, the global batch split in two)."""
+    from test_cli_train import runner, tiny_config
+
+    from fimbench.cli import app
+    from fimbench.rundir import read_metrics
+
+    config = tiny_config(tmp_path, method="kfac", empirical_fisher=True, fisher_fraction=1.0, stats_every=2, inverse_every=2)
+    rows = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"run{nproc}"
+        args = ["train", "--config", str(config), "--max-steps", "12", "--nproc", str(nproc), "--out", str(out), "--quiet"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        rows[nproc], _ = read_metrics(out / "metrics.jsonl")
+    assert len(rows[2]) == len(rows[1]) == 2
+    for single, parallel in zip(rows[1], rows[2]):
+        for key in ("train_loss", "val_loss", "val_reconstruction_error"):
+            assert abs(parallel[key] - single[key]) <= 1e-4 * abs(single[key]), key
+    assert json.loads((tmp_path / "run2" / "summary.json").read_text())["processes"] == 2
