@@ -39,13 +39,16 @@ from typing import Any, ContextManager, Sequence
 import torch
 from torch import Tensor, nn
 
-from fimbench.capture import capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient, weight_of
+from fimbench.amp import GradScalerLike, all_finite, autocast_off, gradient_scale, resolve_factor_dtype
+from fimbench.capture import LayerStatistics, capture_statistics, set_weight_gradient, weight_gradient, weight_of
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
 from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
+from fimbench.distributed import gather_statistics
 from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood, parse_likelihood
+from fimbench.selection import LayerSpec, select_layers, unwrap, warn_raw_gradients
 from fimbench.settings import PreconditionerSettings
 from fimbench.timing import PhaseTimer
 
@@ -98,10 +101,18 @@ class KroneckerPreconditioner:
         *,
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,
+        layers: Sequence[LayerSpec] | None = None,
+        skip_layers: Sequence[LayerSpec] | None = None,
+        grad_scaler: GradScalerLike | None = None,
+        factor_dtype: torch.dtype | None = None,
         **overrides: Any,
     ) -> None:
         """``settings`` (default: :class:`PreconditionerSettings`', which own every default), with any of its
-        fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``."""
+        fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``.
+
+        ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
+        (:mod:`fimbench.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.amp`. Under an
+        initialised process group the statistics of all ranks are gathered (:mod:`fimbench.distributed`)."""
         self.method = parse_method(method, kronecker_only=True)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         checks = {
@@ -125,11 +136,14 @@ class KroneckerPreconditioner:
                 f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], "
                 f"got damping={damping:g}"
             )
-        self.model = model
+        self.model = unwrap(model)
         self.likelihood = parse_likelihood(likelihood)
-        self.layers = kronecker_layers(model)
+        self.layers = select_layers(self.model, layers, skip_layers)
         if not self.layers:
             raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
+        warn_raw_gradients(self.model, self.layers)
+        self.grad_scaler = grad_scaler
+        self.factor_dtype = resolve_factor_dtype(self.model, factor_dtype)
         self.damping = damping
         self.pi = check_damping_split(settings.pi)
         self.schedule = (
@@ -183,6 +197,9 @@ class KroneckerPreconditioner:
             statistics = capture_statistics(
                 self.model, inputs[:m], self.likelihood, self.layers, sub_targets, self.generator
             )
+            statistics = gather_statistics(
+                [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
+            )
         self.updates += 1
         decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
         with self._phase("approximate"):
@@ -228,7 +245,10 @@ class KroneckerPreconditioner:
     def precondition(self, measure_alignment: bool = False) -> Tensor:
         """``grad ← ν F̃⁻¹ grad`` for every layer; returns ν (a 0-d tensor on the device, no sync)."""
         with self._phase("precondition"):
-            gradients = [weight_gradient(layer) for layer in self.layers]
+            scale = gradient_scale(self.grad_scaler)
+            gradients = [weight_gradient(layer).to(self.factor_dtype) / scale for layer in self.layers]
+            if self.grad_scaler is not None and not all_finite(gradients):  # left for the scaler to skip
+                return torch.ones((), device=gradients[0].device)
             directions = [inverse.apply(grad) for inverse, grad in zip(self.inverses, gradients)]  # type: ignore[union-attr]
             if measure_alignment:
                 cosines = [
@@ -244,7 +264,7 @@ class KroneckerPreconditioner:
                 ).sum()
                 nu = torch.clamp(torch.sqrt(self.kl_clip / (inner + 1e-30)), max=1.0)
             for layer, direction in zip(self.layers, directions):
-                set_weight_gradient(layer, direction, scale=nu)
+                set_weight_gradient(layer, direction, scale=nu * scale)
         return nu
 
     def step(self, inputs: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -254,6 +274,11 @@ class KroneckerPreconditioner:
         ``optimizer.step()`` the loop evaluates the loss again on the same batch and calls
         :meth:`adapt_damping`.
         """
+        with autocast_off(self.layers[0].weight.device):
+            return self._step(inputs, targets)
+
+    def _step(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
+        """:meth:`step` with autocast off."""
         if self.steps % self.stats_every == 0:
             self.update_statistics(inputs, targets)
         refresh = self.steps % self.inverse_every == 0 or self.refresh_due
@@ -261,8 +286,8 @@ class KroneckerPreconditioner:
             self.refresh_inverses()
         if self.schedule is not None and self.steps % self.schedule.every == 0:
             self.trial = DampingTrial(
-                [weight_of(layer).detach() for layer in self.layers],
-                [weight_gradient(layer) for layer in self.layers],
+                [weight_of(layer).detach().to(self.factor_dtype) for layer in self.layers],
+                [weight_gradient(layer).to(self.factor_dtype) / gradient_scale(self.grad_scaler) for layer in self.layers],
             )
         nu = self.precondition(measure_alignment=refresh)
         self.steps += 1

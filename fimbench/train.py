@@ -20,10 +20,12 @@ import torch
 from fimbench.config import RunConfig, dump_config, load_config
 from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices
+from fimbench.distributed import data_parallel, mean_over_ranks, rank, shard, world_size
 from fimbench.errors import DivergedError, FimbenchError
 from fimbench.models import Likelihood, build_model, evaluate
 from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.rundir import CONFIG, append_metrics, read_summary, start_metrics, write_config, write_summary
+from fimbench.selection import unwrap
 from fimbench.setup import check_batch_size, environment, first_order_optimizer, load_configured_dataset, resolve_architecture, resolve_device
 from fimbench.timing import PhaseTimer, synchronize
 
@@ -139,10 +141,10 @@ def _prepare(config: RunConfig, run_dir: Path, progress: TrainProgress | None, d
     architecture = resolve_architecture(config, dataset.input_dim)
     train_x = dataset.train.to(device)
     val_x = dataset.val.to(device)
-    model = build_model(architecture, seed=training.seed).to(device)
+    model = data_parallel(build_model(architecture, seed=training.seed).to(device))
     likelihood = architecture.likelihood
     order_generator = torch.Generator().manual_seed(training.seed + 1)
-    fisher_generator = torch.Generator(device=device).manual_seed(training.seed + 2)
+    fisher_generator = torch.Generator(device=device).manual_seed(training.seed + 2 + rank())
     timer = PhaseTimer(device)
 
     optimizer = first_order_optimizer(model.parameters(), method, settings)
@@ -187,9 +189,10 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     for index in batch_indices(run.dataset.train.shape[0], training.batch_size, run.order_generator, run.device):
         if run.step >= run.total_steps:
             break
-        _train_step(run, epoch, run.train_x[index], sums, epoch_start)
+        _train_step(run, epoch, run.train_x[shard(index)], sums, epoch_start)
         epoch_steps += 1
     _read_window(run)
+    sums = mean_over_ranks(sums)
     synchronize(run.device)
     run.train_seconds += time.perf_counter() - epoch_start
     row = _epoch_row(run, epoch, (sums / max(epoch_steps, 1)).tolist())
@@ -250,7 +253,7 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
 def _epoch_row(run: _Run, epoch: int, train_means: list[float]) -> dict[str, Any]:
     """The epoch's ``metrics.jsonl`` row: train means, validation, timing and the preconditioner's diagnostics."""
     run.model.eval()
-    validation = evaluate(run.model, run.val_x)
+    validation = evaluate(unwrap(run.model), run.val_x)  # type: ignore[arg-type]
     step, train_seconds = run.step, run.train_seconds
     row: dict[str, Any] = {
         "kind": "epoch",
@@ -317,6 +320,7 @@ def _summary(
         "alignment_first_refresh": result.alignment_first_refresh,
         "train_seconds": train_seconds,
         "time_per_step": train_seconds / steps if steps else None,
+        "processes": world_size(),  # data-parallel ranks (fimbench.distributed)
         **environment(device),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

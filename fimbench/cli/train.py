@@ -116,6 +116,9 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (else it is refused)."),
     sets: Optional[list[str]] = set_option(),
     full_table: bool = typer.Option(False, "--full-table", help="Show every epoch in the table (default: about 20 rows)."),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Data-parallel workers on this machine (torch.distributed.run; the batch is split across them)."
+    ),
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -127,7 +130,7 @@ def train(
     resolved = _resolve(options, config, sets)
     run_dir = out or default_run_dir(resolved.data.dataset, resolved.optimizer.method)
     started = time.perf_counter()
-    result = _run(resolved, run_dir, overwrite)
+    result = _run(resolved, run_dir, overwrite) if nproc == 1 else _run_parallel(resolved, run_dir, overwrite, nproc)
     _report(result, resolved, run_dir, full_table, time.perf_counter() - started)
 
 
@@ -165,6 +168,20 @@ def _run(resolved: RunConfig, run_dir: Path, overwrite: bool) -> TrainResult:
         finally:
             if progress is not None:
                 progress.stop()
+
+
+def _run_parallel(resolved: RunConfig, run_dir: Path, overwrite: bool, nproc: int) -> TrainResult:
+    """Train in ``run_dir`` on ``nproc`` local workers (:mod:`fimbench.launch`); the result read back from
+    the run directory rank 0 wrote."""
+    from fimbench.launch import launch_training
+    from fimbench.rundir import METRICS, RUN_FILES, read_metrics, read_summary
+    from fimbench.train import TrainResult
+
+    with run_directory(run_dir, refuse_existing=not overwrite, replace=RUN_FILES if overwrite else ()):
+        launch_training(resolved, run_dir, nproc)
+    summary = read_summary(run_dir)
+    rows, _ = read_metrics(run_dir / METRICS)
+    return TrainResult(run_dir, summary["status"], rows, summary.get("alignment_first_refresh"), summary)
 
 
 def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table: bool, seconds: float) -> None:

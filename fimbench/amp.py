@@ -1,0 +1,60 @@
+"""Mixed precision around :class:`~fimbench.preconditioner.KroneckerPreconditioner`.
+
+* Factor dtype: the statistics ``(ā, g)``, the approximations, their factorisations and the solves run in
+  ``factor_dtype`` whatever the model's dtype — float32 for a bfloat16 or float16 model (cuSOLVER and
+  LAPACK have no half-precision Cholesky), the model's own dtype for a float32 or float64 model, or the
+  dtype asked for.
+* Autocast: the whole preconditioning step runs with autocast off, so the statistics pass runs in the
+  model's dtype and the solves in ``factor_dtype``, whether or not ``step()`` is called inside
+  ``torch.autocast``.
+* ``torch.amp.GradScaler``: after ``scaler.scale(loss).backward()`` the gradients are ``s ∇h``. The
+  preconditioner solves with ``∇h = grad / s`` (so KL-clipping's ``Σ_i |⟨P_i, ∇_i⟩|`` is the unscaled one)
+  and writes back ``s ν P``, which ``scaler.step(optimizer)`` unscales as usual. If any gradient is inf or
+  NaN it is left as it is, so that the scaler skips the step and lowers its scale, as it would without
+  the preconditioner.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import ContextManager, Protocol
+
+import torch
+from torch import Tensor, nn
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class GradScalerLike(Protocol):
+    """What the preconditioner uses of ``torch.amp.GradScaler``."""
+
+    def get_scale(self) -> float: ...
+
+    def is_enabled(self) -> bool: ...
+
+
+def resolve_factor_dtype(model: nn.Module, requested: torch.dtype | None) -> torch.dtype:
+    """``requested``, else the dtype of the model's first floating parameter, promoted to float32 when it
+    is a half dtype."""
+    if requested is not None:
+        return requested
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def autocast_off(device: torch.device) -> ContextManager[None]:
+    """Autocast disabled for CPU and for ``device``'s type (a no-op outside autocast)."""
+    stack = ExitStack()
+    for device_type in {"cpu", device.type}:
+        stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+    return stack
+
+
+def gradient_scale(scaler: GradScalerLike | None) -> float:
+    """``s``, the factor the gradients carry (1 without an enabled scaler; a host sync otherwise)."""
+    return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+
+def all_finite(gradients: list[Tensor]) -> bool:
+    """Whether every gradient entry is finite (one host sync)."""
+    return bool(torch.stack([torch.isfinite(gradient).all() for gradient in gradients]).all())

@@ -1,0 +1,82 @@
+"""Data-parallel statistics: every rank's ``(ā, g)`` rows, gathered, so all ranks build the same blocks.
+
+fimbench's approximations are computed from the statistics rows themselves (the Gram-coordinate
+methods of :mod:`fimbench.curvature` work on ``ā`` and ``g``, not on ``AᵀA`` alone), so the exact
+combination of the R ranks' Fisher sub-batches is the concatenation of their rows: with rank r holding
+``m_r`` rows, ``F_batch = (1/M) Σ_r Σ_{t ≤ m_r} (g_t g_tᵀ) ⊗ (ā_t ā_tᵀ)``, ``M = Σ_r m_r`` — the
+single-process Fisher of the concatenated sub-batches. One ``all_gather`` of the rows per statistics
+update (after one of the row counts) moves
+``M · Σ_layers (p + q)`` numbers per rank (``T`` times that for a layer applied at ``T`` positions); the
+alternative of all-reducing K-FAC's factors would move ``Σ_layers (p² + q²)`` and would not carry the
+cross terms the other methods need. The gradients themselves are averaged by
+``DistributedDataParallel`` (or the user), not here.
+
+Ranks may hold different ``m_r`` (an uneven last batch): the row counts are gathered first and the rows
+padded to the largest count.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from fimbench.capture import LayerStatistics
+
+
+def world_size() -> int:
+    """The size of the default process group; 1 when torch.distributed is not initialised."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_statistics(statistics: list[LayerStatistics]) -> list[LayerStatistics]:
+    """Every layer's ``(ā, g)`` with the rows of all ranks, in rank order (unchanged on one process)."""
+    ranks = world_size()
+    if ranks == 1:
+        return statistics
+    m = statistics[0].a.shape[0]
+    tensors = [tensor for stats in statistics for tensor in (stats.a, stats.g)]
+    widths = [tensor[0].numel() for tensor in tensors]
+    rows = torch.cat([tensor.reshape(m, -1) for tensor in tensors], dim=1)  # (m, Σ widths)
+    counts = [torch.empty(1, dtype=torch.int64, device=rows.device) for _ in range(ranks)]
+    dist.all_gather(counts, torch.tensor([m], dtype=torch.int64, device=rows.device))
+    sizes = [int(count) for count in counts]
+    largest = max(sizes)
+    padded = torch.zeros(largest, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    padded[:m] = rows
+    gathered = [torch.empty_like(padded) for _ in range(ranks)]
+    dist.all_gather(gathered, padded)
+    columns = torch.cat([block[:size] for block, size in zip(gathered, sizes)]).split(widths, dim=1)
+    total = sum(sizes)
+    return [
+        LayerStatistics(a.reshape(total, *stats.a.shape[1:]), g.reshape(total, *stats.g.shape[1:]))
+        for stats, a, g in zip(statistics, columns[0::2], columns[1::2])
+    ]
+
+
+def rank() -> int:
+    """This process's rank in the default process group; 0 when torch.distributed is not initialised."""
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` under an initialised process group (gradients averaged
+    over the ranks, on the model's CUDA device or on CPU); ``model`` itself otherwise."""
+    if world_size() == 1:
+        return model
+    parameter = next(model.parameters())
+    device_ids = [parameter.device] if parameter.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def shard(index: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous part of a global mini-batch's example indices (all of it on one process)."""
+    return index.tensor_split(world_size())[rank()]
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over the ranks (``values`` itself on one process)."""
+    if world_size() == 1:
+        return values
+    total = values.clone()
+    dist.all_reduce(total)
+    return total / world_size()

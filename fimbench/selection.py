@@ -1,0 +1,93 @@
+"""Which modules :class:`~fimbench.preconditioner.KroneckerPreconditioner` preconditions.
+
+The model is first unwrapped: ``DistributedDataParallel`` keeps the user's model in ``.module`` and
+``torch.compile`` in ``._orig_mod``; the statistics pass hooks and runs the unwrapped modules eagerly,
+while the training forward may stay compiled or wrapped (the parameters, and so their ``.grad``, are
+shared).
+
+The blocks are the trainable ``nn.Linear`` / ``nn.Conv2d`` layers of
+:func:`~fimbench.capture.kronecker_layers`, narrowed by ``layers=`` (keep only these) and widened out by
+``skip_layers=`` (leave these out), each given as module objects or qualified names
+(``model.named_modules()``). Any other module owning a trainable parameter keeps its raw gradient; the
+preconditioner names them in one warning at construction.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable
+
+from torch import nn
+
+from fimbench.capture import KroneckerLayer, kronecker_layers
+from fimbench.errors import FimbenchError
+
+LayerSpec = nn.Module | str
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside any ``DistributedDataParallel`` (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, in any nesting."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
+
+
+def _resolve(model: nn.Module, specs: Iterable[LayerSpec], argument: str) -> list[nn.Module]:
+    """The modules named or given in ``specs``; raises for a name or object that is not in ``model``."""
+    named = dict(model.named_modules())
+    present = {id(module) for module in named.values()}
+    modules = []
+    for spec in specs:
+        if isinstance(spec, str):
+            if spec not in named:
+                choices = ", ".join(repr(name) for name, module in named.items() if isinstance(module, (nn.Linear, nn.Conv2d)))
+                raise FimbenchError(f"{argument}: no module named {spec!r} in the model; its layers are {choices}")
+            modules.append(named[spec])
+        elif isinstance(spec, nn.Module):
+            if id(unwrap(spec)) not in present:
+                raise FimbenchError(f"{argument}: {spec} is not a module of the model")
+            modules.append(unwrap(spec))
+        else:
+            raise FimbenchError(f"{argument} takes modules or qualified module names, got {spec!r}")
+    return modules
+
+
+def select_layers(
+    model: nn.Module, layers: Iterable[LayerSpec] | None = None, skip_layers: Iterable[LayerSpec] | None = None
+) -> list[KroneckerLayer]:
+    """The blocks to precondition, in module order: the trainable Linear/Conv2d layers of ``model``, only
+    those of ``layers`` when given, less those of ``skip_layers``."""
+    candidates = kronecker_layers(model)
+    chosen = {id(layer) for layer in candidates}
+    if layers is not None:
+        wanted = _resolve(model, layers, "layers")
+        for module in wanted:
+            if id(module) not in chosen:
+                raise FimbenchError(f"layers: {module} is not a trainable nn.Linear or nn.Conv2d layer")
+        chosen = {id(module) for module in wanted}
+    if skip_layers is not None:
+        chosen -= {id(module) for module in _resolve(model, skip_layers, "skip_layers")}
+    return [layer for layer in candidates if id(layer) in chosen]
+
+
+def warn_raw_gradients(model: nn.Module, layers: list[KroneckerLayer]) -> list[str]:
+    """Warn once, naming every module that owns a trainable parameter but is not a block (its gradient
+    stays the raw one); returns those names."""
+    blocks = {id(layer) for layer in layers}
+    raw = [
+        name or type(module).__name__
+        for name, module in model.named_modules()
+        if id(module) not in blocks and any(parameter.requires_grad for parameter in module.parameters(recurse=False))
+    ]
+    if raw:
+        warnings.warn(
+            f"KroneckerPreconditioner leaves the raw gradient of {len(raw)} module(s) with trainable parameters: "
+            + ", ".join(raw),
+            stacklevel=3,
+        )
+    return raw
