@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,29 @@ def test_resumed_run_ends_like_an_uninterrupted_one(
     summary = json.loads((stopped / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 3
     assert summary["steps"] == json.loads((whole / "summary.json").read_text())["steps"]
+
+
+def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """A ``fimbench train`` process SIGKILLed after its second epoch, then resumed: the same parameters and
+    rows as a run never stopped (this test process and the killed one each on one thread)."""
+    from test_faults import FIMBENCH, QUIET_ENV, _wait_for
+
+    config = str(tiny_config(tmp_path, method="kfac", stats_every=2, inverse_every=3))
+    common = ["train", "--config", config, "--epochs", "6", "--log-every", "2", "--quiet"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert runner.invoke(app, [*common, "--out", str(whole)]).exit_code == 0
+    process = subprocess.Popen([str(FIMBENCH), *common, "--out", str(killed)], env=QUIET_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logged = killed / "metrics.jsonl"
+    _wait_for(lambda: logged.is_file() and logged.read_text().count('"kind": "epoch"') >= 2, process)  # type: ignore[arg-type]
+    process.kill()
+    process.wait(timeout=60)
+    assert not (killed / "summary.json").exists()  # it was killed mid-run
+    resumed = runner.invoke(app, ["train", "--resume", str(killed), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert comparable(metrics(killed)) == comparable(metrics(whole))
+    ours, theirs = final_parameters(killed), final_parameters(whole)
+    assert max(float((ours[key] - theirs[key]).abs().max()) for key in ours) <= 1e-6
 
 
 def test_checkpoint_is_tensors_and_plain_data(tmp_path: Path) -> None:
