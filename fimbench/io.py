@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,44 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+def _write_unnamed(path: Path, data: bytes) -> bool:
+    """Write ``data`` to an unnamed file in ``path``'s folder (Linux ``O_TMPFILE``), then name it beside
+    ``path`` and rename it into place: a kill during the write (a large checkpoint, say) leaves no file
+    behind. False, having written nothing, where the file system or the platform cannot."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None:
+        return False
+    try:
+        descriptors = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        try:
+            fd = os.open(path.parent, flag | os.O_WRONLY, _default_mode())
+        except OSError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            # linkat(…, AT_SYMLINK_FOLLOW) through /proc: a plain link() of that entry fails across devices
+            os.link(str(handle.fileno()), tmp, src_dir_fd=descriptors, follow_symlinks=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(descriptors)
+    return True
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if _write_unnamed(path, data):
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

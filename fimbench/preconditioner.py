@@ -333,3 +333,18 @@ class KroneckerPreconditioner:
         summary.update(damping=self.damping, alignment=self.alignment, correction_scale=self.correction_scale)
         self.diagnostics = PreconditionerDiagnostics()
         return summary
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next steps depend on, as tensors and plain data that load with
+        ``torch.load(weights_only=True)`` (:mod:`fimbench.preconditioner_state`): approximations, counters,
+        λ, the latest alignment and τ, diagnostics since the last pop and the sampling generator's state."""
+        from fimbench.preconditioner_state import preconditioner_state
+
+        return preconditioner_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the preconditioner that gave ``state`` (:meth:`state_dict`) was; its
+        inverses are rebuilt here. The method and the layers' shapes must match."""
+        from fimbench.preconditioner_state import load_preconditioner_state
+
+        load_preconditioner_state(self, state)

@@ -1,13 +1,14 @@
 """Run and sweep directories on disk: the one module that reads and writes their files.
 
 A run directory (what :func:`fimbench.train.run_training` writes) holds ``config.yaml`` (the fully
-resolved config), ``metrics.jsonl`` (one JSON row per epoch, and per ``log_every`` steps if asked) and
-``summary.json``; a sweep directory (what :mod:`fimbench.sweep` writes) holds ``sweep.json`` naming each
+resolved config), ``metrics.jsonl`` (one JSON row per epoch, and per ``log_every`` steps if asked),
+``checkpoint.pt`` (the state after the latest epoch, :mod:`fimbench.checkpoint`) and ``summary.json``; a sweep directory (what :mod:`fimbench.sweep` writes) holds ``sweep.json`` naming each
 method's grid points, each an ordinary run directory.
 
 Reading is forgiving: an unparsable line of ``metrics.jsonl`` (a write cut short by a kill) becomes a
 warning and the valid rows are kept; a run without ``summary.json`` (still running, or killed) has status
-``incomplete``. Every write is atomic (``metrics.jsonl``: whole lines appended).
+``incomplete``. Every write is atomic (``metrics.jsonl``: whole lines appended). A checkpoint is read with
+``torch.load(weights_only=True)``: tensors and plain data only, so a run directory cannot run code.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
 
 from fimbench.errors import FimbenchError
-from fimbench.io import append_jsonl, atomic_write_json, atomic_write_text
+from fimbench.io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-RUN_FILES = (SUMMARY, METRICS, CONFIG)
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "fimbench-checkpoint-1"
+RUN_FILES = (SUMMARY, CHECKPOINT, METRICS, CONFIG)
 """What a run writes into its directory; ``fimbench train --overwrite`` removes them first (summary first)."""
 SWEEP_MANIFEST = "sweep.json"
 """File naming a sweep directory's methods and points (schema: :mod:`fimbench.sweep`)."""
@@ -61,7 +67,12 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The epoch rows of a ``metrics.jsonl`` and warnings for the lines that are not valid rows."""
     if not path.is_file():
         return [], []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return _parse_metrics(path.read_text(encoding="utf-8", errors="replace"), path)
+
+
+def _parse_metrics(text: str, path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`read_metrics` of the content ``text`` of ``path``."""
+    lines = text.splitlines()
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
     for number, line in enumerate(lines, start=1):
@@ -126,9 +137,58 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_json(run_dir / SUMMARY, summary)
 
 
+def write_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """``checkpoint.pt`` (tensors and plain data), atomically: a kill during the write keeps the previous one."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(run_dir / CHECKPOINT, buffer.getvalue())
+
+
+def read_checkpoint(run_dir: Path, map_location: torch.device) -> dict[str, Any]:
+    """``checkpoint.pt`` of a run directory, its tensors on ``map_location``; loaded with
+    ``weights_only=True``, so a file holding anything but tensors and plain data is refused, never run."""
+    import torch
+
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise FimbenchError(
+            f"{run_dir} has no {CHECKPOINT} (one is written after each epoch), so there is nothing to resume; "
+            "start the run again with --overwrite"
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # a damaged or foreign file makes torch.load raise pickle, zip, runtime errors, ...
+        raise FimbenchError(f"{path} is corrupt, truncated, or holds more than tensors and plain data; not loaded") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise FimbenchError(f"{path} is not a fimbench checkpoint ({CHECKPOINT_FORMAT})")
+    return state
+
+
+def reopen_run(run_dir: Path, metrics_bytes: int, epochs: int) -> list[dict[str, Any]]:
+    """Make a run directory continue from its checkpoint, taken when ``metrics.jsonl`` was ``metrics_bytes``
+    long and held ``epochs`` epoch rows: cut what was logged after it (rows, or half a row, of a killed run),
+    remove ``summary.json`` (the run is incomplete again) and return the kept epoch rows."""
+    path = run_dir / METRICS
+    try:
+        content = path.read_bytes()
+    except OSError:
+        content = b""
+    kept = content[:metrics_bytes]
+    rows, warnings = _parse_metrics(kept.decode("utf-8", errors="replace"), path)
+    if len(content) < metrics_bytes or warnings or len(rows) != epochs or (rows and kept[-1:] != b"\n"):
+        raise FimbenchError(f"{path} does not match {CHECKPOINT} (which follows {epochs} logged epoch(s)); not resumed")
+    atomic_write_bytes(path, kept)
+    (run_dir / SUMMARY).unlink(missing_ok=True)
+    return rows
+
+
 def clear_results(run_dir: Path) -> None:
-    """Remove ``summary.json`` and ``metrics.jsonl`` (a run about to start again from scratch)."""
-    for name in (SUMMARY, METRICS):
+    """Remove ``summary.json``, ``checkpoint.pt`` and ``metrics.jsonl`` (a run about to start again from scratch)."""
+    for name in (SUMMARY, CHECKPOINT, METRICS):
         (run_dir / name).unlink(missing_ok=True)
 
 

@@ -1,8 +1,9 @@
 """Training engine: one run of any of the seven optimizers on an autoencoder benchmark.
 
 Returns a :class:`TrainResult` and writes a run directory — ``config.yaml`` (fully resolved),
-``metrics.jsonl`` (one row per epoch, and per ``log_every`` steps if asked) and ``summary.json`` —
-but never prints: progress goes to an optional :class:`TrainProgress` (the CLI draws it with rich).
+``metrics.jsonl`` (one row per epoch, and per ``log_every`` steps if asked), ``checkpoint.pt`` after each
+epoch (:mod:`fimbench.checkpoint`) and ``summary.json`` — but never prints: progress goes to an optional
+:class:`TrainProgress` (the CLI draws it with rich).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
+from fimbench.checkpoint import Counters, restore_training, training_checkpoint
 from fimbench.config import RunConfig, dump_config, load_config
 from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices
@@ -24,7 +26,18 @@ from fimbench.distributed import data_parallel, mean_over_ranks, rank, shard, wo
 from fimbench.errors import DivergedError, FimbenchError
 from fimbench.models import Likelihood, build_model, evaluate
 from fimbench.preconditioner import KroneckerPreconditioner
-from fimbench.rundir import CONFIG, append_metrics, read_summary, start_metrics, write_config, write_summary
+from fimbench.rundir import (
+    CONFIG,
+    METRICS,
+    append_metrics,
+    read_checkpoint,
+    read_summary,
+    reopen_run,
+    start_metrics,
+    write_checkpoint,
+    write_config,
+    write_summary,
+)
 from fimbench.selection import unwrap
 from fimbench.setup import check_batch_size, environment, first_order_optimizer, load_configured_dataset, resolve_architecture, resolve_device
 from fimbench.timing import PhaseTimer, synchronize
@@ -80,15 +93,17 @@ def run_training(
     run_dir: Path,
     progress: TrainProgress | None = None,
     dataset: DatasetSplits | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train ``config`` and log into ``run_dir`` (module docstring).
 
     ``dataset`` replaces the one ``config.data`` names (e.g. random data of a benchmark's shape); the
     architecture is still the one of ``config.data.dataset`` unless ``config.model.layers`` is set.
+    ``resume``: continue the run in ``run_dir`` (of this ``config``) from its ``checkpoint.pt``.
     """
-    run = _prepare(config, run_dir, progress, dataset)
+    run = _prepare(config, run_dir, progress, dataset, resume)
     try:
-        for epoch in range(1, config.training.epochs + 1):
+        for epoch in range(run.epoch + 1, config.training.epochs + 1):
             if run.step >= run.total_steps:
                 break
             _train_epoch(run, epoch)
@@ -125,14 +140,19 @@ class _Run:
     progress: TrainProgress | None
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     train_seconds: float = 0.0
+    epoch: int = 0  # epochs completed
     step: int = 0
     window: list[torch.Tensor] = field(default_factory=list)  # losses not yet read on the host
 
 
-def _prepare(config: RunConfig, run_dir: Path, progress: TrainProgress | None, dataset: DatasetSplits | None) -> _Run:
-    """Validate, load the data, build the model and optimizers, and start the run directory."""
+def _prepare(
+    config: RunConfig, run_dir: Path, progress: TrainProgress | None, dataset: DatasetSplits | None, resume: bool
+) -> _Run:
+    """Validate, load the data, build the model and optimizers, and start the run directory (or, with
+    ``resume``, put them back into the state of its checkpoint)."""
     method = _validate(config)
     device = resolve_device(config.training.device)
+    checkpoint = read_checkpoint(run_dir, device) if resume else None
     training, settings = config.training, config.optimizer
     if dataset is None:
         dataset = load_configured_dataset(config, training.batch_size)
@@ -153,8 +173,11 @@ def _prepare(config: RunConfig, run_dir: Path, progress: TrainProgress | None, d
         preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, dump_config(config))
-    metrics_path = start_metrics(run_dir)
+    if checkpoint is None:
+        write_config(run_dir, dump_config(config))
+        metrics_path = start_metrics(run_dir)
+    else:
+        metrics_path = run_dir / METRICS
 
     steps_per_epoch = dataset.train.shape[0] // training.batch_size
     total_steps = steps_per_epoch * training.epochs
@@ -162,10 +185,32 @@ def _prepare(config: RunConfig, run_dir: Path, progress: TrainProgress | None, d
         total_steps = min(total_steps, training.max_steps)
     if progress is not None:
         progress.start(total_steps, steps_per_epoch)
-    return _Run(
+    run = _Run(
         config, device, dataset, train_x, val_x, model, likelihood, order_generator, timer, optimizer, preconditioner,
         metrics_path, total_steps, TrainResult(run_dir, "completed"), progress,
     )
+    if checkpoint is not None:
+        _resume(run, checkpoint)
+    return run
+
+
+def _resume(run: _Run, checkpoint: dict[str, Any]) -> None:
+    """Put ``run`` into the state of ``checkpoint`` and cut its run directory back to it."""
+    counters = restore_training(checkpoint, unwrap(run.model), run.optimizer, run.preconditioner, run.order_generator, run.device)
+    run.result.rows = reopen_run(run.result.run_dir, counters.metrics_bytes, counters.epoch)
+    run.epoch, run.step, run.train_seconds = counters.epoch, counters.step, counters.train_seconds
+    run.started = datetime.fromisoformat(counters.started)
+    run.result.alignment_first_refresh = counters.alignment_first_refresh
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """``checkpoint.pt`` after the epoch ``run.epoch``, whose row is the last of ``metrics.jsonl``."""
+    counters = Counters(
+        run.epoch, run.step, run.train_seconds, run.started.isoformat(), run.result.alignment_first_refresh,
+        run.metrics_path.stat().st_size,
+    )
+    state = training_checkpoint(counters, unwrap(run.model), run.optimizer, run.preconditioner, run.order_generator, run.device)
+    write_checkpoint(run.result.run_dir, state)
 
 
 def _read_window(run: _Run) -> list[float]:
@@ -198,6 +243,8 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     row = _epoch_row(run, epoch, (sums / max(epoch_steps, 1)).tolist())
     run.result.rows.append(row)  # first: an interrupt during the write's fsync keeps both in step
     append_metrics(run.metrics_path, row)
+    run.epoch = epoch
+    _save_checkpoint(run)
     if run.progress is not None:
         run.progress.epoch(row)
 

@@ -155,7 +155,8 @@ def run_directory(path: Path, refuse_existing: bool = False, replace: Sequence[s
     """
     path = Path(path)
     if refuse_existing and path.is_dir() and any(path.iterdir()):
-        raise FimbenchError(f"{path} already holds a run; pass --overwrite to replace it, or choose another --out")
+        raise FimbenchError(f"{path} already holds a run; pass --overwrite to replace it, --resume {path} to continue it, "
+            "or choose another --out")
     created = _first_missing(path)
     try:
         for directory in created:

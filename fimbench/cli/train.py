@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -114,10 +115,15 @@ def train(
     log_every: Optional[int] = typer.Option(None, help="Also log a metrics row every N steps."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<dataset>-<method>-<time>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (else it is refused)."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", metavar="RUN_DIR",
+        help="Continue the stopped or killed run in RUN_DIR from its checkpoint.pt, as its config.yaml says "
+        "(with it only --device, --data-dir, --quiet, --json and --full-table may be given).",
+    ),
     sets: Optional[list[str]] = set_option(),
     full_table: bool = typer.Option(False, "--full-table", help="Show every epoch in the table (default: about 20 rows)."),
-    nproc: int = typer.Option(
-        1, "--nproc", help="Data-parallel workers on this machine (torch.distributed.run; the batch is split across them)."
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", help="Data-parallel workers on this machine (torch.distributed.run; the batch is split across them)."
     ),
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
@@ -127,10 +133,16 @@ def train(
     Example: fimbench train --method deflation --dataset curves-synth --epochs 2
     """
     options = dict(locals())  # the arguments, named after the config fields they override
-    resolved = _resolve(options, config, sets)
-    run_dir = out or default_run_dir(resolved.data.dataset, resolved.optimizer.method)
+    if resume is not None:
+        resolved, run_dir = _resume_config(options, resume), resume
+    else:
+        resolved = _resolve(options, config, sets)
+        run_dir = out or default_run_dir(resolved.data.dataset, resolved.optimizer.method)
     started = time.perf_counter()
-    result = _run(resolved, run_dir, overwrite) if nproc == 1 else _run_parallel(resolved, run_dir, overwrite, nproc)
+    if nproc is None or nproc == 1:
+        result = _run(resolved, run_dir, overwrite, resume is not None)
+    else:
+        result = _run_parallel(resolved, run_dir, overwrite, nproc)
     _report(result, resolved, run_dir, full_table, time.perf_counter() - started)
 
 
@@ -149,16 +161,48 @@ def _resolve(options: dict[str, Any], config: Optional[Path], sets: Optional[lis
     return load_config(config, with_sets(overrides, sets))
 
 
-def _run(resolved: RunConfig, run_dir: Path, overwrite: bool) -> TrainResult:
-    """Train in ``run_dir`` with a live progress bar; a run that stops early still gets its document."""
+RESUME_OPTIONS = ("resume", "device", "data_dir", "full_table", "json_output", "quiet")
+"""What may be given with ``--resume``: where and how it runs, and where the data is — not what it computes."""
+
+
+def _resume_config(options: dict[str, Any], run_dir: Path) -> RunConfig:
+    """The config of the run ``--resume`` continues: its ``config.yaml``, with ``--device`` and ``--data-dir``
+    on top; any other option would change the run (or its directory) and is refused."""
+    from fimbench.config import load_config
+    from fimbench.rundir import CONFIG
+
+    given = [
+        name for name, value in options.items()
+        if name not in RESUME_OPTIONS and value is not None and value is not False  # --no-nesterov is given as False
+    ]
+    if given:
+        spelled = sorted({"--set" if name == "sets" else "--" + name.replace("_", "-") for name in given})
+        raise FimbenchError(
+            f"{', '.join(spelled)} cannot be given with --resume: it continues {run_dir} as its config.yaml says "
+            "(with it only --device, --data-dir, --quiet, --json and --full-table may be given)"
+        )
+    if not (run_dir / CONFIG).is_file():
+        raise FimbenchError(f"--resume {run_dir}: no config.yaml there, so it is not a run directory")
+    data_dir = options["data_dir"]
+    overrides = {"training.device": options["device"], "data.data_dir": str(data_dir) if data_dir is not None else None}
+    return load_config(run_dir / CONFIG, overrides)
+
+
+def _run(resolved: RunConfig, run_dir: Path, overwrite: bool, resume: bool) -> TrainResult:
+    """Train in ``run_dir`` (with ``resume``: continue the run there) with a live progress bar; a run that
+    stops early still gets its document."""
     from fimbench.rundir import RUN_FILES
     from fimbench.train import run_training
 
     output = current()
     progress = RichTrainProgress() if output.progress else None
-    with run_directory(run_dir, refuse_existing=not overwrite, replace=RUN_FILES if overwrite else ()):
+    directory = (
+        nullcontext(run_dir) if resume
+        else run_directory(run_dir, refuse_existing=not overwrite, replace=RUN_FILES if overwrite else ())
+    )
+    with directory:
         try:
-            return run_training(resolved, run_dir, progress)
+            return run_training(resolved, run_dir, progress, resume=resume)
         except DivergedError:
             output.document(_summary_document(run_dir))
             raise

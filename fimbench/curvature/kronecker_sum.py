@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor
@@ -80,6 +80,22 @@ class KroneckerSum:
     def to_dense(self) -> Tensor:
         """Dense ``Σ_k A_k ⊗ G_k`` (pq × pq) — reference code and small layers only."""
         return sum(kron_dense(A, G) for A, G in self.terms)  # type: ignore[return-value]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The terms and the solver's report as tensors and plain data (``torch.load(weights_only=True)``)."""
+        return {
+            "terms": [[A, G] for A, G in self.terms],
+            "method": self.method,
+            "iterations": self.iterations,
+            "residual": self.residual,
+            "singular_values": list(self.singular_values),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | None = None) -> "KroneckerSum":
+        """The inverse of :meth:`state_dict`, with the terms moved to ``device`` if given."""
+        terms = [(A.to(device), G.to(device)) for A, G in state["terms"]]
+        return cls(terms, state["method"], state["iterations"], state["residual"], list(state["singular_values"]))
 
     def damping_split(self, pi: DampingSplit = TRACE_SPLIT) -> float:
         """The π of the damped first term: ``pi`` itself when it is a number, else the trace rule
@@ -159,6 +175,7 @@ class KroneckerInverse:
     One term: ``apply(V) = G_inv @ V @ A_inv``.
     Two terms: ``apply(V) = K₂ [(K₂ᵀ V K₁) ⊘ (1 1ᵀ + τ s₂ s₁ᵀ)] K₁ᵀ``.
     ``correction_scale`` is the τ of the safeguard (1 for one term, or when no shrinking was needed).
+    ``source`` and ``damping`` are what it was built from, so that it can be rebuilt exactly.
     """
 
     def __init__(
@@ -173,6 +190,7 @@ class KroneckerInverse:
                 f"the closed-form solve of §3.4 handles Kronecker rank 1 or 2, not {approximation.rank}; "
                 "use --lanczos-rank 2 or less for training"
             )
+        self.source, self.damping = approximation, damping
         A1, G1 = approximation.terms[0]
         split = approximation.damping_split(pi)
         root = math.sqrt(damping)

@@ -1,0 +1,305 @@
+"""Checkpoints: the preconditioner's state_dict round trip, and ``fimbench train --resume`` ending exactly
+where an uninterrupted run ends (parameters and metrics.jsonl rows), for Kronecker methods with sampled
+Fisher targets and adaptive damping, and for SGD and Adam."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from test_cli_train import one_line_error, runner, tiny_config
+from torch import nn
+
+from fimbench.cli import app
+from fimbench.errors import FimbenchError
+from fimbench.models import Likelihood
+from fimbench.optim import KroneckerPreconditioner
+
+TIMING_KEYS = ("wall_time", "time_per_step")  # and every seconds_* key
+
+
+def mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 12))
+
+
+def make_preconditioner(model: nn.Module, generator_seed: int) -> KroneckerPreconditioner:
+    """Deflation (rank 2, sampled targets) with statistics every step and inverses every third (so the
+    inverses lag the approximations at a save) and adaptive damping every fourth step."""
+    return KroneckerPreconditioner(
+        model, Likelihood.BERNOULLI, "deflation", damping=1e-2, stats_every=1, inverse_every=3, fisher_fraction=0.5,
+        damping_schedule="adaptive", damping_every=4, generator=torch.Generator().manual_seed(generator_seed),
+    )
+
+
+def train_steps(model: nn.Module, preconditioner: KroneckerPreconditioner, optimizer: torch.optim.Optimizer,
+                batches: list[torch.Tensor]) -> None:
+    likelihood = Likelihood.BERNOULLI
+    for x in batches:
+        optimizer.zero_grad()
+        loss = likelihood.nll(model(x), x).mean()
+        loss.backward()
+        preconditioner.step(x)
+        optimizer.step()
+        if preconditioner.awaiting_loss:
+            with torch.no_grad():
+                preconditioner.adapt_damping(loss.detach(), likelihood.nll(model(x), x).mean())
+
+
+def test_state_dict_round_trip_reproduces_the_next_steps() -> None:
+    """Save after 8 steps (the inverses of step 6 lag the statistics of step 7 and serve step 8), load
+    through torch.save/torch.load(weights_only=True) into a fresh preconditioner built with another
+    generator seed: the next 4 steps match bit for bit, diagnostics included."""
+    batches = [torch.rand(16, 12, generator=torch.Generator().manual_seed(i)).round() for i in range(12)]
+    model = mlp(0)
+    preconditioner = make_preconditioner(model, generator_seed=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_steps(model, preconditioner, optimizer, batches[:8])
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "preconditioner": preconditioner.state_dict()}, buffer)
+    saved = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    assert saved["preconditioner"]["inverses"][0]["source"] is not None  # inverse from an older approximation
+    assert saved["preconditioner"]["damping"] != 1e-2  # λ has adapted
+
+    restored = mlp(5)
+    fresh = make_preconditioner(restored, generator_seed=99)
+    fresh_optimizer = torch.optim.SGD(restored.parameters(), lr=0.1, momentum=0.9)
+    restored.load_state_dict(saved["model"])
+    fresh_optimizer.load_state_dict(saved["optimizer"])
+    fresh.load_state_dict(saved["preconditioner"])
+    assert (fresh.steps, fresh.updates, fresh.damping) == (preconditioner.steps, preconditioner.updates, preconditioner.damping)
+    assert not fresh.refresh_due
+
+    train_steps(model, preconditioner, optimizer, batches[8:])
+    train_steps(restored, fresh, fresh_optimizer, batches[8:])
+    for ours, theirs in zip(model.parameters(), restored.parameters()):
+        assert torch.equal(ours, theirs)
+    assert preconditioner.pop_diagnostics() == fresh.pop_diagnostics()
+
+
+def test_state_dict_keeps_a_pending_damping_trial() -> None:
+    """Saved between a T3 step and its adapt_damping call, the fresh preconditioner judges that step the same."""
+    model, x = mlp(0), torch.rand(16, 12, generator=torch.Generator().manual_seed(0)).round()
+    preconditioner = make_preconditioner(model, generator_seed=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = Likelihood.BERNOULLI.nll(model(x), x).mean()
+    loss.backward()
+    preconditioner.step(x)
+    optimizer.step()
+    assert preconditioner.awaiting_loss
+    after = Likelihood.BERNOULLI.nll(model(x), x).mean().detach()
+    restored = mlp(5)
+    restored.load_state_dict(model.state_dict())
+    fresh = make_preconditioner(restored, generator_seed=2)
+    fresh.load_state_dict(preconditioner.state_dict())
+    assert fresh.awaiting_loss
+    assert fresh.adapt_damping(loss.detach(), after) == preconditioner.adapt_damping(loss.detach(), after)
+    assert fresh.damping == preconditioner.damping != 1e-2
+
+
+def test_load_state_dict_refuses_another_layout() -> None:
+    state = make_preconditioner(mlp(0), 1).state_dict()
+    other = KroneckerPreconditioner(nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 12)), "bernoulli", "deflation")
+    with pytest.raises(FimbenchError, match="shapes"):
+        other.load_state_dict(state)
+    with pytest.raises(FimbenchError, match="method"):
+        KroneckerPreconditioner(mlp(0), "bernoulli", "kfac").load_state_dict(state)
+    with pytest.raises(FimbenchError, match="generator"):
+        KroneckerPreconditioner(mlp(0), "bernoulli", "deflation").load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------- train --resume
+
+
+def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: value for key, value in row.items() if key not in TIMING_KEYS and not key.startswith("seconds_")}
+            for row in rows]
+
+
+def metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def interrupt_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, after: int) -> None:
+    """Ctrl-C at the progress update of the ``after``-th step of ``epoch`` (the run is stopped mid-epoch)."""
+    from fimbench.cli.train import RichTrainProgress
+
+    seen: list[int] = []
+
+    def step(self, step: int, current: int, loss: float, steps_per_second: float) -> None:  # type: ignore[no-untyped-def]
+        if current == epoch:
+            seen.append(step)
+            if len(seen) == after:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(RichTrainProgress, "step", step)
+
+
+@pytest.mark.parametrize(
+    "method, optimizer",
+    [
+        ("deflation", {"stats_every": 2, "inverse_every": 3, "damping_schedule": "adaptive", "damping_every": 2,
+                       "damping": 1e-2}),
+        ("kfac", {"stats_every": 1, "inverse_every": 2}),
+        ("sgd", {}),
+        ("adam", {"lr": 0.003}),
+    ],
+)
+def test_resumed_run_ends_like_an_uninterrupted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, optimizer: dict[str, Any]
+) -> None:
+    """Interrupted in epoch 2 of 3 (step rows of epoch 2 already logged, a half-written row after them),
+    then resumed: same parameters (≤ 1e-6) and same metrics.jsonl rows as a run never stopped."""
+    config = str(tiny_config(tmp_path, method=method, **optimizer))
+    common = ["train", "--config", config, "--epochs", "3", "--log-every", "3"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert runner.invoke(app, [*common, "--out", str(whole)]).exit_code == 0
+
+    with monkeypatch.context() as patch:
+        interrupt_in_epoch(patch, 2, after=5)
+        assert runner.invoke(app, [*common, "--out", str(stopped)]).exit_code == 130
+    logged = metrics(stopped)
+    assert [row["epoch"] for row in logged if row["kind"] == "epoch"] == [1] and logged[-1]["epoch"] == 2
+    with open(stopped / "metrics.jsonl", "a") as handle:
+        handle.write('{"kind": "epoch", "epoch": 2, "train_lo')  # a write cut short by a kill
+
+    resumed = runner.invoke(app, ["train", "--resume", str(stopped), "--quiet", "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
+    assert comparable(metrics(stopped)) == comparable(metrics(whole))
+    ours, theirs = final_parameters(stopped), final_parameters(whole)
+    assert max(float((ours[key] - theirs[key]).abs().max()) for key in ours) <= 1e-6
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 3
+    assert summary["steps"] == json.loads((whole / "summary.json").read_text())["steps"]
+
+
+def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """A ``fimbench train`` process SIGKILLed after its second epoch, then resumed: the same parameters and
+    rows as a run never stopped (this test process and the killed one each on one thread)."""
+    from test_faults import FIMBENCH, QUIET_ENV, _wait_for
+
+    config = str(tiny_config(tmp_path, method="kfac", stats_every=2, inverse_every=3))
+    common = ["train", "--config", config, "--epochs", "6", "--log-every", "2", "--quiet"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert runner.invoke(app, [*common, "--out", str(whole)]).exit_code == 0
+    process = subprocess.Popen([str(FIMBENCH), *common, "--out", str(killed)], env=QUIET_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logged = killed / "metrics.jsonl"
+    _wait_for(lambda: logged.is_file() and logged.read_text().count('"kind": "epoch"') >= 2, process)  # type: ignore[arg-type]
+    process.kill()
+    process.wait(timeout=60)
+    assert not (killed / "summary.json").exists()  # it was killed mid-run
+    resumed = runner.invoke(app, ["train", "--resume", str(killed), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert comparable(metrics(killed)) == comparable(metrics(whole))
+    ours, theirs = final_parameters(killed), final_parameters(whole)
+    assert max(float((ours[key] - theirs[key]).abs().max()) for key in ours) <= 1e-6
+
+
+def test_checkpoint_is_tensors_and_plain_data(tmp_path: Path) -> None:
+    """checkpoint.pt loads with weights_only=True; resuming a finished run trains nothing and keeps its rows."""
+    out = tmp_path / "run"
+    config = str(tiny_config(tmp_path, method="deflation", stats_every=2, inverse_every=2))
+    assert runner.invoke(app, ["train", "--config", config, "--epochs", "1", "--out", str(out)]).exit_code == 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["counters"]["epoch"] == 1 and checkpoint["preconditioner"]["steps"] == checkpoint["counters"]["step"] == 8
+    assert not list(out.glob(".checkpoint.pt.*"))  # the temporary file was renamed into place
+    rows = (out / "metrics.jsonl").read_text()
+    again = runner.invoke(app, ["train", "--resume", str(out), "--json"])  # nothing left to train
+    assert again.exit_code == 0 and json.loads(again.stdout)["status"] == "completed"
+    assert (out / "metrics.jsonl").read_text() == rows
+
+
+def test_resume_refuses_code_corruption_and_changes(tmp_path: Path) -> None:
+    """A checkpoint that would run code when unpickled is refused (and does not run); a truncated one, a
+    missing one and options that would change the run each get one error line and exit status 2."""
+    out = tmp_path / "run"
+    config = str(tiny_config(tmp_path))
+    assert runner.invoke(app, ["train", "--config", config, "--epochs", "1", "--out", str(out)]).exit_code == 0
+    good = (out / "checkpoint.pt").read_bytes()
+
+    line = one_line_error(runner.invoke(app, ["train", "--resume", str(out), "--lr", "0.5", "--set", "training.seed=3"]))
+    assert "--lr" in line and "--set" in line
+    assert "--overwrite" in one_line_error(runner.invoke(app, ["train", "--resume", str(out), "--overwrite"]))
+    on_gpu = torch.load(io.BytesIO(good), weights_only=True)
+    on_gpu["device_type"] = "cuda"
+    torch.save(on_gpu, out / "checkpoint.pt")
+    assert "written on cuda, this run is on cpu" in one_line_error(runner.invoke(app, ["train", "--resume", str(out)]))
+
+    marker = tmp_path / "ran"
+    torch.save({"format": "fimbench-checkpoint-1", "payload": Payload(marker)}, out / "checkpoint.pt")
+    assert "not loaded" in one_line_error(runner.invoke(app, ["train", "--resume", str(out)]))
+    assert not marker.exists()
+
+    tampered = torch.load(io.BytesIO(good), weights_only=True)
+    tampered["counters"]["metrics_bytes"] = "all"
+    torch.save(tampered, out / "checkpoint.pt")
+    assert "counters are not integers" in one_line_error(runner.invoke(app, ["train", "--resume", str(out)]))
+
+    (out / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    assert "corrupt" in one_line_error(runner.invoke(app, ["train", "--resume", str(out)]))
+    (out / "checkpoint.pt").unlink()
+    assert "no checkpoint.pt" in one_line_error(runner.invoke(app, ["train", "--resume", str(out)]))
+    assert "no config.yaml" in one_line_error(runner.invoke(app, ["train", "--resume", str(tmp_path / "none")]))
+    assert (out / "metrics.jsonl").read_text().count("\n") == 1  # nothing was cut
+
+
+def test_resume_refuses_metrics_that_do_not_match(tmp_path: Path) -> None:
+    out, copy = tmp_path / "run", tmp_path / "copy"
+    config = str(tiny_config(tmp_path))
+    assert runner.invoke(app, ["train", "--config", config, "--epochs", "1", "--out", str(out)]).exit_code == 0
+    shutil.copytree(out, copy)
+    (copy / "metrics.jsonl").write_text("")
+    assert "does not match" in one_line_error(runner.invoke(app, ["train", "--resume", str(copy)]))
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    resolved["model"]["layers"] = [784, 16, 784]
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved))
+    assert "does not fit" in one_line_error(runner.invoke(app, ["train", "--resume", str(out)]))
+
+
+def test_fresh_train_into_a_run_names_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = str(tiny_config(tmp_path))
+    assert runner.invoke(app, ["train", "--config", config, "--epochs", "1", "--out", str(out)]).exit_code == 0
+    assert f"--resume {out}" in one_line_error(runner.invoke(app, ["train", "--config", config, "--out", str(out)]))
+
+
+class Payload:
+    """Unpickling it would create ``marker``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_atomic_write_leaves_only_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool) -> None:
+    """The unnamed-file write (Linux) and the temporary-file fallback both replace the file whole, with the
+    mode open() would give, and leave nothing beside it."""
+    import os
+
+    from fimbench.io import atomic_write_bytes
+
+    if not unnamed:
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"old")
+    atomic_write_bytes(path, b"new" * 1000)
+    assert path.read_bytes() == b"new" * 1000 and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
