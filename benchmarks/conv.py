@@ -42,7 +42,7 @@ from fimbench.kronecker import vec
 from fimbench.models import build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.setup import device_description, first_order_optimizer, resolve_architecture, resolve_device
-from fimbench.timing import PhaseTimer, synchronize
+from fimbench.timing import PhaseTimer, time_training_steps
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "curves-conv.yaml"
 METHODS = [Method.SGD, Method.ADAM, Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED]
@@ -79,20 +79,7 @@ def time_method(method: Method, data: DatasetSplits, device: torch.device, steps
 
     for step in range(settings.stats_every):  # warm-up: the first (cold) refresh and one whole cycle
         one_step(step)
-    timer.reset()
-    synchronize(device)
-    begin = time.perf_counter()
-    for step in range(steps):
-        one_step(step)
-    synchronize(device)
-    elapsed = time.perf_counter() - begin
-    phases = timer.reset()
-    return {
-        "step": elapsed / steps,
-        "statistics": phases.get("statistics", 0.0) / steps,
-        "refresh": (phases.get("approximate", 0.0) + phases.get("invert", 0.0)) / steps,
-        "precondition": phases.get("precondition", 0.0) / steps,
-    }
+    return time_training_steps(one_step, steps, timer, device)
 
 
 def dense_rearrangement(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

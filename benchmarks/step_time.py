@@ -22,7 +22,7 @@ from fimbench.curvature import Method
 from fimbench.models import ARCHITECTURES, build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.setup import device_description, resolve_device
-from fimbench.timing import PhaseTimer, synchronize
+from fimbench.timing import PhaseTimer, synchronize, time_training_steps
 
 BATCH, FISHER_FRACTION = 512, 0.25
 # lr/damping of configs/mnist.yaml (they only matter for the numbers' stability, not for the timing)
@@ -58,7 +58,6 @@ def time_method(method: Method, device: torch.device, steps: int, period: int, s
         optimizer.step()
 
     synchronize(device)
-    begin = time.perf_counter()
     one_step(0)  # includes the first, cold refresh
     synchronize(device)
     if preconditioner is not None:
@@ -66,21 +65,7 @@ def time_method(method: Method, device: torch.device, steps: int, period: int, s
         first_refresh = phases.get("approximate", 0.0) + phases.get("invert", 0.0)
     for step in range(1, max(period, 3)):  # finish the first cycle: warm-up
         one_step(step)
-    timer.reset()
-    synchronize(device)
-    begin = time.perf_counter()
-    for step in range(steps):
-        one_step(step)
-    synchronize(device)
-    elapsed = time.perf_counter() - begin
-    phases = timer.reset()
-    return {
-        "step": elapsed / steps,
-        "statistics": phases.get("statistics", 0.0) / steps,
-        "refresh": (phases.get("approximate", 0.0) + phases.get("invert", 0.0)) / steps,
-        "precondition": phases.get("precondition", 0.0) / steps,
-        "first_refresh": first_refresh,
-    }
+    return {**time_training_steps(one_step, steps, timer, device), "first_refresh": first_refresh}
 
 
 def main() -> None:

@@ -103,3 +103,22 @@ def measure(
             synchronize(device)
             seconds.append(time.perf_counter() - begin)
     return seconds
+
+
+def time_training_steps(one_step: Callable[[int], None], steps: int, timer: PhaseTimer, device: torch.device) -> dict[str, float]:
+    """Seconds per step of ``steps`` calls of ``one_step(step)`` (device-synchronised), and per step the
+    preconditioner's phases recorded by ``timer``: statistics, refresh (approximate + invert), precondition."""
+    timer.reset()
+    synchronize(device)
+    begin = time.perf_counter()
+    for step in range(steps):
+        one_step(step)
+    synchronize(device)
+    elapsed = time.perf_counter() - begin
+    phases = timer.reset()
+    return {
+        "step": elapsed / steps,
+        "statistics": phases.get("statistics", 0.0) / steps,
+        "refresh": (phases.get("approximate", 0.0) + phases.get("invert", 0.0)) / steps,
+        "precondition": phases.get("precondition", 0.0) / steps,
+    }
