@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fimbench.config import RunConfig, load_config
-from fimbench.conventions import from_authors_scale
+from fimbench.conventions import authors_damping, from_authors_scale, loss_scale
 from fimbench.curvature import Method, parse_method
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture
@@ -163,8 +163,8 @@ def plan_sweep(
             }
             point_overrides = {GRID_KEYS[key]: value for key, value in values.items()}
             if "damping" in authors:  # the authors' damping comes with their split
-                pixels = architecture.layers[0]
-                point_overrides["optimizer.pi"] = from_authors_scale(method, architecture.likelihood, pixels, 1.0, 1.0)["pi"]
+                kappa = loss_scale(architecture.likelihood, architecture.layers[0])
+                point_overrides["optimizer.pi"] = authors_damping(method, authors["damping"], kappa)[1]
             config = load_config(config_path, {**overrides, "optimizer.method": method.value, **point_overrides})
             points.append(SweepPoint(point_name(method.value, values), method.value, values, authors, config))
     return SweepPlan(Path(out), dataset, grids, tuple(points))
