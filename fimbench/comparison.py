@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +20,17 @@ from typing import Any, Sequence
 from fimbench.curvature import Method
 from fimbench.errors import FimbenchError
 from fimbench.io import atomic_write_json, atomic_write_text
-from fimbench.rundir import SWEEP_MANIFEST, RunRecord, best_run, is_number, is_run_dir, read_run, sweep_points
+from fimbench.rundir import (
+    SWEEP_MANIFEST,
+    RunRecord,
+    best_group,
+    group_key,
+    is_number,
+    is_run_dir,
+    read_run,
+    sweep_points,
+)
+from fimbench.significance import CONFIDENCE, TEST_NAME, Spread, spread, welch_difference
 
 # ----------------------------------------------------------------------------------------------- comparison
 
@@ -51,11 +62,87 @@ class MethodResult:
     seconds_to_target: float | None = None
     speedup_vs_kfac: float | None = None  # KFAC's seconds-to-target / this run's
     speedup_vs_adam: float | None = None
+    seed: int | None = None
+    group: str = field(default="", repr=False)  # fimbench.rundir.group_key: equal for runs differing only in the seed
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # for the figure only
 
     def to_dict(self) -> dict[str, Any]:
-        """Every scalar field (the curves are left out)."""
-        return {key: value for key, value in asdict(self).items() if key != "rows"}
+        """Every scalar field (the curves and the group key are left out)."""
+        return {key: value for key, value in asdict(self).items() if key not in ("rows", "group")}
+
+
+GROUP_METRICS: tuple[str, ...] = (
+    "final_train_loss",
+    "best_train_loss",
+    "final_val_loss",
+    "best_val_loss",
+    "epochs_to_target",
+    "seconds_to_target",
+    "time_per_epoch",
+    "wall_time",
+    "alignment",
+    "correction_scale",
+)
+"""The per-run quantities a group aggregates over its seeds."""
+_SEED_SUFFIX = re.compile(r"-?seed_\d+$")
+
+
+@dataclass
+class GroupResult:
+    """The runs of one setting that differ only in the seed (:func:`fimbench.rundir.group_key`)."""
+
+    dataset: str
+    method: str
+    name: str  # the runs' name without the seed
+    runs: list[MethodResult]  # one per seed, by seed
+    stats: dict[str, Spread | None]  # GROUP_METRICS over the seeds that have the value
+    speedup_vs_kfac: float | None = None  # KFAC's fastest group's mean seconds-to-target / this group's
+    speedup_vs_adam: float | None = None
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [run.seed for run in self.runs]
+
+    def values(self, metric: str) -> list[float | None]:
+        return [getattr(run, metric) for run in self.runs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "name": self.name,
+            "seeds": self.seeds,
+            "runs": [run.path for run in self.runs],
+            "statuses": [run.status for run in self.runs],
+            "values": {metric: self.values(metric) for metric in GROUP_METRICS},
+            "stats": {metric: (stat.to_dict() if stat else None) for metric, stat in self.stats.items()},
+            "speedup_vs_kfac": self.speedup_vs_kfac,
+            "speedup_vs_adam": self.speedup_vs_adam,
+        }
+
+
+@dataclass
+class GroupDifference:
+    """``method − baseline`` in final train loss per pixel, with Welch's t interval (:mod:`fimbench.significance`)."""
+
+    dataset: str
+    method: str
+    group: str
+    baseline: str
+    baseline_group: str
+    seeds: int
+    baseline_seeds: int
+    difference: float
+    interval: tuple[float, float] | None  # None with a single seed on either side
+    significant: bool | None  # at 1 − CONFIDENCE; None with a single seed on either side
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "interval": list(self.interval) if self.interval is not None else None,
+            "quantity": "final train loss per pixel",
+            "test": TEST_NAME,
+            "confidence": CONFIDENCE,
+        }
 
 
 @dataclass
@@ -64,6 +151,8 @@ class DatasetComparison:
     target: float | None  # train loss per pixel that "seconds to target" refers to
     target_source: str  # "--target" or "worst final train loss (<method>)"
     results: list[MethodResult]
+    groups: list[GroupResult] = field(default_factory=list)
+    differences: list[GroupDifference] = field(default_factory=list)
 
 
 @dataclass
@@ -79,9 +168,13 @@ class Comparison:
                     "target": comparison.target,
                     "target_source": comparison.target_source,
                     "results": [result.to_dict() for result in comparison.results],
+                    "groups": [group.to_dict() for group in comparison.groups],
                 }
                 for comparison in self.datasets
             ],
+            "comparisons": [item.to_dict() for dataset in self.datasets for item in dataset.differences],
+            "significance": f"{TEST_NAME} {CONFIDENCE:.0%} interval of the difference in final train loss per pixel; "
+            "significant when it excludes 0; null for a single seed",
             "warnings": self.warnings,
         }
 
@@ -116,6 +209,8 @@ def _result(record: RunRecord) -> MethodResult:
         time_per_epoch=wall_time / epochs if wall_time is not None and epochs else None,
         alignment=last.get("alignment"),
         correction_scale=last.get("correction_scale"),
+        seed=record.seed,
+        group=group_key(record),
         rows=rows,
     )
 
@@ -162,11 +257,12 @@ def _collect(paths: Sequence[Path]) -> tuple[list[RunRecord], list[str]]:
     for path in targets:
         if (path / SWEEP_MANIFEST).is_file():
             for method, run_dirs in sweep_points(path).items():
-                best = best_run([read_run(run_dir) for run_dir in run_dirs if is_run_dir(run_dir)])
+                best = best_group([read_run(run_dir) for run_dir in run_dirs if is_run_dir(run_dir)])
                 if best is None:
                     warnings.append(f"{path}: no completed {method} point yet; {method} is left out")
                 else:
-                    add(best)
+                    for record in best:
+                        add(record)
         else:
             add(read_run(path))
     return records, warnings
@@ -233,8 +329,61 @@ def compare(paths: Sequence[Path], target: float | None = None) -> Comparison:
         devices = sorted({result.device for result in results})
         if len(devices) > 1:
             warnings.append(f"{dataset}: runs come from different devices ({'; '.join(devices)}); compare times with care")
-        datasets.append(DatasetComparison(dataset, dataset_target, source, results))
+        groups = _groups(results)
+        datasets.append(DatasetComparison(dataset, dataset_target, source, results, groups, _differences(dataset, groups)))
     return Comparison(datasets, warnings)
+
+
+def _group_name(runs: list[MethodResult]) -> str:
+    """The runs' directory name without its seed (``kfac-lr_1e-1-seed_2`` -> ``kfac-lr_1e-1``; ``…/x/seed_2`` -> ``x``)."""
+    path = Path(runs[0].path)
+    name = _SEED_SUFFIX.sub("", path.name) if len(runs) > 1 or runs[0].seed is not None else path.name
+    return name or path.parent.name or path.name
+
+
+def _groups(results: list[MethodResult]) -> list[GroupResult]:
+    """``results`` (in method order) gathered into groups of seeds, with their spreads and speed-ups."""
+    by_key: dict[str, list[MethodResult]] = {}
+    for result in results:
+        by_key.setdefault(result.group, []).append(result)
+    groups = []
+    for runs in by_key.values():
+        runs.sort(key=lambda run: (run.seed is None, run.seed or 0))
+        stats = {metric: spread([v for v in (getattr(run, metric) for run in runs) if is_number(v)]) for metric in GROUP_METRICS}
+        groups.append(GroupResult(runs[0].dataset, runs[0].method, _group_name(runs), runs, stats))
+    for group in groups:
+        group.speedup_vs_kfac = _group_speedup(groups, "kfac", group)
+        group.speedup_vs_adam = _group_speedup(groups, "adam", group)
+    return groups
+
+
+def _group_speedup(groups: list[GroupResult], reference: str, group: GroupResult) -> float | None:
+    """``reference``'s mean seconds-to-target (its fastest group) over ``group``'s."""
+    def mean_seconds(candidate: GroupResult) -> float | None:
+        stat = candidate.stats["seconds_to_target"]
+        return stat.mean if stat is not None and stat.mean > 0 else None
+
+    times = [t for other in groups if other.method == reference and (t := mean_seconds(other)) is not None]
+    mine = mean_seconds(group)
+    return min(times) / mine if times and mine else None
+
+
+def _differences(dataset: str, groups: list[GroupResult]) -> list[GroupDifference]:
+    """Every group against each K-FAC and each Adam group: the difference in final train loss per pixel."""
+    differences = []
+    for baseline in ("kfac", "adam"):
+        for reference in (group for group in groups if group.method == baseline):
+            theirs = [v for v in reference.values("final_train_loss") if is_number(v)]
+            for group in groups:
+                mine = [v for v in group.values("final_train_loss") if is_number(v)]
+                if group is reference or not mine or not theirs:
+                    continue
+                test = welch_difference(mine, theirs)
+                differences.append(GroupDifference(
+                    dataset, group.method, group.name, baseline, reference.name, len(mine), len(theirs),
+                    test.difference, test.interval, test.significant,
+                ))
+    return differences
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -245,35 +394,53 @@ FIGURE2_PANELS: tuple[tuple[str, str, str], ...] = (
     ("val_loss_per_pixel", "epoch", "validation loss vs epoch"),
     ("val_loss_per_pixel", "wall_time", "validation loss vs time"),
 )
+"""(y, x, title) of each panel; curves are means over seeds with a min–max band, x the mean over seeds."""
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
+def group_curve(group: GroupResult, y_key: str, x_key: str) -> tuple[list[float], list[float], list[float], list[float]]:
+    """A group's curve over its seeds: at each epoch logged by every seed, the mean of ``x_key`` (the
+    epoch, or the training seconds), and the mean, min and max of ``y_key`` (positive values only)."""
+    series = [[row for row in run.rows if is_number(row.get(y_key)) and row[y_key] > 0] for run in group.runs]
+    length = min(len(rows) for rows in series)
+    xs, means, lows, highs = [], [], [], []
+    for index in range(length):
+        ys = [rows[index][y_key] for rows in series]
+        xs.append(sum(rows[index][x_key] for rows in series) / len(series))
+        means.append(sum(ys) / len(ys))
+        lows.append(min(ys))
+        highs.append(max(ys))
+    return xs, means, lows, highs
+
+
 def write_figure2(comparison: Comparison, path: Path) -> None:
-    """The paper's Figure 2: one row per dataset, four panels (FIGURE2_PANELS), log-scale loss per pixel."""
+    """The paper's Figure 2: one row per dataset, four panels (FIGURE2_PANELS), log-scale loss per pixel;
+    each group's mean curve over its seeds with a min–max band (:func:`group_curve`)."""
     from matplotlib.ticker import MaxNLocator  # matplotlib only where a figure is drawn, not in sweep workers
 
     from fimbench.plots import METHOD_LABELS, method_color, new_figure, save_png
 
     figure, axes = new_figure(len(comparison.datasets), len(FIGURE2_PANELS))
     for row_index, dataset in enumerate(comparison.datasets):
-        methods = [result.method for result in dataset.results]
+        methods = [group.method for group in dataset.groups]
         for column, (y_key, x_key, title) in enumerate(FIGURE2_PANELS):
             ax = axes[row_index][column]
             seen: dict[str, int] = {}
-            for result in dataset.results:
-                repeat = seen[result.method] = seen.get(result.method, -1) + 1
-                label = METHOD_LABELS.get(result.method, result.method)
-                if methods.count(result.method) > 1:
-                    label = f"{label} ({result.run})"
-                points = [(row[x_key], row[y_key]) for row in result.rows if is_number(row.get(y_key)) and row[y_key] > 0]
+            for group in dataset.groups:
+                repeat = seen[group.method] = seen.get(group.method, -1) + 1
+                label = METHOD_LABELS.get(group.method, group.method)
+                if methods.count(group.method) > 1:
+                    label = f"{label} ({group.name})"
+                if len(group.runs) > 1:
+                    label = f"{label}, {len(group.runs)} seeds"
+                xs, means, lows, highs = group_curve(group, y_key, x_key)
+                color = method_color(group.method)
                 ax.plot(
-                    [x for x, _ in points],
-                    [y for _, y in points],
-                    color=method_color(result.method),
-                    linestyle=_LINESTYLES[repeat % len(_LINESTYLES)],
-                    marker="." if len(points) < 30 else None,
-                    label=label,
+                    xs, means, color=color, linestyle=_LINESTYLES[repeat % len(_LINESTYLES)],
+                    marker="." if len(xs) < 30 else None, label=label,
                 )
+                if len(group.runs) > 1:
+                    ax.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0)
             ax.set_yscale("log")
             if x_key == "epoch":
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -51,6 +51,13 @@ class RunRecord:
     rows: list[dict[str, Any]]  # the valid epoch rows of metrics.jsonl
     summary: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # config.yaml as read ({} when absent)
+
+    @property
+    def seed(self) -> int | None:
+        """``training.seed`` of the run's config, if recorded."""
+        seed = (self.config.get("training") or {}).get("seed")
+        return seed if is_number(seed) else None
 
     @property
     def final_train_loss(self) -> float | None:
@@ -227,13 +234,47 @@ def read_run(run_dir: Path) -> RunRecord:
         rows=rows,
         summary=summary,
         warnings=warnings,
+        config=config,
     )
 
 
-def best_run(records: Sequence[RunRecord]) -> RunRecord | None:
-    """The completed run with the lowest final train loss (§4.2 selects by training loss), if any."""
-    completed = [record for record in records if record.status == "completed" and record.rows]
-    return min(completed, key=lambda record: record.final_train_loss, default=None)
+SEED_INDEPENDENT: frozenset[tuple[str, str]] = frozenset(
+    {("training", "seed"), ("data", "data_dir"), ("training", "device"), ("training", "tensorboard")}
+)
+"""Config keys in which the runs of one group may differ: the seed, and where or how a run is watched."""
+
+
+def group_key(record: RunRecord) -> str:
+    """What a run computes apart from its seed: its resolved config without :data:`SEED_INDEPENDENT`
+    keys, as canonical JSON. Runs with equal keys differ only in the seed: they form one group."""
+    kept = {
+        section: {key: value for key, value in values.items() if (section, key) not in SEED_INDEPENDENT}
+        if isinstance(values, dict) else values
+        for section, values in record.config.items()
+    }
+    return json.dumps({"method": record.method, "dataset": record.dataset, "config": kept}, sort_keys=True, default=str)
+
+
+def group_runs(records: Sequence[RunRecord]) -> list[list[RunRecord]]:
+    """``records`` split into groups (:func:`group_key`), in order of first appearance, each sorted by seed."""
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(group_key(record), []).append(record)
+    return [sorted(group, key=lambda record: (record.seed is None, record.seed or 0)) for group in groups.values()]
+
+
+def best_group(records: Sequence[RunRecord]) -> list[RunRecord] | None:
+    """The group (:func:`group_runs`) whose runs all completed with the lowest mean final train loss
+    (§4.2 selects by training loss; with one seed per setting, the best run), if any."""
+    eligible = [
+        group for group in group_runs(records)
+        if all(record.status == "completed" and record.rows for record in group)
+    ]
+    return min(
+        eligible,
+        key=lambda group: sum(record.final_train_loss or 0.0 for record in group) / len(group),
+        default=None,
+    )
 
 
 def sweep_points(sweep_dir: Path) -> dict[str, list[Path]]:

@@ -11,6 +11,7 @@ from fimbench.plots import METHOD_LABELS
 if TYPE_CHECKING:
     from fimbench.comparison import DatasetComparison
     from fimbench.cost import AxisFit, DatasetCost, MethodCost, ModelProfile, SweepCost, Timing
+    from fimbench.significance import Spread
     from fimbench.sweep import PointState
 
 
@@ -66,20 +67,37 @@ def curvature_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+def _mean_sd(stat: Spread | None, spec: str = ".4g") -> str:
+    """``mean ± sd`` over seeds (the value alone for one seed)."""
+    if stat is None:
+        return "–"
+    if len(stat.values) == 1:
+        return format(stat.mean, spec)
+    return f"{stat.mean:{spec}} ± {stat.sd:.2g}"
+
+
+def _range(stat: Spread | None, spec: str = ".4g") -> str:
+    """``min–max`` over seeds ("" for one seed)."""
+    if stat is None or len(stat.values) == 1:
+        return ""
+    return f"{stat.low:{spec}}–{stat.high:{spec}}"
+
+
 def comparison_table(comparison: DatasetComparison) -> Table:
-    """One row per compared run (paper §4.2): final (best) train and validation loss per pixel,
-    reconstruction error, times, epochs / seconds to the target loss, speed-ups vs KFAC and Adam, and the
-    alignment and safeguard τ at the last refresh (Kronecker methods). The device
-    is in the caption, or a column when the runs come from different devices."""
+    """One row per group of seeds (paper §4.2): mean ± standard deviation and min–max over the seeds of the
+    final and best train loss per pixel, the final validation loss, time per epoch, epochs and seconds to the
+    target loss (how many seeds reached it), speed-ups of the mean seconds-to-target vs KFAC and Adam, and the
+    alignment cos(F̃⁻¹∇, ∇) and safeguard τ at the last refresh (Kronecker methods). The
+    device is in the caption, or a column when the runs come from different devices."""
     target = "–" if comparison.target is None else f"{comparison.target:.4g}"
     devices = sorted({result.device for result in comparison.results})
     table = Table(
         title=f"{comparison.dataset}: target train loss/pixel {target} ({comparison.target_source})",
-        caption=f"device: {devices[0]}" if len(devices) == 1 else None,
+        caption=("mean ± sd (min–max) over seeds" + (f"; device: {devices[0]}" if len(devices) == 1 else "")),
         header_style="bold",
     )
-    headers = ["method", "run", "epochs", "train/px (best)", "val/px (best)", "val recon.", "time (s)", "s/epoch",
-               "to target (epochs / s)", "× KFAC", "× Adam", "alignment", "τ"] + (["device"] if len(devices) > 1 else [])
+    headers = ["method", "run", "seeds", "final train/px", "min–max", "best train/px", "final val/px", "s/epoch",
+               "to target: epochs", "to target: s", "× KFAC", "× Adam", "alignment", "τ"] + (["device"] if len(devices) > 1 else [])
     for header in headers:
         left = header in ("method", "run", "device")
         table.add_column(
@@ -88,25 +106,58 @@ def comparison_table(comparison: DatasetComparison) -> Table:
             overflow="fold" if left else "ellipsis",
             min_width=max(map(len, METHOD_LABELS.values())) if header == "method" else None,
         )
-    for result in comparison.results:
-        method = METHOD_LABELS.get(result.method, result.method)
-        reached = "–" if result.epochs_to_target is None else f"{result.epochs_to_target} / {result.seconds_to_target:.1f}"
+    for group in comparison.groups:
+        method = METHOD_LABELS.get(group.method, group.method)
+        statuses = sorted({run.status for run in group.runs} - {"completed"})
+        stats = group.stats
+        reached = stats["epochs_to_target"]
+        count = f" ({len(reached.values) if reached else 0}/{len(group.runs)})" if len(group.runs) > 1 else ""
         cells = [
-            method if result.status == "completed" else f"{method} ({result.status})",
-            result.run,
-            str(result.epochs),
-            f"{_fmt(result.final_train_loss)} ({_fmt(result.best_train_loss)})",
-            f"{_fmt(result.final_val_loss)} ({_fmt(result.best_val_loss)})",
-            _fmt(result.final_val_reconstruction_error),
-            _fmt(result.wall_time, ".1f"),
-            _fmt(result.time_per_epoch, ".2f"),
-            reached,
-            _fmt(result.speedup_vs_kfac, ".2f"),
-            _fmt(result.speedup_vs_adam, ".2f"),
-            _fmt(result.alignment, ".3f"),
-            _fmt(result.correction_scale, ".3g"),
+            method + (f" ({', '.join(statuses)})" if statuses else ""),
+            group.name,
+            str(len(group.runs)),
+            _mean_sd(stats["final_train_loss"]),
+            _range(stats["final_train_loss"]),
+            _mean_sd(stats["best_train_loss"]),
+            _mean_sd(stats["final_val_loss"]),
+            _mean_sd(stats["time_per_epoch"], ".3g"),
+            _mean_sd(reached, ".3g") + count,
+            _mean_sd(stats["seconds_to_target"], ".3g"),
+            _fmt(group.speedup_vs_kfac, ".2f"),
+            _fmt(group.speedup_vs_adam, ".2f"),
+            _mean_sd(stats["alignment"], ".3f"),
+            _mean_sd(stats["correction_scale"], ".3g"),
         ]
-        table.add_row(*cells, *([result.device] if len(devices) > 1 else []))
+        table.add_row(*cells, *([", ".join(sorted({run.device for run in group.runs}))] if len(devices) > 1 else []))
+    return table
+
+
+def differences_table(comparison: DatasetComparison) -> Table:
+    """Each group against K-FAC and against Adam: the difference of the mean final train loss per pixel
+    (method − baseline; negative = lower loss), its 95 % Welch t interval and the verdict at 5 %."""
+    from fimbench.significance import CONFIDENCE, TEST_NAME
+
+    table = Table(
+        title=f"{comparison.dataset}: final train loss/pixel, method − baseline ({CONFIDENCE:.0%} interval, {TEST_NAME})",
+        caption="negative: lower loss than the baseline; significant at 5 % when the interval excludes 0",
+        header_style="bold",
+    )
+    for header in ("method", "baseline", "seeds", "difference", f"{CONFIDENCE:.0%} interval", "verdict"):
+        table.add_column(header, justify="left" if header in ("method", "baseline", "verdict") else "right")
+    for item in comparison.differences:
+        if item.significant is None:
+            verdict = "untested: a single seed"
+        else:
+            verdict = ("lower" if item.difference < 0 else "higher") if item.significant else "no significant difference"
+        interval = "–" if item.interval is None else f"[{item.interval[0]:+.3g}, {item.interval[1]:+.3g}]"
+        table.add_row(
+            f"{METHOD_LABELS.get(item.method, item.method)} ({item.group})",
+            f"{METHOD_LABELS.get(item.baseline, item.baseline)} ({item.baseline_group})",
+            f"{item.seeds} vs {item.baseline_seeds}",
+            f"{item.difference:+.3g}",
+            interval,
+            verdict,
+        )
     return table
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -331,3 +332,35 @@ def test_slurm_submission_through_fake_commands(tmp_path: Path, data_dir: Path, 
         assert f"#SBATCH {flag}" in script
     runner.close()
     assert "scancel 4242_0" in calls.read_text() and "scancel 4242_1" in calls.read_text()
+
+
+# ----------------------------------------------------------------------------------------------- seeds
+
+
+def test_seeds_expand_each_setting_and_differ_only_in_the_seed(tmp_path: Path) -> None:
+    plan = plan_sweep(tmp_path, ["kfac", "adam"], {"lr": [0.1, 0.01], "damping": [1.0], "clip": [1e-2]}, config_path=SMOKE, seeds=[0, 5])
+    assert [point.name for point in plan.points[:2]] == ["kfac-lr_1e-1-damping_1e0-clip_1e-2-seed_0", "kfac-lr_1e-1-damping_1e0-clip_1e-2-seed_5"]
+    assert len(plan.points) == 2 * 2 * 2 and len({point.name for point in plan.points}) == len(plan.points)
+    first, second = plan.points[:2]
+    assert (first.seed, second.seed) == (0, 5) and first.setting == second.setting == "kfac-lr_1e-1-damping_1e0-clip_1e-2"
+    assert (first.config.training.seed, second.config.training.seed) == (0, 5)
+    assert replace(second.config, training=replace(second.config.training, seed=0)) == first.config
+    with pytest.raises(FimbenchError, match="either a seed"):
+        plan_sweep(tmp_path, ["adam"], {"lr": [0.1]}, config_path=SMOKE, overrides={"training.seed": 3}, seeds=[0, 1])
+
+
+def test_seeded_sweep_picks_the_best_mean_over_seeds(tmp_path: Path, data_dir: Path) -> None:
+    plan = plan_sweep(tmp_path / "sw", ["sgd"], {"lr": [1e-3, 1e-5]}, config_path=SMOKE, overrides=tiny(data_dir), seeds=[0, 1])
+    result = run_sweep(plan, debug_runner(plan.out), poll_seconds=0.01)
+    assert [state.status for state in result.states] == ["completed"] * 4
+    means = {
+        setting: sum(s.train_loss for s in result.states if s.point.setting == setting) / 2  # type: ignore[misc]
+        for setting in ("sgd-lr_1e-3", "sgd-lr_1e-5")
+    }
+    assert len({s.train_loss for s in result.states}) == 4  # the seeds give different runs
+    winner = min(means, key=means.__getitem__)
+    header = result.best["sgd"].read_text().splitlines()
+    assert winner in header[0] and "mean over seeds 0, 1" in header[1] and f"{means[winner]:.6g}" in header[1]
+    assert result.best_points["sgd"].setting == winner and result.best_points["sgd"].seed == 0
+    manifest = json.loads((plan.out / "sweep.json").read_text())
+    assert manifest["methods"]["sgd"]["points"][f"{winner}-seed_1"]["seed"] == 1

@@ -79,6 +79,7 @@ from fimbench.cli import cost as _cost  # noqa: E402
 from fimbench.cli import download as _download  # noqa: E402
 from fimbench.cli import fisher_error as _fisher_error  # noqa: E402
 from fimbench.cli import report as _report  # noqa: E402
+from fimbench.cli import reproduce as _reproduce  # noqa: E402
 from fimbench.cli import sweep as _sweep  # noqa: E402
 from fimbench.cli import train as _train  # noqa: E402
 
@@ -89,6 +90,7 @@ app.command("cost-profile", epilog=EPILOG)(_cost.cost_profile)
 app.command("sweep", epilog=EPILOG)(_sweep.sweep)
 app.command("report", epilog=EPILOG)(_report.report)
 app.command("download-data", epilog=EPILOG)(_download.download_data)
+app.add_typer(_reproduce.app, name="reproduce", epilog=EPILOG)
 
 
 def main() -> None:

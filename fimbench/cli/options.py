@@ -68,6 +68,11 @@ def quiet_option() -> Any:
     return typer.Option(False, "--quiet", "-q", help="No progress and no notes: print the summary table only.")
 
 
+def seeds_option(help: str) -> Any:
+    """``--seeds``: a count (``3``: seeds 0, 1, 2) or a comma-separated list (:func:`fimbench.sweep.parse_seeds`)."""
+    return typer.Option(None, "--seeds", metavar="N|S1,S2,...", help=help)
+
+
 def set_option() -> Any:
     """``--set SECTION.KEY=VALUE``, repeatable (:func:`parse_sets`)."""
     return typer.Option(None, "--set", help=SET_HELP)

@@ -1,4 +1,4 @@
-"""Parsers of the list-valued options (``--methods``, ``--layer``, ``--widths`` / ``--batches``): one rule each, shared by the commands.
+"""Parsers of the list-valued options (``--methods``, ``--layer``, ``--widths`` / ``--batches``, ``--seeds``): one rule each, shared by the commands.
 
 They import the engines' types lazily, so that ``--help`` does not load torch.
 """
@@ -62,3 +62,19 @@ def parse_sizes(text: str, option: str) -> list[int]:
     if not sizes:
         raise FimbenchError(f"{option} needs at least one positive integer")
     return sizes
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: ``"3"`` -> ``[0, 1, 2]`` (that many seeds from 0), ``"0,4,7"`` -> ``[0, 4, 7]``."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        numbers = [int(item) for item in items]
+    except ValueError:
+        numbers = []
+    if not numbers or any(number < 0 for number in numbers) or (len(numbers) == 1 and numbers[0] < 1):
+        raise FimbenchError(f"--seeds takes a count such as 3 (seeds 0, 1, 2) or a list such as 0,1,2; got '{text}'")
+    if len(numbers) == 1:
+        return list(range(numbers[0]))
+    if len(set(numbers)) != len(numbers):
+        raise FimbenchError(f"--seeds lists a seed twice: '{text}'")
+    return numbers

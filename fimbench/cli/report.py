@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from fimbench.cli.common import user_errors
 from fimbench.cli.options import check_out, json_option, quiet_option
 from fimbench.cli.output import current, with_output
+
+if TYPE_CHECKING:
+    from fimbench.comparison import Comparison
+
+
+def print_comparison(comparison: Comparison) -> None:
+    """The warnings (stderr) and, per dataset, the comparison table and the differences vs KFAC and Adam."""
+    from fimbench.tables import comparison_table, differences_table
+
+    for warning in comparison.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for dataset in comparison.datasets:
+        current().summary(comparison_table(dataset))
+        if dataset.differences:
+            current().summary(differences_table(dataset))
 
 
 @user_errors
@@ -31,16 +46,12 @@ def report(
     Example: fimbench report sweeps/curves-synth --out benchmarks/curves-synth
     """
     from fimbench.comparison import compare, write_csv, write_figure2, write_report_json
-    from fimbench.tables import comparison_table
 
     if out is not None:
         check_out(out)
     comparison = compare(paths, target)
     output = current()
-    for warning in comparison.warnings:
-        typer.echo(f"warning: {warning}", err=True)
-    for dataset in comparison.datasets:
-        output.summary(comparison_table(dataset))
+    print_comparison(comparison)
     if out is not None:
         write_figure2(comparison, out / "figure2.png")
         write_report_json(comparison, out / "report.json")

@@ -21,6 +21,7 @@ from fimbench.cli.options import (
     json_option,
     methods_option,
     quiet_option,
+    seeds_option,
     set_option,
     with_sets,
 )
@@ -85,6 +86,7 @@ def sweep(
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
     max_steps: Optional[int] = typer.Option(None, help="Stop each point after this many steps (smoke sweeps)."),
     seed: Optional[int] = typer.Option(None, help="Seed of every point."),
+    seeds: Optional[str] = seeds_option("Run every setting once per seed: a count (3: seeds 0, 1, 2) or a list (0,4,7)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[Path] = data_dir_option(),
     jobs: Optional[int] = typer.Option(
@@ -109,6 +111,7 @@ def sweep(
 
     Example: fimbench sweep -d curves-synth -m kfac,adam --grid lr=1e-1,1e-2 --authors-scale --epochs 5 -j 2
     """
+    from fimbench.cli.parsers import parse_seeds
     from fimbench.sweep import inspect_points, parse_grid, plan_sweep
     from fimbench.tables import sweep_table
 
@@ -117,10 +120,11 @@ def sweep(
         "data.data_dir": str(data_dir) if data_dir is not None else None,
         **config_overrides(locals(), ("training",)),
     }
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     overrides = with_sets(overrides, sets)
     target = out or _default_sweep_dir(config, dataset_value(dataset))
     check_out(target)
-    plan = plan_sweep(target, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides)
+    plan = plan_sweep(target, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides, seed_list)
     output = current()
     if dry_run:
         states = inspect_points(plan)
@@ -128,11 +132,11 @@ def sweep(
         output.note(f"{len(states)} points, {sum(s.status == 'pending' for s in states)} to run, in [bold]{plan.out}[/bold]")
         output.document(_document(plan, states, {}))
         return
-    runner = _runner(plan, executor, jobs, partition, time_minutes, gpus_per_job, cpus_per_job)
+    runner = make_runner(plan, executor, jobs, partition, time_minutes, gpus_per_job, cpus_per_job)
     _run(plan, runner)
 
 
-def _runner(
+def make_runner(
     plan: SweepPlan, executor: Executor, jobs: Optional[int], partition: Optional[str], time_minutes: int, gpus_per_job: int, cpus_per_job: int
 ) -> Runner:
     """Worker processes here (``local``), or SLURM jobs through submitit; each runs :func:`fimbench.train.run_point`."""

@@ -23,10 +23,12 @@ from fimbench.cli.options import (
     json_option,
     quiet_option,
     run_directory,
+    seeds_option,
     set_option,
     with_sets,
 )
 from fimbench.cli.output import current, thin_rows, with_output
+from fimbench.cli.parsers import parse_seeds
 from fimbench.errors import DivergedError, FimbenchError, Interrupted
 
 if TYPE_CHECKING:
@@ -110,6 +112,9 @@ def train(
     krylov_dim: Optional[int] = typer.Option(None, help="Krylov dimension K of restarted Lanczos."),
     min_curvature_ratio: Optional[float] = typer.Option(None, help="δ of the rank-2 positive-definiteness safeguard."),
     seed: Optional[int] = typer.Option(None, help="Seed of data order, initialisation and Fisher sampling."),
+    seeds: Optional[str] = seeds_option(
+        "One run per seed, in --out/seed_S: a count (3: seeds 0, 1, 2) or a list (0,4,7); nothing else differs."
+    ),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[Path] = data_dir_option(),
     log_every: Optional[int] = typer.Option(None, help="Also log a metrics row every N steps."),
@@ -133,6 +138,9 @@ def train(
     Example: fimbench train --method deflation --dataset curves-synth --epochs 2
     """
     options = dict(locals())  # the arguments, named after the config fields they override
+    if seeds is not None:
+        _train_seeds(options, parse_seeds(seeds))
+        return
     if resume is not None:
         resolved, run_dir = _resume_config(options, resume), resume
     else:
@@ -143,7 +151,29 @@ def train(
         result = _run(resolved, run_dir, overwrite, resume is not None)
     else:
         result = _run_parallel(resolved, run_dir, overwrite, nproc)
-    _report(result, resolved, run_dir, full_table, time.perf_counter() - started)
+    current().document(_report(result, resolved, run_dir, full_table, time.perf_counter() - started))
+
+
+def _train_seeds(options: dict[str, Any], seeds: list[int]) -> None:
+    """``--seeds``: the same run once per seed, each in ``<out>/seed_<S>``; one JSON document lists them all."""
+    if options["resume"] is not None:
+        raise FimbenchError("--seeds cannot be given with --resume; resume each seed's run directory on its own")
+    if options["seed"] is not None:
+        raise FimbenchError("give either --seed or --seeds, not both")
+    nproc = options["nproc"]
+    configs = [_resolve({**options, "seed": seed}, options["config"], options["sets"]) for seed in seeds]
+    out = options["out"] or default_run_dir(configs[0].data.dataset, configs[0].optimizer.method)
+    documents = []
+    for seed, resolved in zip(seeds, configs):
+        run_dir = out / f"seed_{seed}"
+        started = time.perf_counter()
+        if nproc is None or nproc == 1:
+            result = _run(resolved, run_dir, options["overwrite"], False)
+        else:
+            result = _run_parallel(resolved, run_dir, options["overwrite"], nproc)
+        documents.append(_report(result, resolved, run_dir, options["full_table"], time.perf_counter() - started))
+    current().note(f"{len(seeds)} seeds in [bold]{out}[/bold]; compare them with fimbench report {out}")
+    current().document({"out": str(out), "seeds": seeds, "runs": documents})
 
 
 def _resolve(options: dict[str, Any], config: Optional[Path], sets: Optional[list[str]]) -> RunConfig:
@@ -228,8 +258,9 @@ def _run_parallel(resolved: RunConfig, run_dir: Path, overwrite: bool, nproc: in
     return TrainResult(run_dir, summary["status"], rows, summary.get("alignment_first_refresh"), summary)
 
 
-def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table: bool, seconds: float) -> None:
-    """The training table (about 20 rows unless ``full_table``), the curvature table, a note and the document."""
+def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table: bool, seconds: float) -> dict[str, Any]:
+    """The training table (about 20 rows unless ``full_table``), the curvature table and a note; returns
+    the run's JSON document."""
     from fimbench.tables import curvature_table, training_table
 
     output = current()
@@ -245,7 +276,7 @@ def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table:
         f"{result.summary['steps']} steps in {seconds:.1f} s "
         f"(training {result.summary['train_seconds']:.1f} s); results in [bold]{run_dir}[/bold]"
     )
-    output.document({"run_dir": str(run_dir), **result.summary})
+    return {"run_dir": str(run_dir), **result.summary}
 
 
 def _summary_document(run_dir: Path) -> dict[str, Any]:

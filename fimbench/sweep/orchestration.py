@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from fimbench.rundir import CONFIG, best_run, read_run, read_summary, write_config, write_sweep_manifest
-from fimbench.sweep.plan import SweepPlan, format_value
+from fimbench.rundir import CONFIG, best_group, read_run, read_summary, write_config, write_sweep_manifest
+from fimbench.sweep.plan import SweepPlan, SweepPoint, format_value
 from fimbench.sweep.runners import Runner
 from fimbench.sweep.state import (
     ACTIVE,
+    FINISHED,
     PointState,
     existing_manifest,
     fill_state,
@@ -36,17 +37,21 @@ class SweepResult:
     plan: SweepPlan
     states: list[PointState]
     best: dict[str, Path]  # method -> best/<method>.yaml
+    best_points: dict[str, SweepPoint]  # method -> its best point (with seeds: the first seed's)
 
     @property
     def failed(self) -> list[PointState]:
         return [state for state in self.states if state.status == "failed"]
 
 
-def _best_header(plan: SweepPlan, state: PointState, method_states: Sequence[PointState], train_loss: float, path: Path) -> str:
-    completed = sum(other.status == "completed" for other in method_states)
+def _best_header(plan: SweepPlan, group: Sequence[PointState], method_states: Sequence[PointState], train_loss: float, path: Path) -> str:
+    state = group[0]
+    settings = len({other.point.setting for other in method_states})
+    completed = len({other.point.setting for other in method_states if other.status == "completed"})
+    seeds = f", mean over seeds {', '.join(str(s.point.seed) for s in group)}" if state.point.seed is not None else ""
     lines = [
-        f"Best {state.point.method} point of the sweep in {plan.out} on {plan.dataset}: {state.point.name}",
-        f"lowest final train loss ({train_loss:.6g}) among {completed} completed of {len(method_states)} points "
+        f"Best {state.point.method} point of the sweep in {plan.out} on {plan.dataset}: {state.point.setting}",
+        f"lowest final train loss ({train_loss:.6g}{seeds}) among {completed} completed of {settings} settings "
         "(paper §4.2 selects by training loss).",
         "Grid values (fimbench's scale): " + ", ".join(f"{k} {format_value(v)}" for k, v in state.point.values.items()),
     ]
@@ -57,20 +62,24 @@ def _best_header(plan: SweepPlan, state: PointState, method_states: Sequence[Poi
     return "".join(f"# {line}\n" for line in lines)
 
 
-def _write_best(plan: SweepPlan, states: Sequence[PointState]) -> dict[str, Path]:
-    """``best/<method>.yaml``: the config of the completed point with the lowest final train loss."""
-    written: dict[str, Path] = {}
+def _write_best(plan: SweepPlan, states: Sequence[PointState]) -> dict[str, PointState]:
+    """``best/<method>.yaml``: the config of the setting whose seeds all completed with the lowest mean
+    final train loss (:func:`fimbench.rundir.best_group`); returns each method's best point (first seed)."""
+    written: dict[str, PointState] = {}
     for method in plan.grids:
         method_states = [state for state in states if state.point.method == method]
         path = plan.out / "best" / f"{method}.yaml"
-        best = best_run([read_run(state.run_dir) for state in method_states if state.status == "completed"])
-        if best is None or best.final_train_loss is None:
+        by_dir = {state.run_dir: state for state in method_states}
+        finished = [read_run(state.run_dir) for state in method_states if state.status in FINISHED]
+        best = best_group([record for record in finished if record.rows])
+        if best is None:
             path.unlink(missing_ok=True)  # a best file from an earlier grid of this method is stale
             continue
-        state = next(state for state in method_states if state.run_dir == best.path)
-        header = _best_header(plan, state, method_states, best.final_train_loss, path)
-        write_config(path.parent, (best.path / CONFIG).read_text(encoding="utf-8"), header, name=path.name)
-        written[method] = path
+        group = [by_dir[record.path] for record in best]
+        mean = sum(record.final_train_loss or 0.0 for record in best) / len(best)
+        header = _best_header(plan, group, method_states, mean, path)
+        write_config(path.parent, (best[0].path / CONFIG).read_text(encoding="utf-8"), header, name=path.name)
+        written[method] = group[0]
     return written
 
 
@@ -121,4 +130,5 @@ def run_sweep(
         save()
         raise
     best = _write_best(plan, states)
-    return SweepResult(plan, states, best)
+    paths = {method: plan.out / "best" / f"{method}.yaml" for method in best}
+    return SweepResult(plan, states, paths, {method: state.point for method, state in best.items()})

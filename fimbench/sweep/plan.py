@@ -67,9 +67,10 @@ def format_value(value: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def point_name(method: str, values: Mapping[str, float]) -> str:
-    """The point's run directory name: ``kfac-lr_3e-2-damping_1e-3-clip_1e-2``."""
-    return "-".join([method, *(f"{key}_{format_value(value)}" for key, value in values.items())])
+def point_name(method: str, values: Mapping[str, float], seed: int | None = None) -> str:
+    """The point's run directory name: ``kfac-lr_3e-2-damping_1e-3-clip_1e-2``, ``…-seed_1`` with a seed."""
+    parts = [method, *(f"{key}_{format_value(value)}" for key, value in values.items())]
+    return "-".join(parts + ([f"seed_{seed}"] if seed is not None else []))
 
 
 def to_fimbench_scale(method: Method, architecture: Architecture, key: str, value: float) -> float:
@@ -96,6 +97,12 @@ class SweepPoint:
     values: dict[str, float]  # grid key -> value in fimbench's scale
     authors_values: dict[str, float]  # the keys whose values were converted from the authors' scale
     config: RunConfig
+    seed: int | None = None  # set when the sweep runs several seeds per setting (also in config.training.seed)
+
+    @property
+    def setting(self) -> str:
+        """The point's name without its seed: what the runs of one group share."""
+        return point_name(self.method, self.values)
 
 
 @dataclass(frozen=True)
@@ -126,12 +133,14 @@ def plan_sweep(
     authors_scale: bool = False,
     config_path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> SweepPlan:
     """Expand each method's grid into points (module docstring).
 
     ``methods``: default all seven. ``grid``: values per key (:func:`parse_grid`); keys left out take the
     default grid (module docstring). ``config_path`` and dotted ``overrides`` (``data.dataset``, ``training.epochs``, ...) are
-    resolved as by ``fimbench train`` for every point, before the point's own values.
+    resolved as by ``fimbench train`` for every point, before the point's own values. ``seeds``: each
+    setting runs once per seed (``training.seed``, named ``…-seed_S``); by default once, with the config's seed.
     """
     grid = dict(grid or {})
     overrides = dict(overrides or {})
@@ -165,6 +174,49 @@ def plan_sweep(
             if "damping" in authors:  # the authors' damping comes with their split
                 kappa = loss_scale(architecture.likelihood, architecture.layers[0])
                 point_overrides["optimizer.pi"] = authors_damping(method, authors["damping"], kappa)[1]
-            config = load_config(config_path, {**overrides, "optimizer.method": method.value, **point_overrides})
-            points.append(SweepPoint(point_name(method.value, values), method.value, values, authors, config))
+            point_overrides["optimizer.method"] = method.value
+            points.extend(_seeded_points(method.value, values, authors, config_path, {**overrides, **point_overrides}, seeds))
     return SweepPlan(Path(out), dataset, grids, tuple(points))
+
+
+def plan_best_runs(
+    out: Path, best: Mapping[str, tuple[SweepPoint, Path]], seeds: Sequence[int], overrides: Mapping[str, Any] | None = None
+) -> SweepPlan:
+    """The runs of each method's chosen setting, once per seed: ``best`` maps a method to its point (of a
+    sweep) and the config file holding that point's resolved settings (its ``best/<method>.yaml``), read
+    with ``overrides`` (``training.epochs``, ...) on top. The plan is an ordinary sweep plan with one value
+    per axis, so it runs, resumes and reports as a sweep does."""
+    grids: dict[str, tuple[GridAxis, ...]] = {}
+    points: list[SweepPoint] = []
+    for method, (point, config_path) in best.items():
+        grids[method] = tuple(
+            GridAxis(key, (value,), (point.authors_values[key],) if key in point.authors_values else None)
+            for key, value in point.values.items()
+        )
+        method_overrides = {**(overrides or {}), "optimizer.method": method}
+        points.extend(_seeded_points(method, point.values, point.authors_values, config_path, method_overrides, seeds))
+    if not points:
+        raise FimbenchError("no method has a completed sweep point to run from")
+    return SweepPlan(Path(out), points[0].config.data.dataset, grids, tuple(points))
+
+
+def _seeded_points(
+    method: str,
+    values: dict[str, float],
+    authors: dict[str, float],
+    config_path: Path | None,
+    overrides: Mapping[str, Any],
+    seeds: Sequence[int] | None,
+) -> list[SweepPoint]:
+    """One setting's points: one run with the config's seed, or one per seed of ``seeds``."""
+    if seeds is None:
+        return [SweepPoint(point_name(method, values), method, values, authors, load_config(config_path, dict(overrides)))]
+    if overrides.get("training.seed") is not None:
+        raise FimbenchError("give either a seed (--seed, training.seed) or --seeds, not both")
+    return [
+        SweepPoint(
+            point_name(method, values, seed), method, values, authors,
+            load_config(config_path, {**overrides, "training.seed": seed}), seed,
+        )
+        for seed in seeds
+    ]

@@ -48,6 +48,7 @@ class PointState:
     epoch: int | None = None
     train_loss: float | None = None  # latest logged; the final one once finished
     val_loss: float | None = None
+    wall_time: float | None = None  # training seconds up to the latest logged epoch
     alignment: float | None = None  # latest logged cos(F̃⁻¹∇, ∇) (Kronecker methods)
     correction_scale: float | None = None  # latest logged safeguard τ (rank-2 methods)
     message: str | None = None  # why it failed or diverged
@@ -55,6 +56,7 @@ class PointState:
 
 def fill_state(state: PointState, row: Mapping[str, Any]) -> None:
     state.epoch, state.train_loss, state.val_loss = row.get("epoch"), row.get("train_loss"), row.get("val_loss")
+    state.wall_time = row.get("wall_time")
     state.alignment, state.correction_scale = row.get("alignment"), row.get("correction_scale")
 
 
@@ -121,6 +123,7 @@ def manifest_document(plan: SweepPlan, previous: dict[str, Any], states: Sequenc
             "points": {
                 state.point.name: {
                     "values": state.point.values,
+                    "seed": state.point.seed,
                     "authors_values": state.point.authors_values,
                     "status": state.status,
                     "final_train_loss": state.train_loss if state.status in FINISHED else None,

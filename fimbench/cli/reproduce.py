@@ -1,0 +1,146 @@
+"""``fimbench reproduce``: a figure of the paper from scratch, in one resumable command."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import typer
+
+from fimbench.cli.common import split_list, user_errors
+from fimbench.cli.options import (
+    DatasetName,
+    check_out,
+    data_dir_option,
+    dataset_option,
+    dataset_value,
+    json_option,
+    methods_option,
+    quiet_option,
+    seeds_option,
+    set_option,
+    with_sets,
+)
+from fimbench.cli.output import current, with_output
+from fimbench.cli.report import print_comparison
+from fimbench.cli.sweep import Executor, make_runner
+from fimbench.errors import Interrupted
+
+if TYPE_CHECKING:
+    from fimbench.sweep import PointState, SweepPlan
+
+DEFAULT_SEEDS = "3"
+"""``--seeds`` of ``reproduce figure2``: seeds 0, 1, 2."""
+DEFAULT_SWEEP_EPOCHS = 20
+"""``--sweep-epochs`` of ``reproduce figure2``: each grid point's epochs."""
+PROGRESS_EVERY_SECONDS = 60.0  # a progress line at least this often while runs go on
+
+app = typer.Typer(help="Reproduce a figure of the paper from scratch: every stage in one resumable folder.", no_args_is_help=True)
+
+
+class ProgressLines:
+    """One line per change of a stage's counts (and at least every minute): stage, runs done and left,
+    the estimated time left. Lines, not a live view, so that a log file of a long run reads well."""
+
+    def __init__(self, draw: bool) -> None:
+        self.draw = draw
+        self.name = ""
+        self.last: tuple[int, int] | None = None
+        self.printed = 0.0
+
+    def stage(self, name: str, plan: SweepPlan | None) -> None:
+        from fimbench.protocol import STAGES
+
+        self.name, self.last = name, None
+        where = f": {len(plan.points)} runs in {plan.out}" if plan is not None else ""
+        if self.draw:
+            current().note(f"[bold]stage {STAGES.index(name) + 1}/{len(STAGES)} {name}[/bold]{where}")
+
+    def update(self, states: Sequence[PointState], seconds_left: float | None) -> None:
+        left = sum(state.status in ("pending", "running") for state in states)
+        counts = (len(states) - left, left)
+        now = time.monotonic()
+        if not self.draw or (counts == self.last and now - self.printed < PROGRESS_EVERY_SECONDS):
+            return
+        self.last, self.printed = counts, now
+        eta = "estimating the time left" if seconds_left is None else f"about {_duration(seconds_left)} left in all"
+        running = sum(state.status == "running" for state in states)
+        current().note(f"{self.name}: {counts[0]} runs done, {left} left ({running} running); {eta}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@app.command("figure2")
+@user_errors
+@with_output
+def figure2(
+    dataset: Optional[DatasetName] = dataset_option(),
+    methods: Optional[str] = methods_option(None, "Comma-separated methods (default: every method, as fimbench sweep)."),
+    grid: Optional[list[str]] = typer.Option(
+        None, "--grid", "-g", help="The sweep's KEY=V1,V2,... (lr, damping, clip), as in fimbench sweep --grid; default: its grid."
+    ),
+    authors_scale: bool = typer.Option(False, "--authors-scale", help="Sweep the paper's own grid (the authors' scale, converted), as fimbench sweep --authors-scale."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base YAML config of every run."),
+    sweep_epochs: int = typer.Option(DEFAULT_SWEEP_EPOCHS, "--sweep-epochs", help="Epochs of each sweep point."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of each seeded run of the best settings (default: the config's)."),
+    seeds: str = seeds_option("Seeds of the runs of each method's best setting: a count (3: seeds 0, 1, 2) or a list; the sweep uses the first."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    data_dir: Optional[Path] = data_dir_option(),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Runs at once (local: worker processes, default 1; slurm: array parallelism)."),
+    executor: Executor = typer.Option(Executor.LOCAL, help="local: worker processes here; slurm: jobs through submitit."),
+    partition: Optional[str] = typer.Option(None, help="SLURM partition (--executor slurm)."),
+    time_minutes: int = typer.Option(240, "--time", help="SLURM time limit per run, minutes."),
+    gpus_per_job: int = typer.Option(0, help="GPUs per SLURM job."),
+    cpus_per_job: int = typer.Option(4, help="CPUs (torch threads) per SLURM job."),
+    target: Optional[float] = typer.Option(None, help="Train loss per pixel of the report's to-target columns (default: the worst final)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder of every stage (default: reproduce/figure2-<dataset>)."),
+    sets: Optional[list[str]] = set_option(),
+    json_output: bool = json_option(),
+    quiet: bool = quiet_option(),
+) -> None:
+    """The paper's §4.2 protocol: sweep every method, take each one's best setting, train it once per
+    seed, and report Figure 2 with mean, spread and which differences are real.
+
+    Stages, each a folder of --out: sweep/ (the grid search), sweep/best/ (each method's best setting),
+    runs/ (the seeded runs) and report/ (figure2.png, report.json). Rerunning the same command resumes:
+    finished runs are kept, interrupted ones rerun, and the report is rewritten.
+
+    Example: fimbench reproduce figure2 -d curves-synth --sweep-epochs 5 --epochs 20 --seeds 3 -j 2
+    """
+    from fimbench.cli.parsers import parse_seeds
+    from fimbench.config import load_config
+    from fimbench.protocol import plan_figure2, run_figure2
+    from fimbench.sweep import parse_grid
+
+    overrides = {
+        "data.dataset": dataset_value(dataset),
+        "data.data_dir": str(data_dir) if data_dir is not None else None,
+        "training.device": device,
+    }
+    overrides = with_sets(overrides, sets)
+    target_dir = out or Path("reproduce") / f"figure2-{load_config(config, {'data.dataset': dataset_value(dataset)}).data.dataset}"
+    check_out(target_dir)
+    plan = plan_figure2(
+        target_dir, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides,
+        sweep_epochs, epochs, parse_seeds(seeds or DEFAULT_SEEDS),
+    )
+    output = current()
+    progress = ProgressLines(draw=output.progress)
+
+    def runner(stage: SweepPlan):  # type: ignore[no-untyped-def]
+        return make_runner(stage, executor, jobs, partition, time_minutes, gpus_per_job, cpus_per_job)
+
+    try:
+        result = run_figure2(plan, runner, progress, target=target)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; rerun the same command to resume in {plan.out}") from None
+    print_comparison(result.comparison)
+    output.note(f"figure2.png and report.json in [bold]{result.report_dir}[/bold]")
+    output.document({"out": str(plan.out), **result.to_dict()})
