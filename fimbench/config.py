@@ -50,6 +50,7 @@ class TrainingConfig:
     seed: int = 0  # data order, initialisation and Fisher sampling
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = 0  # also log a metrics row every N steps (0: epochs only)
+    tensorboard: bool = False  # also write metrics.jsonl's rows as TensorBoard event files (fimbench.event_log)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.distributed import data_parallel, mean_over_ranks, rank, shard, world_size
 from fimbench.errors import DivergedError, FimbenchError
+from fimbench.event_log import EventLog, require_tensorboard
 from fimbench.models import Likelihood, build_model, evaluate
 from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.rundir import (
@@ -85,6 +86,8 @@ def _validate(config: RunConfig) -> Method:
         raise FimbenchError("optimizer.weight_decay must be ≥ 0 and optimizer.momentum in [0, 1)")
     if optimizer.nesterov and optimizer.momentum == 0:
         raise FimbenchError("optimizer.nesterov needs a positive optimizer.momentum")
+    if training.tensorboard:
+        require_tensorboard()
     return method
 
 
@@ -143,6 +146,13 @@ class _Run:
     epoch: int = 0  # epochs completed
     step: int = 0
     window: list[torch.Tensor] = field(default_factory=list)  # losses not yet read on the host
+    events: EventLog | None = None  # training.tensorboard: the rows as TensorBoard scalars too
+
+    def log(self, row: dict[str, Any]) -> None:
+        """One row of ``metrics.jsonl`` (and of the event files with ``training.tensorboard``)."""
+        append_metrics(self.metrics_path, row)
+        if self.events is not None:
+            self.events.write(row)
 
 
 def _prepare(
@@ -191,6 +201,8 @@ def _prepare(
     )
     if checkpoint is not None:
         _resume(run, checkpoint)
+    if training.tensorboard and rank() == 0:
+        run.events = EventLog(run_dir)
     return run
 
 
@@ -242,7 +254,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     run.train_seconds += time.perf_counter() - epoch_start
     row = _epoch_row(run, epoch, (sums / max(epoch_steps, 1)).tolist())
     run.result.rows.append(row)  # first: an interrupt during the write's fsync keeps both in step
-    append_metrics(run.metrics_path, row)
+    run.log(row)
     run.epoch = epoch
     _save_checkpoint(run)
     if run.progress is not None:
@@ -294,7 +306,7 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
             "train_loss": float(loss.detach()),
             "wall_time": run.train_seconds + time.perf_counter() - epoch_start,
         }
-        append_metrics(run.metrics_path, step_row)
+        run.log(step_row)
 
 
 def _epoch_row(run: _Run, epoch: int, train_means: list[float]) -> dict[str, Any]:
@@ -334,6 +346,8 @@ def _finish(run: _Run, status: str, diverged_at: int | None) -> TrainResult:
     result.status = status
     result.summary = _summary(run.config, run.device, result, run.started, run.train_seconds, run.step, diverged_at)
     write_summary(result.run_dir, result.summary)
+    if run.events is not None:
+        run.events.close()
     return result
 
 

@@ -170,3 +170,69 @@ def test_damping_options_and_the_sgd_warning(tmp_path: Path) -> None:
     for bad in (["--pi", "wide"], ["--pi", "-1"], ["--damping-schedule", "cosine"]):
         one_line_error(runner.invoke(app, ["train", "--config", config, "--method", "kfac", "--max-steps", "1", *bad,
                                            "--out", str(tmp_path / "c")]))
+
+
+def test_seeds_write_one_run_per_seed_differing_only_in_the_seed(tmp_path: Path) -> None:
+    out = tmp_path / "seeds"
+    config = tiny_config(tmp_path)
+    result = runner.invoke(app, ["train", "--config", str(config), "--method", "sgd", "--seeds", "2", "--out", str(out), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["seeds"] == [0, 1] and [run["run_dir"] for run in document["runs"]] == [str(out / "seed_0"), str(out / "seed_1")]
+    first, second = (yaml.safe_load((out / f"seed_{seed}" / "config.yaml").read_text()) for seed in (0, 1))
+    assert (first["training"]["seed"], second["training"]["seed"]) == (0, 1)
+    second["training"]["seed"] = 0
+    assert first == second  # nothing else differs
+    losses = [json.loads((out / f"seed_{seed}" / "summary.json").read_text())["final"]["train_loss"] for seed in (0, 1)]
+    assert losses[0] != losses[1]  # another initialisation and data order
+
+    listed = runner.invoke(app, ["train", "--config", str(config), "--method", "sgd", "--seeds", "3,7", "--max-steps", "1", "--out", str(tmp_path / "listed"), "-q"])
+    assert listed.exit_code == 0, listed.output
+    assert sorted(path.name for path in (tmp_path / "listed").iterdir()) == ["seed_3", "seed_7"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--seeds", "0"], "--seeds takes a count"),
+        (["--seeds", "1,x"], "--seeds takes a count"),
+        (["--seeds", "1,1"], "lists a seed twice"),
+        (["--seeds", "2", "--seed", "4"], "either --seed or --seeds"),
+        (["--seeds", "2", "--resume", "somewhere"], "--seeds cannot be given with --resume"),
+    ],
+)
+def test_bad_seeds_are_one_line(tmp_path: Path, arguments: list[str], message: str) -> None:
+    result = runner.invoke(app, ["train", "--config", str(tiny_config(tmp_path)), "--out", str(tmp_path / "x"), *arguments])
+    assert message in one_line_error(result)
+    assert not (tmp_path / "x").exists()
+
+
+def test_tensorboard_event_files_hold_the_metrics(tmp_path: Path) -> None:
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", "--config", str(tiny_config(tmp_path)), "-m", "kfac", "--tensorboard", "--log-every", "5", "--out", str(out), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert list(out.glob("events.out.tfevents.*"))
+    events = event_accumulator.EventAccumulator(str(out))
+    events.Reload()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [row for row in rows if row.get("kind", "epoch") == "epoch"]
+    steps = [row for row in rows if row.get("kind") == "step"]
+    assert steps and set(events.Tags()["scalars"]) >= {"train_loss", "val_loss_per_pixel", "alignment", "epoch", "step/train_loss"}
+    for key in ("train_loss", "val_loss_per_pixel", "alignment", "epoch"):
+        scalars = events.Scalars(key)
+        assert [scalar.step for scalar in scalars] == [row["step"] for row in epochs]
+        assert [scalar.value for scalar in scalars] == pytest.approx([row[key] for row in epochs], rel=1e-6)  # float32 in the file
+    assert [s.value for s in events.Scalars("step/train_loss")] == pytest.approx([row["train_loss"] for row in steps], rel=1e-6)
+
+
+def test_tensorboard_without_the_extra_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "tensorboard" else real(name, *args))
+    result = runner.invoke(app, ["train", "--config", str(tiny_config(tmp_path)), "--tensorboard", "--out", str(tmp_path / "run")])
+    assert "pip install 'fimbench[tensorboard]'" in one_line_error(result)
+    assert not (tmp_path / "run").exists()

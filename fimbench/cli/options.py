@@ -73,6 +73,14 @@ def seeds_option(help: str) -> Any:
     return typer.Option(None, "--seeds", metavar="N|S1,S2,...", help=help)
 
 
+def tensorboard_option() -> Any:
+    """``--tensorboard/--no-tensorboard``: ``training.tensorboard`` (:mod:`fimbench.event_log`)."""
+    return typer.Option(
+        None, "--tensorboard/--no-tensorboard",
+        help="Also write each run's metrics as TensorBoard event files beside metrics.jsonl (the tensorboard extra).",
+    )
+
+
 def set_option() -> Any:
     """``--set SECTION.KEY=VALUE``, repeatable (:func:`parse_sets`)."""
     return typer.Option(None, "--set", help=SET_HELP)

@@ -20,6 +20,7 @@ from fimbench.cli.options import (
     quiet_option,
     seeds_option,
     set_option,
+    tensorboard_option,
     with_sets,
 )
 from fimbench.cli.output import current, with_output
@@ -93,6 +94,7 @@ def figure2(
     seeds: str = seeds_option("Seeds of the runs of each method's best setting: a count (3: seeds 0, 1, 2) or a list; the sweep uses the first."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[Path] = data_dir_option(),
+    tensorboard: Optional[bool] = tensorboard_option(),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Runs at once (local: worker processes, default 1; slurm: array parallelism)."),
     executor: Executor = typer.Option(Executor.LOCAL, help="local: worker processes here; slurm: jobs through submitit."),
     partition: Optional[str] = typer.Option(None, help="SLURM partition (--executor slurm)."),
@@ -123,6 +125,7 @@ def figure2(
         "data.dataset": dataset_value(dataset),
         "data.data_dir": str(data_dir) if data_dir is not None else None,
         "training.device": device,
+        "training.tensorboard": tensorboard,
     }
     overrides = with_sets(overrides, sets)
     target_dir = out or Path("reproduce") / f"figure2-{load_config(config, {'data.dataset': dataset_value(dataset)}).data.dataset}"

@@ -23,6 +23,7 @@ from fimbench.cli.options import (
     quiet_option,
     seeds_option,
     set_option,
+    tensorboard_option,
     with_sets,
 )
 from fimbench.cli.output import current, with_output
@@ -89,6 +90,7 @@ def sweep(
     seeds: Optional[str] = seeds_option("Run every setting once per seed: a count (3: seeds 0, 1, 2) or a list (0,4,7)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[Path] = data_dir_option(),
+    tensorboard: Optional[bool] = tensorboard_option(),
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", help="Points at once (local: worker processes, default 1; slurm: array parallelism)."
     ),

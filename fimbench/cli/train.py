@@ -25,6 +25,7 @@ from fimbench.cli.options import (
     run_directory,
     seeds_option,
     set_option,
+    tensorboard_option,
     with_sets,
 )
 from fimbench.cli.output import current, thin_rows, with_output
@@ -118,12 +119,13 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[Path] = data_dir_option(),
     log_every: Optional[int] = typer.Option(None, help="Also log a metrics row every N steps."),
+    tensorboard: Optional[bool] = tensorboard_option(),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<dataset>-<method>-<time>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (else it is refused)."),
     resume: Optional[Path] = typer.Option(
         None, "--resume", metavar="RUN_DIR",
         help="Continue the stopped or killed run in RUN_DIR from its checkpoint.pt, as its config.yaml says "
-        "(with it only --device, --data-dir, --quiet, --json and --full-table may be given).",
+        "(with it only --device, --data-dir, --tensorboard, --quiet, --json and --full-table may be given).",
     ),
     sets: Optional[list[str]] = set_option(),
     full_table: bool = typer.Option(False, "--full-table", help="Show every epoch in the table (default: about 20 rows)."),
@@ -191,8 +193,8 @@ def _resolve(options: dict[str, Any], config: Optional[Path], sets: Optional[lis
     return load_config(config, with_sets(overrides, sets))
 
 
-RESUME_OPTIONS = ("resume", "device", "data_dir", "full_table", "json_output", "quiet")
-"""What may be given with ``--resume``: where and how it runs, and where the data is — not what it computes."""
+RESUME_OPTIONS = ("resume", "device", "data_dir", "tensorboard", "full_table", "json_output", "quiet")
+"""What may be given with ``--resume``: where and how it runs and is watched, and where the data is — not what it computes."""
 
 
 def _resume_config(options: dict[str, Any], run_dir: Path) -> RunConfig:
@@ -209,12 +211,16 @@ def _resume_config(options: dict[str, Any], run_dir: Path) -> RunConfig:
         spelled = sorted({"--set" if name == "sets" else "--" + name.replace("_", "-") for name in given})
         raise FimbenchError(
             f"{', '.join(spelled)} cannot be given with --resume: it continues {run_dir} as its config.yaml says "
-            "(with it only --device, --data-dir, --quiet, --json and --full-table may be given)"
+            "(with it only --device, --data-dir, --tensorboard, --quiet, --json and --full-table may be given)"
         )
     if not (run_dir / CONFIG).is_file():
         raise FimbenchError(f"--resume {run_dir}: no config.yaml there, so it is not a run directory")
     data_dir = options["data_dir"]
-    overrides = {"training.device": options["device"], "data.data_dir": str(data_dir) if data_dir is not None else None}
+    overrides = {
+        "training.device": options["device"],
+        "training.tensorboard": options["tensorboard"],
+        "data.data_dir": str(data_dir) if data_dir is not None else None,
+    }
     return load_config(run_dir / CONFIG, overrides)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from fimbench.event_log import require_tensorboard
 from fimbench.rundir import CONFIG, best_group, read_run, read_summary, write_config, write_sweep_manifest
 from fimbench.sweep.plan import SweepPlan, SweepPoint, format_value
 from fimbench.sweep.runners import Runner
@@ -95,6 +96,8 @@ def run_sweep(
     previous = existing_manifest(plan)
     todo = [state for state in states if state.status == "pending"]
     if todo:
+        if todo[0].point.config.training.tensorboard:
+            require_tensorboard()  # once, here, rather than in every worker
         prepare_data(todo[0].point.config)
         for state in todo:
             reset_run_dir(state)

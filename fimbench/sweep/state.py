@@ -18,6 +18,7 @@ from fimbench.data import require_present
 from fimbench.errors import FimbenchError
 from fimbench.rundir import (
     METRICS,
+    SEED_INDEPENDENT,
     SWEEP_MANIFEST,
     clear_results,
     read_config,
@@ -31,7 +32,7 @@ from fimbench.sweep.plan import SweepPlan, SweepPoint
 
 FINISHED = ("completed", "diverged")
 ACTIVE = ("pending", "running")
-_UNCOMPARED = {("data", "data_dir"), ("training", "device")}  # may change when a sweep resumes elsewhere
+_UNCOMPARED = SEED_INDEPENDENT - {("training", "seed")}  # where a point runs and how it is watched may change
 GRID_SCALE_NOTE = (
     "values: fimbench's scale (per-example NLL summed over pixels), as in config.yaml; authors_values: "
     "the same values in the authors' scale (mean over pixels), where they were converted from it by "
