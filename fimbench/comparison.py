@@ -25,6 +25,7 @@ from fimbench.rundir import (
     RunRecord,
     best_group,
     group_key,
+    group_runs,
     is_number,
     is_run_dir,
     read_run,
@@ -228,8 +229,10 @@ def discover(folder: Path) -> list[Path]:
 
 
 def _collect(paths: Sequence[Path]) -> tuple[list[RunRecord], list[str]]:
-    """The runs to compare: each run directory given, the best point per method of each sweep, and those
-    of the run and sweep directories below any other folder given (:func:`discover`)."""
+    """The runs to compare: each run directory given, the best setting per method of each sweep (all its
+    seeds; a method swept at one setting only, such as the seeded runs of ``reproduce``, shows every seed
+    however it ended), and those of the run and sweep directories below any other folder given
+    (:func:`discover`)."""
     records: list[RunRecord] = []
     warnings: list[str] = []
     seen: set[Path] = set()
@@ -257,7 +260,9 @@ def _collect(paths: Sequence[Path]) -> tuple[list[RunRecord], list[str]]:
     for path in targets:
         if (path / SWEEP_MANIFEST).is_file():
             for method, run_dirs in sweep_points(path).items():
-                best = best_group([read_run(run_dir) for run_dir in run_dirs if is_run_dir(run_dir)])
+                found = [read_run(run_dir) for run_dir in run_dirs if is_run_dir(run_dir)]
+                groups = group_runs(found)
+                best = best_group(found) or (groups[0] if len(groups) == 1 else None)  # one setting: every seed, as it ended
                 if best is None:
                     warnings.append(f"{path}: no completed {method} point yet; {method} is left out")
                 else:

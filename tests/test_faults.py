@@ -545,8 +545,8 @@ def test_help_and_version_import_no_torch_matplotlib_or_scipy() -> None:
     script = (
         "import sys\n"
         "from fimbench.cli import app\n"
-        "for argv in (['--help'], ['--version'], *([c, '--help'] for c in "
-        "('train', 'fisher-error', 'cost-profile', 'sweep', 'report', 'download-data'))):\n"
+        "for argv in (['--help'], ['--version'], ['reproduce', 'figure2', '--help'], *([c, '--help'] for c in "
+        "('train', 'fisher-error', 'cost-profile', 'sweep', 'report', 'reproduce', 'download-data'))):\n"
         "    try:\n"
         "        app(argv, prog_name='fimbench')\n"
         "    except SystemExit as done:\n"

@@ -301,3 +301,17 @@ def test_group_curve_is_the_mean_with_a_min_max_band(tmp_path: Path) -> None:
     assert [pytest.approx(part) for part in ([1, 2], [0.5, 0.3], [0.4, 0.2], [0.6, 0.4])] == list(curve)
     xs, *_ = group_curve(group, "train_loss_per_pixel", "wall_time")
     assert xs == pytest.approx([2.0, 4.0])  # the mean training seconds of the seeds at each epoch
+
+
+def test_sweep_of_one_setting_reports_every_seed_however_it_ended(tmp_path: Path) -> None:
+    sweep = tmp_path / "runs"
+    make_run(sweep / "kfac-lr_1e-1-seed_0", "kfac", [0.3, 0.2], 1.0, seed=0)
+    make_run(sweep / "kfac-lr_1e-1-seed_1", "kfac", [0.3, 0.25], 1.0, seed=1, status="diverged")
+    make_run(sweep / "adam-lr_1e-3-seed_0", "adam", [0.3, 0.2], 1.0, lr=1e-3, seed=0)
+    make_run(sweep / "adam-lr_1e-2-seed_0", "adam", [0.3, 0.1], 1.0, lr=1e-2, seed=0, status="diverged")
+    points = {"kfac": ["kfac-lr_1e-1-seed_0", "kfac-lr_1e-1-seed_1"], "adam": ["adam-lr_1e-3-seed_0", "adam-lr_1e-2-seed_0"]}
+    manifest = {"dataset": "curves-synth", "methods": {m: {"points": {name: {} for name in names}} for m, names in points.items()}}
+    (sweep / "sweep.json").write_text(json.dumps(manifest))
+    kfac, adam = compare([sweep]).datasets[0].groups
+    assert [run.status for run in kfac.runs] == ["completed", "diverged"] and kfac.seeds == [0, 1]
+    assert [run.run for run in adam.runs] == ["adam-lr_1e-3-seed_0"]  # two settings: the best fully completed one

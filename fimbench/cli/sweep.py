@@ -186,6 +186,7 @@ def _document(plan: SweepPlan, states: Sequence[PointState], best: dict[str, Pat
                 "name": state.point.name,
                 "method": state.point.method,
                 "values": state.point.values,
+                "seed": state.point.seed,
                 "status": state.status,
                 "resumed": state.resumed,
                 "epoch": state.epoch,
