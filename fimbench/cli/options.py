@@ -28,6 +28,28 @@ SET_HELP = (
 )
 
 
+class Executor(str, Enum):
+    """``--executor``: where the runs of a sweep (or of ``reproduce``) go."""
+
+    LOCAL = "local"
+    SLURM = "slurm"
+
+
+def executor_options(unit: str) -> dict[str, Any]:
+    """``-j/--jobs``, ``--executor`` and the SLURM options of a command that runs many ``unit``s (points,
+    runs), as parameter name -> option: the signature of :func:`fimbench.cli.sweep.make_runner`."""
+    return {
+        "jobs": typer.Option(
+            None, "--jobs", "-j", help=f"{unit.capitalize()} at once (local: worker processes, default 1; slurm: array parallelism)."
+        ),
+        "executor": typer.Option(Executor.LOCAL, help="local: worker processes here; slurm: jobs through submitit."),
+        "partition": typer.Option(None, help="SLURM partition (--executor slurm)."),
+        "time_minutes": typer.Option(240, "--time", help=f"SLURM time limit per {unit.rstrip('s')}, minutes."),
+        "gpus_per_job": typer.Option(0, help="GPUs per SLURM job (e.g. 1 on GPU partitions)."),
+        "cpus_per_job": typer.Option(4, help="CPUs (torch threads) per SLURM job."),
+    }
+
+
 def dataset_option() -> Any:
     """``-d/--dataset``: one of the dataset names, shown as choices."""
     return typer.Option(

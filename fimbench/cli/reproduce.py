@@ -11,10 +11,12 @@ import typer
 from fimbench.cli.common import split_list, user_errors
 from fimbench.cli.options import (
     DatasetName,
+    Executor,
     check_out,
     data_dir_option,
     dataset_option,
     dataset_value,
+    executor_options,
     json_option,
     methods_option,
     quiet_option,
@@ -25,7 +27,7 @@ from fimbench.cli.options import (
 )
 from fimbench.cli.output import current, with_output
 from fimbench.cli.report import print_comparison
-from fimbench.cli.sweep import Executor, make_runner
+from fimbench.cli.sweep import make_runner
 from fimbench.errors import Interrupted
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ DEFAULT_SEEDS = "3"
 """``--seeds`` of ``reproduce figure2``: seeds 0, 1, 2."""
 DEFAULT_SWEEP_EPOCHS = 20
 """``--sweep-epochs`` of ``reproduce figure2``: each grid point's epochs."""
+RUNS = executor_options("runs")
 PROGRESS_EVERY_SECONDS = 60.0  # a progress line at least this often while runs go on
 
 app = typer.Typer(help="Reproduce a figure of the paper from scratch: every stage in one resumable folder.", no_args_is_help=True)
@@ -95,12 +98,12 @@ def figure2(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[Path] = data_dir_option(),
     tensorboard: Optional[bool] = tensorboard_option(),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Runs at once (local: worker processes, default 1; slurm: array parallelism)."),
-    executor: Executor = typer.Option(Executor.LOCAL, help="local: worker processes here; slurm: jobs through submitit."),
-    partition: Optional[str] = typer.Option(None, help="SLURM partition (--executor slurm)."),
-    time_minutes: int = typer.Option(240, "--time", help="SLURM time limit per run, minutes."),
-    gpus_per_job: int = typer.Option(0, help="GPUs per SLURM job."),
-    cpus_per_job: int = typer.Option(4, help="CPUs (torch threads) per SLURM job."),
+    jobs: Optional[int] = RUNS["jobs"],
+    executor: Executor = RUNS["executor"],
+    partition: Optional[str] = RUNS["partition"],
+    time_minutes: int = RUNS["time_minutes"],
+    gpus_per_job: int = RUNS["gpus_per_job"],
+    cpus_per_job: int = RUNS["cpus_per_job"],
     target: Optional[float] = typer.Option(None, help="Train loss per pixel of the report's to-target columns (default: the worst final)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder of every stage (default: reproduce/figure2-<dataset>)."),
     sets: Optional[list[str]] = set_option(),

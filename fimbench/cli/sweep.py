@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -13,11 +12,13 @@ from rich.live import Live
 from fimbench.cli.common import console, split_list, user_errors
 from fimbench.cli.options import (
     DatasetName,
+    Executor,
     check_out,
     config_overrides,
     data_dir_option,
     dataset_option,
     dataset_value,
+    executor_options,
     json_option,
     methods_option,
     quiet_option,
@@ -33,9 +34,7 @@ if TYPE_CHECKING:
     from fimbench.sweep import PointState, Runner, SweepPlan
 
 
-class Executor(str, Enum):
-    LOCAL = "local"
-    SLURM = "slurm"
+POINTS = executor_options("points")
 
 
 class LiveSweepTable:
@@ -91,14 +90,12 @@ def sweep(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[Path] = data_dir_option(),
     tensorboard: Optional[bool] = tensorboard_option(),
-    jobs: Optional[int] = typer.Option(
-        None, "--jobs", "-j", help="Points at once (local: worker processes, default 1; slurm: array parallelism)."
-    ),
-    executor: Executor = typer.Option(Executor.LOCAL, help="local: worker processes here; slurm: jobs through submitit."),
-    partition: Optional[str] = typer.Option(None, help="SLURM partition (--executor slurm)."),
-    time_minutes: int = typer.Option(240, "--time", help="SLURM time limit per point, minutes."),
-    gpus_per_job: int = typer.Option(0, help="GPUs per SLURM job (e.g. 1 on GPU partitions)."),
-    cpus_per_job: int = typer.Option(4, help="CPUs (torch threads) per SLURM job."),
+    jobs: Optional[int] = POINTS["jobs"],
+    executor: Executor = POINTS["executor"],
+    partition: Optional[str] = POINTS["partition"],
+    time_minutes: int = POINTS["time_minutes"],
+    gpus_per_job: int = POINTS["gpus_per_job"],
+    cpus_per_job: int = POINTS["cpus_per_job"],
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default: sweeps/<dataset>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the points and what is already finished; run nothing."),
     sets: Optional[list[str]] = set_option(),
