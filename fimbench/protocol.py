@@ -74,6 +74,8 @@ def plan_figure2(
     chosen = list(dict.fromkeys(parse_method(name) for name in methods)) or list(Method)
     kronecker = [method.value for method in chosen if method.is_kronecker]
     baselines = [method.value for method in chosen if not method.is_kronecker]
+    if grid and not kronecker:
+        raise FimbenchError("--grid is the Kronecker methods' grid, and none is among --methods (SGD and Adam sweep their default lr)")
     parts = [
         plan_sweep(Path(out) / SWEEP, names, method_grid, authors_scale, config_path, sweep_overrides)
         for names, method_grid in ((kronecker, grid), (baselines, None))

@@ -187,6 +187,7 @@ def test_cli_runs_the_protocol_and_prints_progress(tmp_path: Path, data_dir: Pat
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["-m", "newton"], "unknown method"),
         (["--grid", "momentum=1"], "--grid takes KEY"),
+        (["-m", "sgd,adam", "--grid", "lr=1"], "none is among --methods"),
         (["--out", "FILE/below"], "is not a directory"),
     ],
 )
