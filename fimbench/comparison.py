@@ -96,7 +96,7 @@ class GroupResult:
     method: str
     name: str  # the runs' name without the seed
     runs: list[MethodResult]  # one per seed, by seed
-    stats: dict[str, Spread | None]  # GROUP_METRICS over the seeds that have the value
+    stats: dict[str, Spread | None]  # GROUP_METRICS over the counted runs that have the value
     speedup_vs_kfac: float | None = None  # KFAC's fastest group's mean seconds-to-target / this group's
     speedup_vs_adam: float | None = None
 
@@ -104,8 +104,15 @@ class GroupResult:
     def seeds(self) -> list[int | None]:
         return [run.seed for run in self.runs]
 
-    def values(self, metric: str) -> list[float | None]:
-        return [getattr(run, metric) for run in self.runs]
+    @property
+    def counted(self) -> list[MethodResult]:
+        """The runs the statistics and tests use: those that completed (a diverged, failed or unfinished
+        seed ended at another epoch), or every run when none did."""
+        return [run for run in self.runs if run.status == "completed"] or self.runs
+
+    def values(self, metric: str, runs: Sequence[MethodResult] | None = None) -> list[float | None]:
+        """``metric`` of each run (of ``runs``, by default every seed)."""
+        return [getattr(run, metric) for run in (self.runs if runs is None else runs)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +122,7 @@ class GroupResult:
             "runs": [run.path for run in self.runs],
             "statuses": [run.status for run in self.runs],
             "values": {metric: self.values(metric) for metric in GROUP_METRICS},
+            "counted_seeds": [run.seed for run in self.counted],
             "stats": {metric: (stat.to_dict() if stat else None) for metric, stat in self.stats.items()},
             "speedup_vs_kfac": self.speedup_vs_kfac,
             "speedup_vs_adam": self.speedup_vs_adam,
@@ -354,12 +362,17 @@ def _groups(results: list[MethodResult]) -> list[GroupResult]:
     groups = []
     for runs in by_key.values():
         runs.sort(key=lambda run: (run.seed is None, run.seed or 0))
-        stats = {metric: spread([v for v in (getattr(run, metric) for run in runs) if is_number(v)]) for metric in GROUP_METRICS}
-        groups.append(GroupResult(runs[0].dataset, runs[0].method, _group_name(runs), runs, stats))
+        group = GroupResult(runs[0].dataset, runs[0].method, _group_name(runs), runs, {})
+        group.stats = {metric: spread(_numbers(group.values(metric, group.counted))) for metric in GROUP_METRICS}
+        groups.append(group)
     for group in groups:
         group.speedup_vs_kfac = _group_speedup(groups, "kfac", group)
         group.speedup_vs_adam = _group_speedup(groups, "adam", group)
     return groups
+
+
+def _numbers(values: Sequence[Any]) -> list[float]:
+    return [value for value in values if is_number(value)]
 
 
 def _group_speedup(groups: list[GroupResult], reference: str, group: GroupResult) -> float | None:
@@ -378,9 +391,9 @@ def _differences(dataset: str, groups: list[GroupResult]) -> list[GroupDifferenc
     differences = []
     for baseline in ("kfac", "adam"):
         for reference in (group for group in groups if group.method == baseline):
-            theirs = [v for v in reference.values("final_train_loss") if is_number(v)]
+            theirs = _numbers(reference.values("final_train_loss", reference.counted))
             for group in groups:
-                mine = [v for v in group.values("final_train_loss") if is_number(v)]
+                mine = _numbers(group.values("final_train_loss", group.counted))
                 if group is reference or not mine or not theirs:
                     continue
                 test = welch_difference(mine, theirs)
@@ -404,9 +417,9 @@ _LINESTYLES = ("-", "--", ":", "-.")
 
 
 def group_curve(group: GroupResult, y_key: str, x_key: str) -> tuple[list[float], list[float], list[float], list[float]]:
-    """A group's curve over its seeds: at each epoch logged by every seed, the mean of ``x_key`` (the
+    """A group's curve over its counted seeds: at each epoch logged by every one, the mean of ``x_key`` (the
     epoch, or the training seconds), and the mean, min and max of ``y_key`` (positive values only)."""
-    series = [[row for row in run.rows if is_number(row.get(y_key)) and row[y_key] > 0] for run in group.runs]
+    series = [[row for row in run.rows if is_number(row.get(y_key)) and row[y_key] > 0] for run in group.counted]
     length = min(len(rows) for rows in series)
     xs, means, lows, highs = [], [], [], []
     for index in range(length):
@@ -436,15 +449,15 @@ def write_figure2(comparison: Comparison, path: Path) -> None:
                 label = METHOD_LABELS.get(group.method, group.method)
                 if methods.count(group.method) > 1:
                     label = f"{label} ({group.name})"
-                if len(group.runs) > 1:
-                    label = f"{label}, {len(group.runs)} seeds"
+                if len(group.counted) > 1:
+                    label = f"{label}, {len(group.counted)} seeds"
                 xs, means, lows, highs = group_curve(group, y_key, x_key)
                 color = method_color(group.method)
                 ax.plot(
                     xs, means, color=color, linestyle=_LINESTYLES[repeat % len(_LINESTYLES)],
                     marker="." if len(xs) < 30 else None, label=label,
                 )
-                if len(group.runs) > 1:
+                if len(group.counted) > 1:
                     ax.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0)
             ax.set_yscale("log")
             if x_key == "epoch":

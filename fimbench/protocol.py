@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from fimbench.comparison import Comparison
 from fimbench.curvature import Method, parse_method
-from fimbench.errors import FimbenchError, SweepFailedError
-from fimbench.sweep import PointState, Runner, SweepPlan, SweepPoint, plan_best_runs, plan_sweep, run_sweep
+from fimbench.errors import FimbenchError
+from fimbench.sweep import PointState, Runner, SweepPlan, SweepPoint, SweepResult, plan_best_runs, plan_sweep, run_sweep
 
 SWEEP, RUNS, REPORT = "sweep", "runs", "report"
 STAGES: tuple[str, ...] = (SWEEP, RUNS, REPORT)
@@ -136,9 +136,15 @@ class Figure2Result:
     comparison: Comparison  # of the seeded runs
     report_dir: Path
     skipped: list[str]  # methods without a completed sweep point, left out of the runs
+    failed: list[Path]  # run directories whose worker failed (in either stage); a rerun retries them
 
     def to_dict(self) -> dict[str, Any]:
-        return {"report": str(self.report_dir), "skipped": self.skipped, **self.comparison.to_dict()}
+        return {
+            "report": str(self.report_dir),
+            "skipped": self.skipped,
+            "failed": [str(path) for path in self.failed],
+            **self.comparison.to_dict(),
+        }
 
 
 def run_figure2(
@@ -150,9 +156,11 @@ def run_figure2(
 ) -> Figure2Result:
     """Run the four stages (module docstring); ``target`` is the report's (:func:`fimbench.comparison.compare`).
 
-    ``runner(stage_plan)`` gives the runner of a stage (local workers, submitit). A failed run stops the
-    pipeline after its stage with :class:`~fimbench.errors.SweepFailedError` (rerun to retry it); a method
-    whose sweep points all diverged is left out of the later stages.
+    ``runner(stage_plan)`` gives the runner of a stage (local workers, submitit). A failed run (its worker
+    raised) is treated like a diverged one: the best setting is chosen among the completed points, the
+    report shows the seeds that completed, and :attr:`Figure2Result.failed` lists it, so that the caller
+    can say so (a rerun retries it). A method without a completed sweep point is left out of the later
+    stages.
     """
     import time
 
@@ -166,13 +174,14 @@ def run_figure2(
 
     future = [(p.method, plan.epochs or p.config.training.epochs) for p in _one_per_method(plan.sweep) for _ in plan.seeds]
     sweep_result = _stage(plan.sweep, SWEEP, runner, progress, lambda states: observe(states, future), poll_seconds)
+    failed = [state.run_dir for state in sweep_result.failed]
     best = {method: (sweep_result.best_points[method], path) for method, path in sweep_result.best.items()}
     skipped = [method for method in plan.sweep.grids if method not in best]
     if not best:
         raise FimbenchError(f"no method has a completed sweep point in {plan.sweep.out}; nothing to run")
     started = time.monotonic()
     runs = runs_plan(plan, best)
-    _stage(runs, RUNS, runner, progress, lambda states: observe(states, ()), poll_seconds)
+    failed += [state.run_dir for state in _stage(runs, RUNS, runner, progress, lambda states: observe(states, ()), poll_seconds).failed]
     if progress is not None:
         progress.stage(REPORT, None)
     comparison = compare([runs.out], target)
@@ -181,7 +190,7 @@ def run_figure2(
     report_dir = plan.out / REPORT
     write_figure2(comparison, report_dir / "figure2.png")
     write_report_json(comparison, report_dir / "report.json")
-    return Figure2Result(comparison, report_dir, skipped)
+    return Figure2Result(comparison, report_dir, skipped, failed)
 
 
 def _one_per_method(plan: SweepPlan) -> list[SweepPoint]:
@@ -198,8 +207,8 @@ def _stage(
     progress: Figure2Progress | None,
     observe: Callable[[Sequence[PointState]], None],
     poll_seconds: float,
-) -> Any:
-    """One sweep stage, its failures raised after it ends."""
+) -> SweepResult:
+    """One sweep stage, announced to ``progress``."""
 
     class Relay:
         def update(self, states: Sequence[PointState]) -> None:
@@ -207,11 +216,4 @@ def _stage(
 
     if progress is not None:
         progress.stage(name, plan)
-    result = run_sweep(plan, runner(plan), Relay(), poll_seconds)
-    if result.failed:
-        names = ", ".join(state.point.name for state in result.failed)
-        raise SweepFailedError(
-            f"{len(result.failed)} run(s) of the {name} stage failed ({names}); see their worker.log, "
-            "then rerun the same command to retry them"
-        )
-    return result
+    return run_sweep(plan, runner(plan), Relay(), poll_seconds)

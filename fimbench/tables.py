@@ -84,7 +84,8 @@ def _range(stat: Spread | None, spec: str = ".4g") -> str:
 
 
 def comparison_table(comparison: DatasetComparison) -> Table:
-    """One row per group of seeds (paper §4.2): mean ± standard deviation and min–max over the seeds of the
+    """One row per group of seeds (paper §4.2): mean ± standard deviation and min–max over the seeds that
+    completed ("2 of 3" when one did not; every seed when none did) of the
     final and best train loss per pixel, the final validation loss, time per epoch, epochs and seconds to the
     target loss (how many seeds reached it), speed-ups of the mean seconds-to-target vs KFAC and Adam, and the
     alignment cos(F̃⁻¹∇, ∇) and safeguard τ at the last refresh (Kronecker methods). The
@@ -111,11 +112,11 @@ def comparison_table(comparison: DatasetComparison) -> Table:
         statuses = sorted({run.status for run in group.runs} - {"completed"})
         stats = group.stats
         reached = stats["epochs_to_target"]
-        count = f" ({len(reached.values) if reached else 0}/{len(group.runs)})" if len(group.runs) > 1 else ""
+        count = f" ({len(reached.values) if reached else 0}/{len(group.counted)})" if len(group.counted) > 1 else ""
         cells = [
             method + (f" ({', '.join(statuses)})" if statuses else ""),
             group.name,
-            str(len(group.runs)),
+            str(len(group.runs)) if len(group.counted) == len(group.runs) else f"{len(group.counted)} of {len(group.runs)}",
             _mean_sd(stats["final_train_loss"]),
             _range(stats["final_train_loss"]),
             _mean_sd(stats["best_train_loss"]),

@@ -314,4 +314,9 @@ def test_sweep_of_one_setting_reports_every_seed_however_it_ended(tmp_path: Path
     (sweep / "sweep.json").write_text(json.dumps(manifest))
     kfac, adam = compare([sweep]).datasets[0].groups
     assert [run.status for run in kfac.runs] == ["completed", "diverged"] and kfac.seeds == [0, 1]
+    assert [run.seed for run in kfac.counted] == [0] and kfac.stats["final_train_loss"].values == (0.2,)  # type: ignore[union-attr]
+    console = Console(record=True, width=250)
+    console.print(comparison_table(compare([sweep]).datasets[0]))
+    text = console.export_text()
+    assert "KFAC (diverged)" in text and "1 of 2" in text
     assert [run.run for run in adam.runs] == ["adam-lr_1e-3-seed_0"]  # two settings: the best fully completed one

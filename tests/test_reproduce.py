@@ -199,3 +199,34 @@ def test_bad_input_is_one_error_line(tmp_path: Path, arguments: list[str], messa
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+class FailingFirst:
+    """The debug runner, except that the first run of the runs stage fails (its worker 'raises')."""
+
+    def __init__(self, stage: SweepPlan) -> None:
+        self.inner, self.held = debug_runner(stage), []
+        self.fail = stage.out.name == "runs"
+
+    def submit(self, states: Sequence[PointState]) -> None:
+        states = list(states)
+        if self.fail:
+            self.held, states = states[:1], states[1:]
+        self.inner.submit(states)
+
+    def poll(self) -> list[tuple[PointState, str | None]]:
+        ended, self.held = [(state, "worker exited with status 1: boom") for state in self.held], []
+        return ended + self.inner.poll()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_failed_run_is_reported_and_left_out(tmp_path: Path, data_dir: Path) -> None:
+    plan = figure2_plan(tmp_path / "fig2", data_dir)
+    result = run_figure2(plan, FailingFirst, poll_seconds=0.01)
+    (failed,) = result.failed
+    assert failed.parent == plan.out / "runs" and failed.name.startswith("kfac-") and failed.name.endswith("-seed_0")
+    kfac, kpsvd = result.comparison.datasets[0].groups
+    assert kfac.seeds == [1, 2] and kpsvd.seeds == [0, 1, 2]  # the failed run logged nothing: not a run yet
+    assert result.to_dict()["failed"] == [str(failed)] and (plan.out / "report" / "report.json").is_file()

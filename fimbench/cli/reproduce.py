@@ -28,7 +28,7 @@ from fimbench.cli.options import (
 from fimbench.cli.output import current, with_output
 from fimbench.cli.report import print_comparison
 from fimbench.cli.sweep import make_runner
-from fimbench.errors import Interrupted
+from fimbench.errors import Interrupted, SweepFailedError
 
 if TYPE_CHECKING:
     from fimbench.sweep import PointState, SweepPlan
@@ -150,3 +150,9 @@ def figure2(
     print_comparison(result.comparison)
     output.note(f"figure2.png and report.json in [bold]{result.report_dir}[/bold]")
     output.document({"out": str(plan.out), **result.to_dict()})
+    if result.failed:
+        for path in result.failed:
+            typer.echo(f"failed: {path} (see its worker.log)", err=True)
+        raise SweepFailedError(
+            f"{len(result.failed)} run(s) failed and are left out of the report; rerun the same command to retry them"
+        )
