@@ -54,7 +54,7 @@ def test_train_writes_run_directory_and_table(tmp_path: Path) -> None:
     assert "kfac on curves-synth" in result.stdout and "val loss" in result.stdout
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["optimizer"]["method"] == "kfac"
-    assert (resolved["optimizer"]["lr"], resolved["optimizer"]["pi"]) == (0.1, "trace")  # configs/curves.yaml
+    assert (resolved["optimizer"]["lr"], resolved["optimizer"]["pi"]) == (0.3, "trace")  # configs/curves.yaml, methods.kfac
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
     assert {"seconds_statistics", "seconds_refresh", "seconds_precondition", "kl_clip_factor"} <= rows[0].keys()
