@@ -472,8 +472,8 @@ def test_report_finds_runs_and_sweeps_below_a_folder(tmp_path: Path) -> None:
     make_run(folder / "loop" / "seed0-kfac", "kfac", [0.30, 0.20], 2.0)
     make_run(folder / "loop" / "deeper" / "adam", "adam", [0.40, 0.25], 1.0)
     sweep = folder / "sweeps" / "sw"
-    make_run(sweep / "sgd-lr_1e-3", "sgd", [0.50, 0.45], 0.5)
-    make_run(sweep / "sgd-lr_1e-2", "sgd", [0.50, 0.35], 0.5)
+    make_run(sweep / "sgd-lr_1e-3", "sgd", [0.50, 0.45], 0.5, lr=1e-3)  # two settings: two groups
+    make_run(sweep / "sgd-lr_1e-2", "sgd", [0.50, 0.35], 0.5, lr=1e-2)
     (sweep / "sweep.json").write_text(json.dumps({"methods": {"sgd": {"points": {"sgd-lr_1e-3": {}, "sgd-lr_1e-2": {}}}}}))
     result = invoke(["report", folder, "--json"])
     assert result.exit_code == 0, result.output
