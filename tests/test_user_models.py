@@ -70,9 +70,9 @@ def test_bias_free_linear_step_is_the_dense_natural_gradient():
 
 def test_layers_and_skip_layers_select_by_object_or_name():
     model = network()
-    with pytest.warns(UserWarning, match=r"raw gradient of 1 module\(s\).*: 2$"):
+    with pytest.warns(UserWarning, match=r"raw gradient of 1 module\(s\).*: 2 \(Linear\)$"):
         assert KroneckerPreconditioner(model, LIKELIHOOD, "kfac", layers=["0"]).layers == [model[0]]
-    with pytest.warns(UserWarning, match=r": 0$"):
+    with pytest.warns(UserWarning, match=r": 0 \(Linear\)$"):
         assert KroneckerPreconditioner(model, LIKELIHOOD, "kfac", skip_layers=[model[0]]).layers == [model[2]]
     with pytest.raises(FimbenchError, match=r"no module named 'fc'.*its layers are '0', '2'"):
         KroneckerPreconditioner(model, LIKELIHOOD, "kfac", layers=["fc"])
