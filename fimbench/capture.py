@@ -128,8 +128,8 @@ def capture_statistics(
 
     handles = [layer.register_forward_hook(record) for layer in layers]
     try:
-        with torch.enable_grad():
-            with statistics_pass(model, inputs.device):
+        with torch.enable_grad(), statistics_pass(model):
+            with forked_rng(inputs.device):
                 output = model(inputs)
             _check_reached(model, layers, recorded)
             if targets is None:
@@ -144,8 +144,9 @@ def capture_statistics(
 
 
 @contextmanager
-def statistics_pass(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """The statistics pass's forward leaves the model and the user's random streams as they were.
+def statistics_pass(model: nn.Module) -> Iterator[None]:
+    """The statistics pass leaves the model as it was (and, with :func:`forked_rng` around its forward,
+    the user's random streams).
 
     * Every buffer is restored afterwards: BatchNorm keeps normalising with the batch's statistics, as in
       the training forward whose Fisher this is, but its running statistics and ``num_batches_tracked``
@@ -153,23 +154,29 @@ def statistics_pass(model: nn.Module, device: torch.device) -> Iterator[None]:
     * Dropout modules are switched to eval for the pass: the Fisher is that of the model's predictive
       distribution ``P(y | x, θ)``, the deterministic network dropout approximates at test time; a fresh
       mask would add the mask's own noise to the statistics (and draw from the user's generator).
-    * The global CPU (and ``device``'s CUDA) generator is forked, so anything random left in the forward
-      does not advance the user's streams.
     """
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
     dropouts = [module for module in model.modules() if isinstance(module, nn.modules.dropout._DropoutNd) and module.training]
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     for module in dropouts:
         module.eval()
     try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
+        yield
     finally:
         for module in dropouts:
             module.train()
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
+
+
+@contextmanager
+def forked_rng(device: torch.device) -> Iterator[None]:
+    """The global CPU generator (and ``device``'s CUDA one) as they were on entry once the block ends, so
+    anything random left in the statistics forward does not advance the user's streams. The targets are
+    sampled outside it, from the sampling generator."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        yield
 
 
 def _check_reached(model: nn.Module, layers: list[KroneckerLayer], recorded: dict[nn.Module, tuple[Tensor, Tensor]]) -> None:
