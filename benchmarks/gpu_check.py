@@ -14,7 +14,8 @@ with its reason and the others still run:
 * ``resume``: a ``fimbench train`` process (Deflation) SIGKILLed after its first checkpoint and continued
   with ``--resume`` ends with the ``metrics.jsonl`` rows and parameters of a run never stopped — the
   device's RNG and the Fisher-sampling generator restored.
-* ``nproc-nccl``: ``fimbench train --nproc 1`` (a process group over nccl) gives the same run again.
+* ``nproc-nccl``: that uninterrupted run again as the one worker of an nccl process group
+  (``torch.distributed.run -m fimbench.launch``, what ``--nproc N`` starts): the same rows and parameters.
 * ``bf16-autocast``: a Deflation preconditioner under bfloat16 autocast with a ``torch.amp.GradScaler``.
 * ``compile``: a ``torch.compile``d model with a K-FAC preconditioner; its first loss equals the eager one.
 * ``fisher-error``: ``fimbench fisher-error --layer 5`` on the full-size MNIST autoencoder (the 7750² block).
@@ -37,6 +38,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,7 +156,7 @@ def time_limit(seconds: float) -> Iterator[None]:
     """Raise :class:`CheckTimeout` after ``seconds`` (SIGALRM; a long kernel is interrupted when it returns)."""
 
     def expire(signum: int, frame: object) -> None:
-        raise CheckTimeout(f"ran past its {seconds:.0f} s limit")
+        raise CheckTimeout(f"ran past its {seconds:.3g} s limit")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
@@ -224,14 +226,14 @@ def fimbench_command(*arguments: object) -> None:
 
 
 @contextmanager
-def started(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process in its own session, output to ``log``; it and its children are SIGKILLed on exit
-    from the block if still running (a time limit, a failed check)."""
+def started(command: list[str], log: Path, environment: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process in its own session (``environment`` added to ours), output to ``log``; it and its
+    children are SIGKILLed on exit from the block if still running (a time limit, a failed check)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, "COLUMNS": "200", **(environment or {})},
         )
         try:
             yield process
@@ -402,24 +404,27 @@ def check_resume(context: Context) -> dict[str, Any]:
 
 
 def check_nccl(context: Context) -> dict[str, Any]:
-    """``--nproc 1`` on CUDA: one worker in an nccl process group; the same run as the resume check's."""
+    """The resume check's uninterrupted run again, as one worker of ``torch.distributed.run`` in an nccl
+    process group (``fimbench.launch``, the path of ``--nproc N`` and of multi-node runs): the same rows
+    and parameters. ``fimbench train --nproc 1`` itself trains in-process, without a process group."""
     if context.device.type != "cuda":
         raise CheckSkipped("nccl needs a CUDA device (dry run on CPU)")
-    if context.plan.cli_dataset == "mnist":
-        context.needs_data()
-    run_dir, log = context.work / "nccl" / "run", context.work / "nccl" / "train.log"
-    with started([str(FIMBENCH), *train_command(context, run_dir), "--nproc", "1", "--overwrite"], log) as process:
-        status = process.wait()
+    reference = context.work / "resume" / "uninterrupted"
     details: dict[str, Any] = {}
-    require(status == 0, f"fimbench train --nproc 1 exited {status}: {log_tail(log)}", details)
+    require((reference / "summary.json").is_file(), "needs the uninterrupted run of the resume check", details)
+    run_dir, log = context.work / "nccl" / "run", context.work / "nccl" / "launch.log"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(reference / "config.yaml", run_dir / "config.yaml")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
+               "-m", "fimbench.launch", str(run_dir)]
+    with started(command, log, {"NCCL_DEBUG": "INFO"}) as process:
+        status = process.wait()
+    details["nccl_initialised"] = "NCCL INFO" in log.read_text(errors="replace")
+    require(status == 0, f"torch.distributed.run -m fimbench.launch exited {status}: {log_tail(log)}", details)
     summary = json.loads((run_dir / "summary.json").read_text())
     details.update(status=summary["status"], processes=summary["processes"])
     require(summary["status"] == "completed", f"the run ended {summary['status']}", details)
-    reference = context.work / "resume" / "uninterrupted"
-    if (reference / "summary.json").is_file():
-        compare_runs(run_dir, reference, details)
-    else:
-        details["compared"] = "no uninterrupted run of the resume check to compare with"
+    compare_runs(run_dir, reference, details)
     return details
 
 
