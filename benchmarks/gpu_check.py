@@ -169,7 +169,8 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 @dataclass
 class Context:
-    """What the checks share: the plan, the device, the output folder and the random MNIST data set."""
+    """What the checks share: the plan, the device, the output folder, and whether the random MNIST data
+    set of the ``data`` check is in place."""
 
     plan: Plan
     device: torch.device
@@ -186,6 +187,7 @@ class Context:
 
     @property
     def architecture(self) -> Architecture:
+        """The plan's autoencoder with the MNIST likelihood (Bernoulli)."""
         return Architecture(self.plan.layers, ARCHITECTURES["mnist"].likelihood)
 
     @property
