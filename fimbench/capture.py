@@ -4,7 +4,9 @@ forward/backward pass.
 Forward hooks record each layer's input ``a`` and output ``s``; the targets of the extra pass are sampled
 from the model's predictive distribution (true Fisher, §2.1) or taken from the data (empirical Fisher);
 ``g_t = ∂ℓ_t/∂s_t`` is then the gradient of ``Σ_t ℓ_t`` with respect to ``s`` — per-example derivatives,
-with no 1/m factor (models.py states the scale convention). No parameter gradient is touched.
+with no 1/m factor (models.py states the scale convention). No parameter gradient is touched, no
+buffer keeps a change (BatchNorm's running statistics are restored), dropout is off for the pass and the
+global random streams are forked around it (:func:`statistics_pass`, :func:`forked_rng`).
 
 Shared weights give 3-D statistics, T positions per example (curvature/shared_weights.py):
 

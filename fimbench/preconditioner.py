@@ -23,6 +23,12 @@ With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule o
 every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
 blocks are re-factorised at the next step.
 
+What ``step`` touches: the selected layers' ``.grad`` and its own state; the statistics pass leaves
+the model's buffers, its dropout modules' mode and the user's random streams as they were
+(:mod:`fimbench.capture`), and the targets come from the preconditioner's own sampling generator
+(:func:`fimbench.distributed.sampling_generator`). What cannot be done right is refused with one
+``FimbenchError`` (``_check_step``, ``_usable``, :mod:`fimbench.selection`, :mod:`fimbench.preconditioner_state`).
+
 Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
 preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
 the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).

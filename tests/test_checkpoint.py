@@ -125,7 +125,8 @@ def test_strict_load_refuses_other_layer_names_and_settings_naming_them() -> Non
     keeps this preconditioner's settings (its λ, no trial, refactorised next step)."""
     model, x = three_layers(), torch.rand(8, 6, generator=torch.Generator().manual_seed(0))
     settings = dict(stats_every=1, damping_schedule="adaptive", damping_every=1, damping=1e-2)
-    saved = KroneckerPreconditioner(model, "gaussian", "deflation", layers=["0", "2"], **settings)
+    with pytest.warns(UserWarning, match=r": 4 \(Linear\)$"):
+        saved = KroneckerPreconditioner(model, "gaussian", "deflation", layers=["0", "2"], **settings)
     Likelihood.GAUSSIAN.nll(model(x), x).mean().backward()
     saved.step(x)
     assert saved.awaiting_loss
