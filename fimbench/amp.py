@@ -11,7 +11,10 @@
   preconditioner solves with ``∇h = grad / s`` (so KL-clipping's ``Σ_i |⟨P_i, ∇_i⟩|`` is the unscaled one)
   and writes back ``s ν P``, which ``scaler.step(optimizer)`` unscales as usual. If any gradient is inf or
   NaN it is left as it is, so that the scaler skips the step and lowers its scale, as it would without
-  the preconditioner.
+  the preconditioner. The order is ``scaler.scale(loss).backward()``, ``preconditioner.step(x)``, then
+  optionally ``scaler.unscale_(optimizer)`` and clipping, then ``scaler.step(optimizer)``:
+  :func:`check_still_scaled` refuses a ``scaler.unscale_`` that ran before ``preconditioner.step`` (the
+  gradients would be divided by ``s`` twice).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import ContextManager, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.amp.grad_scaler import OptState
+
+from fimbench.errors import FimbenchError
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -53,6 +59,19 @@ def autocast_off(device: torch.device) -> ContextManager[None]:
 def gradient_scale(scaler: GradScalerLike | None) -> float:
     """``s``, the factor the gradients carry (1 without an enabled scaler; a host sync otherwise)."""
     return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+
+def check_still_scaled(scaler: GradScalerLike | None) -> None:
+    """One error if ``scaler.unscale_(optimizer)`` already ran for this step. The scaler records it per
+    optimizer (``_per_optimizer_states[id(optimizer)]["stage"]`` is ``OptState.UNSCALED`` until
+    ``scaler.update()``); which parameters an optimizer owns is not recorded, so any unscaled optimizer
+    is refused rather than guessed about."""
+    states = getattr(scaler, "_per_optimizer_states", None) or {}
+    if any(state.get("stage") is OptState.UNSCALED for state in states.values()):
+        raise FimbenchError(
+            "scaler.unscale_(optimizer) ran before preconditioner.step(): call preconditioner.step() right after "
+            "scaler.scale(loss).backward(), then scaler.unscale_(optimizer) (and clip), then scaler.step(optimizer)"
+        )
 
 
 def all_finite(gradients: list[Tensor]) -> bool:

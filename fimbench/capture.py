@@ -4,7 +4,9 @@ forward/backward pass.
 Forward hooks record each layer's input ``a`` and output ``s``; the targets of the extra pass are sampled
 from the model's predictive distribution (true Fisher, §2.1) or taken from the data (empirical Fisher);
 ``g_t = ∂ℓ_t/∂s_t`` is then the gradient of ``Σ_t ℓ_t`` with respect to ``s`` — per-example derivatives,
-with no 1/m factor (models.py states the scale convention). No parameter gradient is touched.
+with no 1/m factor (models.py states the scale convention). No parameter gradient is touched, no
+buffer keeps a change (BatchNorm's running statistics are restored), dropout is off for the pass and the
+global random streams are forked around it (:func:`statistics_pass`, :func:`forked_rng`).
 
 Shared weights give 3-D statistics, T positions per example (curvature/shared_weights.py):
 
@@ -19,7 +21,9 @@ is there only when the layer has a bias.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as functional
@@ -46,28 +50,34 @@ def augment(activations: Tensor) -> Tensor:
     return torch.cat([activations, ones], dim=-1)
 
 
-def kronecker_layers(model: nn.Module) -> list[KroneckerLayer]:
-    """The model's trainable ``nn.Linear`` and ``nn.Conv2d`` layers in module order — the blocks fimbench
-    preconditions. Frozen layers (``weight.requires_grad`` false) are left out.
+def candidate_layers(model: nn.Module) -> list[KroneckerLayer]:
+    """The model's trainable ``nn.Linear`` and ``nn.Conv2d`` layers in module order, supported or not.
+    Frozen layers (``weight.requires_grad`` false) are left out."""
+    return [module for module in model.modules() if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.requires_grad]
 
-    Raises for a layer whose Fisher block the capture cannot form (grouped or non-zero-padded convolutions,
-    a bias frozen while its weight trains).
-    """
-    layers = [
-        module for module in model.modules() if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.requires_grad
-    ]
-    for layer in layers:
-        if layer.bias is not None and not layer.bias.requires_grad:
-            raise FimbenchError(f"{layer} trains its weight but not its bias; freeze or train both")
-        if isinstance(layer, nn.Conv2d):
-            if layer.groups != 1:
-                raise FimbenchError(f"Conv2d with groups={layer.groups} is not supported (only groups=1)")
-            if layer.padding_mode != "zeros" or isinstance(layer.padding, str) and layer.padding != "valid":
-                raise FimbenchError(
-                    f"Conv2d with padding={layer.padding!r}, padding_mode={layer.padding_mode!r} is not supported; "
-                    "use integer zero padding"
-                )
-    return layers
+
+def check_supported(layer: KroneckerLayer, name: str = "") -> KroneckerLayer:
+    """``layer`` itself, or one error for a layer whose Fisher block the capture cannot form (a grouped or
+    non-zero-padded convolution, a bias frozen while its weight trains); ``name`` is its qualified name."""
+    label = f"layer {name!r} ({type(layer).__name__})" if name else str(layer)
+    leave_out = "; leave it out with skip_layers= (or layers=)" if name else ""
+    if layer.bias is not None and not layer.bias.requires_grad:
+        raise FimbenchError(f"{label} trains its weight but not its bias; freeze or train both")
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1:
+            raise FimbenchError(f"{label}: Conv2d with groups={layer.groups} is not supported (only groups=1){leave_out}")
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str) and layer.padding != "valid":
+            raise FimbenchError(
+                f"{label}: Conv2d with padding={layer.padding!r}, padding_mode={layer.padding_mode!r} is not supported; "
+                f"use integer zero padding{leave_out}"
+            )
+    return layer
+
+
+def kronecker_layers(model: nn.Module) -> list[KroneckerLayer]:
+    """The blocks fimbench preconditions in a model of its own: every :func:`candidate_layers` layer,
+    each checked by :func:`check_supported`."""
+    return [check_supported(layer) for layer in candidate_layers(model)]
 
 
 def layer_shape(layer: KroneckerLayer) -> tuple[int, int]:
@@ -120,8 +130,10 @@ def capture_statistics(
 
     handles = [layer.register_forward_hook(record) for layer in layers]
     try:
-        with torch.enable_grad():
-            output = model(inputs)
+        with torch.enable_grad(), statistics_pass(model):
+            with forked_rng(inputs.device):
+                output = model(inputs)
+            _check_reached(model, layers, recorded)
             if targets is None:
                 targets = likelihood.sample(output.detach(), generator)
             loss = likelihood.nll(output, targets).sum()
@@ -131,6 +143,52 @@ def capture_statistics(
         for handle in handles:
             handle.remove()
     return [layer_statistics(layer, recorded[layer][0], g.detach()) for layer, g in zip(layers, derivatives)]
+
+
+@contextmanager
+def statistics_pass(model: nn.Module) -> Iterator[None]:
+    """The statistics pass leaves the model as it was (and, with :func:`forked_rng` around its forward,
+    the user's random streams).
+
+    * Every buffer is restored afterwards: BatchNorm keeps normalising with the batch's statistics, as in
+      the training forward whose Fisher this is, but its running statistics and ``num_batches_tracked``
+      are not updated by the extra pass.
+    * Dropout modules are switched to eval for the pass: the Fisher is that of the model's predictive
+      distribution ``P(y | x, θ)``, the deterministic network dropout approximates at test time; a fresh
+      mask would add the mask's own noise to the statistics (and draw from the user's generator).
+    """
+    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
+    dropouts = [module for module in model.modules() if isinstance(module, nn.modules.dropout._DropoutNd) and module.training]
+    for module in dropouts:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in dropouts:
+            module.train()
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+
+
+@contextmanager
+def forked_rng(device: torch.device) -> Iterator[None]:
+    """The global CPU generator (and ``device``'s CUDA one) as they were on entry once the block ends, so
+    anything random left in the statistics forward does not advance the user's streams. The targets are
+    sampled outside it, from the sampling generator."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        yield
+
+
+def _check_reached(model: nn.Module, layers: list[KroneckerLayer], recorded: dict[nn.Module, tuple[Tensor, Tensor]]) -> None:
+    """One error naming the layers the forward did not call (their blocks have no statistics)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    missing = [f"{names.get(id(layer), layer)!r} ({type(layer).__name__})" for layer in layers if layer not in recorded]
+    if missing:
+        raise FimbenchError(
+            f"the model's forward does not reach layer(s) {', '.join(missing)}; leave them out with skip_layers= (or layers=)"
+        )
 
 
 def _as_matrix(layer: KroneckerLayer, weight: Tensor, bias: Tensor | None) -> Tensor:

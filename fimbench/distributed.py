@@ -11,11 +11,16 @@ alternative of all-reducing K-FAC's factors would move ``Σ_layers (p² + q²)``
 cross terms the other methods need. The gradients themselves are averaged by
 ``DistributedDataParallel`` (or the user), not here.
 
-Ranks may hold different ``m_r`` (an uneven last batch): the row counts are gathered first and the rows
-padded to the largest count.
+Ranks may hold different ``m_r`` (an uneven last batch), down to none at all: the row counts are gathered
+first and the rows padded to the largest count.
+
+The true Fisher's targets are sampled on each rank; for the gathered rows to be the Fisher of the
+concatenated sub-batches the ranks' draws must be independent, which :func:`sampling_generator` sees to.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -35,8 +40,8 @@ def gather_statistics(statistics: list[LayerStatistics]) -> list[LayerStatistics
         return statistics
     m = statistics[0].a.shape[0]
     tensors = [tensor for stats in statistics for tensor in (stats.a, stats.g)]
-    widths = [tensor[0].numel() for tensor in tensors]
-    rows = torch.cat([tensor.reshape(m, -1) for tensor in tensors], dim=1)  # (m, Σ widths)
+    widths = [math.prod(tensor.shape[1:]) for tensor in tensors]
+    rows = torch.cat([tensor.reshape(m, width) for tensor, width in zip(tensors, widths)], dim=1)  # (m, Σ widths)
     counts = [torch.empty(1, dtype=torch.int64, device=rows.device) for _ in range(ranks)]
     dist.all_gather(counts, torch.tensor([m], dtype=torch.int64, device=rows.device))
     sizes = [int(count) for count in counts]
@@ -80,3 +85,29 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     total = values.clone()
     dist.all_reduce(total)
     return total / world_size()
+
+
+RANK_STRIDE = 0x9E3779B97F4A7C15  # odd, about 2⁶⁴/φ: seeds of neighbouring ranks share no low bits
+
+
+def sampling_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """The generator this rank samples the Fisher targets from; the global generators are never drawn from.
+
+    ``generator`` itself when it is given and differs from every other rank's (seeded per rank, as
+    ``fimbench train --nproc`` does) or there is one process; when None, a generator on ``device`` seeded
+    with ``torch.initial_seed()``. When a rank's generator equals another's (the usual one seed on every
+    rank), rank r draws from its own, seeded ``(seed + r · RANK_STRIDE) mod 2⁶⁴``: otherwise every rank
+    would sample the same target noise and the gathered rows would not be the Fisher of the concatenated
+    sub-batches. One all-gather of the generator state at construction.
+    """
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(torch.initial_seed())
+    if world_size() == 1:
+        return generator
+    state = generator.get_state().to(device)
+    states = [torch.empty_like(state) for _ in range(world_size())]
+    dist.all_gather(states, state)
+    if sum(torch.equal(other, state) for other in states) == 1:  # no other rank draws this rank's noise
+        return generator
+    seed = (generator.initial_seed() + rank() * RANK_STRIDE) % 2**64
+    return torch.Generator(device=generator.device).manual_seed(seed)

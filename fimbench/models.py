@@ -39,12 +39,21 @@ class Likelihood(str, Enum):
     CATEGORICAL = "categorical"
 
     def nll(self, output: Tensor, target: Tensor) -> Tensor:
-        """Per-example negative log-likelihood ``ℓ_t``, summed over pixels (outputs): shape (m,)."""
+        """Per-example negative log-likelihood ``ℓ_t``, summed over pixels (outputs): shape (m,).
+
+        Categorical: the classes are the last dimension, as in :meth:`sample`; outputs (m, …, C) with
+        targets (m, …) give ``ℓ_t = Σ_positions −log softmax(z)_y``, one class per position (tokens)."""
         if self is Likelihood.BERNOULLI:
-            return functional.binary_cross_entropy_with_logits(output, target, reduction="none").sum(dim=1)
+            return functional.binary_cross_entropy_with_logits(output, target, reduction="none").flatten(1).sum(dim=1)
         if self is Likelihood.CATEGORICAL:
-            return functional.cross_entropy(output, target, reduction="none")
-        return 0.5 * (output - target).square().sum(dim=1)
+            if target.shape != output.shape[:-1]:
+                raise FimbenchError(
+                    f"categorical targets are class indices of shape {tuple(output.shape[:-1])} for outputs "
+                    f"{tuple(output.shape)} (classes last), got {tuple(target.shape)}"
+                )
+            tokens = functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1), reduction="none")
+            return tokens.reshape(output.shape[0], math.prod(output.shape[1:-1])).sum(dim=1)
+        return 0.5 * (output - target).square().flatten(1).sum(dim=1)
 
     def mean(self, output: Tensor) -> Tensor:
         """The prediction ``E[y | x]``: sigmoid of the logits, the Gaussian mean, or the class probabilities."""
@@ -66,11 +75,11 @@ class Likelihood(str, Enum):
 
     def loss_per_pixel(self, output: Tensor, target: Tensor) -> Tensor:
         """The paper's metric (mean over pixels and examples): BCE, or the squared error ``(y − z)²``;
-        for a classifier the mean cross-entropy."""
+        for a classifier the mean cross-entropy over examples and positions (classes last)."""
         if self is Likelihood.BERNOULLI:
             return functional.binary_cross_entropy_with_logits(output, target)
         if self is Likelihood.CATEGORICAL:
-            return functional.cross_entropy(output, target)
+            return functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
         return functional.mse_loss(output, target)
 
 

@@ -23,6 +23,12 @@ With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule o
 every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
 blocks are re-factorised at the next step.
 
+What ``step`` touches: the selected layers' ``.grad`` and its own state; the statistics pass leaves
+the model's buffers, its dropout modules' mode and the user's random streams as they were
+(:mod:`fimbench.capture`), and the targets come from the preconditioner's own sampling generator
+(:func:`fimbench.distributed.sampling_generator`). What cannot be done right is refused with one
+``FimbenchError`` (``_check_step``, ``_usable``, :mod:`fimbench.selection`, :mod:`fimbench.preconditioner_state`).
+
 Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
 preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
 the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
@@ -39,12 +45,12 @@ from typing import Any, ContextManager, Sequence
 import torch
 from torch import Tensor, nn
 
-from fimbench.amp import GradScalerLike, all_finite, autocast_off, gradient_scale, resolve_factor_dtype
+from fimbench.amp import GradScalerLike, all_finite, autocast_off, check_still_scaled, gradient_scale, resolve_factor_dtype
 from fimbench.capture import LayerStatistics, capture_statistics, set_weight_gradient, weight_gradient, weight_of
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
 from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
-from fimbench.distributed import gather_statistics
+from fimbench.distributed import gather_statistics, mean_over_ranks, sampling_generator
 from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood, parse_likelihood
@@ -141,6 +147,8 @@ class KroneckerPreconditioner:
         self.layers = select_layers(self.model, layers, skip_layers)
         if not self.layers:
             raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
+        names = {id(module): name for name, module in self.model.named_modules()}
+        self.layer_names = [names[id(layer)] for layer in self.layers]
         warn_raw_gradients(self.model, self.layers)
         self.grad_scaler = grad_scaler
         self.factor_dtype = resolve_factor_dtype(self.model, factor_dtype)
@@ -157,7 +165,7 @@ class KroneckerPreconditioner:
         self.empirical_fisher = settings.empirical_fisher
         self.min_curvature_ratio = settings.min_curvature_ratio
         self.options = settings.approximation_options()
-        self.generator = generator
+        self.generator = sampling_generator(generator, self.layers[0].weight.device)
         self.timer = timer
         self.steps = 0
         self.updates = 0
@@ -165,6 +173,7 @@ class KroneckerPreconditioner:
         self.inverses: list[KroneckerInverse | None] = [None] * len(self.layers)
         self.diagnostics = PreconditionerDiagnostics()
         self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
+        self.statistics_due = False  # the last statistics batch was not finite and skipped: capture again
         self.trial: DampingTrial | None = None
         self._alignment: Tensor | None = None  # at the latest refresh, kept on the device
         self.correction_scale: float | None = None  # smallest τ over layers at the latest refresh (rank 2)
@@ -200,6 +209,9 @@ class KroneckerPreconditioner:
             statistics = gather_statistics(
                 [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
             )
+        self.statistics_due = not self._usable(statistics)
+        if self.statistics_due:
+            return
         self.updates += 1
         decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
         with self._phase("approximate"):
@@ -210,6 +222,21 @@ class KroneckerPreconditioner:
                     self.diagnostics.iterations.append(updated.iterations)
                     self.diagnostics.residuals.append(updated.residual)
         self.diagnostics.updates += 1
+
+    def _usable(self, statistics: list[LayerStatistics]) -> bool:
+        """Whether the (gathered) statistics can enter the EMA: one error for an empty Fisher batch; for a
+        non-finite one, one error, or with a GradScaler False (the batch is skipped, the EMA keeps its
+        value and the next step captures again). Checked after the gather, so every rank decides alike."""
+        if statistics[0].a.shape[0] == 0:
+            raise FimbenchError("the Fisher sub-batch is empty on every rank; call step() with a non-empty batch")
+        if all_finite([tensor for stats in statistics for tensor in (stats.a, stats.g)]):
+            return True
+        if self.grad_scaler is None:
+            raise FimbenchError(
+                "the Fisher statistics of this batch are not finite (the model's outputs or their derivatives "
+                "overflow); lower the learning rate or raise the damping, or pass grad_scaler= to skip such batches"
+            )
+        return False
 
     def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
         """One block's approximation with this preconditioner's method and options: of
@@ -277,16 +304,37 @@ class KroneckerPreconditioner:
         with autocast_off(self.layers[0].weight.device):
             return self._step(inputs, targets)
 
+    def _check_step(self, targets: Tensor | None) -> None:
+        """One error for a step that cannot be preconditioned as asked (before anything is touched)."""
+        if self.empirical_fisher and targets is None:
+            raise FimbenchError(
+                "empirical_fisher=True takes the data targets: call step(inputs, targets) (an autoencoder's are its inputs)"
+            )
+        check_still_scaled(self.grad_scaler)
+        for name, layer in zip(self.layer_names, self.layers):
+            parameters = [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+            label = f"layer {name!r} ({type(layer).__name__})"
+            if not all(parameter.requires_grad for parameter in parameters):
+                raise FimbenchError(f"{label} was frozen after the preconditioner was built; build a new preconditioner")
+            if any(parameter.grad is None for parameter in parameters):
+                raise FimbenchError(f"{label} has no gradient: call loss.backward() on a loss that depends on it before step()")
+
     def _step(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
         """:meth:`step` with autocast off."""
-        if self.steps % self.stats_every == 0:
+        self._check_step(targets)
+        if self.steps % self.stats_every == 0 or self.statistics_due:
             self.update_statistics(inputs, targets)
+        if self.approximations[0] is None:  # the first statistics batch was skipped: nothing to precondition with
+            gradients = [weight_gradient(layer) for layer in self.layers]
+            if all_finite(gradients):
+                raise FimbenchError("the first Fisher statistics batch is not finite while the gradients are; lower the learning rate")
+            return torch.ones((), device=gradients[0].device)  # the scaler skips this step
         refresh = self.steps % self.inverse_every == 0 or self.refresh_due
         if refresh:
             self.refresh_inverses()
         if self.schedule is not None and self.steps % self.schedule.every == 0:
             self.trial = DampingTrial(
-                [weight_of(layer).detach().to(self.factor_dtype) for layer in self.layers],
+                [weight_of(layer).detach().to(self.factor_dtype, copy=True) for layer in self.layers],  # not a view of θ
                 [weight_gradient(layer).to(self.factor_dtype) / gradient_scale(self.grad_scaler) for layer in self.layers],
             )
         nu = self.precondition(measure_alignment=refresh)
@@ -313,12 +361,19 @@ class KroneckerPreconditioner:
 
     def adapt_damping(self, loss_before: Tensor | float, loss_after: Tensor | float) -> float:
         """One Levenberg–Marquardt update of λ (:mod:`fimbench.damping`) from ``h(θ)`` and ``h(θ + δ)``
-        on the batch of the last T3 step; returns ρ. The blocks are re-factorised at the next step if λ moved."""
+        on the batch of the last T3 step; returns ρ. The blocks are re-factorised at the next step if λ moved.
+
+        Under a process group the two losses are first averaged over the ranks (a collective; every rank
+        calls it, since ``awaiting_loss`` is true on all of them at once): ρ is then that of the objective
+        whose gradient DDP averages, the mean of the ranks' losses, and λ stays the same on every rank."""
         if self.trial is None or self.schedule is None:
             raise FimbenchError("adapt_damping is called once after each step whose awaiting_loss is true")
         predicted = float(self.predicted_change(self.trial))
         self.trial = None
-        rho = reduction_ratio(float(loss_after) - float(loss_before), predicted)
+        device = self.layers[0].weight.device
+        losses = mean_over_ranks(torch.tensor([float(loss_before), float(loss_after)], dtype=torch.float64, device=device))
+        loss_before, loss_after = losses.tolist()
+        rho = reduction_ratio(loss_after - loss_before, predicted)
         damping = self.schedule.update(self.damping, rho)
         if damping != self.damping:
             self.damping = damping
@@ -337,14 +392,17 @@ class KroneckerPreconditioner:
     def state_dict(self) -> dict[str, Any]:
         """Everything the next steps depend on, as tensors and plain data that load with
         ``torch.load(weights_only=True)`` (:mod:`fimbench.preconditioner_state`): approximations, counters,
-        λ, the latest alignment and τ, diagnostics since the last pop and the sampling generator's state."""
+        λ, the latest alignment and τ, diagnostics since the last pop and the sampling generator's state,
+        with the method, layer names and shapes and the settings they belong to."""
         from fimbench.preconditioner_state import preconditioner_state
 
         return preconditioner_state(self)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Continue exactly where the preconditioner that gave ``state`` (:meth:`state_dict`) was; its
-        inverses are rebuilt here. The method and the layers' shapes must match."""
+        inverses are rebuilt here. The method, the layers' shapes and the keys must match; ``strict`` also
+        requires the same layer names and settings, while ``strict=False`` takes only the state's curvature
+        and counters and keeps this preconditioner's settings (:mod:`fimbench.preconditioner_state`)."""
         from fimbench.preconditioner_state import load_preconditioner_state
 
-        load_preconditioner_state(self, state)
+        load_preconditioner_state(self, state, strict)

@@ -7,6 +7,16 @@ the diagnostics gathered since the last ``pop_diagnostics``, a pending damping t
 the Fisher-sampling generator. Inverses are not stored: each is rebuilt on load from the approximation
 and λ it was factorised from (stored only when the approximation has moved on since, T1 < T2), which
 on the same device reproduces it bit for bit. Everything loads with ``torch.load(weights_only=True)``.
+
+The state also says what it belongs to: the method, each layer's qualified name and shape, and the
+:class:`~fimbench.settings.PreconditionerSettings` it was built with. Loading always requires the same
+method and shapes, and every key (a missing or unknown one is an error); ``strict=True`` (the default)
+also requires the same layer names and settings, naming the first difference, so one layer never gets
+another's curvature and the saved λ, δ, π and schedule are never silently exchanged for the constructor's.
+``strict=False`` matches the layers by position and keeps this preconditioner's settings: it takes the
+state's curvature (approximations, counters, generator), keeps its own λ, drops a pending damping
+trial, and refactorises at the next step. The tensors are cast to this preconditioner's factor dtype
+(a float32 state continues a model made float64).
 """
 
 from __future__ import annotations
@@ -19,11 +29,21 @@ import torch
 from fimbench.capture import weight_of
 from fimbench.curvature import KroneckerSum
 from fimbench.errors import FimbenchError
+from fimbench.settings import PreconditionerSettings
 
 if TYPE_CHECKING:
     from fimbench.preconditioner import KroneckerPreconditioner
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+KEYS = (
+    "version", "method", "layers", "shapes", "settings", "steps", "updates", "damping", "refresh_due", "statistics_due",
+    "alignment", "correction_scale", "approximations", "inverses", "diagnostics", "trial", "generator",
+)
+
+
+def settings_state(preconditioner: KroneckerPreconditioner) -> dict[str, Any]:
+    """The :class:`PreconditionerSettings` fields of the preconditioner's settings, as plain data."""
+    return {item.name: getattr(preconditioner.settings, item.name) for item in fields(PreconditionerSettings)}
 
 
 def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, Any]:
@@ -41,11 +61,14 @@ def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, A
     return {
         "version": STATE_VERSION,
         "method": preconditioner.method.value,
+        "layers": list(preconditioner.layer_names),
+        "settings": settings_state(preconditioner),
         "shapes": [list(weight_of(layer).shape) for layer in preconditioner.layers],
         "steps": preconditioner.steps,
         "updates": preconditioner.updates,
         "damping": preconditioner.damping,
         "refresh_due": preconditioner.refresh_due,
+        "statistics_due": preconditioner.statistics_due,
         "alignment": preconditioner._alignment,
         "correction_scale": preconditioner.correction_scale,
         "approximations": [None if a is None else a.state_dict() for a in preconditioner.approximations],
@@ -59,29 +82,31 @@ def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, A
     }
 
 
-def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: dict[str, Any]) -> None:
-    """Make ``preconditioner`` continue exactly where the one that gave ``state`` was; the state must come
-    from a preconditioner of the same method on layers of the same shapes."""
+def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: dict[str, Any], strict: bool = True) -> None:
+    """Make ``preconditioner`` continue where the one that gave ``state`` was (module docstring for
+    ``strict``); one error, before anything is changed, for a state that does not fit."""
     from fimbench.preconditioner import DampingTrial, PreconditionerDiagnostics
 
-    _check_compatible(preconditioner, state)
+    _check_compatible(preconditioner, state, strict)
     device = weight_of(preconditioner.layers[0]).device
-    approximations = [
-        None if entry is None else KroneckerSum.from_state_dict(entry, device) for entry in state["approximations"]
-    ]
+    dtype = preconditioner.factor_dtype
+
+    def cast(entry: dict[str, Any]) -> KroneckerSum:
+        return KroneckerSum.from_state_dict({**entry, "terms": [(A.to(dtype), G.to(dtype)) for A, G in entry["terms"]]}, device)
+
+    approximations = [None if entry is None else cast(entry) for entry in state["approximations"]]
     inverses = []
     for approximation, entry in zip(approximations, state["inverses"]):
-        if entry is None:
+        if entry is None or not strict:
             inverses.append(None)
             continue
-        source = approximation if entry["source"] is None else KroneckerSum.from_state_dict(entry["source"], device)
+        source = approximation if entry["source"] is None else cast(entry["source"])
         inverses.append(source.inverse(entry["damping"], preconditioner.min_curvature_ratio, preconditioner.pi))  # type: ignore[union-attr]
     preconditioner.approximations = approximations
     preconditioner.inverses = inverses
     preconditioner.steps = state["steps"]
     preconditioner.updates = state["updates"]
-    preconditioner.damping = state["damping"]
-    preconditioner.refresh_due = state["refresh_due"]
+    preconditioner.statistics_due = state["statistics_due"]
     alignment = state["alignment"]
     preconditioner._alignment = None if alignment is None else alignment.to(device)
     preconditioner.correction_scale = state["correction_scale"]
@@ -89,22 +114,47 @@ def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: di
     if diagnostics["clip_sum"] is not None:
         diagnostics["clip_sum"] = diagnostics["clip_sum"].to(device)
     preconditioner.diagnostics = PreconditionerDiagnostics(**diagnostics)
+    if state["generator"] is not None:
+        preconditioner.generator.set_state(state["generator"].cpu())
+    if not strict:  # this preconditioner's settings: its own λ, no trial, factorised afresh
+        preconditioner.trial = None
+        preconditioner.refresh_due = approximations[0] is not None
+        return
+    preconditioner.damping = state["damping"]
+    preconditioner.refresh_due = state["refresh_due"]
     trial = state["trial"]
     preconditioner.trial = None if trial is None else DampingTrial(
-        [tensor.to(device) for tensor in trial["parameters"]], [tensor.to(device) for tensor in trial["gradients"]]
+        [tensor.to(device, dtype) for tensor in trial["parameters"]], [tensor.to(device, dtype) for tensor in trial["gradients"]]
     )
-    if state["generator"] is not None:
-        preconditioner.generator.set_state(state["generator"].cpu())  # type: ignore[union-attr]
 
 
-def _check_compatible(preconditioner: KroneckerPreconditioner, state: dict[str, Any]) -> None:
-    """One-line errors for a state of another version, method or layer layout, or one that needs a generator."""
+def _check_compatible(preconditioner: KroneckerPreconditioner, state: dict[str, Any], strict: bool) -> None:
+    """One-line errors for a state of another version, with missing or unknown keys, of another method or
+    layer layout, or (``strict``) of other layer names or settings."""
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise FimbenchError(f"not a preconditioner state of version {STATE_VERSION}")
+        raise FimbenchError(f"not a preconditioner state of version {STATE_VERSION} (this fimbench's); start the run afresh")
+    missing = [key for key in KEYS if key not in state]
+    unknown = [key for key in state if key not in KEYS]
+    if missing or unknown:
+        raise FimbenchError(f"the preconditioner state lacks keys {missing} and has unknown keys {unknown}; it was not made by state_dict()")
     if state["method"] != preconditioner.method.value:
         raise FimbenchError(f"the state is of method {state['method']}, this preconditioner's is {preconditioner.method.value}")
     shapes = [list(weight_of(layer).shape) for layer in preconditioner.layers]
-    if state["shapes"] != shapes:
-        raise FimbenchError(f"the state's layers have shapes {state['shapes']}, this preconditioner's {shapes}")
-    if state["generator"] is not None and preconditioner.generator is None:
-        raise FimbenchError("the state continues a sampling generator; build the preconditioner with generator=")
+    if len(state["shapes"]) != len(shapes):
+        raise FimbenchError(f"the state has {len(state['shapes'])} layers ({state['layers']}), this preconditioner {len(shapes)} ({preconditioner.layer_names})")
+    for index, (name, theirs, ours) in enumerate(zip(preconditioner.layer_names, state["shapes"], shapes)):
+        if strict and state["layers"][index] != name:
+            raise FimbenchError(
+                f"layer {index} of the state is {state['layers'][index]!r}, of this preconditioner {name!r}: select the same "
+                "layers (or load with strict=False to match them by position)"
+            )
+        if theirs != ours:
+            raise FimbenchError(f"layer {name!r} has shape {ours} here, {theirs} in the state")
+    if strict:
+        ours_settings = settings_state(preconditioner)
+        for key, value in state["settings"].items():
+            if ours_settings.get(key) != value:
+                raise FimbenchError(
+                    f"the state was saved with {key}={value!r}, this preconditioner has {key}={ours_settings.get(key)!r}: "
+                    "build it with the state's settings (or load with strict=False to keep its own)"
+                )

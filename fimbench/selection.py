@@ -6,10 +6,11 @@ while the training forward may stay compiled or wrapped (the parameters, and so 
 shared).
 
 The blocks are the trainable ``nn.Linear`` / ``nn.Conv2d`` layers of
-:func:`~fimbench.capture.kronecker_layers`, narrowed by ``layers=`` (keep only these) and widened out by
+:func:`~fimbench.capture.candidate_layers`, narrowed by ``layers=`` (keep only these) and widened out by
 ``skip_layers=`` (leave these out), each given as module objects or qualified names
-(``model.named_modules()``). Any other module owning a trainable parameter keeps its raw gradient; the
-preconditioner names them in one warning at construction.
+(``model.named_modules()``); a container stands for every layer inside it. Only the chosen layers must be
+supported, so an unsupported one (a depthwise convolution, ``padding="same"``) is simply left out. Any other module owning a trainable parameter keeps its raw gradient; the
+preconditioner names them, with their types, in one warning at construction.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Iterable
 
 from torch import nn
 
-from fimbench.capture import KroneckerLayer, kronecker_layers
+from fimbench.capture import KroneckerLayer, candidate_layers, check_supported
 from fimbench.errors import FimbenchError
 
 LayerSpec = nn.Module | str
@@ -61,18 +62,33 @@ def select_layers(
     model: nn.Module, layers: Iterable[LayerSpec] | None = None, skip_layers: Iterable[LayerSpec] | None = None
 ) -> list[KroneckerLayer]:
     """The blocks to precondition, in module order: the trainable Linear/Conv2d layers of ``model``, only
-    those of ``layers`` when given, less those of ``skip_layers``."""
-    candidates = kronecker_layers(model)
+    those of ``layers`` when given, less those of ``skip_layers``. A container (say ``"encoder"``) stands
+    for every such layer inside it, in both lists. Only the layers chosen must be supported
+    (:func:`~fimbench.capture.check_supported`): an unsupported one left out is no obstacle."""
+    candidates = candidate_layers(model)
+    names = {id(module): name for name, module in model.named_modules()}
     chosen = {id(layer) for layer in candidates}
     if layers is not None:
-        wanted = _resolve(model, layers, "layers")
-        for module in wanted:
-            if id(module) not in chosen:
-                raise FimbenchError(f"layers: {module} is not a trainable nn.Linear or nn.Conv2d layer")
-        chosen = {id(module) for module in wanted}
+        wanted: set[int] = set()
+        for module in _resolve(model, layers, "layers"):
+            inside = _layers_inside(module, candidates)
+            if not inside:
+                raise FimbenchError(
+                    f"layers: {names[id(module)]!r} ({type(module).__name__}) is not a trainable nn.Linear or nn.Conv2d layer, "
+                    "nor a module holding one"
+                )
+            wanted |= inside
+        chosen = wanted
     if skip_layers is not None:
-        chosen -= {id(module) for module in _resolve(model, skip_layers, "skip_layers")}
-    return [layer for layer in candidates if id(layer) in chosen]
+        for module in _resolve(model, skip_layers, "skip_layers"):
+            chosen -= _layers_inside(module, candidates) | {id(module)}
+    return [check_supported(layer, names[id(layer)]) for layer in candidates if id(layer) in chosen]
+
+
+def _layers_inside(module: nn.Module, candidates: list[KroneckerLayer]) -> set[int]:
+    """The ids of the ``candidates`` that are ``module`` or lie inside it."""
+    inside = {id(child) for child in module.modules()}
+    return {id(layer) for layer in candidates if id(layer) in inside}
 
 
 def warn_raw_gradients(model: nn.Module, layers: list[KroneckerLayer]) -> list[str]:
@@ -80,7 +96,7 @@ def warn_raw_gradients(model: nn.Module, layers: list[KroneckerLayer]) -> list[s
     stays the raw one); returns those names."""
     blocks = {id(layer) for layer in layers}
     raw = [
-        name or type(module).__name__
+        f"{name} ({type(module).__name__})" if name else type(module).__name__
         for name, module in model.named_modules()
         if id(module) not in blocks and any(parameter.requires_grad for parameter in module.parameters(recurse=False))
     ]

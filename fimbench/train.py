@@ -278,7 +278,7 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
             elapsed = run.train_seconds + time.perf_counter() - epoch_start
             progress.step(step, epoch, values[-1], step / elapsed if elapsed > 0 else 0.0)
     if preconditioner is not None:
-        preconditioner.step(x)
+        preconditioner.step(x, x)  # an autoencoder's targets are its inputs (empirical Fisher)
         if step == 1:
             run.result.alignment_first_refresh = preconditioner.alignment
             warning = damping_warning(run.result.alignment_first_refresh)

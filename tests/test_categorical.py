@@ -100,3 +100,32 @@ def test_likelihood_is_checked_at_construction() -> None:
     assert KroneckerPreconditioner(model, "categorical", "kfac").likelihood is Likelihood.CATEGORICAL
     with pytest.raises(FimbenchError, match="bernoulli, gaussian, categorical.*CrossEntropyLoss"):
         KroneckerPreconditioner(model, nn.CrossEntropyLoss(), "kfac")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tokens", [CLASSES, 3], ids=["T-equals-C", "T-differs"])
+def test_sequence_outputs_take_classes_from_the_last_dimension(tokens: int) -> None:
+    """Outputs (m, T, C): the NLL is the per-token cross-entropy over the last dimension summed over the
+    T tokens (when T == C, treating dimension 1 as classes would be silently wrong), the true-Fisher
+    targets are (m, T) class indices, and a preconditioned step on a token model decreases the loss."""
+    model = classifier()
+    x = torch.randn(16, tokens, FEATURES, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    y = torch.randint(0, CLASSES, (16, tokens), generator=torch.Generator().manual_seed(2))
+    likelihood = Likelihood.CATEGORICAL
+    with torch.no_grad():
+        z = model(x)
+    expected = -torch.log_softmax(z, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1).sum(dim=1)
+    assert torch.allclose(likelihood.nll(z, y), expected, rtol=EXACT)
+    assert likelihood.loss_per_pixel(z, y) == pytest.approx(float(expected.sum()) / (16 * tokens), rel=EXACT)
+    assert likelihood.sample(z, torch.Generator().manual_seed(3)).shape == (16, tokens)
+    with pytest.raises(FimbenchError, match=r"class indices of shape \(16, %d\)" % tokens):
+        likelihood.nll(z, y[:, 0])
+    preconditioner = KroneckerPreconditioner(model, likelihood, "deflation", damping=1e-2, stats_every=1, fisher_fraction=1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = float(likelihood.nll(model(x), y).mean())
+    for _ in range(3):
+        optimizer.zero_grad()
+        likelihood.nll(model(x), y).mean().backward()
+        preconditioner.step(x)
+        optimizer.step()
+    assert preconditioner.approximations[-1].terms[0][1].shape == (CLASSES, CLASSES)
+    assert float(likelihood.nll(model(x), y).mean()) < before

@@ -108,12 +108,77 @@ def test_state_dict_keeps_a_pending_damping_trial() -> None:
 def test_load_state_dict_refuses_another_layout() -> None:
     state = make_preconditioner(mlp(0), 1).state_dict()
     other = KroneckerPreconditioner(nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 12)), "bernoulli", "deflation")
-    with pytest.raises(FimbenchError, match="shapes"):
+    with pytest.raises(FimbenchError, match=r"layer '0' has shape \[5, 13\] here, \[6, 13\] in the state"):
         other.load_state_dict(state)
     with pytest.raises(FimbenchError, match="method"):
         KroneckerPreconditioner(mlp(0), "bernoulli", "kfac").load_state_dict(state)
-    with pytest.raises(FimbenchError, match="generator"):
-        KroneckerPreconditioner(mlp(0), "bernoulli", "deflation").load_state_dict(state)
+
+
+def three_layers() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+
+
+def test_strict_load_refuses_other_layer_names_and_settings_naming_them() -> None:
+    """Same-shaped layers of other names, a fixed schedule receiving a pending trial, another initial λ,
+    another δ or π: each refused with the layer or setting named; strict=False matches by position and
+    keeps this preconditioner's settings (its λ, no trial, refactorised next step)."""
+    model, x = three_layers(), torch.rand(8, 6, generator=torch.Generator().manual_seed(0))
+    settings = dict(stats_every=1, damping_schedule="adaptive", damping_every=1, damping=1e-2)
+    with pytest.warns(UserWarning, match=r": 4 \(Linear\)$"):
+        saved = KroneckerPreconditioner(model, "gaussian", "deflation", layers=["0", "2"], **settings)
+    Likelihood.GAUSSIAN.nll(model(x), x).mean().backward()
+    saved.step(x)
+    assert saved.awaiting_loss
+    state = saved.state_dict()
+
+    def fresh(**changes: Any) -> KroneckerPreconditioner:
+        with pytest.warns(UserWarning):
+            return KroneckerPreconditioner(model, "gaussian", "deflation", **{"layers": ["0", "2"], **settings, **changes})
+
+    with pytest.raises(FimbenchError, match=r"layer 0 of the state is '0', of this preconditioner '2'"):
+        fresh(layers=["2", "4"]).load_state_dict(state)
+    for changes, named in (
+        ({"damping_schedule": "fixed"}, "damping_schedule='adaptive'"),
+        ({"damping": 1e-3}, "damping=0.01"),
+        ({"min_curvature_ratio": 0.5}, "min_curvature_ratio="),
+        ({"pi": 1.0}, "pi='trace'"),
+    ):
+        with pytest.raises(FimbenchError, match=f"the state was saved with {named}"):
+            fresh(**changes).load_state_dict(state)
+    loose = fresh(layers=["2", "4"], damping_schedule="fixed", damping=1e-3)
+    loose.load_state_dict(state, strict=False)
+    assert loose.damping == 1e-3 and not loose.awaiting_loss and loose.refresh_due
+    assert torch.equal(loose.approximations[0].terms[0][0], saved.approximations[0].terms[0][0])
+    exact = fresh()
+    exact.load_state_dict(state)
+    assert exact.awaiting_loss and exact.damping == saved.damping
+    assert state["layers"] == ["0", "2"] and state["settings"]["damping_schedule"] == "adaptive"
+
+
+def test_missing_and_unknown_state_keys_are_one_error() -> None:
+    model = mlp(0)
+    state = make_preconditioner(model, 1).state_dict()
+    for broken in ({key: value for key, value in state.items() if key != "steps"}, {**state, "momentum": 0.9}):
+        with pytest.raises(FimbenchError, match=r"lacks keys \[(.steps.)?\] and has unknown keys \[(.momentum.)?\]"):
+            make_preconditioner(mlp(0), 2).load_state_dict(broken)
+
+
+def test_float32_state_continues_a_float64_model() -> None:
+    """A state saved on a float32 model loads after ``model.double()``: the blocks, inverses and trial are
+    float64, and the next step runs (with the float64 blocks it would compute from the state itself)."""
+    batches = [torch.rand(16, 12, generator=torch.Generator().manual_seed(i)).round() for i in range(5)]
+    model = mlp(0)
+    preconditioner = make_preconditioner(model, generator_seed=1)
+    train_steps(model, preconditioner, torch.optim.SGD(model.parameters(), lr=0.1), batches[:4])
+    state = preconditioner.state_dict()
+    model.double()
+    widened = make_preconditioner(model, generator_seed=1)
+    widened.load_state_dict(state)
+    assert widened.approximations[0].terms[0][0].dtype == torch.float64
+    assert widened.inverses[0].operator.terms[0][0].dtype == torch.float64
+    train_steps(model, widened, torch.optim.SGD(model.parameters(), lr=0.1), [batch.double() for batch in batches[4:]])
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
 
 
 # ------------------------------------------------------------------------------------------- train --resume

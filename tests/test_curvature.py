@@ -481,3 +481,26 @@ def test_zero_decay_with_the_prior_as_warm_start(method):
     F = fisher_from_statistics(a, g)
     assert seeded.residual <= 1e-6
     assert norm(seeded.to_dense() - fresh.to_dense()) <= 1e-4 * norm(F)
+
+
+@pytest.mark.parametrize("method", ITERATIVE_METHODS)
+@pytest.mark.parametrize("shape", [(5, 1), (1, 4)], ids=["q=1", "p=1"])
+def test_single_output_or_input_layer_is_exact_and_finite(method, shape):
+    """A layer with one output (a scalar head) or one input: ``Z(F)`` has one column or row, so ``F`` is one
+    Kronecker product. Every Gram-coordinate method reproduces it exactly (Deflation's deflated operator is zero, its second
+    term (0, 0)), over an EMA update too, and the damped solve is the dense one."""
+    p, q = shape
+    a, g = statistics(12, p, q, 0)
+    F = fisher_from_statistics(a, g)
+    ks = approximate(method, a, g)
+    assert norm(F - kron_sum(ks.terms)) <= EXACT * norm(F)
+    if method == "deflation":
+        assert all(float(factor.abs().max()) == 0.0 for factor in ks.terms[1]) and ks.singular_values[1] == 0.0
+    a2, g2 = statistics(12, p, q, 1)
+    updated = approximate(method, a2, g2, prior=ks, decay=0.5, warm_start=ks)
+    expected = 0.5 * F + 0.5 * fisher_from_statistics(a2, g2)
+    assert norm(expected - kron_sum(updated.terms)) <= EXACT * norm(expected)
+    gradient = torch.randn(q, p, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    direction = updated.inverse(1e-3).apply(gradient)
+    dense = torch.linalg.solve(updated.damped(1e-3).to_dense(), vec_ref(gradient))
+    assert torch.allclose(vec_ref(direction), dense, rtol=1e-8, atol=1e-12)

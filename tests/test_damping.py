@@ -194,3 +194,39 @@ def test_mnist_paper_kfac_lets_the_curvature_act(tmp_path: Path, mnist_like) -> 
     images, whose activations are weaker than real digits' (benchmarks/RESULTS.md, "Damping")."""
     config = load_config(MNIST_PAPER / "mnist-kfac.yaml", {"training.max_steps": 1})
     assert first_refresh_alignment(config, tmp_path / "run", mnist_like) < 0.9
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_reduction_ratio_on_bias_free_layers_is_exact(layer: str) -> None:
+    """A bias-free layer's damping trial keeps θ, not a view of the live weight: ``M(δ)`` is that of the
+    step taken, ``ρ`` is finite and equals its dense closed form, and λ follows ρ (it would otherwise grow
+    at every adaptation, ρ = −inf)."""
+    gen = torch.Generator().manual_seed(0)
+    if layer == "linear":
+        model = nn.Sequential(nn.Linear(5, 4, bias=False)).to(DTYPE)
+        x = torch.randn(32, 5, generator=gen, dtype=DTYPE)
+    else:
+        model = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.Flatten()).to(DTYPE)
+        x = torch.randn(8, 2, 4, 4, generator=gen, dtype=DTYPE)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(model[0].weight.shape, generator=gen, dtype=DTYPE) * 0.5)
+    y = torch.randn(model(x).shape, generator=gen, dtype=DTYPE)
+    preconditioner = KroneckerPreconditioner(
+        model, Likelihood.GAUSSIAN, "kfac", damping=0.5, damping_schedule="adaptive", damping_every=1,
+        damping_min=1e-3, damping_max=10.0, kl_clip=None, fisher_fraction=1.0, empirical_fisher=True,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    objective = Likelihood.GAUSSIAN.nll(model(x), y).mean()
+    objective.backward()
+    gradient, theta = weight_gradient(model[0]).detach().clone(), weight_of(model[0]).detach().clone()
+    preconditioner.step(x, y)
+    optimizer.step()
+    with torch.no_grad():
+        after = Likelihood.GAUSSIAN.nll(model(x), y).mean()
+    rho = preconditioner.adapt_damping(objective.detach(), after)
+    delta = vec_ref(weight_of(model[0]).detach() - theta)
+    damped = preconditioner.inverses[0].operator.to_dense()
+    predicted = float(vec_ref(gradient) @ delta) + 0.5 * float(delta @ damped @ delta)
+    assert predicted < 0.0
+    assert rho == pytest.approx(float(after - objective.detach()) / predicted, rel=RATIO)
+    assert preconditioner.damping == pytest.approx(LevenbergMarquardt(1, 1e-3, 10.0).update(0.5, rho), rel=1e-15)

@@ -94,3 +94,93 @@ def test_train_nproc_2_matches_one_process(tmp_path):
         for key in ("train_loss", "val_loss", "val_reconstruction_error"):
             assert abs(parallel[key] - single[key]) <= 1e-4 * abs(single[key]), key
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["processes"] == 2
+
+
+# ------------------------------------------------- uneven and empty shards, sampled targets, adaptive damping
+
+ADAPTIVE = dict(damping_schedule="adaptive", damping_every=2, damping=0.05)
+SIZES = [(10, 6), (16, 0), (0, 16), (7, 9), (3, 13)]  # rank 0's and rank 1's share of each batch of 16
+
+
+def train_shards(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict, ranks: int, rank: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[float]]:
+    """Preconditioned SGD on this rank's share of each batch (all of it on one process); the loss is
+    ``Σ_shard ℓ · R / B``, so DDP's mean over ranks is the full batch's mean loss, an empty shard included.
+    Returns the flattened parameters and λ after every step."""
+    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "deflation", generator=generator, **settings)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    dampings = []
+    for step, sizes in enumerate(SIZES):
+        start = sum(sizes[:rank]) if ranks > 1 else 0
+        part = slice(start, start + sizes[rank]) if ranks > 1 else slice(0, BATCH)
+        xs, ys = x[step, part], y[step, part]
+        optimizer.zero_grad()
+        loss = LIKELIHOOD.nll(model(xs), ys).sum() * ranks / BATCH
+        loss.backward()
+        preconditioner.step(xs, ys)
+        optimizer.step()
+        if preconditioner.awaiting_loss:
+            with torch.no_grad():
+                preconditioner.adapt_damping(loss.detach(), LIKELIHOOD.nll(model(xs), ys).sum() * ranks / BATCH)
+        dampings.append(preconditioner.damping)
+    return torch.cat([parameter.detach().reshape(-1) for parameter in model.parameters()]), dampings
+
+
+EXACT = {**SETTINGS, **ADAPTIVE}
+SAMPLED = {**SETTINGS, **ADAPTIVE, "empirical_fisher": False, "fisher_fraction": 0.5}
+
+
+def uneven_worker(rank: int, port: int, out: str) -> None:
+    """Both scenarios on 2 gloo ranks; the sampled one with the same generator seed on both ranks, and
+    every gathered statistics batch recorded."""
+    import fimbench.preconditioner as preconditioner_module
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=RANKS)
+    gather = preconditioner_module.gather_statistics
+    gathered: list[list] = []
+    preconditioner_module.gather_statistics = lambda statistics: gathered.append(gather(statistics)) or gathered[-1]
+    try:
+        results = {}
+        for name, settings in (("exact", EXACT), ("sampled", SAMPLED)):
+            model, x, y = model_and_data()
+            parameters, dampings = train_shards(nn.parallel.DistributedDataParallel(model), x, y, settings, RANKS, rank,
+                                                torch.Generator().manual_seed(7))
+            results[name] = (parameters, dampings)
+        rows = [len(batch[1].g) for batch in gathered[len(SIZES):]]
+        model, x, y = model_and_data()  # the same 16 examples on both ranks, true Fisher, one step
+        gathered.clear()
+        one_step = {**SETTINGS, "empirical_fisher": False}
+        preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", generator=torch.Generator().manual_seed(7), **one_step)
+        LIKELIHOOD.nll(model(x[0]), y[0]).mean().backward()
+        preconditioner.step(x[0])
+        torch.save({"results": results, "rows": rows, "noise": gathered[0][1].g}, Path(out) / f"uneven{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_uneven_and_empty_shards_with_sampled_targets_and_adaptive_damping(tmp_path):
+    """Two ranks on shards of 10/6, 16/0, 0/16, … examples: the run neither fails nor hangs on an empty
+    shard, the replicas stay identical (λ included, from the global loss), and with the empirical Fisher
+    and fraction 1 they equal one process on the whole batches. With sampled targets and the same
+    generator seed on both ranks, the ranks draw different noise: the rows of two ranks whose Fisher
+    sub-batches hold the same examples would otherwise coincide."""
+    mp.spawn(uneven_worker, args=(free_port(), str(tmp_path)), nprocs=RANKS)
+    saved = [torch.load(tmp_path / f"uneven{rank}.pt") for rank in range(RANKS)]
+    for name in ("exact", "sampled"):
+        (first, dampings0), (second, dampings1) = saved[0]["results"][name], saved[1]["results"][name]
+        assert torch.equal(first, second), name
+        assert dampings0 == dampings1, name
+    assert len(set(saved[0]["results"]["sampled"][1])) > 1  # λ adapted
+    model, x, y = model_and_data()
+    start = torch.cat([parameter.detach().reshape(-1) for parameter in model.parameters()])
+    single, dampings = train_shards(model, x, y, EXACT, 1, 0)
+    parallel, parallel_dampings = saved[0]["results"]["exact"]
+    assert float((parallel - single).norm() / single.norm()) <= 1e-6
+    assert parallel_dampings == dampings and len(set(dampings)) > 1
+    assert float((single - start).norm() / start.norm()) > 1e-2
+    assert saved[0]["rows"] == saved[1]["rows"] == [5 + 3, 8, 8, 4 + 4, 2 + 6]  # round(m_r / 2) rows per rank
+    noise = saved[0]["noise"]  # g = z − y = −ε at the output layer: rank 0's rows, then rank 1's
+    assert noise.shape == (2 * BATCH, 4) and torch.equal(noise, saved[1]["noise"])
+    assert float((noise[:BATCH] - noise[BATCH:]).abs().min()) > 0.0
+

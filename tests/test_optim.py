@@ -239,7 +239,7 @@ def test_empirical_fisher_uses_the_data_targets(make_mlp):
     assert m == 4
     stats = capture_statistics(model, x[:m], LIKELIHOOD, model.linear_layers(), targets=x[:m])
     backward(model, x)
-    preconditioner.step(x)
+    preconditioner.step(x, x)
     for stored, layer_stats in zip(preconditioner.approximations, stats):
         assert torch.allclose(stored.to_dense(), approximate("kfac", layer_stats.a, layer_stats.g).to_dense(), rtol=1e-12, atol=1e-14)
 

@@ -70,9 +70,9 @@ def test_bias_free_linear_step_is_the_dense_natural_gradient():
 
 def test_layers_and_skip_layers_select_by_object_or_name():
     model = network()
-    with pytest.warns(UserWarning, match=r"raw gradient of 1 module\(s\).*: 2$"):
+    with pytest.warns(UserWarning, match=r"raw gradient of 1 module\(s\).*: 2 \(Linear\)$"):
         assert KroneckerPreconditioner(model, LIKELIHOOD, "kfac", layers=["0"]).layers == [model[0]]
-    with pytest.warns(UserWarning, match=r": 0$"):
+    with pytest.warns(UserWarning, match=r": 0 \(Linear\)$"):
         assert KroneckerPreconditioner(model, LIKELIHOOD, "kfac", skip_layers=[model[0]]).layers == [model[2]]
     with pytest.raises(FimbenchError, match=r"no module named 'fc'.*its layers are '0', '2'"):
         KroneckerPreconditioner(model, LIKELIHOOD, "kfac", layers=["fc"])
@@ -82,14 +82,14 @@ def test_layers_and_skip_layers_select_by_object_or_name():
         KroneckerPreconditioner(model, LIKELIHOOD, "kfac", skip_layers=[nn.Linear(2, 2)])
 
 
-def test_other_parameterised_modules_keep_their_raw_gradient_and_are_named_once():
+def test_raw_gradient_warning_names_each_module_with_its_type():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 4))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", **SETTINGS)
     assert [str(w.message) for w in caught] == [
-        "KroneckerPreconditioner leaves the raw gradient of 1 module(s) with trainable parameters: 1"
+        "KroneckerPreconditioner leaves the raw gradient of 1 module(s) with trainable parameters: 1 (LayerNorm)"
     ]
     x, y = data()
     LIKELIHOOD.nll(model(x), y).mean().backward()
@@ -163,3 +163,228 @@ def test_step_inside_autocast_matches_the_step_outside():
         assert preconditioner.approximations[0].terms[0][0].dtype == torch.float32
     for a, b in zip(outside.parameters(), inside.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------ what the preconditioner leaves alone
+
+
+def test_statistics_pass_leaves_batchnorm_buffers_dropout_and_rng_streams_alone():
+    """After backward, ``step`` (a statistics update) changes no buffer (BatchNorm's running statistics and
+    ``num_batches_tracked``) and advances neither the global generator nor the user's; with dropout in the
+    model, two statistics passes from the same sampling seed give the same blocks (no mask is drawn)."""
+    blocks = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Dropout(0.5), nn.Linear(5, 4))
+        with pytest.warns(UserWarning):  # BatchNorm keeps its raw gradient
+            preconditioner = KroneckerPreconditioner(
+                model, LIKELIHOOD, "kfac", **{**SETTINGS, "empirical_fisher": False}, generator=torch.Generator().manual_seed(3)
+            )
+        x, y = data()
+        LIKELIHOOD.nll(model(x), y).mean().backward()
+        buffers = [buffer.clone() for buffer in model.buffers()]
+        assert int(model[1].num_batches_tracked) == 1
+        rng = torch.get_rng_state()
+        preconditioner.step(x)
+        assert all(torch.equal(buffer, saved) for buffer, saved in zip(model.buffers(), buffers))
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert model.training and model[3].training  # the modes are put back
+        blocks.append(preconditioner.approximations[0].terms[0][0])
+        torch.manual_seed(1)  # another global stream for the second run
+    assert torch.equal(blocks[0], blocks[1])
+
+
+def test_empirical_fisher_without_targets_is_refused():
+    model = network()
+    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", **SETTINGS)
+    x, y = data()
+    LIKELIHOOD.nll(model(x), y).mean().backward()
+    with pytest.raises(FimbenchError, match=r"empirical_fisher=True takes the data targets: call step\(inputs, targets\)"):
+        preconditioner.step(x)
+
+
+def test_grad_scaler_unscale_before_step_is_refused_and_after_step_with_clipping_works():
+    """``scaler.unscale_`` before ``step`` would divide by the scale twice: refused. The documented order
+    (``step``, then ``unscale_``, clipping, ``scaler.step``) equals the unscaled run with the same clipping."""
+    model = network()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", grad_scaler=scaler, **SETTINGS)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = data()
+    scaler.scale(LIKELIHOOD.nll(model(x), y).mean()).backward()
+    scaler.unscale_(optimizer)
+    with pytest.raises(FimbenchError, match=r"scaler.unscale_\(optimizer\) ran before preconditioner.step\(\)"):
+        preconditioner.step(x, y)
+
+    runs = []
+    for scaled in (False, True):
+        model = network()
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=scaled)
+        preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", grad_scaler=scaler, **SETTINGS)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(4):
+            optimizer.zero_grad()
+            scaler.scale(LIKELIHOOD.nll(model(x), y).mean()).backward()
+            preconditioner.step(x, y)
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            scaler.step(optimizer)
+            scaler.update()
+        runs.append(flat(model))
+    assert relative(runs[1], runs[0]) <= 1e-5
+    assert relative(runs[0], flat(network())) > 1e-2
+
+
+# ---------------------------------------------------------------------------------- selection and reach
+
+
+def conv_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3),  # 0: supported
+        nn.Conv2d(4, 4, 3, groups=4),  # 1: depthwise
+        nn.Conv2d(4, 3, 3, padding="same"),  # 2
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 4),  # 4
+    )
+
+
+def test_unsupported_layers_left_out_are_not_refused():
+    model = conv_model()
+    x = torch.randn(8, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match=r": 1\b.*, 2\b"):
+        skipped = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", skip_layers=["1", model[2]], **SETTINGS)
+    with pytest.warns(UserWarning):
+        listed = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", layers=["0", "4"], **SETTINGS)
+    assert skipped.layers == listed.layers == [model[0], model[4]]
+    LIKELIHOOD.nll(model(x), y).mean().backward()
+    skipped.step(x, y)
+    assert torch.isfinite(model[0].weight.grad).all()
+    with pytest.raises(FimbenchError, match=r"layer '1' \(Conv2d\): Conv2d with groups=4 is not supported.*skip_layers="):
+        KroneckerPreconditioner(model, LIKELIHOOD, "kfac", skip_layers=["2"])
+    with pytest.raises(FimbenchError, match=r"layer '2' \(Conv2d\): Conv2d with padding='same'"):
+        KroneckerPreconditioner(model, LIKELIHOOD, "kfac", layers=["2"])
+
+
+def test_skip_layers_and_layers_naming_a_container_mean_every_layer_inside():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("encoder", nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)))
+    model.add_module("decoder", nn.Sequential(nn.Linear(3, 4)))
+    with pytest.warns(UserWarning, match=r"encoder.0 \(Linear\), encoder.2 \(Linear\)$"):
+        assert KroneckerPreconditioner(model, LIKELIHOOD, "kfac", skip_layers=["encoder"]).layers == [model.decoder[0]]
+    with pytest.warns(UserWarning, match=r"decoder.0 \(Linear\)$"):
+        chosen = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", layers=[model.encoder]).layers
+    assert chosen == [model.encoder[0], model.encoder[2]]
+    with pytest.raises(FimbenchError, match=r"layers: 'encoder.1' \(Tanh\) is not a trainable nn.Linear"):
+        KroneckerPreconditioner(model, LIKELIHOOD, "kfac", layers=["encoder.1"])
+
+
+class WithHead(nn.Module):
+    """A body and an auxiliary head that the forward does not call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 4)
+        self.head = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_layer_not_reached_by_the_forward_is_one_error():
+    torch.manual_seed(0)
+    model = WithHead()
+    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", **SETTINGS)
+    x, y = data()
+    LIKELIHOOD.nll(model(x), y).mean().backward()
+    model.head.weight.grad = torch.zeros_like(model.head.weight)
+    model.head.bias.grad = torch.zeros_like(model.head.bias)
+    with pytest.raises(FimbenchError, match=r"does not reach layer\(s\) 'head' \(Linear\); leave them out with skip_layers="):
+        preconditioner.step(x, y)
+    model.zero_grad(set_to_none=True)
+    LIKELIHOOD.nll(model(x), y).mean().backward()  # head.weight.grad stays None
+    with pytest.raises(FimbenchError, match=r"layer 'head' \(Linear\) has no gradient"):
+        preconditioner.step(x, y)
+    with pytest.warns(UserWarning, match="head"):
+        skipped = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", skip_layers=["head"], **SETTINGS)
+    assert skipped.step(x, y) is not None
+
+
+def test_layer_frozen_after_construction_is_one_error():
+    model = network()
+    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", **SETTINGS)
+    model[0].requires_grad_(False)
+    x, y = data()
+    LIKELIHOOD.nll(model(x), y).mean().backward()
+    with pytest.raises(FimbenchError, match=r"layer '0' \(Linear\) was frozen after the preconditioner was built"):
+        preconditioner.step(x, y)
+
+
+# ------------------------------------------------------------------------------ non-finite statistics
+
+
+def test_non_finite_statistics_batch_is_refused_or_skipped_with_a_grad_scaler():
+    """Without a scaler: one error, and the EMA keeps its value. With one: the batch is skipped (EMA and
+    parameters unchanged, the scaler lowers its scale) and the next step captures statistics again,
+    although it is not a T1 step; training then goes on with finite blocks."""
+    x, y = data()
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    settings = {**SETTINGS, "stats_every": 10}
+    for scaled in (False, True):
+        model = network()
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if scaled else None
+        preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", grad_scaler=scaler, **settings)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        train(model, preconditioner, steps=1, scaler=scaler)
+        preconditioner.steps = 10  # the next step is a T1 step, on the bad batch
+        before = [A.clone() for A, _ in preconditioner.approximations[0].terms]
+        optimizer.zero_grad()
+        loss = LIKELIHOOD.nll(model(bad), y).mean()
+        if not scaled:
+            loss.backward()
+            with pytest.raises(FimbenchError, match="the Fisher statistics of this batch are not finite"):
+                preconditioner.step(bad, y)
+            assert torch.equal(preconditioner.approximations[0].terms[0][0], before[0])
+            continue
+        scaler.scale(loss).backward()
+        parameters = flat(model)
+        preconditioner.step(bad, y)
+        scaler.step(optimizer)
+        scaler.update()
+        assert torch.equal(flat(model), parameters) and scaler.get_scale() == 512.0
+        assert torch.equal(preconditioner.approximations[0].terms[0][0], before[0])
+        assert preconditioner.statistics_due and preconditioner.updates == 1
+        train(model, preconditioner, steps=2, scaler=scaler)
+        assert preconditioner.updates == 2 and not preconditioner.statistics_due
+        assert torch.isfinite(flat(model)).all()
+
+
+@pytest.mark.parametrize("method", ["deflation", "lanczos", "kfac-corrected"])
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_two_methods_on_a_single_output_head_train_with_the_dense_update(method, seed):
+    """A binary classifier's head has q = 1: ``Z(F)`` is rank 1 (Deflation's deflated operator is zero,
+    Lanczos' Krylov space one vector). Four preconditioned steps stay finite, and the head's update is the
+    dense solve of its damped block."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+    x = torch.randn(16, 6, dtype=torch.float64)
+    y = (torch.rand(16, 1) < 0.5).double()
+    likelihood = Likelihood.BERNOULLI
+    preconditioner = KroneckerPreconditioner(
+        model, likelihood, method, damping=1e-3, stats_every=1, inverse_every=1, fisher_fraction=1.0, kl_clip=None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(4):
+        optimizer.zero_grad()
+        likelihood.nll(model(x), y).mean().backward()
+        raw = torch.cat([model[2].weight.grad, model[2].bias.grad.unsqueeze(1)], dim=1).clone()
+        preconditioner.step(x)
+        optimizer.step()
+        assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    block = preconditioner.approximations[1]
+    expected = mat_ref(torch.linalg.solve(block.damped(1e-3).to_dense(), vec_ref(raw)), 1, 6)
+    assert torch.allclose(model[2].weight.grad, expected[:, :5], rtol=1e-8, atol=1e-12)
