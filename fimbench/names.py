@@ -19,6 +19,14 @@ KRONECKER_METHODS: tuple[str, ...] = METHODS[:5]
 """The methods that precondition with a Kronecker approximation."""
 
 
+def variant_name(method: str, damping_form: str = "factored", coarse: str = "none") -> str:
+    """The name a run is compared under: the method, ``+exact`` for exact damping, ``+<coarse space>`` for a
+    two-level correction (``kfac+exact+nicolaides``); first-order methods have neither."""
+    if method in ("sgd", "adam"):
+        return method
+    return method + ("+exact" if damping_form == "exact" else "") + ("" if coarse == "none" else f"+{coarse}")
+
+
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:
     """``name`` if it is one of ``choices`` (every dataset by default); else the one "unknown dataset" error."""
     if name not in choices:

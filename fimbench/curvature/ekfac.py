@@ -30,7 +30,7 @@ old eigenvalues are carried into the new basis by the exact re-basing above.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -39,6 +39,9 @@ from fimbench.curvature.kfac import kfac_factors
 from fimbench.curvature.kronecker_sum import KroneckerSum, robust_eigh
 from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_dense
+
+if TYPE_CHECKING:
+    from fimbench.capture import LayerStatistics
 
 
 @dataclass
@@ -126,3 +129,59 @@ def approximate_ekfac(
     bases = eigenbases(*factors) if new_basis else prior.bases
     carried = rebase(prior.scales, prior.bases, bases) if new_basis else prior.scales
     return EigenbasisDiagonal(factors, bases, decay * carried + (1.0 - decay) * projected_moments(a, g, bases))
+
+
+class EigenbasisBlock:
+    """EKFAC's :class:`~fimbench.curvature_blocks.CurvatureBlock`: ``F̂ + λI`` of :class:`EigenbasisDiagonal`,
+    the basis recomputed at the first update after each refresh (module docstring)."""
+
+    def __init__(self) -> None:
+        self.approximation: EigenbasisDiagonal | None = None
+        self.source: EigenbasisDiagonal | None = None  # the approximation of the latest refresh
+        self.damping = 0.0
+        self.basis_due = True
+
+    def update(self, statistics: "LayerStatistics", decay: float) -> None:
+        """Factors and eigenvalues towards ``ρ F̂_old + (1 − ρ) F_batch``; no iterative solver runs."""
+        self.approximation = approximate_ekfac(statistics.a, statistics.g, self.approximation, decay, self.basis_due)
+        self.basis_due = False
+
+    def refresh(self, damping: float) -> None:
+        """Nothing to factorise: ``(F̂ + λI)⁻¹`` is diagonal in the eigenbasis. The next update takes a new basis."""
+        self.source, self.damping, self.basis_due = self.approximation, damping, True
+
+    def apply(self, gradient: Tensor) -> Tensor:
+        return self.source.solve(gradient, self.damping)  # type: ignore[union-attr]
+
+    def quadratic(self, delta: Tensor) -> Tensor:
+        """``vec(δ)ᵀ (F̂ + λI) vec(δ)``."""
+        return (delta * self.source.matvec(delta)).sum() + self.damping * delta.square().sum()  # type: ignore[union-attr]
+
+    @property
+    def first_term(self) -> tuple[Tensor, Tensor]:
+        """K-FAC's factors ``A``, ``G`` (the spectral coarse space reads them)."""
+        return self.approximation.factors  # type: ignore[union-attr]
+
+    @property
+    def correction_scale(self) -> float | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The approximation, the refresh's own when it is older, its λ, and whether a new basis is due."""
+        source = None if self.source is None or self.source is self.approximation else self.source.state_dict()
+        return {
+            "approximation": None if self.approximation is None else self.approximation.state_dict(),
+            "source": source,
+            "refreshed": self.source is not None,
+            "damping": self.damping,
+            "basis_due": self.basis_due,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        entry = state["approximation"]
+        self.approximation = None if entry is None else EigenbasisDiagonal.from_state_dict(entry, device)
+        if not state["refreshed"]:
+            self.source = None
+        else:
+            self.source = self.approximation if state["source"] is None else EigenbasisDiagonal.from_state_dict(state["source"], device)
+        self.damping, self.basis_due = state["damping"], state["basis_due"]
