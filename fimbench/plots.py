@@ -22,6 +22,7 @@ METHOD_COLORS: dict[str, str] = {
     "kfac-corrected": "#9467bd",
     "sgd": "#7f7f7f",
     "adam": "#8c564b",
+    "ekfac": "#e377c2",
 }
 METHOD_LABELS: dict[str, str] = {
     "kfac": "KFAC",
@@ -31,6 +32,7 @@ METHOD_LABELS: dict[str, str] = {
     "kfac-corrected": "KFAC-corrected",
     "sgd": "SGD",
     "adam": "Adam",
+    "ekfac": "EKFAC",
 }
 
 
