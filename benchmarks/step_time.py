@@ -42,7 +42,7 @@ def time_method(method: Method, device: torch.device, steps: int, period: int, s
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     preconditioner = None
-    if method.is_kronecker:
+    if method.is_preconditioned:
         preconditioner = KroneckerPreconditioner(
             model, likelihood, method, stats_every=period, inverse_every=period, fisher_fraction=FISHER_FRACTION,
             generator=torch.Generator(device=device).manual_seed(seed), timer=timer, **SETTINGS,

@@ -42,14 +42,23 @@ from torch import Tensor, nn
 from fimbench.amp import GradScalerLike, all_finite, autocast_off, gradient_scale, resolve_factor_dtype
 from fimbench.capture import LayerStatistics, capture_statistics, set_weight_gradient, weight_gradient, weight_of
 from fimbench.config import OptimizerConfig
-from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
+from fimbench.curvature import (
+    PRECONDITIONED_METHODS,
+    KroneckerInverse,
+    KroneckerSum,
+    Method,
+    approximate,
+    check_damping_split,
+    parse_method,
+)
+from fimbench.curvature_blocks import BlockDiagonal, Curvature, KroneckerBlock
 from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
 from fimbench.distributed import gather_statistics
 from fimbench.errors import FimbenchError
-from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood, parse_likelihood
 from fimbench.selection import LayerSpec, select_layers, unwrap, warn_raw_gradients
 from fimbench.settings import PreconditionerSettings
+from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import PhaseTimer
 
 
@@ -113,7 +122,7 @@ class KroneckerPreconditioner:
         ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
         (:mod:`fimbench.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.amp`. Under an
         initialised process group the statistics of all ranks are gathered (:mod:`fimbench.distributed`)."""
-        self.method = parse_method(method, kronecker_only=True)
+        self.method = parse_method(method, choices=PRECONDITIONED_METHODS)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         checks = {
             "damping": settings.damping > 0,
@@ -161,8 +170,8 @@ class KroneckerPreconditioner:
         self.timer = timer
         self.steps = 0
         self.updates = 0
-        self.approximations: list[KroneckerSum | None] = [None] * len(self.layers)
-        self.inverses: list[KroneckerInverse | None] = [None] * len(self.layers)
+        self.curvature = self._build_curvature()
+        self.fisher: SubBatchFisher | None = None  # the exact Fisher of the latest Fisher sub-batch
         self.diagnostics = PreconditionerDiagnostics()
         self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
         self.trial: DampingTrial | None = None
@@ -180,6 +189,32 @@ class KroneckerPreconditioner:
     ) -> "KroneckerPreconditioner":
         """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is)."""
         return cls(model, likelihood, config.method, config, generator=generator, timer=timer)
+
+    def _build_curvature(self) -> Curvature:
+        """The method's :class:`~fimbench.curvature_blocks.Curvature`: one Kronecker block per layer, or
+        the exact natural gradient of the Fisher sub-batch (whole network or per block)."""
+        from fimbench.exact_natural_gradient import ExactNaturalGradient
+
+        if self.method in (Method.EXACT_NG, Method.EXACT_NG_BLOCK):
+            return ExactNaturalGradient(per_layer=self.method is Method.EXACT_NG_BLOCK)
+        return BlockDiagonal([KroneckerBlock(self.approximate_block, self.min_curvature_ratio, self.pi) for _ in self.layers])
+
+    @property
+    def kronecker_blocks(self) -> list[KroneckerBlock]:
+        """The Kronecker-sum blocks, one per layer (a Kronecker method's); a clear error otherwise."""
+        if not isinstance(self.curvature, BlockDiagonal) or not all(isinstance(b, KroneckerBlock) for b in self.curvature.blocks):
+            raise FimbenchError(f"method {self.method.value} has no Kronecker-sum blocks")
+        return self.curvature.blocks  # type: ignore[return-value]
+
+    @property
+    def approximations(self) -> list[KroneckerSum | None]:
+        """Every layer's Kronecker approximation (in :attr:`layers` order; None before the first update)."""
+        return [block.approximation for block in self.kronecker_blocks]
+
+    @property
+    def inverses(self) -> list[KroneckerInverse | None]:
+        """Every layer's factorised damped block (None before the first refresh)."""
+        return [block.inverse for block in self.kronecker_blocks]
 
     def _phase(self, name: str) -> ContextManager[None]:
         return self.timer.phase(name) if self.timer is not None else nullcontext()
@@ -200,15 +235,13 @@ class KroneckerPreconditioner:
             statistics = gather_statistics(
                 [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
             )
+        self.fisher = SubBatchFisher(statistics)
         self.updates += 1
         decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
         with self._phase("approximate"):
-            for index, stats in enumerate(statistics):
-                updated = self.approximate_block(stats.a, stats.g, prior=self.approximations[index], decay=decay)
-                self.approximations[index] = updated
-                if updated.method != Method.KFAC.value:
-                    self.diagnostics.iterations.append(updated.iterations)
-                    self.diagnostics.residuals.append(updated.residual)
+            for report in self.curvature.update(statistics, decay):
+                self.diagnostics.iterations.append(report.iterations)
+                self.diagnostics.residuals.append(report.residual)
         self.diagnostics.updates += 1
 
     def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
@@ -221,19 +254,15 @@ class KroneckerPreconditioner:
         """Use ``approximations`` (one per layer, in :attr:`layers` order) as the blocks and factorise them."""
         if len(approximations) != len(self.layers):
             raise FimbenchError(f"expected {len(self.layers)} approximations (one per layer), got {len(approximations)}")
-        self.approximations = list(approximations)
+        for block, approximation in zip(self.kronecker_blocks, approximations):
+            block.approximation = approximation
         self.refresh_inverses()
 
     def refresh_inverses(self) -> None:
-        """Factorise every damped block (T2 event, or the step after λ moved)."""
+        """Factorise the damped curvature (T2 event, or the step after λ moved)."""
         with self._phase("invert"):
-            self.inverses = [
-                approximation.inverse(self.damping, self.min_curvature_ratio, self.pi)  # type: ignore[union-attr]
-                for approximation in self.approximations
-            ]
-        ranks = [inverse.operator.rank for inverse in self.inverses]
-        scales = [inverse.correction_scale for inverse, rank in zip(self.inverses, ranks) if rank > 1]
-        self.correction_scale = min(scales) if scales else None
+            self.curvature.refresh(self.damping)
+        self.correction_scale = self.curvature.correction_scale
         self.refresh_due = False
         self.diagnostics.refreshes += 1
 
@@ -249,7 +278,7 @@ class KroneckerPreconditioner:
             gradients = [weight_gradient(layer).to(self.factor_dtype) / scale for layer in self.layers]
             if self.grad_scaler is not None and not all_finite(gradients):  # left for the scaler to skip
                 return torch.ones((), device=gradients[0].device)
-            directions = [inverse.apply(grad) for inverse, grad in zip(self.inverses, gradients)]  # type: ignore[union-attr]
+            directions = self.curvature.apply(gradients)
             if measure_alignment:
                 cosines = [
                     torch.vdot(d.reshape(-1), grad.reshape(-1)) / (torch.linalg.vector_norm(d) * torch.linalg.vector_norm(grad) + 1e-30)
@@ -302,14 +331,11 @@ class KroneckerPreconditioner:
         return self.trial is not None
 
     def predicted_change(self, trial: DampingTrial) -> Tensor:
-        """``M(δ) = Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩`` for the update ``δ`` applied since ``trial``,
-        with ``F̃_i`` the damped operator that produced it (0-d tensor on the device)."""
-        total = torch.zeros((), dtype=trial.gradients[0].dtype, device=trial.gradients[0].device)
-        for layer, inverse, before, gradient in zip(self.layers, self.inverses, trial.parameters, trial.gradients):
-            delta = weight_of(layer).detach() - before
-            curvature = sum(kron_matvec(A, G, delta) for A, G in inverse.operator.terms)  # type: ignore[union-attr]
-            total = total + (gradient * delta).sum() + 0.5 * (delta * curvature).sum()
-        return total
+        """``M(δ) = ⟨∇, δ⟩ + ½ δᵀ F̃ δ`` for the update ``δ`` applied since ``trial``, with ``F̃`` the damped
+        operator that produced it (block-diagonal: ``Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩``; 0-d tensor on the device)."""
+        deltas = [weight_of(layer).detach() - before for layer, before in zip(self.layers, trial.parameters)]
+        linear = torch.stack([(gradient * delta).sum() for gradient, delta in zip(trial.gradients, deltas)]).sum()
+        return linear + 0.5 * self.curvature.quadratic(deltas)
 
     def adapt_damping(self, loss_before: Tensor | float, loss_after: Tensor | float) -> float:
         """One Levenberg–Marquardt update of λ (:mod:`fimbench.damping`) from ``h(θ)`` and ``h(θ + δ)``

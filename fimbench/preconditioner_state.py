@@ -1,12 +1,13 @@
 """The state of a :class:`~fimbench.preconditioner.KroneckerPreconditioner` as tensors and plain data.
 
 :meth:`KroneckerPreconditioner.state_dict` and :meth:`~KroneckerPreconditioner.load_state_dict` delegate
-here. The state holds what the next steps depend on: every block's approximation, the counters, the
-current λ (adaptive damping included), the latest alignment and safeguard τ, whether a refresh is due,
-the diagnostics gathered since the last ``pop_diagnostics``, a pending damping trial, and the state of
-the Fisher-sampling generator. Inverses are not stored: each is rebuilt on load from the approximation
-and λ it was factorised from (stored only when the approximation has moved on since, T1 < T2), which
-on the same device reproduces it bit for bit. Everything loads with ``torch.load(weights_only=True)``.
+here. The state holds what the next steps depend on: the curvature's estimate (every block's
+approximation, or the exact methods' sub-batch statistics), the counters, the current λ (adaptive damping
+included), the latest alignment and safeguard τ, whether a refresh is due, the diagnostics gathered since
+the last ``pop_diagnostics``, a pending damping trial, and the state of the Fisher-sampling generator.
+Factorisations are not stored: each is rebuilt on load from the estimate and λ it was factorised from
+(the estimate stored again only when it has moved on since, T1 < T2), which on the same device
+reproduces it bit for bit. Everything loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fimbench.capture import weight_of
-from fimbench.curvature import KroneckerSum
 from fimbench.errors import FimbenchError
 
 if TYPE_CHECKING:
@@ -28,13 +28,6 @@ STATE_VERSION = 1
 
 def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, Any]:
     """The state of ``preconditioner`` (module docstring); tensors are shared with it, not copied."""
-    inverses: list[dict[str, Any] | None] = []
-    for approximation, inverse in zip(preconditioner.approximations, preconditioner.inverses):
-        if inverse is None:
-            inverses.append(None)
-            continue
-        source = None if inverse.source is approximation else inverse.source.state_dict()
-        inverses.append({"damping": inverse.damping, "source": source})
     diagnostics = preconditioner.diagnostics
     trial = preconditioner.trial
     generator = preconditioner.generator
@@ -48,8 +41,7 @@ def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, A
         "refresh_due": preconditioner.refresh_due,
         "alignment": preconditioner._alignment,
         "correction_scale": preconditioner.correction_scale,
-        "approximations": [None if a is None else a.state_dict() for a in preconditioner.approximations],
-        "inverses": inverses,
+        **preconditioner.curvature.state_dict(),
         "diagnostics": {
             item.name: (list(value) if isinstance(value := getattr(diagnostics, item.name), list) else value)
             for item in fields(diagnostics)
@@ -66,18 +58,7 @@ def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: di
 
     _check_compatible(preconditioner, state)
     device = weight_of(preconditioner.layers[0]).device
-    approximations = [
-        None if entry is None else KroneckerSum.from_state_dict(entry, device) for entry in state["approximations"]
-    ]
-    inverses = []
-    for approximation, entry in zip(approximations, state["inverses"]):
-        if entry is None:
-            inverses.append(None)
-            continue
-        source = approximation if entry["source"] is None else KroneckerSum.from_state_dict(entry["source"], device)
-        inverses.append(source.inverse(entry["damping"], preconditioner.min_curvature_ratio, preconditioner.pi))  # type: ignore[union-attr]
-    preconditioner.approximations = approximations
-    preconditioner.inverses = inverses
+    preconditioner.curvature.load_state_dict(state, device)
     preconditioner.steps = state["steps"]
     preconditioner.updates = state["updates"]
     preconditioner.damping = state["damping"]

@@ -170,7 +170,7 @@ def _prepare(
 
     optimizer = first_order_optimizer(model.parameters(), method, settings)
     preconditioner: KroneckerPreconditioner | None = None
-    if method.is_kronecker:
+    if method.is_preconditioned:
         preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,15 @@ from fimbench.curvature.kronecker_sum import (
     check_damping_split,
 )
 from fimbench.curvature.lanczos import approximate_lanczos
-from fimbench.curvature.methods import FIRST_ORDER_METHODS, KRONECKER_METHODS, Approximator, Method, parse_method
+from fimbench.curvature.methods import (
+    EXACT_METHODS,
+    FIRST_ORDER_METHODS,
+    KRONECKER_METHODS,
+    PRECONDITIONED_METHODS,
+    Approximator,
+    Method,
+    parse_method,
+)
 from fimbench.curvature.options import (
     DEFAULT_KRYLOV_DIM,
     DEFAULT_MAX_ITERATIONS,
@@ -36,8 +44,10 @@ from fimbench.errors import FimbenchError
 
 __all__ = [
     "APPROXIMATIONS",
+    "EXACT_METHODS",
     "FIRST_ORDER_METHODS",
     "KRONECKER_METHODS",
+    "PRECONDITIONED_METHODS",
     "DEFAULT_KRYLOV_DIM",
     "DEFAULT_MAX_ITERATIONS",
     "DEFAULT_MIN_CURVATURE_RATIO",

@@ -1,10 +1,11 @@
-"""The methods fimbench trains with, told apart: first-order (SGD, Adam) and Kronecker-factored (the five
-approximations of the Fisher block), and the :class:`Approximator` signature every Kronecker method has."""
+"""The methods fimbench trains with, told apart: first-order (SGD, Adam), Kronecker-factored (the five
+approximations of the Fisher block) and the exact natural-gradient references (whole network, per block),
+and the :class:`Approximator` signature every Kronecker method has."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from torch import Tensor
 
@@ -14,7 +15,8 @@ from fimbench.errors import FimbenchError
 
 
 class Method(str, Enum):
-    """Every optimizer fimbench trains with; the first five precondition with a Kronecker approximation."""
+    """Every optimizer fimbench trains with; the first five precondition with a Kronecker approximation,
+    the exact ones with the exact Fisher of the Fisher sub-batch."""
 
     KFAC = "kfac"
     KPSVD = "kpsvd"
@@ -23,11 +25,18 @@ class Method(str, Enum):
     KFAC_CORRECTED = "kfac-corrected"
     SGD = "sgd"
     ADAM = "adam"
+    EXACT_NG = "exact-ng"
+    EXACT_NG_BLOCK = "exact-ng-block"
 
     @property
     def is_kronecker(self) -> bool:
         """Whether the method preconditions with a Kronecker approximation (else it is first-order)."""
         return self in KRONECKER_METHODS
+
+    @property
+    def is_preconditioned(self) -> bool:
+        """Whether the method trains through the natural-gradient preconditioner (Kronecker or exact)."""
+        return self in PRECONDITIONED_METHODS
 
     @property
     def rank(self) -> int:
@@ -43,13 +52,18 @@ KRONECKER_METHODS: tuple[Method, ...] = (
     Method.KFAC_CORRECTED,
 )
 """The methods that precondition with a Kronecker approximation ``F̂ = Σ_k A_k ⊗ G_k``."""
+EXACT_METHODS: tuple[Method, ...] = (Method.EXACT_NG, Method.EXACT_NG_BLOCK)
+"""The references that solve with the exact Fisher of the Fisher sub-batch: whole network, per block."""
+PRECONDITIONED_METHODS: tuple[Method, ...] = KRONECKER_METHODS + EXACT_METHODS
+"""The methods of :class:`fimbench.preconditioner.KroneckerPreconditioner`."""
 FIRST_ORDER_METHODS: tuple[Method, ...] = (Method.SGD, Method.ADAM)
 """The methods that step along the gradient itself."""
 
 
-def parse_method(name: "str | Method", kronecker_only: bool = False) -> Method:
-    """``"deflation"`` -> ``Method.DEFLATION``; a clear error for anything else."""
-    choices = list(KRONECKER_METHODS) if kronecker_only else list(Method)
+def parse_method(name: "str | Method", kronecker_only: bool = False, choices: "Sequence[Method] | None" = None) -> Method:
+    """``"deflation"`` -> ``Method.DEFLATION``; a clear error for anything else, or anything not among
+    ``choices`` (default: every method, or the Kronecker ones with ``kronecker_only``)."""
+    choices = list(choices) if choices is not None else list(KRONECKER_METHODS) if kronecker_only else list(Method)
     try:
         method = Method(name)
     except ValueError:
