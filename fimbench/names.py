@@ -13,13 +13,15 @@ from fimbench.errors import FimbenchError
 
 DATASETS: tuple[str, ...] = ("curves", "mnist", "faces", "curves-synth")
 DOWNLOADABLE: tuple[str, ...] = ("curves", "mnist", "faces")
-METHODS: tuple[str, ...] = ("kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected", "sgd", "adam", "exact-ng", "exact-ng-block")
+METHODS: tuple[str, ...] = ("kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected", "sgd", "adam", "exact-ng", "exact-ng-block", "ekfac")
 """Every optimizer, in :class:`fimbench.curvature.Method`'s order."""
 KRONECKER_METHODS: tuple[str, ...] = METHODS[:5]
 """The methods that precondition with a Kronecker approximation."""
 EXACT_METHODS: tuple[str, ...] = METHODS[7:9]
 """The exact natural-gradient references (whole network, per block)."""
-PRECONDITIONED_METHODS: tuple[str, ...] = KRONECKER_METHODS + EXACT_METHODS
+BLOCK_METHODS: tuple[str, ...] = KRONECKER_METHODS + ("ekfac",)
+"""The block-diagonal approximations (the Kronecker methods and EKFAC)."""
+PRECONDITIONED_METHODS: tuple[str, ...] = BLOCK_METHODS + EXACT_METHODS
 """The methods of the natural-gradient preconditioner."""
 
 

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from fimbench.capture import LayerStatistics
+from fimbench.curvature_blocks import BlockDiagonal, SolverReport
 from fimbench.errors import FimbenchError
 from fimbench.sub_batch_fisher import GRAM_DTYPE, SubBatchFisher
 
@@ -75,21 +76,6 @@ class FirstTermBlock(Protocol):
     def quadratic(self, delta: Tensor) -> Tensor: ...
 
 
-class BlockCurvature(Protocol):
-    """The block-diagonal curvature the correction sits on (:class:`~fimbench.curvature_blocks.BlockDiagonal`)."""
-
-    blocks: list[Any]
-
-    def update(self, statistics: Sequence[LayerStatistics], decay: float) -> list[Any]: ...
-    def refresh(self, damping: float) -> None: ...
-    def apply(self, gradients: Sequence[Tensor]) -> list[Tensor]: ...
-    def quadratic(self, deltas: Sequence[Tensor]) -> Tensor: ...
-    @property
-    def correction_scale(self) -> float | None: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None: ...
-
-
 def _unit(matrix: Tensor) -> Tensor:
     """``matrix / ‖matrix‖_F``; a zero matrix stays zero (its layer then gets no coarse correction)."""
     norm = torch.linalg.matrix_norm(matrix)
@@ -107,7 +93,7 @@ class TwoLevel:
     """:class:`~fimbench.curvature_blocks.Curvature` ``P⁻¹`` with ``P = F̃⁻¹ + R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ``
     over the block-diagonal ``inner`` (module docstring), ``coarse`` one of nicolaides, spectral, residual."""
 
-    def __init__(self, inner: BlockCurvature, coarse: str) -> None:
+    def __init__(self, inner: BlockDiagonal, coarse: str) -> None:
         if check_coarse(coarse) == NO_COARSE:
             raise FimbenchError("a two-level curvature needs a coarse space (nicolaides, spectral or residual)")
         self.inner, self.coarse = inner, coarse
@@ -118,7 +104,7 @@ class TwoLevel:
         self.damping: float | None = None
         self.factor: Tensor | None = None  # Cholesky factor of C + λI
 
-    def update(self, statistics: Sequence[LayerStatistics], decay: float) -> list[Any]:
+    def update(self, statistics: Sequence[LayerStatistics], decay: float) -> list[SolverReport]:
         """The blocks' update; the sub-batch and ρ are kept for the coarse rebuild of the next :meth:`apply`."""
         reports = self.inner.update(statistics, decay)
         self.fisher, self.decay = SubBatchFisher(statistics), decay
@@ -185,7 +171,7 @@ class TwoLevel:
             raise FimbenchError("the two-level curvature has no factorisation yet")
         blocks = self.inner.blocks
         u, w = [], []
-        for block, r, delta in zip(blocks, self.vectors, deltas):
+        for block, r, delta in zip(blocks, self.vectors, deltas):  # type: FirstTermBlock, Tensor, Tensor
             w.append(block.quadratic(r).to(GRAM_DTYPE))
             size = torch.linalg.matrix_norm(delta)
             if float(size) == 0.0:
@@ -204,10 +190,10 @@ class TwoLevel:
         return self.inner.correction_scale
 
     def state_dict(self) -> dict[str, Any]:
-        """The blocks' state, the coarse vectors, C and λ of its factor, and the pending sub-batch if any."""
+        """The blocks' state and, under ``two_level``, the coarse vectors, C, the λ of its factor, ρ and
+        the pending sub-batch if any."""
         pending = None if self.fisher is None else [[s.a, s.g] for s in self.fisher.statistics]
-        return {
-            "inner": self.inner.state_dict(),
+        two_level = {
             "coarse": self.coarse,
             "vectors": self.vectors,
             "coarse_matrix": self.coarse_matrix,
@@ -215,11 +201,14 @@ class TwoLevel:
             "decay": self.decay,
             "pending": pending,
         }
+        return {**self.inner.state_dict(), "two_level": two_level}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        if state["coarse"] != self.coarse:
-            raise FimbenchError(f"the state's coarse space is {state['coarse']}, this preconditioner's {self.coarse}")
-        self.inner.load_state_dict(state["inner"], device)
+    def load_state_dict(self, full_state: dict[str, Any], device: torch.device) -> None:
+        state = full_state.get("two_level")
+        if state is None or state["coarse"] != self.coarse:
+            found = "none" if state is None else state["coarse"]
+            raise FimbenchError(f"the state's coarse space is {found}, this preconditioner's {self.coarse}")
+        self.inner.load_state_dict(full_state, device)
         self.vectors = None if state["vectors"] is None else [vector.to(device) for vector in state["vectors"]]
         self.coarse_matrix = None if state["coarse_matrix"] is None else state["coarse_matrix"].to(device)
         self.damping, self.decay = state["damping"], state["decay"]

@@ -167,21 +167,21 @@ class EigenbasisBlock:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        """The approximation, the refresh's own when it is older, its λ, and whether a new basis is due."""
-        source = None if self.source is None or self.source is self.approximation else self.source.state_dict()
-        return {
-            "approximation": None if self.approximation is None else self.approximation.state_dict(),
-            "source": source,
-            "refreshed": self.source is not None,
-            "damping": self.damping,
-            "basis_due": self.basis_due,
-        }
+        """The approximation and, once refreshed, the refresh's λ, its approximation when that is older, and
+        whether a new basis is due (before a refresh it is due exactly when there is no approximation yet)."""
+        inverse = None
+        if self.source is not None:
+            source = None if self.source is self.approximation else self.source.state_dict()
+            inverse = {"damping": self.damping, "source": source, "basis_due": self.basis_due}
+        return {"approximation": None if self.approximation is None else self.approximation.state_dict(), "inverse": inverse}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         entry = state["approximation"]
         self.approximation = None if entry is None else EigenbasisDiagonal.from_state_dict(entry, device)
-        if not state["refreshed"]:
-            self.source = None
-        else:
-            self.source = self.approximation if state["source"] is None else EigenbasisDiagonal.from_state_dict(state["source"], device)
-        self.damping, self.basis_due = state["damping"], state["basis_due"]
+        inverse = state["inverse"]
+        if inverse is None:
+            self.source, self.damping, self.basis_due = None, 0.0, self.approximation is None
+            return
+        source = inverse["source"]
+        self.source = self.approximation if source is None else EigenbasisDiagonal.from_state_dict(source, device)
+        self.damping, self.basis_due = inverse["damping"], inverse["basis_due"]
