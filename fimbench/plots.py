@@ -22,6 +22,8 @@ METHOD_COLORS: dict[str, str] = {
     "kfac-corrected": "#9467bd",
     "sgd": "#7f7f7f",
     "adam": "#8c564b",
+    "exact-ng": "#000000",
+    "exact-ng-block": "#e377c2",
 }
 METHOD_LABELS: dict[str, str] = {
     "kfac": "KFAC",
@@ -31,6 +33,8 @@ METHOD_LABELS: dict[str, str] = {
     "kfac-corrected": "KFAC-corrected",
     "sgd": "SGD",
     "adam": "Adam",
+    "exact-ng": "exact NG",
+    "exact-ng-block": "exact NG (blocks)",
 }
 
 
