@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fimbench.curvature import Method
+from fimbench.curvature import PRECONDITIONED_METHODS, Method
 from fimbench.models import ARCHITECTURES, build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.setup import device_description, resolve_device
@@ -74,12 +74,15 @@ def main() -> None:
     parser.add_argument("--fast-steps", type=int, default=10, help="timed steps per method with T1 = T2 = 1")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--methods", default=None, help="comma-separated methods (default: SGD, Adam and every preconditioned one)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     console = Console()
-    methods = [Method.SGD, Method.ADAM, Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED]
+    methods = [Method.SGD, Method.ADAM, *PRECONDITIONED_METHODS]
+    if args.methods:
+        methods = [Method.SGD, *(Method(name) for name in args.methods.split(",") if name != Method.SGD.value)]
 
     slow = {method: time_method(method, device, args.steps, 100) for method in methods}
     sgd = slow[Method.SGD]["step"]
@@ -94,6 +97,8 @@ def main() -> None:
     console.print(table)
 
     kronecker = [method for method in methods if method.is_kronecker]
+    if Method.KFAC not in kronecker:
+        return
     fast = {method: time_method(method, device, args.fast_steps, 1) for method in kronecker}
     kfac = fast[Method.KFAC]["refresh"]
     table = Table(title=f"T1 = T2 = 1 (refresh every step, warm-started) — {device_description(device)}")

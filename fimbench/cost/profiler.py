@@ -9,6 +9,12 @@ Per method and per layer it times, with a :class:`KroneckerPreconditioner`'s own
 * ``inverse`` — :meth:`KroneckerSum.inverse`: the damped factorisation of ``refresh_inverses`` (§2.2, §3.4);
 * ``apply`` — :meth:`KroneckerInverse.apply` on the layer's gradient, ``F̂⁻¹ ∇h``;
 
+The exact references (``exact-ng``, ``exact-ng-block``) build no approximation: per layer, ``build`` is its
+Gram term ``K_l = (Ā_l Ā_lᵀ) ∘ (G_l G_lᵀ)`` (the EMA does not apply, so cold = warm), ``inverse`` the
+Cholesky factor of its damped Gram ``mλI + K_l`` and ``apply`` its Woodbury apply ``(v − J_lᵀ (mλI + K_l)⁻¹ J_l v) / λ``
+— the per-block quantities, for both; what ``exact-ng`` couples (one m × m Cholesky factor of ``Σ_l K_l``,
+the same m³ as one block's, and ``J v`` over all layers) shows in its precondition step.
+
 per model, the whole :meth:`KroneckerPreconditioner.precondition` step (every layer + KL clip), and the
 yardsticks: forward + backward of the batch, one SGD step (forward, backward, momentum step) and the
 capture pass of the true Fisher (targets sampled from the model). Each figure is the median and spread of
@@ -37,16 +43,17 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from fimbench.capture import KroneckerLayer, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
+from fimbench.capture import KroneckerLayer, LayerStatistics, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
 from fimbench.config import OptimizerConfig, load_config
 from fimbench.cost.model import PHASES, sweep_exponents
 from fimbench.cost.results import CostPoint, DatasetCost, LayerCost, MethodCost, ModelProfile, SweepCost, Timing
-from fimbench.curvature import KroneckerSum, Method
+from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, Likelihood, build_model
 from fimbench.names import DATASETS, check_dataset
 from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.setup import environment, resolve_architecture
+from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import measure
 
 COST_DATASETS: tuple[str, ...] = DATASETS  # every dataset: a profile needs only its architecture
@@ -140,6 +147,16 @@ def profile_model(
         preconditioner = KroneckerPreconditioner.from_config(model, model.likelihood, config, generator)
         current = capture_statistics(model, inputs[:fisher_batch], model.likelihood, layers, None, generator)
         previous = capture_statistics(model, inputs[-fisher_batch:], model.likelihood, layers, None, generator)
+        if method in EXACT_METHODS:
+            layer_costs = [_exact_layer_cost(index, now, gradient, preconditioner.damping, repeats, warmup)
+                           for index, (now, gradient) in enumerate(zip(current, gradients))]
+            preconditioner.curvature.update(current, 0.0)
+            preconditioner.refresh_inverses()
+            restore = partial(_restore_gradients, layers, gradients)
+            step = Timing.of(measure(preconditioner.precondition, device, repeats, warmup, setup=restore))
+            restore()
+            costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
+            continue
         layer_costs: list[LayerCost] = []
         warm_results: list[KroneckerSum] = []
         for index, (now, before, gradient) in enumerate(zip(current, previous, gradients)):
@@ -169,6 +186,29 @@ def profile_model(
         restore()
         costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
     return ModelProfile(batch, fisher_batch, yardsticks, costs)
+
+
+def _exact_layer_cost(index: int, statistics: LayerStatistics, gradient: Tensor, damping: float, repeats: int, warmup: int) -> LayerCost:
+    """One layer's phases of the exact references (module docstring): its Gram term, the Cholesky factor of
+    its damped Gram (Gram cached) and its Woodbury apply."""
+    device = gradient.device
+    fisher = SubBatchFisher([statistics])
+
+    def build() -> Tensor:
+        return SubBatchFisher([statistics]).layer_gram(0)
+
+    invert = partial(fisher.inverse, damping, True)
+    apply = partial(invert().apply, [gradient])
+    calls = {"build_cold": build, "build_warm": build, "inverse": invert, "apply": apply}
+    return LayerCost(
+        index=index,
+        p=statistics.a.shape[-1],
+        q=statistics.g.shape[-1],
+        rank=0,
+        iterations_cold=None,
+        iterations_warm=None,
+        times={phase: Timing.of(measure(calls[phase], device, repeats, warmup)) for phase in PHASES},
+    )
 
 
 def _random_inputs(batch: int, width: int, device: torch.device, seed: int) -> Tensor:

@@ -5,7 +5,12 @@ every i divisible by ``every`` (and once more after the last step), the current 
 targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
 captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
 these same statistics — no EMA, each warm-started from its own previous result (§4) — then
-:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix. Layers are the
+:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix. The exact-NG
+references take the exact blocks themselves (``exact-ng-block``: ``F̂_l = F_ll``; ``exact-ng``: ``F̂ = F``), so
+their per-block errors are 0 by definition (path ``exact``). Each measurement also gives one row per
+entry whose ``layer`` is ``network``: the cross-layer Error 1 ``‖F − F̂‖_F / ‖F‖_F`` of the multi-layer
+Fisher over the chosen layers (:mod:`fimbench.network_error`; Error 2 is NaN there) — block-diagonality's
+share of the error beside the Kronecker structure's. Layers are the
 model's Linear and Conv2d layers in module order; a Conv2d's block is the shared-weight one,
 ``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` over its T output pixels (curvature/shared_weights.py).
 
@@ -26,12 +31,20 @@ from torch import Tensor
 
 from fimbench.capture import capture_statistics, kronecker_layers, layer_shape
 from fimbench.config import RunConfig
-from fimbench.curvature import KroneckerSum, Method, approximate
+from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method, approximate
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.errors import FimbenchError
 from fimbench.fisher import ExactFisher, approximation_errors
 from fimbench.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
 from fimbench.names import check_dataset
+from fimbench.network_error import (
+    NETWORK,
+    NetworkTerms,
+    exact_block_terms,
+    kronecker_block_terms,
+    network_error,
+    network_squared_norm,
+)
 from fimbench.plots import METHOD_LABELS
 from fimbench.setup import (
     check_batch_size,
@@ -50,14 +63,17 @@ CSV_COLUMNS = ("iteration", "layer", "method", "rank", "error1", "error2", "iter
 
 @dataclass(frozen=True)
 class ErrorRow:
-    """One approximation of one layer's block at one iteration (a row of ``errors.csv``).
+    """One approximation of one layer's block at one iteration (a row of ``errors.csv``); ``layer`` is
+    ``"network"`` for the cross-layer error over all chosen layers (Error 2 NaN, iterations and seconds
+    summed over the layers).
 
-    ``rank``: Kronecker rank; ``iterations``: power-SVD / Lanczos iterations used; ``seconds``: time to
-    build the approximation (device-synchronised); ``path``: how Error 1 / Error 2 were computed.
+    ``rank``: Kronecker rank (0: the exact references); ``iterations``: power-SVD / Lanczos iterations used;
+    ``seconds``: time to build the approximation (device-synchronised; 0 for the exact references, which
+    build nothing); ``path``: how Error 1 / Error 2 were computed.
     """
 
     iteration: int
-    layer: int
+    layer: int | str
     method: str
     rank: int
     error1: float
@@ -189,14 +205,19 @@ class FisherErrorMeter:
         self.previous: dict[tuple[int, Entry], KroneckerSum] = {}
 
     def measure(self, iteration: int, x: Tensor) -> list[ErrorRow]:
-        """One row per (layer, entry) for the mini-batch ``x`` (module docstring)."""
+        """One row per (layer, entry) and one network row per entry for the mini-batch ``x`` (module docstring)."""
         captured = capture_statistics(
             self.model, x, self.model.likelihood, self.modules, targets=x if self.empirical else None, generator=self.generator
         )
         rows: list[ErrorRow] = []
+        blocks: dict[Entry, list[NetworkTerms]] = {entry: [] for entry in self.entries}
         for layer, stats in zip(self.layers, captured):
             fisher = ExactFisher(stats.a, stats.g)
             for entry in self.entries:
+                if entry.method in EXACT_METHODS:
+                    blocks[entry].append(exact_block_terms(fisher))
+                    rows.append(ErrorRow(iteration, layer, entry.method.value, entry.rank, 0.0, 0.0, 0, 0.0, "exact"))
+                    continue
                 seconds, built = timed_call(
                     lambda: approximate(
                         entry.method,
@@ -212,6 +233,7 @@ class FisherErrorMeter:
                 )
                 approximation = cast(KroneckerSum, built)
                 self.previous[(layer, entry)] = approximation
+                blocks[entry].append(kronecker_block_terms(fisher, approximation.terms))
                 errors = approximation_errors(fisher, approximation.terms)
                 rows.append(
                     ErrorRow(
@@ -226,7 +248,30 @@ class FisherErrorMeter:
                         path=errors.path,
                     )
                 )
-        return rows
+        return rows + self.network_rows(iteration, network_squared_norm(captured), blocks, rows)
+
+    def network_rows(
+        self, iteration: int, squared_norm: float, blocks: dict[Entry, list[NetworkTerms]], rows: list[ErrorRow]
+    ) -> list[ErrorRow]:
+        """Per entry, the network error of ``blockdiag(F̂_l)`` from its blocks' terms (``exact-ng``: ``F̂ = F``)."""
+        network = []
+        for entry, terms in blocks.items():
+            whole = NetworkTerms(squared_norm, squared_norm) if entry.method is Method.EXACT_NG else sum(terms[1:], terms[0])
+            own = [row for row in rows if row.method == entry.method.value and row.rank == entry.rank]
+            network.append(
+                ErrorRow(
+                    iteration=iteration,
+                    layer=NETWORK,
+                    method=entry.method.value,
+                    rank=entry.rank,
+                    error1=network_error(squared_norm, whole).value,
+                    error2=math.nan,
+                    iterations=sum(row.iterations for row in own),
+                    seconds=sum(row.seconds for row in own),
+                    path="gram",
+                )
+            )
+        return network
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
