@@ -26,11 +26,13 @@ PRECONDITIONED_METHODS: tuple[str, ...] = BLOCK_METHODS + EXACT_METHODS
 
 
 def variant_name(method: str, damping_form: str = "factored", coarse: str = "none") -> str:
-    """The name a run is compared under: the method, ``+exact`` for exact damping, ``+<coarse space>`` for a
-    two-level correction (``kfac+exact+nicolaides``); first-order methods have neither."""
-    if method in ("sgd", "adam"):
+    """The name a run is compared under: the method, ``+exact`` for exact damping of a Kronecker method,
+    ``+<coarse space>`` for a two-level correction (``kfac+exact+nicolaides``); first-order methods have
+    neither, and EKFAC and the exact references are always damped exactly."""
+    if method not in PRECONDITIONED_METHODS:
         return method
-    return method + ("+exact" if damping_form == "exact" else "") + ("" if coarse == "none" else f"+{coarse}")
+    exact = damping_form == "exact" and method in KRONECKER_METHODS
+    return method + ("+exact" if exact else "") + ("" if coarse == "none" else f"+{coarse}")
 
 
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:

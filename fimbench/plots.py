@@ -41,8 +41,8 @@ METHOD_LABELS: dict[str, str] = {
 
 
 def method_color(method: str) -> str:
-    """The method's colour; Lanczos at rank r (``lanczos-r3``) shares Lanczos' hue."""
-    return METHOD_COLORS.get(method, METHOD_COLORS.get(method.split("-r")[0], "#17becf"))
+    """The method's colour; Lanczos at rank r (``lanczos-r3``) and a variant (``kfac+nicolaides``) share their method's hue."""
+    return METHOD_COLORS.get(method, METHOD_COLORS.get(method.split("+")[0].split("-r")[0], "#17becf"))
 
 
 def new_figure(rows: int, cols: int, width: float = 5.0, height: float = 3.6) -> tuple[Figure, object]:

@@ -42,7 +42,7 @@ here it is the block's own damped inverse. Their Krylov-enriched and "tpselepedi
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -50,6 +50,7 @@ from torch import Tensor
 from fimbench.capture import LayerStatistics
 from fimbench.curvature_blocks import BlockDiagonal, SolverReport
 from fimbench.errors import FimbenchError
+from fimbench.network_error import NetworkTerms
 from fimbench.sub_batch_fisher import GRAM_DTYPE, SubBatchFisher
 
 NO_COARSE = "none"
@@ -89,6 +90,44 @@ def smallest_eigenvector(matrix: Tensor) -> Tensor:
     return robust_eigh(0.5 * (matrix + matrix.transpose(0, 1)))[1][:, 0]
 
 
+def coarse_vector(coarse: str, first_term: tuple[Tensor, Tensor], like: Tensor) -> Tensor:
+    """The unit ``r_l`` of a gradient-free coarse space: ``nicolaides`` (``1 1ᵀ``) or ``spectral``
+    (``u_G u_Aᵀ`` of the first term ``A₁ ⊗ G₁``), shaped and typed like ``like`` (q, p)."""
+    if coarse == NICOLAIDES:
+        return _unit(torch.ones_like(like))
+    if coarse == SPECTRAL:
+        A, G = first_term
+        return torch.outer(smallest_eigenvector(G), smallest_eigenvector(A)).to(like.dtype)
+    raise FimbenchError(f"the coarse space {coarse} depends on a gradient; only nicolaides and spectral are fixed by the blocks")
+
+
+def two_level_terms(
+    fisher: SubBatchFisher, matvecs: Sequence[Callable[[Tensor], Tensor]], vectors: Sequence[Tensor], blocks: NetworkTerms
+) -> NetworkTerms:
+    """``⟨F, F̂₂⟩`` and ``‖F̂₂‖²`` of the two-level approximation of F over the layers of ``fisher``,
+    ``F̂₂ = P⁻¹ = F̂ − U B Uᵀ`` (Woodbury; undamped, λ = 0), from the undamped blocks ``F̂_l`` (``matvecs``:
+    ``V ↦ F̂_l V``; ``blocks``: ``⟨F, F̂⟩`` and ``‖F̂‖²`` of ``blockdiag(F̂_l)``) and unit coarse vectors r_l:
+
+        U = F̂ R₀ (column l: u_l = F̂_l r_l),   B = (R₀ᵀ F R₀ + diag(r_lᵀ u_l))⁻¹,
+        ⟨F, F̂₂⟩ = ⟨F, F̂⟩ − tr(B (JU)ᵀ(JU) / m),
+        ‖F̂₂‖² = ‖F̂‖² − 2 tr(B diag(u_lᵀ F̂_l u_l)) + tr(B diag(‖u_l‖²) B diag(‖u_l‖²)),
+
+    with ``(JU)[:, l] = J_l u_l`` — m × L and L × L quantities only. B is a pseudo-inverse: a coarse vector
+    in the null space of both F̂_l and F (the spectral one when a factor is singular, m < p) has
+    ``u_l = 0`` and a zero row, and drops out, as it does from F̂₂ in the limit λ → 0."""
+    r = [vector.to(GRAM_DTYPE) for vector in vectors]
+    u = [matvec(vector).to(GRAM_DTYPE) for matvec, vector in zip(matvecs, r)]
+    JR = torch.stack([fisher.layer_jacobian_product(index, vector) for index, vector in enumerate(r)], dim=1)
+    JU = torch.stack([fisher.layer_jacobian_product(index, vector) for index, vector in enumerate(u)], dim=1)
+    coupling = torch.stack([(a * b).sum() for a, b in zip(r, u)])
+    B = torch.linalg.pinv(JR.transpose(0, 1) @ JR / fisher.m + torch.diag(coupling), hermitian=True)
+    curvature = torch.stack([(vector * matvec(vector).to(GRAM_DTYPE)).sum() for matvec, vector in zip(matvecs, u)])
+    norms = torch.diag(torch.stack([vector.square().sum() for vector in u]))
+    inner = blocks.inner - float(torch.trace(B @ (JU.transpose(0, 1) @ JU)) / fisher.m)
+    squared_norm = blocks.squared_norm - 2.0 * float((torch.diagonal(B) * curvature).sum()) + float(torch.trace(B @ norms @ B @ norms))
+    return NetworkTerms(inner, squared_norm)
+
+
 class TwoLevel:
     """:class:`~fimbench.curvature_blocks.Curvature` ``P⁻¹`` with ``P = F̃⁻¹ + R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ``
     over the block-diagonal ``inner`` (module docstring), ``coarse`` one of nicolaides, spectral, residual."""
@@ -125,14 +164,9 @@ class TwoLevel:
 
     def coarse_vectors(self, gradients: Sequence[Tensor], directions: Sequence[Tensor]) -> list[Tensor]:
         """The unit coarse vectors ``r_l`` of the coarse space (module docstring)."""
-        if self.coarse == NICOLAIDES:
-            return [_unit(torch.ones_like(gradient)) for gradient in gradients]
-        if self.coarse == SPECTRAL:
-            vectors = []
-            for block in self.inner.blocks:
-                A, G = block.first_term
-                vectors.append(torch.outer(smallest_eigenvector(G), smallest_eigenvector(A)).to(gradients[0].dtype))
-            return vectors
+        if self.coarse in (NICOLAIDES, SPECTRAL):
+            first_terms = [block.first_term for block in self.inner.blocks] if self.coarse == SPECTRAL else [None] * len(gradients)
+            return [coarse_vector(self.coarse, first, gradient) for first, gradient in zip(first_terms, gradients)]  # type: ignore[arg-type]
         assert self.fisher is not None and self.damping is not None
         damped = [Fd + self.damping * d for Fd, d in zip(self.fisher.matvec(directions), directions)]
         residuals = [gradient - product for gradient, product in zip(gradients, damped)]

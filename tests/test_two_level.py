@@ -150,3 +150,51 @@ def test_two_level_needs_a_coarse_space():
         TwoLevel(BlockDiagonal(make_blocks("kfac")), "none")
     with pytest.raises(FimbenchError, match="unknown coarse space"):
         TwoLevel(BlockDiagonal(make_blocks("kfac")), "krylov")
+
+
+@pytest.mark.parametrize("method", ["kfac", "ekfac"])
+@pytest.mark.parametrize("coarse", ["nicolaides", "spectral"])
+def test_two_level_network_error_equals_the_dense_one(method, coarse):
+    """fisher-error's two-level row: ``F̂₂ = (F̂⁻¹ + R₀ (R₀ᵀ F R₀)⁻¹ R₀ᵀ)⁻¹`` (undamped, F̂ = blockdiag(F̂_l)
+    invertible here: m = 30 examples), its ‖F − F̂₂‖ / ‖F‖ from m × L quantities equals the dense one."""
+    from fimbench.curvature.ekfac import approximate_ekfac
+    from fimbench.fisher import ExactFisher, eigenbasis_terms
+    from fimbench.fisher_error.engine import two_level_network_terms
+    from fimbench.network_error import NetworkTerms, kronecker_block_terms, network_error, network_squared_norm
+
+    generator = torch.Generator().manual_seed(3)
+    statistics = [
+        LayerStatistics(torch.randn(30, p, generator=generator, dtype=DTYPE), torch.randn(30, q, generator=generator, dtype=DTYPE))
+        for p, q in SHAPES
+    ]
+    approximations, terms, dense_blocks = [], [], []
+    for stats in statistics:
+        fisher = ExactFisher(stats.a, stats.g)
+        if method == "ekfac":
+            approximation = approximate_ekfac(stats.a, stats.g)
+            terms.append(NetworkTerms(*eigenbasis_terms(fisher, approximation)))
+        else:
+            approximation = approximate(method, stats.a, stats.g)
+            terms.append(kronecker_block_terms(fisher, approximation.terms))
+        approximations.append(approximation)
+        dense_blocks.append(approximation.to_dense())
+    measured = network_error(network_squared_norm(statistics), two_level_network_terms(statistics, approximations, coarse, sum(terms[1:], terms[0])))
+
+    F = torch.cat([torch.einsum("nq,np->npq", s.g, s.a).reshape(30, -1) for s in statistics], dim=1)
+    F = F.T @ F / 30
+    F_hat = torch.block_diag(*dense_blocks)
+    sizes = [p * q for p, q in SHAPES]
+    R0 = torch.zeros(sum(sizes), len(sizes), dtype=DTYPE)
+    start = 0
+    for index, ((p, q), approximation) in enumerate(zip(SHAPES, approximations)):
+        if coarse == "nicolaides":
+            piece = torch.ones(p * q, dtype=DTYPE)
+        else:
+            A, G = approximation.factors if method == "ekfac" else approximation.terms[0]
+            piece = vec(torch.outer(torch.linalg.eigh(G)[1][:, 0], torch.linalg.eigh(A)[1][:, 0]))
+        R0[start : start + p * q, index] = piece / torch.linalg.norm(piece)
+        start += p * q
+    two_level = torch.linalg.inv(torch.linalg.inv(F_hat) + R0 @ torch.linalg.inv(R0.T @ F @ R0) @ R0.T)
+    dense = float(torch.linalg.norm(F - two_level) / torch.linalg.norm(F))
+    assert abs(measured.value - dense) < 1e-8
+    assert abs(dense - float(torch.linalg.norm(F - F_hat) / torch.linalg.norm(F))) > 1e-4  # the coarse space changes F̂

@@ -25,7 +25,7 @@ from fimbench.cli.options import (
 )
 from fimbench.cli.output import current, with_output
 from fimbench.cli.parsers import parse_layers, parse_methods
-from fimbench.errors import Interrupted
+from fimbench.errors import FimbenchError, Interrupted
 from fimbench.names import BLOCK_METHODS, EXACT_METHODS, KRONECKER_METHODS
 
 if TYPE_CHECKING:
@@ -131,6 +131,15 @@ def summary_table(summaries: list[EntrySummary], title: str) -> Table:
     return table
 
 
+def _coarse_spaces(text: Optional[str]) -> tuple[str, ...]:
+    """``--coarse nicolaides,spectral`` -> the coarse spaces whose two-level network rows are measured."""
+    spaces = tuple(dict.fromkeys(split_list(text or "")))
+    for space in spaces:
+        if space not in ("nicolaides", "spectral"):
+            raise FimbenchError(f"--coarse takes nicolaides and/or spectral (the residual space needs a gradient), got '{space}'")
+    return spaces
+
+
 @user_errors
 @with_output
 def fisher_error(
@@ -138,6 +147,10 @@ def fisher_error(
     layer: str = typer.Option("5", "--layer", help="Linear layer(s), 1-based as in the paper: 5, a list 1,5,9, or all."),
     methods: str = methods_option(
         ",".join(KRONECKER_METHODS), f"Comma-separated methods to measure: Kronecker ones, ekfac and the exact references {', '.join(EXACT_METHODS)}."
+    ),
+    coarse: Optional[str] = typer.Option(
+        None, "--coarse",
+        help="Also the network row of each block method's two-level version (F̂ = P⁻¹, undamped): nicolaides, spectral or both, comma-separated.",
     ),
     optimizer: str = typer.Option("adam", "--optimizer", help="Independent optimizer that trains the network: adam or sgd."),
     iterations: int = typer.Option(1000, "--iterations", help="Training iterations."),
@@ -181,6 +194,7 @@ def fisher_error(
         every=every,
         lanczos_rank=lanczos_rank,
         empirical=empirical,
+        coarse=_coarse_spaces(coarse),
     )
     resolved = load_config(
         config,

@@ -15,6 +15,7 @@ from fimbench.curvature import Method
 from fimbench.fisher_error.engine import CSV_COLUMNS, Entry, ErrorRow, FisherErrorResult
 from fimbench.io import atomic_write_json, atomic_write_text
 from fimbench.network_error import NETWORK
+from fimbench.two_level import NO_COARSE
 from fimbench.plots import method_color, new_figure, save_png
 
 
@@ -64,23 +65,23 @@ def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySu
         rows = [
             row
             for row in result.rows
-            if row.method == entry.method.value and row.rank == entry.rank and (row.layer == layer or layer is None and row.layer != NETWORK)
+            if row.method == entry.name and row.rank == entry.rank and (row.layer == layer or layer is None and row.layer != NETWORK)
         ]
         network = [
-            row.error1 for row in result.rows if row.method == entry.method.value and row.rank == entry.rank and row.layer == NETWORK
+            row.error1 for row in result.rows if row.method == entry.name and row.rank == entry.rank and row.layer == NETWORK
         ] if layer is None else []
-        if not rows:
+        if not rows and not network:
             continue
-        compared = [] if entry.method is Method.KFAC else [
+        compared = [] if entry.name == Method.KFAC.value else [
             (row, kfac[(row.iteration, row.layer)]) for row in rows if (row.iteration, row.layer) in kfac
         ]
         e1, e2 = _stats([row.error1 for row in rows]), _stats([row.error2 for row in rows])
         summaries.append(
             EntrySummary(
-                method=entry.method.value,
+                method=entry.name,
                 rank=entry.rank,
                 layer=layer,
-                measurements=len(rows),
+                measurements=len(rows) or len(network),
                 error1_median=e1[0],
                 error1_mean=e1[1],
                 error1_max=e1[2],
@@ -89,8 +90,8 @@ def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySu
                 error2_max=e2[2],
                 beats_kfac_error1=statistics.fmean(row.error1 < base.error1 for row, base in compared) if compared else None,
                 beats_kfac_error2=statistics.fmean(row.error2 < base.error2 for row, base in compared) if compared else None,
-                iterations_mean=statistics.fmean(row.iterations for row in rows),
-                seconds_mean=statistics.fmean(row.seconds for row in rows),
+                iterations_mean=statistics.fmean(row.iterations for row in rows) if rows else math.nan,
+                seconds_mean=statistics.fmean(row.seconds for row in rows) if rows else math.nan,
                 paths=",".join(sorted({row.path for row in rows})),
                 network_error1_median=_stats(network)[0] if network else None,
                 network_error1_mean=_stats(network)[1] if network else None,
@@ -198,13 +199,15 @@ def plot_figure1(result: FisherErrorResult, path: Path) -> None:
             ax = axes[row][column]  # type: ignore[index]
             peak = 0.0
             for entry in result.entries:
-                selected = [r for r in result.rows if r.layer == layer and r.method == entry.method.value and r.rank == entry.rank]
+                selected = [r for r in result.rows if r.layer == layer and r.method == entry.name and r.rank == entry.rank]
+                if not selected:
+                    continue  # a two-level entry has the network panel only
                 values = [r.error2 if metric else r.error1 for r in selected]
                 peak = max([peak] + [value for value in values if math.isfinite(value)])
                 ax.plot(
                     [r.iteration for r in selected],
                     values,
-                    _line_style(entry),
+                    _line_style(entry) if entry.coarse == NO_COARSE else "-.",
                     color=method_color(entry.method.value),
                     label=entry.label,
                     linewidth=1.4,
