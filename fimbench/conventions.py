@@ -59,7 +59,7 @@ def loss_scale(likelihood: Likelihood, pixels: int) -> float:
 def authors_damping(method: Method, damping: float, kappa: float) -> tuple[float, float]:
     """fimbench's ``(λ, π)`` whose damped operator is ``1/κ²`` times the authors' (module table; the exact
     methods: ``F_a + λ_a I = κ² (F + λ_a/κ² I)``, π unused)."""
-    if method in EXACT_METHODS:
+    if method in EXACT_METHODS or method is Method.EKFAC:  # EKFAC: F̂_a + λ_a I = κ² (F̂ + λ_a/κ² I) too
         return damping / kappa**2, 1.0
     if method in (Method.KFAC, Method.KPSVD):
         added_a = added_g = damping**0.5  # their rank-1 solve adds √λ_a to both factors

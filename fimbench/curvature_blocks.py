@@ -6,9 +6,10 @@ T2 steps (or when λ moved) it re-factorises ``F̃(λ)``, every step it maps the
 to ``F̃(λ)⁻¹ ∇``, and adaptive damping's predicted change ``M(δ)`` needs ``δᵀ F̃(λ) δ`` from it.
 
 The block-diagonal curvatures (``F̃ = blockdiag(F̃_l)``: every Kronecker method) are a :class:`BlockDiagonal`
-of one :class:`CurvatureBlock` per layer; :class:`KroneckerBlock` is the Kronecker-sum block. A curvature
-that couples layers (the exact natural gradient, :mod:`fimbench.exact_natural_gradient`) implements
-:class:`Curvature` directly.
+of one :class:`CurvatureBlock` per layer; :class:`KroneckerBlock` is the Kronecker-sum block and
+:class:`~fimbench.curvature.ekfac.EigenbasisBlock` EKFAC's. A curvature that couples layers (the exact
+natural gradient, :mod:`fimbench.exact_natural_gradient`; the two-level correction on top of a block-diagonal
+one, :mod:`fimbench.two_level`) implements :class:`Curvature` directly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from fimbench.capture import LayerStatistics
 from fimbench.curvature import KroneckerInverse, KroneckerSum, Method
-from fimbench.curvature.kronecker_sum import DampingSplit
+from fimbench.curvature.kronecker_sum import FACTORED, DampingSplit, check_damping_form
 from fimbench.kronecker import kron_matvec
 
 
@@ -96,10 +97,11 @@ class KroneckerBlock:
     """A Kronecker-sum block ``F̂ = Σ_k A_k ⊗ G_k`` (one of the five methods), damped and inverted by
     :class:`~fimbench.curvature.KroneckerInverse`: ``damped(λ, π)`` and §3.4's solve."""
 
-    def __init__(self, approximate: Approximate, min_curvature_ratio: float, pi: DampingSplit) -> None:
+    def __init__(self, approximate: Approximate, min_curvature_ratio: float, pi: DampingSplit, form: str = FACTORED) -> None:
         self.approximate = approximate
         self.min_curvature_ratio = min_curvature_ratio
         self.pi = pi
+        self.form = check_damping_form(form)
         self.approximation: KroneckerSum | None = None
         self.inverse: KroneckerInverse | None = None
 
@@ -111,7 +113,7 @@ class KroneckerBlock:
         return SolverReport(self.approximation.iterations, self.approximation.residual)
 
     def refresh(self, damping: float) -> None:
-        self.inverse = self.approximation.inverse(damping, self.min_curvature_ratio, self.pi)  # type: ignore[union-attr]
+        self.inverse = self.approximation.inverse(damping, self.min_curvature_ratio, self.pi, self.form)  # type: ignore[union-attr]
 
     def apply(self, gradient: Tensor) -> Tensor:
         return self.inverse.apply(gradient)  # type: ignore[union-attr]
@@ -122,8 +124,13 @@ class KroneckerBlock:
         return (delta * curvature).sum()
 
     @property
+    def first_term(self) -> tuple[Tensor, Tensor]:
+        """``(A₁, G₁)`` of the current approximation (the spectral coarse space reads it)."""
+        return self.approximation.terms[0]  # type: ignore[union-attr]
+
+    @property
     def correction_scale(self) -> float | None:
-        if self.inverse is None or self.inverse.operator.rank == 1:
+        if self.inverse is None or self.inverse.source.rank == 1:
             return None
         return self.inverse.correction_scale
 
@@ -143,7 +150,7 @@ class KroneckerBlock:
             self.inverse = None
             return
         source = self.approximation if inverse["source"] is None else KroneckerSum.from_state_dict(inverse["source"], device)
-        self.inverse = source.inverse(inverse["damping"], self.min_curvature_ratio, self.pi)  # type: ignore[union-attr]
+        self.inverse = source.inverse(inverse["damping"], self.min_curvature_ratio, self.pi, self.form)  # type: ignore[union-attr]
 
 
 class BlockDiagonal:

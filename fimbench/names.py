@@ -13,14 +13,24 @@ from fimbench.errors import FimbenchError
 
 DATASETS: tuple[str, ...] = ("curves", "mnist", "faces", "curves-synth")
 DOWNLOADABLE: tuple[str, ...] = ("curves", "mnist", "faces")
-METHODS: tuple[str, ...] = ("kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected", "sgd", "adam", "exact-ng", "exact-ng-block")
+METHODS: tuple[str, ...] = ("kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected", "sgd", "adam", "exact-ng", "exact-ng-block", "ekfac")
 """Every optimizer, in :class:`fimbench.curvature.Method`'s order."""
 KRONECKER_METHODS: tuple[str, ...] = METHODS[:5]
 """The methods that precondition with a Kronecker approximation."""
 EXACT_METHODS: tuple[str, ...] = METHODS[7:9]
 """The exact natural-gradient references (whole network, per block)."""
-PRECONDITIONED_METHODS: tuple[str, ...] = KRONECKER_METHODS + EXACT_METHODS
+BLOCK_METHODS: tuple[str, ...] = KRONECKER_METHODS + ("ekfac",)
+"""The block-diagonal approximations (the Kronecker methods and EKFAC)."""
+PRECONDITIONED_METHODS: tuple[str, ...] = BLOCK_METHODS + EXACT_METHODS
 """The methods of the natural-gradient preconditioner."""
+
+
+def variant_name(method: str, damping_form: str = "factored", coarse: str = "none") -> str:
+    """The name a run is compared under: the method, ``+exact`` for exact damping, ``+<coarse space>`` for a
+    two-level correction (``kfac+exact+nicolaides``); first-order methods have neither."""
+    if method in ("sgd", "adam"):
+        return method
+    return method + ("+exact" if damping_form == "exact" else "") + ("" if coarse == "none" else f"+{coarse}")
 
 
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:

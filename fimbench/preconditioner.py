@@ -23,6 +23,11 @@ With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule o
 every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
 blocks are re-factorised at the next step.
 
+Exact damping (``damping_form="exact"``): ``A₁ ⊗ G₁ + λI`` in the first term's eigenbasis instead of the
+factored form (:mod:`fimbench.curvature.kronecker_sum`); EKFAC (:mod:`fimbench.curvature.ekfac`) is always
+damped exactly. Two-level (``coarse=`` nicolaides | spectral | residual): the block-diagonal ``F̃⁻¹ ∇`` gets
+the cross-layer correction ``R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ ∇`` (:mod:`fimbench.two_level`) before KL-clipping.
+
 Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
 preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
 the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
@@ -51,7 +56,9 @@ from fimbench.curvature import (
     check_damping_split,
     parse_method,
 )
-from fimbench.curvature_blocks import BlockDiagonal, Curvature, KroneckerBlock
+from fimbench.curvature.kronecker_sum import check_damping_form
+from fimbench.curvature.methods import BLOCK_METHODS
+from fimbench.curvature_blocks import BlockDiagonal, Curvature, CurvatureBlock, KroneckerBlock
 from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
 from fimbench.distributed import gather_statistics
 from fimbench.errors import FimbenchError
@@ -60,6 +67,7 @@ from fimbench.selection import LayerSpec, select_layers, unwrap, warn_raw_gradie
 from fimbench.settings import PreconditionerSettings
 from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import PhaseTimer
+from fimbench.two_level import NO_COARSE, check_coarse
 
 
 @dataclass
@@ -139,6 +147,12 @@ class KroneckerPreconditioner:
         for name, valid in checks.items():
             if not valid:
                 raise FimbenchError(f"invalid optimizer setting {name}={getattr(settings, name)}")
+        check_damping_form(settings.damping_form)
+        if check_coarse(settings.coarse) != NO_COARSE and self.method not in BLOCK_METHODS:
+            raise FimbenchError(
+                f"coarse={settings.coarse} corrects a block-diagonal method ({', '.join(m.value for m in BLOCK_METHODS)}), "
+                f"not {self.method.value}"
+            )
         damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
         if settings.damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
             raise FimbenchError(
@@ -165,6 +179,8 @@ class KroneckerPreconditioner:
         self.fisher_fraction = settings.fisher_fraction
         self.empirical_fisher = settings.empirical_fisher
         self.min_curvature_ratio = settings.min_curvature_ratio
+        self.damping_form = settings.damping_form
+        self.coarse = settings.coarse
         self.options = settings.approximation_options()
         self.generator = generator
         self.timer = timer
@@ -191,20 +207,41 @@ class KroneckerPreconditioner:
         return cls(model, likelihood, config.method, config, generator=generator, timer=timer)
 
     def _build_curvature(self) -> Curvature:
-        """The method's :class:`~fimbench.curvature_blocks.Curvature`: one Kronecker block per layer, or
-        the exact natural gradient of the Fisher sub-batch (whole network or per block)."""
+        """The method's :class:`~fimbench.curvature_blocks.Curvature`: one Kronecker (or EKFAC) block per
+        layer, with the two-level correction on top when ``coarse`` names a coarse space, or the exact
+        natural gradient of the Fisher sub-batch (whole network or per block)."""
+        from fimbench.curvature.ekfac import EigenbasisBlock
         from fimbench.exact_natural_gradient import ExactNaturalGradient
+        from fimbench.two_level import TwoLevel
 
         if self.method in (Method.EXACT_NG, Method.EXACT_NG_BLOCK):
             return ExactNaturalGradient(per_layer=self.method is Method.EXACT_NG_BLOCK)
-        return BlockDiagonal([KroneckerBlock(self.approximate_block, self.min_curvature_ratio, self.pi) for _ in self.layers])
+        if self.method is Method.EKFAC:
+            blocks: BlockDiagonal = BlockDiagonal([EigenbasisBlock() for _ in self.layers])
+        else:
+            blocks = BlockDiagonal(
+                [KroneckerBlock(self.approximate_block, self.min_curvature_ratio, self.pi, self.damping_form) for _ in self.layers]
+            )
+        return blocks if self.coarse == NO_COARSE else TwoLevel(blocks, self.coarse)
+
+    @property
+    def blocks(self) -> list[CurvatureBlock]:
+        """The per-layer blocks of a block-diagonal method (under the two-level correction, if any); a clear
+        error for the exact natural gradient."""
+        from fimbench.two_level import TwoLevel
+
+        curvature = self.curvature.inner if isinstance(self.curvature, TwoLevel) else self.curvature
+        if not isinstance(curvature, BlockDiagonal):
+            raise FimbenchError(f"method {self.method.value} has no per-layer blocks")
+        return curvature.blocks
 
     @property
     def kronecker_blocks(self) -> list[KroneckerBlock]:
         """The Kronecker-sum blocks, one per layer (a Kronecker method's); a clear error otherwise."""
-        if not isinstance(self.curvature, BlockDiagonal) or not all(isinstance(b, KroneckerBlock) for b in self.curvature.blocks):
+        blocks = self.blocks
+        if not all(isinstance(block, KroneckerBlock) for block in blocks):
             raise FimbenchError(f"method {self.method.value} has no Kronecker-sum blocks")
-        return self.curvature.blocks  # type: ignore[return-value]
+        return blocks  # type: ignore[return-value]
 
     @property
     def approximations(self) -> list[KroneckerSum | None]:

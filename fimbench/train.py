@@ -25,6 +25,7 @@ from fimbench.data import DatasetSplits, batch_indices
 from fimbench.distributed import data_parallel, mean_over_ranks, rank, shard, world_size
 from fimbench.errors import DivergedError, FimbenchError
 from fimbench.models import Likelihood, build_model, evaluate
+from fimbench.names import variant_name
 from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.rundir import (
     CONFIG,
@@ -358,6 +359,7 @@ def _summary(
         "status": result.status,
         "dataset": config.data.dataset,
         "method": config.optimizer.method,
+        "variant": variant_name(config.optimizer.method, config.optimizer.damping_form, config.optimizer.coarse),
         "seed": config.training.seed,
         "epochs": len(result.rows),
         "steps": steps,

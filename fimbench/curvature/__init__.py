@@ -26,6 +26,7 @@ from fimbench.curvature.kronecker_sum import (
 )
 from fimbench.curvature.lanczos import approximate_lanczos
 from fimbench.curvature.methods import (
+    BLOCK_METHODS,
     EXACT_METHODS,
     FIRST_ORDER_METHODS,
     KRONECKER_METHODS,
@@ -44,6 +45,7 @@ from fimbench.errors import FimbenchError
 
 __all__ = [
     "APPROXIMATIONS",
+    "BLOCK_METHODS",
     "EXACT_METHODS",
     "FIRST_ORDER_METHODS",
     "KRONECKER_METHODS",

@@ -27,6 +27,7 @@ class Method(str, Enum):
     ADAM = "adam"
     EXACT_NG = "exact-ng"
     EXACT_NG_BLOCK = "exact-ng-block"
+    EKFAC = "ekfac"
 
     @property
     def is_kronecker(self) -> bool:
@@ -57,7 +58,10 @@ KRONECKER_METHODS: tuple[Method, ...] = (
 """The methods that precondition with a Kronecker approximation ``F̂ = Σ_k A_k ⊗ G_k``."""
 EXACT_METHODS: tuple[Method, ...] = (Method.EXACT_NG, Method.EXACT_NG_BLOCK)
 """The references that solve with the exact Fisher of the Fisher sub-batch: whole network, per block."""
-PRECONDITIONED_METHODS: tuple[Method, ...] = KRONECKER_METHODS + EXACT_METHODS
+BLOCK_METHODS: tuple[Method, ...] = KRONECKER_METHODS + (Method.EKFAC,)
+"""The block-diagonal approximations (one curvature block per layer): the Kronecker methods and EKFAC
+(K-FAC's eigenbasis with re-fitted eigenvalues); a two-level correction applies to each of them."""
+PRECONDITIONED_METHODS: tuple[Method, ...] = BLOCK_METHODS + EXACT_METHODS
 """The methods of :class:`fimbench.preconditioner.KroneckerPreconditioner`."""
 FIRST_ORDER_METHODS: tuple[Method, ...] = (Method.SGD, Method.ADAM)
 """The methods that step along the gradient itself."""
