@@ -284,15 +284,21 @@ def approximation_errors(fisher: ExactFisher, terms: Terms, dense_limit: int = D
     return ApproximationErrors(frobenius_error(fisher, terms), spectral_error(fisher, terms, dense_limit))
 
 
-def eigenbasis_errors(fisher: ExactFisher, approximation: EigenbasisDiagonal) -> ApproximationErrors:
-    """Error 1 and Error 2 of EKFAC's ``F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ`` (module docstring, path
-    ``gram/diag``): ``‖F − F̂‖² = ‖F‖² − 2 Σ S ∘ S^batch + Σ S²`` with ``S^batch = (1/m) Σ_n (Q_Gᵀ DW_n Q_A)²``
-    of ``fisher``'s statistics, and spec(F̂) = {S_ij} (all ≥ 0)."""
+def eigenbasis_terms(fisher: ExactFisher, approximation: EigenbasisDiagonal) -> tuple[float, float]:
+    """``⟨F, F̂⟩ = Σ S ∘ S^batch`` and ``‖F̂‖² = Σ S²`` of EKFAC's ``F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ``,
+    with ``S^batch = (1/m) Σ_n (Q_Gᵀ DW_n Q_A)²`` of ``fisher``'s statistics (module docstring)."""
     bases = tuple(Q.to(METRIC_DTYPE) for Q in approximation.bases)
     scales = approximation.scales.to(METRIC_DTYPE)
     batch = projected_moments(fisher.a, fisher.g, bases)  # type: ignore[arg-type]
-    squared_norm = float(scales.square().sum())
-    squared = fisher.squared_norm - 2.0 * float((scales * batch).sum()) + squared_norm
+    return float((scales * batch).sum()), float(scales.square().sum())
+
+
+def eigenbasis_errors(fisher: ExactFisher, approximation: EigenbasisDiagonal) -> ApproximationErrors:
+    """Error 1 and Error 2 of EKFAC's F̂ (path ``gram/diag``): ``‖F − F̂‖² = ‖F‖² − 2 ⟨F, F̂⟩ + ‖F̂‖²``
+    (:func:`eigenbasis_terms`), and spec(F̂) = {S_ij} (all ≥ 0)."""
+    inner, squared_norm = eigenbasis_terms(fisher, approximation)
+    scales = approximation.scales.to(METRIC_DTYPE)
+    squared = fisher.squared_norm - 2.0 * inner + squared_norm
     error1 = math.sqrt(max(squared, 0.0) / fisher.squared_norm) if fisher.squared_norm > 0 else math.nan
     top = torch.topk(scales.reshape(-1), min(fisher.count, scales.numel())).values
     error2 = spectral_distance(fisher.spectrum, fisher.squared_norm, Spectrum(top, squared_norm, "diag"))

@@ -22,9 +22,9 @@ METHOD_COLORS: dict[str, str] = {
     "kfac-corrected": "#9467bd",
     "sgd": "#7f7f7f",
     "adam": "#8c564b",
-    "ekfac": "#e377c2",
     "exact-ng": "#000000",
-    "exact-ng-block": "#bcbd22",
+    "exact-ng-block": "#e377c2",
+    "ekfac": "#bcbd22",
 }
 METHOD_LABELS: dict[str, str] = {
     "kfac": "KFAC",
@@ -34,9 +34,9 @@ METHOD_LABELS: dict[str, str] = {
     "kfac-corrected": "KFAC-corrected",
     "sgd": "SGD",
     "adam": "Adam",
-    "ekfac": "EKFAC",
     "exact-ng": "exact NG",
     "exact-ng-block": "exact NG (blocks)",
+    "ekfac": "EKFAC",
 }
 
 

@@ -32,7 +32,7 @@ def cost_profile(
     ),
     widths: Optional[str] = typer.Option(None, help=f"Sweep: layer widths d (default {DEFAULT_WIDTHS})."),
     batches: Optional[str] = typer.Option(None, help=f"Sweep: Fisher batch sizes m (default {DEFAULT_BATCHES})."),
-    methods: str = methods_option("all", "all, or a comma-separated list of Kronecker methods and exact references (exact-ng, exact-ng-block)."),
+    methods: str = methods_option("all", "all, or a comma-separated list of Kronecker methods, ekfac and exact references (exact-ng, exact-ng-block)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     repeats: int = typer.Option(5, help="Timed repeats of every measurement (after one warm-up call)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/cost-<time>)."),

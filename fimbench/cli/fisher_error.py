@@ -26,7 +26,7 @@ from fimbench.cli.options import (
 from fimbench.cli.output import current, with_output
 from fimbench.cli.parsers import parse_layers, parse_methods
 from fimbench.errors import Interrupted
-from fimbench.names import EXACT_METHODS, KRONECKER_METHODS
+from fimbench.names import BLOCK_METHODS, EXACT_METHODS, KRONECKER_METHODS
 
 if TYPE_CHECKING:
     from fimbench.fisher_error import EntrySummary, ErrorRow, FisherErrorResult
@@ -137,7 +137,7 @@ def fisher_error(
     dataset: Optional[DatasetName] = dataset_option(),
     layer: str = typer.Option("5", "--layer", help="Linear layer(s), 1-based as in the paper: 5, a list 1,5,9, or all."),
     methods: str = methods_option(
-        ",".join(KRONECKER_METHODS), f"Comma-separated methods to measure: Kronecker ones and the exact references {', '.join(EXACT_METHODS)}."
+        ",".join(KRONECKER_METHODS), f"Comma-separated methods to measure: Kronecker ones, ekfac and the exact references {', '.join(EXACT_METHODS)}."
     ),
     optimizer: str = typer.Option("adam", "--optimizer", help="Independent optimizer that trains the network: adam or sgd."),
     iterations: int = typer.Option(1000, "--iterations", help="Training iterations."),
@@ -174,7 +174,7 @@ def fisher_error(
             parse_methods(
                 split_list(methods),
                 empty="--methods needs at least one of " + ", ".join(m.value for m in DEFAULT_METHODS),
-                choices=(*KRONECKER_METHODS, *EXACT_METHODS),
+                choices=(*BLOCK_METHODS, *EXACT_METHODS),
             )
         ),
         iterations=iterations,

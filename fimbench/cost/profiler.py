@@ -15,6 +15,12 @@ Cholesky factor of its damped Gram ``mλI + K_l`` and ``apply`` its Woodbury app
 — the per-block quantities, for both; what ``exact-ng`` couples (one m × m Cholesky factor of ``Σ_l K_l``,
 the same m³ as one block's, and ``J v`` over all layers) shows in its precondition step.
 
+EKFAC: ``build`` is :func:`~fimbench.curvature.ekfac.approximate_ekfac` (warm: the EMA with a new basis),
+``inverse`` the refresh's ``S + λ`` and ``apply`` the four products with the eigenbases. With a two-level
+correction (``optimizer.coarse``) the per-layer phases are the blocks' and the precondition step includes
+the coarse correction; the coarse rebuild that follows each statistics update (one Jacobian product per
+layer and an L × L factorisation) is left out of it: a warm-up call makes it first.
+
 per model, the whole :meth:`KroneckerPreconditioner.precondition` step (every layer + KL clip), and the
 yardsticks: forward + backward of the batch, one SGD step (forward, backward, momentum step) and the
 capture pass of the true Fisher (targets sampled from the model). Each figure is the median and spread of
@@ -48,6 +54,7 @@ from fimbench.config import OptimizerConfig, load_config
 from fimbench.cost.model import PHASES, sweep_exponents
 from fimbench.cost.results import CostPoint, DatasetCost, LayerCost, MethodCost, ModelProfile, SweepCost, Timing
 from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method
+from fimbench.curvature.ekfac import EigenbasisBlock, approximate_ekfac
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, Likelihood, build_model
 from fimbench.names import DATASETS, check_dataset
@@ -55,6 +62,7 @@ from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.setup import environment, resolve_architecture
 from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import measure
+from fimbench.two_level import NO_COARSE
 
 COST_DATASETS: tuple[str, ...] = DATASETS  # every dataset: a profile needs only its architecture
 YARDSTICKS: tuple[str, ...] = ("forward_backward", "sgd_step", "capture")
@@ -157,14 +165,21 @@ def profile_model(
             restore()
             costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
             continue
-        layer_costs: list[LayerCost] = []
+        if method is Method.EKFAC:
+            layer_costs = [_ekfac_layer_cost(index, now, before, gradient, preconditioner, repeats, warmup)
+                           for index, (now, before, gradient) in enumerate(zip(current, previous, gradients))]
+            costs.append(MethodCost(method.value, asdict(config), layer_costs, _step_time(preconditioner, current, gradients, repeats, warmup)))
+            continue
+        layer_costs = []
         warm_results: list[KroneckerSum] = []
         for index, (now, before, gradient) in enumerate(zip(current, previous, gradients)):
             cold = partial(preconditioner.approximate_block, now.a, now.g)
             prior = preconditioner.approximate_block(before.a, before.g)
             warm = partial(preconditioner.approximate_block, now.a, now.g, prior=prior, decay=preconditioner.ema_decay)
             cold_result, warm_result = cold(), warm()
-            invert = partial(warm_result.inverse, preconditioner.damping, preconditioner.min_curvature_ratio)
+            invert = partial(
+                warm_result.inverse, preconditioner.damping, preconditioner.min_curvature_ratio, preconditioner.pi, preconditioner.damping_form
+            )
             apply = partial(invert().apply, gradient)
             calls = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": apply}
             iterative = method is not Method.KFAC
@@ -180,12 +195,53 @@ def profile_model(
                 )
             )
             warm_results.append(warm_result)
-        preconditioner.load_approximations(warm_results)
-        restore = partial(_restore_gradients, layers, gradients)
-        step = Timing.of(measure(preconditioner.precondition, device, repeats, warmup, setup=restore))
-        restore()
+        if preconditioner.coarse == NO_COARSE:
+            preconditioner.load_approximations(warm_results)
+            step = _step_time(preconditioner, None, gradients, repeats, warmup)
+        else:
+            step = _step_time(preconditioner, current, gradients, repeats, warmup)
         costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
     return ModelProfile(batch, fisher_batch, yardsticks, costs)
+
+
+def _step_time(
+    preconditioner: KroneckerPreconditioner, statistics: list[LayerStatistics] | None, gradients: list[Tensor], repeats: int, warmup: int
+) -> Timing:
+    """The precondition step (every layer, the coarse correction if any, KL clip) on ``gradients``, after
+    an update from ``statistics`` (None: the blocks are loaded already) and one untimed step."""
+    layers = preconditioner.layers
+    if statistics is not None:
+        preconditioner.curvature.update(statistics, 0.0)
+        preconditioner.refresh_inverses()
+    restore = partial(_restore_gradients, layers, gradients)
+    restore()
+    preconditioner.precondition()
+    step = Timing.of(measure(preconditioner.precondition, gradients[0].device, repeats, warmup, setup=restore))
+    restore()
+    return step
+
+
+def _ekfac_layer_cost(
+    index: int, now: LayerStatistics, before: LayerStatistics, gradient: Tensor, preconditioner: KroneckerPreconditioner, repeats: int, warmup: int
+) -> LayerCost:
+    """One layer's EKFAC phases (module docstring): cold and warm builds, the refresh and the apply."""
+    block = EigenbasisBlock()
+    prior = approximate_ekfac(before.a, before.g)
+    cold = partial(approximate_ekfac, now.a, now.g)
+    warm = partial(approximate_ekfac, now.a, now.g, prior, preconditioner.ema_decay, True)
+    block.approximation = warm()
+    invert = partial(block.refresh, preconditioner.damping)
+    invert()
+    calls = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": partial(block.apply, gradient)}
+    return LayerCost(
+        index=index,
+        p=now.a.shape[-1],
+        q=now.g.shape[-1],
+        rank=0,
+        iterations_cold=None,
+        iterations_warm=None,
+        times={phase: Timing.of(measure(calls[phase], gradient.device, repeats, warmup)) for phase in PHASES},
+    )
 
 
 def _exact_layer_cost(index: int, statistics: LayerStatistics, gradient: Tensor, damping: float, repeats: int, warmup: int) -> LayerCost:

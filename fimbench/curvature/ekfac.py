@@ -139,6 +139,7 @@ class EigenbasisBlock:
         self.approximation: EigenbasisDiagonal | None = None
         self.source: EigenbasisDiagonal | None = None  # the approximation of the latest refresh
         self.damping = 0.0
+        self.denominator: Tensor | None = None  # S + λ of the latest refresh
         self.basis_due = True
 
     def update(self, statistics: "LayerStatistics", decay: float) -> None:
@@ -147,11 +148,17 @@ class EigenbasisBlock:
         self.basis_due = False
 
     def refresh(self, damping: float) -> None:
-        """Nothing to factorise: ``(F̂ + λI)⁻¹`` is diagonal in the eigenbasis. The next update takes a new basis."""
+        """``S + λ`` of the current approximation (``(F̂ + λI)⁻¹`` is diagonal in its eigenbasis); the next
+        update takes a new basis."""
+        if not damping > 0:
+            raise FimbenchError(f"EKFAC's damped solve needs damping > 0, got {damping}")
         self.source, self.damping, self.basis_due = self.approximation, damping, True
+        self.denominator = self.source.scales + damping  # type: ignore[union-attr]
 
     def apply(self, gradient: Tensor) -> Tensor:
-        return self.source.solve(gradient, self.damping)  # type: ignore[union-attr]
+        """``vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``."""
+        Q_A, Q_G = self.source.bases  # type: ignore[union-attr]
+        return Q_G @ ((Q_G.transpose(0, 1) @ gradient @ Q_A) / self.denominator) @ Q_A.transpose(0, 1)
 
     def quadratic(self, delta: Tensor) -> Tensor:
         """``vec(δ)ᵀ (F̂ + λI) vec(δ)``."""
@@ -180,8 +187,9 @@ class EigenbasisBlock:
         self.approximation = None if entry is None else EigenbasisDiagonal.from_state_dict(entry, device)
         inverse = state["inverse"]
         if inverse is None:
-            self.source, self.damping, self.basis_due = None, 0.0, self.approximation is None
+            self.source, self.damping, self.basis_due, self.denominator = None, 0.0, self.approximation is None, None
             return
         source = inverse["source"]
         self.source = self.approximation if source is None else EigenbasisDiagonal.from_state_dict(source, device)
         self.damping, self.basis_due = inverse["damping"], inverse["basis_due"]
+        self.denominator = self.source.scales + self.damping

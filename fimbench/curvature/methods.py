@@ -46,9 +46,9 @@ class Method(str, Enum):
 
     @property
     def rank(self) -> int:
-        """Kronecker rank of the approximation (Lanczos: its default); 0 for the exact references, which are
-        no Kronecker sum."""
-        if self in EXACT_METHODS:
+        """Kronecker rank of the approximation (Lanczos: its default); 0 for the exact references and EKFAC,
+        which are no Kronecker sum."""
+        if self in EXACT_METHODS or self is Method.EKFAC:
             return 0
         return 1 if self in (Method.KFAC, Method.KPSVD) else 2
 

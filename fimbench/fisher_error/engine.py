@@ -5,7 +5,8 @@ every i divisible by ``every`` (and once more after the last step), the current 
 targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
 captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
 these same statistics — no EMA, each warm-started from its own previous result (§4) — then
-:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix. The exact-NG
+:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix (EKFAC: the batch's
+own eigenbasis and eigenvalues, :func:`fimbench.fisher.eigenbasis_errors`). The exact-NG
 references take the exact blocks themselves (``exact-ng-block``: ``F̂_l = F_ll``; ``exact-ng``: ``F̂ = F``), so
 their per-block errors are 0 by definition (path ``exact``). Each measurement also gives one row per
 entry whose ``layer`` is ``network``: the cross-layer Error 1 ``‖F − F̂‖_F / ‖F‖_F`` of the multi-layer
@@ -34,7 +35,8 @@ from fimbench.config import RunConfig
 from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method, approximate
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.errors import FimbenchError
-from fimbench.fisher import ExactFisher, approximation_errors
+from fimbench.curvature.ekfac import approximate_ekfac
+from fimbench.fisher import ExactFisher, approximation_errors, eigenbasis_errors, eigenbasis_terms
 from fimbench.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
 from fimbench.names import check_dataset
 from fimbench.network_error import (
@@ -217,6 +219,14 @@ class FisherErrorMeter:
                 if entry.method in EXACT_METHODS:
                     blocks[entry].append(exact_block_terms(fisher))
                     rows.append(ErrorRow(iteration, layer, entry.method.value, entry.rank, 0.0, 0.0, 0, 0.0, "exact"))
+                    continue
+                if entry.method is Method.EKFAC:
+                    seconds, ekfac = timed_call(lambda: approximate_ekfac(stats.a, stats.g), self.device)
+                    terms, errors = eigenbasis_terms(fisher, ekfac), eigenbasis_errors(fisher, ekfac)
+                    blocks[entry].append(NetworkTerms(*terms))
+                    rows.append(
+                        ErrorRow(iteration, layer, entry.method.value, entry.rank, errors.error1.value, errors.error2.value, 0, seconds, errors.path)
+                    )
                     continue
                 seconds, built = timed_call(
                     lambda: approximate(

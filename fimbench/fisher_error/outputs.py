@@ -167,6 +167,7 @@ MARKERS: dict[Method, str] = {
     Method.KFAC_CORRECTED: "D",
     Method.EXACT_NG: "*",
     Method.EXACT_NG_BLOCK: "P",
+    Method.EKFAC: "X",
 }
 """Deflation and Lanczos (rank 2) reach the same optimum (eq. 5): markers keep both curves visible."""
 
