@@ -6,7 +6,7 @@ its ratio to the SGD step measured in the same run, and the split statistics / r
 Lanczos + inversion) / precondition. Then, with T1 = T2 = 1, the refresh time per step of every
 Kronecker method relative to K-FAC's (warm-started), and the first (cold) refresh.
 
-    python benchmarks/step_time.py [--steps 100] [--device cpu] [--threads N]
+    python benchmarks/step_time.py [--steps 100] [--device cpu] [--threads N] [--methods a,b] [--coarse nicolaides]
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ BATCH, FISHER_FRACTION = 512, 0.25
 SETTINGS = {"damping": 61.47, "kl_clip": 1e-2}
 
 
-def time_method(method: Method, device: torch.device, steps: int, period: int, seed: int = 0) -> dict[str, float]:
+def time_method(
+    method: Method, device: torch.device, steps: int, period: int, seed: int = 0, coarse: str = "none"
+) -> dict[str, float]:
     """Average seconds per step (and per phase) over ``steps`` steps after a warm-up cycle."""
     architecture = ARCHITECTURES["mnist"]
     model = build_model(architecture, seed).to(device)
@@ -45,7 +47,7 @@ def time_method(method: Method, device: torch.device, steps: int, period: int, s
     if method.is_preconditioned:
         preconditioner = KroneckerPreconditioner(
             model, likelihood, method, stats_every=period, inverse_every=period, fisher_fraction=FISHER_FRACTION,
-            generator=torch.Generator(device=device).manual_seed(seed), timer=timer, **SETTINGS,
+            generator=torch.Generator(device=device).manual_seed(seed), timer=timer, coarse=coarse, **SETTINGS,
         )
     first_refresh = 0.0
 
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--fast-steps", type=int, default=10, help="timed steps per method with T1 = T2 = 1")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--coarse", default="none", help="two-level coarse space for the block-diagonal methods")
     parser.add_argument("--methods", default=None, help="comma-separated methods (default: SGD, Adam and every preconditioned one)")
     args = parser.parse_args()
     if args.threads:
@@ -84,7 +87,10 @@ def main() -> None:
     if args.methods:
         methods = [Method.SGD, *(Method(name) for name in args.methods.split(",") if name != Method.SGD.value)]
 
-    slow = {method: time_method(method, device, args.steps, 100) for method in methods}
+    slow = {
+        method: time_method(method, device, args.steps, 100, coarse=args.coarse if method.is_block_diagonal else "none")
+        for method in methods
+    }
     sgd = slow[Method.SGD]["step"]
     table = Table(title=f"MNIST autoencoder, batch {BATCH}, T1 = T2 = 100 — {device_description(device)}")
     for header in ("method", "ms/step", "÷ SGD", "statistics ms", "refresh ms", "precondition ms"):
@@ -99,7 +105,7 @@ def main() -> None:
     kronecker = [method for method in methods if method.is_kronecker]
     if Method.KFAC not in kronecker:
         return
-    fast = {method: time_method(method, device, args.fast_steps, 1) for method in kronecker}
+    fast = {method: time_method(method, device, args.fast_steps, 1, coarse=args.coarse) for method in kronecker}
     kfac = fast[Method.KFAC]["refresh"]
     table = Table(title=f"T1 = T2 = 1 (refresh every step, warm-started) — {device_description(device)}")
     for header in ("method", "ms/step", "÷ SGD", "refresh ms", "refresh ÷ KFAC", "first (cold) refresh s"):

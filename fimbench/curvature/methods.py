@@ -35,6 +35,11 @@ class Method(str, Enum):
         return self in KRONECKER_METHODS
 
     @property
+    def is_block_diagonal(self) -> bool:
+        """Whether the method approximates the Fisher block by block (a two-level correction applies to it)."""
+        return self in BLOCK_METHODS
+
+    @property
     def is_preconditioned(self) -> bool:
         """Whether the method trains through the natural-gradient preconditioner (Kronecker or exact)."""
         return self in PRECONDITIONED_METHODS
