@@ -233,14 +233,21 @@ def _ekfac_layer_cost(
     invert = partial(block.refresh, preconditioner.damping)
     invert()
     calls = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": partial(block.apply, gradient)}
+    return _non_kronecker_layer_cost(index, now, calls, gradient.device, repeats, warmup)
+
+
+def _non_kronecker_layer_cost(
+    index: int, statistics: LayerStatistics, calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+) -> LayerCost:
+    """The timed ``calls`` of a layer whose block is no Kronecker sum (rank 0) and runs no iterative solver."""
     return LayerCost(
         index=index,
-        p=now.a.shape[-1],
-        q=now.g.shape[-1],
+        p=statistics.a.shape[-1],
+        q=statistics.g.shape[-1],
         rank=0,
         iterations_cold=None,
         iterations_warm=None,
-        times={phase: Timing.of(measure(calls[phase], gradient.device, repeats, warmup)) for phase in PHASES},
+        times={phase: Timing.of(measure(calls[phase], device, repeats, warmup)) for phase in PHASES},
     )
 
 
@@ -256,15 +263,7 @@ def _exact_layer_cost(index: int, statistics: LayerStatistics, gradient: Tensor,
     invert = partial(fisher.inverse, damping, True)
     apply = partial(invert().apply, [gradient])
     calls = {"build_cold": build, "build_warm": build, "inverse": invert, "apply": apply}
-    return LayerCost(
-        index=index,
-        p=statistics.a.shape[-1],
-        q=statistics.g.shape[-1],
-        rank=0,
-        iterations_cold=None,
-        iterations_warm=None,
-        times={phase: Timing.of(measure(calls[phase], device, repeats, warmup)) for phase in PHASES},
-    )
+    return _non_kronecker_layer_cost(index, statistics, calls, device, repeats, warmup)
 
 
 def _random_inputs(batch: int, width: int, device: torch.device, seed: int) -> Tensor:
