@@ -77,3 +77,18 @@ def test_unknown_damping_form_is_one_clear_error():
     a, g = random_statistics(4, 3, 2, torch.Generator().manual_seed(0))
     with pytest.raises(FimbenchError, match="damping form"):
         approximate("kfac", a, g).inverse(0.1, form="tikhonov")
+
+
+def test_adaptive_damping_quadratic_uses_the_exactly_damped_operator():
+    """KroneckerBlock's ``δᵀ F̃ δ`` (adaptive damping's M(δ)) is ``vec(δ)ᵀ (A ⊗ G + λI) vec(δ)`` with exact damping."""
+    from fimbench.capture import LayerStatistics
+    from fimbench.curvature_blocks import KroneckerBlock
+
+    a, g = random_statistics(8, 5, 4, torch.Generator().manual_seed(0))
+    block = KroneckerBlock(lambda a, g, prior=None, decay=0.0: approximate("kfac", a, g), 0.1, "trace", "exact")
+    block.update(LayerStatistics(a, g), 0.0)
+    block.refresh(0.05)
+    delta = torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=DTYPE)
+    dense = block.approximation.to_dense() + 0.05 * torch.eye(20, dtype=DTYPE)
+    assert torch.allclose(block.quadratic(delta), vec(delta) @ dense @ vec(delta), rtol=1e-12)
+    assert block.correction_scale is None  # one Kronecker term: no safeguard, although the operator has two
