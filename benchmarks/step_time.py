@@ -73,7 +73,7 @@ def time_method(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="timed steps per method with T1 = T2 = 100")
-    parser.add_argument("--fast-steps", type=int, default=10, help="timed steps per method with T1 = T2 = 1")
+    parser.add_argument("--fast-steps", type=int, default=10, help="timed steps per method with T1 = T2 = 1 (0: skip that table)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--coarse", default="none", help="two-level coarse space for the block-diagonal methods")
@@ -103,7 +103,7 @@ def main() -> None:
     console.print(table)
 
     kronecker = [method for method in methods if method.is_kronecker]
-    if Method.KFAC not in kronecker:
+    if Method.KFAC not in kronecker or args.fast_steps < 1:
         return
     fast = {method: time_method(method, device, args.fast_steps, 1, coarse=args.coarse) for method in kronecker}
     kfac = fast[Method.KFAC]["refresh"]

@@ -201,3 +201,21 @@ def test_exact_methods_have_no_kronecker_blocks():
         preconditioner.approximations
     with pytest.raises(FimbenchError, match="unknown method 'sgd'"):
         KroneckerPreconditioner(network(), LIKELIHOOD, "sgd")
+
+
+def test_float32_model_solves_in_float64_grams():
+    """A float32 model: the step matches the float64 dense solve to float32 accuracy (the m × m Gram and its
+    Cholesky factor are float64; the products with J stay in the gradient's dtype)."""
+    model = network().float()
+    preconditioner = KroneckerPreconditioner(
+        model, LIKELIHOOD, "exact-ng", damping=0.03, kl_clip=None, fisher_fraction=FISHER / BATCH, empirical_fisher=True
+    )
+    x, y = (tensor.float() for tensor in data())
+    LIKELIHOOD.nll(model(x), y).mean().backward()
+    gradients = [weight_gradient(layer).detach().clone().double() for layer in preconditioner.layers]
+    preconditioner.step(x, y)
+    actual = flat([weight_gradient(layer).double() for layer in preconditioner.layers])
+    assert weight_gradient(preconditioner.layers[0]).dtype == torch.float32
+    J = dense_jacobian(model.double(), preconditioner.layers, x[:FISHER].double(), y[:FISHER].double())
+    expected = dense_solve(J, flat(gradients), 0.03, [g.numel() for g in gradients], per_layer=False)
+    assert float((actual - expected).norm() / expected.norm()) < 1e-4
