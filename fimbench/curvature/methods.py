@@ -70,6 +70,8 @@ PRECONDITIONED_METHODS: tuple[Method, ...] = BLOCK_METHODS + EXACT_METHODS
 """The methods of :class:`fimbench.preconditioner.KroneckerPreconditioner`."""
 FIRST_ORDER_METHODS: tuple[Method, ...] = (Method.SGD, Method.ADAM)
 """The methods that step along the gradient itself."""
+PAPER_METHODS: tuple[Method, ...] = KRONECKER_METHODS + FIRST_ORDER_METHODS
+"""The paper's methods (§4.2), each with the authors' tuned settings in configs/paper/."""
 
 
 def parse_method(name: "str | Method", kronecker_only: bool = False, choices: "Sequence[Method] | None" = None) -> Method:
