@@ -6,7 +6,7 @@ its ratio to the SGD step measured in the same run, and the split statistics / r
 Lanczos + inversion) / precondition. Then, with T1 = T2 = 1, the refresh time per step of every
 Kronecker method relative to K-FAC's (warm-started), and the first (cold) refresh.
 
-    python benchmarks/step_time.py [--steps 100] [--device cpu] [--threads N]
+    python benchmarks/step_time.py [--steps 100] [--device cpu] [--threads N] [--methods a,b] [--coarse nicolaides]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fimbench.curvature import Method
+from fimbench.curvature import PRECONDITIONED_METHODS, Method
 from fimbench.models import ARCHITECTURES, Architecture, build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.setup import device_description, resolve_device
@@ -37,9 +37,11 @@ def time_method(
     seed: int = 0,
     batch: int = BATCH,
     architecture: Architecture = ARCHITECTURES["mnist"],
+    coarse: str = "none",
 ) -> dict[str, float]:
     """Average seconds per step (and per phase) over ``steps`` steps after a warm-up cycle, with mini-batches
-    of ``batch`` random images (the MNIST autoencoder unless ``architecture`` says otherwise)."""
+    of ``batch`` random images (the MNIST autoencoder unless ``architecture`` says otherwise); ``coarse``: the
+    two-level correction of a block-diagonal method."""
     model = build_model(architecture, seed).to(device)
     likelihood = architecture.likelihood
     generator = torch.Generator().manual_seed(seed)
@@ -50,10 +52,10 @@ def time_method(
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     preconditioner = None
-    if method.is_kronecker:
+    if method.is_preconditioned:
         preconditioner = KroneckerPreconditioner(
             model, likelihood, method, stats_every=period, inverse_every=period, fisher_fraction=FISHER_FRACTION,
-            generator=torch.Generator(device=device).manual_seed(seed), timer=timer, **SETTINGS,
+            generator=torch.Generator(device=device).manual_seed(seed), timer=timer, coarse=coarse, **SETTINGS,
         )
     first_refresh = 0.0
 
@@ -79,17 +81,24 @@ def time_method(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="timed steps per method with T1 = T2 = 100")
-    parser.add_argument("--fast-steps", type=int, default=10, help="timed steps per method with T1 = T2 = 1")
+    parser.add_argument("--fast-steps", type=int, default=10, help="timed steps per method with T1 = T2 = 1 (0: skip that table)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--coarse", default="none", help="two-level coarse space for the block-diagonal methods")
+    parser.add_argument("--methods", default=None, help="comma-separated methods (default: SGD, Adam and every preconditioned one)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     console = Console()
-    methods = [Method.SGD, Method.ADAM, Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED]
+    methods = [Method.SGD, Method.ADAM, *PRECONDITIONED_METHODS]
+    if args.methods:
+        methods = [Method.SGD, *(Method(name) for name in args.methods.split(",") if name != Method.SGD.value)]
 
-    slow = {method: time_method(method, device, args.steps, 100) for method in methods}
+    slow = {
+        method: time_method(method, device, args.steps, 100, coarse=args.coarse if method.is_block_diagonal else "none")
+        for method in methods
+    }
     sgd = slow[Method.SGD]["step"]
     table = Table(title=f"MNIST autoencoder, batch {BATCH}, T1 = T2 = 100 — {device_description(device)}")
     for header in ("method", "ms/step", "÷ SGD", "statistics ms", "refresh ms", "precondition ms"):
@@ -102,7 +111,9 @@ def main() -> None:
     console.print(table)
 
     kronecker = [method for method in methods if method.is_kronecker]
-    fast = {method: time_method(method, device, args.fast_steps, 1) for method in kronecker}
+    if Method.KFAC not in kronecker or args.fast_steps < 1:
+        return
+    fast = {method: time_method(method, device, args.fast_steps, 1, coarse=args.coarse) for method in kronecker}
     kfac = fast[Method.KFAC]["refresh"]
     table = Table(title=f"T1 = T2 = 1 (refresh every step, warm-started) — {device_description(device)}")
     for header in ("method", "ms/step", "÷ SGD", "refresh ms", "refresh ÷ KFAC", "first (cold) refresh s"):

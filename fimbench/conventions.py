@@ -29,6 +29,8 @@ Lanczos        λ_a / κ          λ_a / κ          λ_a² / κ²      1
 KFAC-corrected λ_a              λ_a / κ²         λ_a² / κ²      κ
 ============== ================ ================ ============== =====
 
+The exact natural gradient damps the whole Fisher: ``F_a + λ_a I = κ² (F + λ_a/κ² I)``, so ``λ = λ_a / κ²``.
+
 Their damped operator is then exactly ``κ²`` times fimbench's (the second term ``κ² C ⊗ D`` included),
 so ``P_a = (F̃_a)⁻¹ ∇h_a = κ⁻¹ F̃⁻¹ ∇h``, and matching updates step for step gives
 
@@ -42,7 +44,7 @@ rank-2 solve takes ``abs()`` of the whitened eigenvalues where fimbench shrinks 
 
 from __future__ import annotations
 
-from fimbench.curvature import Method
+from fimbench.curvature import EXACT_METHODS, Method
 from fimbench.models import Likelihood
 
 AUTHORS_WEIGHT_DECAY = 1e-3
@@ -55,7 +57,10 @@ def loss_scale(likelihood: Likelihood, pixels: int) -> float:
 
 
 def authors_damping(method: Method, damping: float, kappa: float) -> tuple[float, float]:
-    """fimbench's ``(λ, π)`` whose damped operator is ``1/κ²`` times the authors' (module table)."""
+    """fimbench's ``(λ, π)`` whose damped operator is ``1/κ²`` times the authors' (module table; the exact
+    methods: ``F_a + λ_a I = κ² (F + λ_a/κ² I)``, π unused)."""
+    if method in EXACT_METHODS or method is Method.EKFAC:  # EKFAC: F̂_a + λ_a I = κ² (F̂ + λ_a/κ² I) too
+        return damping / kappa**2, 1.0
     if method in (Method.KFAC, Method.KPSVD):
         added_a = added_g = damping**0.5  # their rank-1 solve adds √λ_a to both factors
     else:
@@ -78,7 +83,7 @@ def from_authors_scale(
     """fimbench's ``lr``, ``weight_decay`` and (Kronecker methods, given ``damping``) ``damping`` and ``pi``
     equivalent to the authors' settings (module docstring)."""
     kappa = loss_scale(likelihood, pixels)
-    if method.is_kronecker:
+    if method.is_preconditioned:
         converted = {"lr": lr / kappa, "weight_decay": weight_decay * kappa}
         if damping is not None:
             converted["damping"], converted["pi"] = authors_damping(method, damping, kappa)

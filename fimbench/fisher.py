@@ -30,6 +30,10 @@ Fast paths (every number says which one produced it):
   ``lanczos``: block Lanczos with full re-orthogonalisation on matrix-free products
   ``V ↦ Σ_k G̃_k V Ã_k`` for the top c eigenvalues, stopped when Error 2 is certified (:func:`fimbench.spectrum.lanczos_top`).
 
+* ``diag`` — EKFAC, ``F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ`` (curvature/ekfac.py): its spectrum is
+  exactly ``{S_ij}``, ``‖F̂‖²_F = Σ_ij S_ij²`` and ``⟨F, F̂⟩ = (1/m) Σ_n Σ_ij S_ij (Q_Gᵀ DW_n Q_A)_ij²
+  = Σ_ij S_ij S^batch_ij`` (:func:`eigenbasis_errors`).
+
 Shared weights (a Conv2d, or a Linear over a sequence): statistics ``a`` (m, T, p) and ``g`` (m, T, q)
 give the block ``F = (1/m) Σ_n vec(DW_n) vec(DW_n)ᵀ`` with ``DW_n = G_nᵀ A_n``; the same identities hold
 with the rows ``J_n = vec(DW_n)`` (:class:`ExactFisher`).
@@ -46,6 +50,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from fimbench.curvature.ekfac import EigenbasisDiagonal, projected_moments
 from fimbench.errors import FimbenchError
 from fimbench.spectrum import Spectrum, lanczos_top, spectral_distance
 
@@ -277,3 +282,24 @@ def spectral_error(fisher: ExactFisher, terms: Terms, dense_limit: int = DENSE_S
 def approximation_errors(fisher: ExactFisher, terms: Terms, dense_limit: int = DENSE_SPECTRUM_LIMIT) -> ApproximationErrors:
     """Error 1 and Error 2 of ``F̂ = Σ_k A_k ⊗ G_k`` against ``fisher`` by the fast paths."""
     return ApproximationErrors(frobenius_error(fisher, terms), spectral_error(fisher, terms, dense_limit))
+
+
+def eigenbasis_terms(fisher: ExactFisher, approximation: EigenbasisDiagonal) -> tuple[float, float]:
+    """``⟨F, F̂⟩ = Σ S ∘ S^batch`` and ``‖F̂‖² = Σ S²`` of EKFAC's ``F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ``,
+    with ``S^batch = (1/m) Σ_n (Q_Gᵀ DW_n Q_A)²`` of ``fisher``'s statistics (module docstring)."""
+    bases = tuple(Q.to(METRIC_DTYPE) for Q in approximation.bases)
+    scales = approximation.scales.to(METRIC_DTYPE)
+    batch = projected_moments(fisher.a, fisher.g, bases)  # type: ignore[arg-type]
+    return float((scales * batch).sum()), float(scales.square().sum())
+
+
+def eigenbasis_errors(fisher: ExactFisher, approximation: EigenbasisDiagonal) -> ApproximationErrors:
+    """Error 1 and Error 2 of EKFAC's F̂ (path ``gram/diag``): ``‖F − F̂‖² = ‖F‖² − 2 ⟨F, F̂⟩ + ‖F̂‖²``
+    (:func:`eigenbasis_terms`), and spec(F̂) = {S_ij} (all ≥ 0)."""
+    inner, squared_norm = eigenbasis_terms(fisher, approximation)
+    scales = approximation.scales.to(METRIC_DTYPE)
+    squared = fisher.squared_norm - 2.0 * inner + squared_norm
+    error1 = math.sqrt(max(squared, 0.0) / fisher.squared_norm) if fisher.squared_norm > 0 else math.nan
+    top = torch.topk(scales.reshape(-1), min(fisher.count, scales.numel())).values
+    error2 = spectral_distance(fisher.spectrum, fisher.squared_norm, Spectrum(top, squared_norm, "diag"))
+    return ApproximationErrors(Metric(error1, "gram"), Metric(error2, "diag"))

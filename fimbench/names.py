@@ -13,10 +13,26 @@ from fimbench.errors import FimbenchError
 
 DATASETS: tuple[str, ...] = ("curves", "mnist", "faces", "curves-synth")
 DOWNLOADABLE: tuple[str, ...] = ("curves", "mnist", "faces")
-METHODS: tuple[str, ...] = ("kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected", "sgd", "adam")
+METHODS: tuple[str, ...] = ("kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected", "sgd", "adam", "exact-ng", "exact-ng-block", "ekfac")
 """Every optimizer, in :class:`fimbench.curvature.Method`'s order."""
 KRONECKER_METHODS: tuple[str, ...] = METHODS[:5]
 """The methods that precondition with a Kronecker approximation."""
+EXACT_METHODS: tuple[str, ...] = METHODS[7:9]
+"""The exact natural-gradient references (whole network, per block)."""
+BLOCK_METHODS: tuple[str, ...] = KRONECKER_METHODS + ("ekfac",)
+"""The block-diagonal approximations (the Kronecker methods and EKFAC)."""
+PRECONDITIONED_METHODS: tuple[str, ...] = BLOCK_METHODS + EXACT_METHODS
+"""The methods of the natural-gradient preconditioner."""
+
+
+def variant_name(method: str, damping_form: str = "factored", coarse: str = "none") -> str:
+    """The name a run is compared under: the method, ``+exact`` for exact damping of a Kronecker method,
+    ``+<coarse space>`` for a two-level correction (``kfac+exact+nicolaides``); first-order methods have
+    neither, and EKFAC and the exact references are always damped exactly."""
+    if method not in PRECONDITIONED_METHODS:
+        return method
+    exact = damping_form == "exact" and method in KRONECKER_METHODS
+    return method + ("+exact" if exact else "") + ("" if coarse == "none" else f"+{coarse}")
 
 
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:

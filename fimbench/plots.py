@@ -22,6 +22,9 @@ METHOD_COLORS: dict[str, str] = {
     "kfac-corrected": "#9467bd",
     "sgd": "#7f7f7f",
     "adam": "#8c564b",
+    "exact-ng": "#000000",
+    "exact-ng-block": "#e377c2",
+    "ekfac": "#bcbd22",
 }
 METHOD_LABELS: dict[str, str] = {
     "kfac": "KFAC",
@@ -31,12 +34,15 @@ METHOD_LABELS: dict[str, str] = {
     "kfac-corrected": "KFAC-corrected",
     "sgd": "SGD",
     "adam": "Adam",
+    "exact-ng": "exact NG",
+    "exact-ng-block": "exact NG (blocks)",
+    "ekfac": "EKFAC",
 }
 
 
 def method_color(method: str) -> str:
-    """The method's colour; Lanczos at rank r (``lanczos-r3``) shares Lanczos' hue."""
-    return METHOD_COLORS.get(method, METHOD_COLORS.get(method.split("-r")[0], "#17becf"))
+    """The method's colour; Lanczos at rank r (``lanczos-r3``) and a variant (``kfac+nicolaides``) share their method's hue."""
+    return METHOD_COLORS.get(method, METHOD_COLORS.get(method.split("+")[0].split("-r")[0], "#17becf"))
 
 
 def new_figure(rows: int, cols: int, width: float = 5.0, height: float = 3.6) -> tuple[Figure, object]:

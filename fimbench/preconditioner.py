@@ -29,6 +29,11 @@ the model's buffers, its dropout modules' mode and the user's random streams as 
 (:func:`fimbench.distributed.sampling_generator`). What cannot be done right is refused with one
 ``FimbenchError`` (``_check_step``, ``_usable``, :mod:`fimbench.selection`, :mod:`fimbench.preconditioner_state`).
 
+Exact damping (``damping_form="exact"``): ``A₁ ⊗ G₁ + λI`` in the first term's eigenbasis instead of the
+factored form (:mod:`fimbench.curvature.kronecker_sum`); EKFAC (:mod:`fimbench.curvature.ekfac`) is always
+damped exactly. Two-level (``coarse=`` nicolaides | spectral | residual): the block-diagonal ``F̃⁻¹ ∇`` gets
+the cross-layer correction ``R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ ∇`` (:mod:`fimbench.two_level`) before KL-clipping.
+
 Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
 preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
 the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
@@ -48,15 +53,27 @@ from torch import Tensor, nn
 from fimbench.amp import GradScalerLike, all_finite, autocast_off, check_still_scaled, gradient_scale, resolve_factor_dtype
 from fimbench.capture import LayerStatistics, capture_statistics, set_weight_gradient, weight_gradient, weight_of
 from fimbench.config import OptimizerConfig
-from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
+from fimbench.curvature import (
+    PRECONDITIONED_METHODS,
+    KroneckerInverse,
+    KroneckerSum,
+    Method,
+    approximate,
+    check_damping_split,
+    parse_method,
+)
+from fimbench.curvature.kronecker_sum import check_damping_form
+from fimbench.curvature.methods import BLOCK_METHODS
+from fimbench.curvature_blocks import BlockDiagonal, Curvature, CurvatureBlock, KroneckerBlock
 from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
 from fimbench.distributed import gather_statistics, mean_over_ranks, sampling_generator
 from fimbench.errors import FimbenchError
-from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood, parse_likelihood
 from fimbench.selection import LayerSpec, select_layers, unwrap, warn_raw_gradients
 from fimbench.settings import PreconditionerSettings
+from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import PhaseTimer
+from fimbench.two_level import NO_COARSE, check_coarse
 
 
 @dataclass
@@ -119,7 +136,7 @@ class KroneckerPreconditioner:
         ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
         (:mod:`fimbench.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.amp`. Under an
         initialised process group the statistics of all ranks are gathered (:mod:`fimbench.distributed`)."""
-        self.method = parse_method(method, kronecker_only=True)
+        self.method = parse_method(method, choices=PRECONDITIONED_METHODS)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         checks = {
             "damping": settings.damping > 0,
@@ -136,6 +153,12 @@ class KroneckerPreconditioner:
         for name, valid in checks.items():
             if not valid:
                 raise FimbenchError(f"invalid optimizer setting {name}={getattr(settings, name)}")
+        check_damping_form(settings.damping_form)
+        if check_coarse(settings.coarse) != NO_COARSE and self.method not in BLOCK_METHODS:
+            raise FimbenchError(
+                f"coarse={settings.coarse} corrects a block-diagonal method ({', '.join(m.value for m in BLOCK_METHODS)}), "
+                f"not {self.method.value}"
+            )
         damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
         if settings.damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
             raise FimbenchError(
@@ -164,13 +187,15 @@ class KroneckerPreconditioner:
         self.fisher_fraction = settings.fisher_fraction
         self.empirical_fisher = settings.empirical_fisher
         self.min_curvature_ratio = settings.min_curvature_ratio
+        self.damping_form = settings.damping_form
+        self.coarse = settings.coarse
         self.options = settings.approximation_options()
         self.generator = sampling_generator(generator, self.layers[0].weight.device)
         self.timer = timer
         self.steps = 0
         self.updates = 0
-        self.approximations: list[KroneckerSum | None] = [None] * len(self.layers)
-        self.inverses: list[KroneckerInverse | None] = [None] * len(self.layers)
+        self.curvature = self._build_curvature()
+        self.fisher: SubBatchFisher | None = None  # the exact Fisher of the latest Fisher sub-batch
         self.diagnostics = PreconditionerDiagnostics()
         self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
         self.statistics_due = False  # the last statistics batch was not finite and skipped: capture again
@@ -189,6 +214,53 @@ class KroneckerPreconditioner:
     ) -> "KroneckerPreconditioner":
         """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is)."""
         return cls(model, likelihood, config.method, config, generator=generator, timer=timer)
+
+    def _build_curvature(self) -> Curvature:
+        """The method's :class:`~fimbench.curvature_blocks.Curvature`: one Kronecker (or EKFAC) block per
+        layer, with the two-level correction on top when ``coarse`` names a coarse space, or the exact
+        natural gradient of the Fisher sub-batch (whole network or per block)."""
+        from fimbench.curvature.ekfac import EigenbasisBlock
+        from fimbench.exact_natural_gradient import ExactNaturalGradient
+        from fimbench.two_level import TwoLevel
+
+        if self.method in (Method.EXACT_NG, Method.EXACT_NG_BLOCK):
+            return ExactNaturalGradient(per_layer=self.method is Method.EXACT_NG_BLOCK)
+        if self.method is Method.EKFAC:
+            blocks: BlockDiagonal = BlockDiagonal([EigenbasisBlock() for _ in self.layers])
+        else:
+            blocks = BlockDiagonal(
+                [KroneckerBlock(self.approximate_block, self.min_curvature_ratio, self.pi, self.damping_form) for _ in self.layers]
+            )
+        return blocks if self.coarse == NO_COARSE else TwoLevel(blocks, self.coarse)
+
+    @property
+    def blocks(self) -> list[CurvatureBlock]:
+        """The per-layer blocks of a block-diagonal method (under the two-level correction, if any); a clear
+        error for the exact natural gradient."""
+        from fimbench.two_level import TwoLevel
+
+        curvature = self.curvature.inner if isinstance(self.curvature, TwoLevel) else self.curvature
+        if not isinstance(curvature, BlockDiagonal):
+            raise FimbenchError(f"method {self.method.value} has no per-layer blocks")
+        return curvature.blocks
+
+    @property
+    def kronecker_blocks(self) -> list[KroneckerBlock]:
+        """The Kronecker-sum blocks, one per layer (a Kronecker method's); a clear error otherwise."""
+        blocks = self.blocks
+        if not all(isinstance(block, KroneckerBlock) for block in blocks):
+            raise FimbenchError(f"method {self.method.value} has no Kronecker-sum blocks")
+        return blocks  # type: ignore[return-value]
+
+    @property
+    def approximations(self) -> list[KroneckerSum | None]:
+        """Every layer's Kronecker approximation (in :attr:`layers` order; None before the first update)."""
+        return [block.approximation for block in self.kronecker_blocks]
+
+    @property
+    def inverses(self) -> list[KroneckerInverse | None]:
+        """Every layer's factorised damped block (None before the first refresh)."""
+        return [block.inverse for block in self.kronecker_blocks]
 
     def _phase(self, name: str) -> ContextManager[None]:
         return self.timer.phase(name) if self.timer is not None else nullcontext()
@@ -212,15 +284,13 @@ class KroneckerPreconditioner:
         self.statistics_due = not self._usable(statistics)
         if self.statistics_due:
             return
+        self.fisher = SubBatchFisher(statistics)
         self.updates += 1
         decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
         with self._phase("approximate"):
-            for index, stats in enumerate(statistics):
-                updated = self.approximate_block(stats.a, stats.g, prior=self.approximations[index], decay=decay)
-                self.approximations[index] = updated
-                if updated.method != Method.KFAC.value:
-                    self.diagnostics.iterations.append(updated.iterations)
-                    self.diagnostics.residuals.append(updated.residual)
+            for report in self.curvature.update(statistics, decay):
+                self.diagnostics.iterations.append(report.iterations)
+                self.diagnostics.residuals.append(report.residual)
         self.diagnostics.updates += 1
 
     def _usable(self, statistics: list[LayerStatistics]) -> bool:
@@ -248,19 +318,15 @@ class KroneckerPreconditioner:
         """Use ``approximations`` (one per layer, in :attr:`layers` order) as the blocks and factorise them."""
         if len(approximations) != len(self.layers):
             raise FimbenchError(f"expected {len(self.layers)} approximations (one per layer), got {len(approximations)}")
-        self.approximations = list(approximations)
+        for block, approximation in zip(self.kronecker_blocks, approximations):
+            block.approximation = approximation
         self.refresh_inverses()
 
     def refresh_inverses(self) -> None:
-        """Factorise every damped block (T2 event, or the step after λ moved)."""
+        """Factorise the damped curvature (T2 event, or the step after λ moved)."""
         with self._phase("invert"):
-            self.inverses = [
-                approximation.inverse(self.damping, self.min_curvature_ratio, self.pi)  # type: ignore[union-attr]
-                for approximation in self.approximations
-            ]
-        ranks = [inverse.operator.rank for inverse in self.inverses]
-        scales = [inverse.correction_scale for inverse, rank in zip(self.inverses, ranks) if rank > 1]
-        self.correction_scale = min(scales) if scales else None
+            self.curvature.refresh(self.damping)
+        self.correction_scale = self.curvature.correction_scale
         self.refresh_due = False
         self.diagnostics.refreshes += 1
 
@@ -276,7 +342,7 @@ class KroneckerPreconditioner:
             gradients = [weight_gradient(layer).to(self.factor_dtype) / scale for layer in self.layers]
             if self.grad_scaler is not None and not all_finite(gradients):  # left for the scaler to skip
                 return torch.ones((), device=gradients[0].device)
-            directions = [inverse.apply(grad) for inverse, grad in zip(self.inverses, gradients)]  # type: ignore[union-attr]
+            directions = self.curvature.apply(gradients)
             if measure_alignment:
                 cosines = [
                     torch.vdot(d.reshape(-1), grad.reshape(-1)) / (torch.linalg.vector_norm(d) * torch.linalg.vector_norm(grad) + 1e-30)
@@ -324,7 +390,7 @@ class KroneckerPreconditioner:
         self._check_step(targets)
         if self.steps % self.stats_every == 0 or self.statistics_due:
             self.update_statistics(inputs, targets)
-        if self.approximations[0] is None:  # the first statistics batch was skipped: nothing to precondition with
+        if self.updates == 0:  # the first statistics batch was skipped: nothing to precondition with
             gradients = [weight_gradient(layer) for layer in self.layers]
             if all_finite(gradients):
                 raise FimbenchError("the first Fisher statistics batch is not finite while the gradients are; lower the learning rate")
@@ -350,14 +416,11 @@ class KroneckerPreconditioner:
         return self.trial is not None
 
     def predicted_change(self, trial: DampingTrial) -> Tensor:
-        """``M(δ) = Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩`` for the update ``δ`` applied since ``trial``,
-        with ``F̃_i`` the damped operator that produced it (0-d tensor on the device)."""
-        total = torch.zeros((), dtype=trial.gradients[0].dtype, device=trial.gradients[0].device)
-        for layer, inverse, before, gradient in zip(self.layers, self.inverses, trial.parameters, trial.gradients):
-            delta = weight_of(layer).detach() - before
-            curvature = sum(kron_matvec(A, G, delta) for A, G in inverse.operator.terms)  # type: ignore[union-attr]
-            total = total + (gradient * delta).sum() + 0.5 * (delta * curvature).sum()
-        return total
+        """``M(δ) = ⟨∇, δ⟩ + ½ δᵀ F̃ δ`` for the update ``δ`` applied since ``trial``, with ``F̃`` the damped
+        operator that produced it (block-diagonal: ``Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩``; 0-d tensor on the device)."""
+        deltas = [weight_of(layer).detach() - before for layer, before in zip(self.layers, trial.parameters)]
+        linear = torch.stack([(gradient * delta).sum() for gradient, delta in zip(trial.gradients, deltas)]).sum()
+        return linear + 0.5 * self.curvature.quadratic(deltas)
 
     def adapt_damping(self, loss_before: Tensor | float, loss_after: Tensor | float) -> float:
         """One Levenberg–Marquardt update of λ (:mod:`fimbench.damping`) from ``h(θ)`` and ``h(θ + δ)``

@@ -1,12 +1,13 @@
 """The state of a :class:`~fimbench.preconditioner.KroneckerPreconditioner` as tensors and plain data.
 
 :meth:`KroneckerPreconditioner.state_dict` and :meth:`~KroneckerPreconditioner.load_state_dict` delegate
-here. The state holds what the next steps depend on: every block's approximation, the counters, the
-current λ (adaptive damping included), the latest alignment and safeguard τ, whether a refresh is due,
-the diagnostics gathered since the last ``pop_diagnostics``, a pending damping trial, and the state of
-the Fisher-sampling generator. Inverses are not stored: each is rebuilt on load from the approximation
-and λ it was factorised from (stored only when the approximation has moved on since, T1 < T2), which
-on the same device reproduces it bit for bit. Everything loads with ``torch.load(weights_only=True)``.
+here. The state holds what the next steps depend on: the curvature's estimate (every block's
+approximation, or the exact methods' sub-batch statistics), the counters, the current λ (adaptive damping
+included), the latest alignment and safeguard τ, whether a refresh is due, the diagnostics gathered since
+the last ``pop_diagnostics``, a pending damping trial, and the state of the Fisher-sampling generator.
+Factorisations are not stored: each is rebuilt on load from the estimate and λ it was factorised from
+(the estimate stored again only when it has moved on since, T1 < T2), which on the same device
+reproduces it bit for bit. Everything loads with ``torch.load(weights_only=True)``.
 
 The state also says what it belongs to: the method, each layer's qualified name and shape, and the
 :class:`~fimbench.settings.PreconditionerSettings` it was built with. Loading always requires the same
@@ -27,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fimbench.capture import weight_of
-from fimbench.curvature import KroneckerSum
 from fimbench.errors import FimbenchError
 from fimbench.settings import PreconditionerSettings
 
@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 STATE_VERSION = 2
 KEYS = (
     "version", "method", "layers", "shapes", "settings", "steps", "updates", "damping", "refresh_due", "statistics_due",
-    "alignment", "correction_scale", "approximations", "inverses", "diagnostics", "trial", "generator",
+    "alignment", "correction_scale", "diagnostics", "trial", "generator",
 )
+"""The keys of every state; the curvature's own keys (``approximations`` and ``inverses`` of the
+block-diagonal methods, ``fisher`` and ``inverse`` of the exact references, ``two_level``) come beside them."""
 
 
 def settings_state(preconditioner: KroneckerPreconditioner) -> dict[str, Any]:
@@ -48,13 +50,6 @@ def settings_state(preconditioner: KroneckerPreconditioner) -> dict[str, Any]:
 
 def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, Any]:
     """The state of ``preconditioner`` (module docstring); tensors are shared with it, not copied."""
-    inverses: list[dict[str, Any] | None] = []
-    for approximation, inverse in zip(preconditioner.approximations, preconditioner.inverses):
-        if inverse is None:
-            inverses.append(None)
-            continue
-        source = None if inverse.source is approximation else inverse.source.state_dict()
-        inverses.append({"damping": inverse.damping, "source": source})
     diagnostics = preconditioner.diagnostics
     trial = preconditioner.trial
     generator = preconditioner.generator
@@ -71,8 +66,7 @@ def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, A
         "statistics_due": preconditioner.statistics_due,
         "alignment": preconditioner._alignment,
         "correction_scale": preconditioner.correction_scale,
-        "approximations": [None if a is None else a.state_dict() for a in preconditioner.approximations],
-        "inverses": inverses,
+        **preconditioner.curvature.state_dict(),
         "diagnostics": {
             item.name: (list(value) if isinstance(value := getattr(diagnostics, item.name), list) else value)
             for item in fields(diagnostics)
@@ -90,20 +84,7 @@ def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: di
     _check_compatible(preconditioner, state, strict)
     device = weight_of(preconditioner.layers[0]).device
     dtype = preconditioner.factor_dtype
-
-    def cast(entry: dict[str, Any]) -> KroneckerSum:
-        return KroneckerSum.from_state_dict({**entry, "terms": [(A.to(dtype), G.to(dtype)) for A, G in entry["terms"]]}, device)
-
-    approximations = [None if entry is None else cast(entry) for entry in state["approximations"]]
-    inverses = []
-    for approximation, entry in zip(approximations, state["inverses"]):
-        if entry is None or not strict:
-            inverses.append(None)
-            continue
-        source = approximation if entry["source"] is None else cast(entry["source"])
-        inverses.append(source.inverse(entry["damping"], preconditioner.min_curvature_ratio, preconditioner.pi))  # type: ignore[union-attr]
-    preconditioner.approximations = approximations
-    preconditioner.inverses = inverses
+    preconditioner.curvature.load_state_dict(state, device, dtype)
     preconditioner.steps = state["steps"]
     preconditioner.updates = state["updates"]
     preconditioner.statistics_due = state["statistics_due"]
@@ -118,7 +99,7 @@ def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: di
         preconditioner.generator.set_state(state["generator"].cpu())
     if not strict:  # this preconditioner's settings: its own λ, no trial, factorised afresh
         preconditioner.trial = None
-        preconditioner.refresh_due = approximations[0] is not None
+        preconditioner.refresh_due = True
         return
     preconditioner.damping = state["damping"]
     preconditioner.refresh_due = state["refresh_due"]
@@ -133,12 +114,13 @@ def _check_compatible(preconditioner: KroneckerPreconditioner, state: dict[str, 
     layer layout, or (``strict``) of other layer names or settings."""
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise FimbenchError(f"not a preconditioner state of version {STATE_VERSION} (this fimbench's); start the run afresh")
-    missing = [key for key in KEYS if key not in state]
-    unknown = [key for key in state if key not in KEYS]
+    if state.get("method") != preconditioner.method.value:
+        raise FimbenchError(f"the state is of method {state['method']}, this preconditioner's is {preconditioner.method.value}")
+    keys = (*KEYS, *preconditioner.curvature.state_dict())
+    missing = [key for key in keys if key not in state]
+    unknown = [key for key in state if key not in keys]
     if missing or unknown:
         raise FimbenchError(f"the preconditioner state lacks keys {missing} and has unknown keys {unknown}; it was not made by state_dict()")
-    if state["method"] != preconditioner.method.value:
-        raise FimbenchError(f"the state is of method {state['method']}, this preconditioner's is {preconditioner.method.value}")
     shapes = [list(weight_of(layer).shape) for layer in preconditioner.layers]
     if len(state["shapes"]) != len(shapes):
         raise FimbenchError(f"the state has {len(state['shapes'])} layers ({state['layers']}), this preconditioner {len(shapes)} ({preconditioner.layer_names})")
@@ -158,3 +140,4 @@ def _check_compatible(preconditioner: KroneckerPreconditioner, state: dict[str, 
                     f"the state was saved with {key}={value!r}, this preconditioner has {key}={ours_settings.get(key)!r}: "
                     "build it with the state's settings (or load with strict=False to keep its own)"
                 )
+

@@ -224,7 +224,7 @@ def read_run(run_dir: Path) -> RunRecord:
     if not summary:
         warnings.append(f"{run_dir}: no summary.json (still running, or killed); showing its {len(rows)} logged epoch(s)")
     dataset = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "unknown"
-    method = summary.get("method") or (config.get("optimizer") or {}).get("method") or "unknown"
+    method = summary.get("variant") or summary.get("method") or (config.get("optimizer") or {}).get("method") or "unknown"
     return RunRecord(
         path=run_dir,
         dataset=str(dataset),

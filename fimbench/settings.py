@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, TRACE_SPLIT
+from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT
 from fimbench.curvature.options import ApproximationOptions
 from fimbench.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, FIXED
+from fimbench.two_level import NO_COARSE
 
 _APPROXIMATION = ApproximationOptions()
 
@@ -37,6 +38,8 @@ class PreconditionerSettings:
 
     damping: float = 1e-3  # λ of the factored Tikhonov damping (§2.2); the initial λ when adaptive
     pi: float | str = TRACE_SPLIT  # damping split: "trace" (§2.2) or a fixed π (curvature/kronecker_sum.py)
+    damping_form: str = FACTORED  # factored (A₁ + π√λI) ⊗ (G₁ + √λ/π I) | exact A₁ ⊗ G₁ + λI (curvature/kronecker_sum.py)
+    coarse: str = NO_COARSE  # none | nicolaides | spectral | residual: two-level correction (fimbench/two_level.py)
     damping_schedule: str = FIXED  # fixed | adaptive (Levenberg–Marquardt, fimbench/damping.py)
     damping_every: int = DEFAULT_ADAPT_EVERY  # T3: steps between adaptations of λ
     damping_min: float = DEFAULT_DAMPING_MIN  # bounds of the adaptive λ

@@ -117,28 +117,60 @@ class SubBatchFisher:
         return torch.dot(self.jacobian_product(left), self.jacobian_product(right)) / self.m
 
     def solve(self, vectors: Sequence[Tensor], damping: float, per_layer: bool = False) -> list[Tensor]:
-        """``(F + λI)⁻¹ V`` by Woodbury: ``(V − Jᵀ (m λ I + K)⁻¹ J V) / λ``.
+        """``(F + λI)⁻¹ V`` by Woodbury: ``(V − Jᵀ (m λ I + K)⁻¹ J V) / λ`` (:meth:`inverse`, applied once)."""
+        return self.inverse(damping, per_layer).apply(vectors)
 
-        ``per_layer``: each layer with its own diagonal block, ``(F_ll + λI)⁻¹ V_l`` (``K_l``, ``J_l``).
-        Cost O(m Σ_l p_l q_l + m³) per solve after the Gram matrices; nothing P-squared.
-        """
-        self._check(vectors)
-        if not damping > 0:
-            raise FimbenchError(f"the damped solve needs damping > 0, got {damping}")
-        groups = [[index] for index in range(self.layers)] if per_layer else [list(range(self.layers))]
-        solved: list[Tensor] = list(vectors)
-        for layers in groups:
-            J_v = torch.stack([self.layer_jacobian_product(index, vectors[index]) for index in layers]).sum(dim=0)
-            damped_gram = self.gram(layers) + self.m * damping * torch.eye(self.m, dtype=GRAM_DTYPE, device=J_v.device)
-            weights = torch.cholesky_solve(J_v.to(GRAM_DTYPE)[:, None], torch.linalg.cholesky(damped_gram))[:, 0]
-            for index in layers:
-                correction = self.layer_transpose_product(index, weights.to(vectors[index].dtype))
-                solved[index] = (vectors[index] - correction) / damping
-        return solved
+    def inverse(self, damping: float, per_layer: bool = False) -> "SubBatchInverse":
+        """Factorise ``(F + λI)`` once (m × m Cholesky factors); apply it to many gradients with ``.apply``."""
+        return SubBatchInverse(self, damping, per_layer)
 
     def _check(self, vectors: Sequence[Tensor]) -> None:
         if len(vectors) != self.layers:
             raise FimbenchError(f"expected one (q, p) matrix per layer ({self.layers}), got {len(vectors)}")
+
+
+class SubBatchInverse:
+    """``(F + λI)⁻¹`` of a :class:`SubBatchFisher` through the Woodbury identity, factorised once.
+
+    ``apply(V) = (V − Jᵀ (m λ I + K)⁻¹ J V) / λ`` with the Cholesky factor of ``m λ I + K`` (float64);
+    ``per_layer``: each layer with its own diagonal block, ``(F_ll + λI)⁻¹ V_l`` (``K_l``, ``J_l``).
+    Cost O(m Σ_l p_l q_l + m²) per application after the O(m³) factorisation; nothing P-squared.
+    ``fisher``, ``damping`` and ``per_layer`` are what it was built from.
+    """
+
+    def __init__(self, fisher: SubBatchFisher, damping: float, per_layer: bool = False) -> None:
+        if not damping > 0:
+            raise FimbenchError(f"the damped solve needs damping > 0, got {damping}")
+        self.fisher, self.damping, self.per_layer = fisher, damping, per_layer
+        self.groups = [[index] for index in range(fisher.layers)] if per_layer else [list(range(fisher.layers))]
+        m = fisher.m
+        self.factors = []
+        for layers in self.groups:
+            gram = fisher.gram(layers)
+            self.factors.append(torch.linalg.cholesky(gram + m * damping * torch.eye(m, dtype=GRAM_DTYPE, device=gram.device)))
+
+    def apply(self, vectors: Sequence[Tensor]) -> list[Tensor]:
+        """``(F + λI)⁻¹ V`` (or blockwise), one (q_l, p_l) matrix per layer in each ``V_l``'s dtype."""
+        fisher = self.fisher
+        fisher._check(vectors)
+        solved: list[Tensor] = list(vectors)
+        for layers, factor in zip(self.groups, self.factors):
+            J_v = torch.stack([fisher.layer_jacobian_product(index, vectors[index]) for index in layers]).sum(dim=0)
+            weights = torch.cholesky_solve(J_v.to(GRAM_DTYPE)[:, None], factor)[:, 0]
+            for index in layers:
+                correction = fisher.layer_transpose_product(index, weights.to(vectors[index].dtype))
+                solved[index] = (vectors[index] - correction) / self.damping
+        return solved
+
+    def quadratic(self, vectors: Sequence[Tensor]) -> Tensor:
+        """``Vᵀ (F + λI) V`` (or with the diagonal blocks ``F_ll``): ``Σ_groups ‖J_group V‖² / m + λ ‖V‖²``."""
+        fisher = self.fisher
+        fisher._check(vectors)
+        curvature = sum(
+            torch.stack([fisher.layer_jacobian_product(index, vectors[index]) for index in layers]).sum(dim=0).square().sum()
+            for layers in self.groups
+        ) / fisher.m
+        return curvature + self.damping * torch.stack([vector.square().sum() for vector in vectors]).sum()
 
 
 def _as_positions(stats: LayerStatistics) -> LayerStatistics:

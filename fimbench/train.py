@@ -26,6 +26,7 @@ from fimbench.distributed import data_parallel, mean_over_ranks, rank, shard, wo
 from fimbench.errors import DivergedError, FimbenchError
 from fimbench.event_log import EventLog, require_tensorboard
 from fimbench.models import Likelihood, build_model, evaluate
+from fimbench.names import variant_name
 from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.rundir import (
     CONFIG,
@@ -179,7 +180,7 @@ def _prepare(
 
     optimizer = first_order_optimizer(model.parameters(), method, settings)
     preconditioner: KroneckerPreconditioner | None = None
-    if method.is_kronecker:
+    if method.is_preconditioned:
         preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -372,6 +373,7 @@ def _summary(
         "status": result.status,
         "dataset": config.data.dataset,
         "method": config.optimizer.method,
+        "variant": variant_name(config.optimizer.method, config.optimizer.damping_form, config.optimizer.coarse),
         "seed": config.training.seed,
         "epochs": len(result.rows),
         "steps": steps,

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from fimbench.conventions import AUTHORS_WEIGHT_DECAY, from_authors_scale, loss_scale
-from fimbench.curvature import Method
+from fimbench.curvature import PAPER_METHODS, Method
 from fimbench.models import ARCHITECTURES
 
 OUT = Path(__file__).resolve().parents[1] / "configs" / "paper"
@@ -114,7 +114,7 @@ def write(dataset: str, method: str) -> None:
 
 def main() -> None:
     for dataset in BATCH:
-        for method in Method:
+        for method in PAPER_METHODS:
             write(dataset, method.value)
 
 

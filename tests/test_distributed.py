@@ -11,6 +11,7 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -32,9 +33,9 @@ def model_and_data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, x, torch.randn(STEPS, BATCH, 4, generator=generator, dtype=torch.float64)
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str = "deflation") -> torch.Tensor:
     """``STEPS`` steps of preconditioned momentum SGD; the parameters after them, flattened."""
-    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "deflation", **SETTINGS)
+    preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, method, **SETTINGS)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
     for step in range(STEPS):
         optimizer.zero_grad()
@@ -44,13 +45,13 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cat([parameter.detach().reshape(-1) for parameter in model.parameters()])
 
 
-def worker(rank: int, port: int, out: str) -> None:
+def worker(rank: int, port: int, out: str, method: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=RANKS)
     try:
         model, x, y = model_and_data()
         shard = slice(rank * BATCH // RANKS, (rank + 1) * BATCH // RANKS)
-        parameters = train(nn.parallel.DistributedDataParallel(model), x[:, shard], y[:, shard])
+        parameters = train(nn.parallel.DistributedDataParallel(model), x[:, shard], y[:, shard], method)
         torch.save(parameters, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -62,13 +63,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_are_identical_and_equal_one_process_on_the_full_batch(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=RANKS)
+@pytest.mark.parametrize("method", ["deflation", "exact-ng"])
+def test_two_ranks_are_identical_and_equal_one_process_on_the_full_batch(tmp_path, method):
+    """exact-ng: the gathered statistics give every rank the whole batch's sub-batch Fisher, one system."""
+    mp.spawn(worker, args=(free_port(), str(tmp_path), method), nprocs=RANKS)
     replicas = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(RANKS)]
     assert float((replicas[0] - replicas[1]).abs().max()) <= 1e-6
     model, x, y = model_and_data()
     start = torch.cat([parameter.detach().reshape(-1) for parameter in model.parameters()])
-    single = train(model, x, y)
+    single = train(model, x, y, method)
     assert float((replicas[0] - single).norm() / single.norm()) <= 1e-4
     assert float((single - start).norm() / start.norm()) > 1e-2  # the runs moved: the comparison has teeth
 

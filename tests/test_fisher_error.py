@@ -68,7 +68,15 @@ def test_run_writes_table_csv_summary_and_figure(small: list[str], tmp_path: Pat
     with open(out / "errors.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0].keys()) == CSV_COLUMNS == ("iteration", "layer", "method", "rank", "error1", "error2", "iterations", "seconds", "path")
-    assert len(rows) == 3 * 2 * 5  # measurements at 0, 2, 4 × layers × methods
+    assert len(rows) == 3 * (2 + 1) * 5  # measurements at 0, 2, 4 × (layers + network) × methods
+    network = [r for r in rows if r["layer"] == "network"]
+    rows = [r for r in rows if r["layer"] != "network"]
+    assert len(network) == 3 * 5 and all(r["error2"] == "nan" and r["path"] == "gram" for r in network)
+    blocks = {(r["iteration"], r["method"]): [] for r in rows}
+    for r in rows:
+        blocks[(r["iteration"], r["method"])].append(float(r["error1"]))
+    for r in network:  # the cross-layer error adds the off-diagonal blocks to the blocks' own errors
+        assert 0.0 < float(r["error1"]) < 1.0 and float(r["error1"]) > min(blocks[(r["iteration"], r["method"])])
     assert {(int(r["iteration"]), int(r["layer"])) for r in rows} == {(i, l) for i in (0, 2, 4) for l in (5, 6)}
     assert {r["method"] for r in rows} == set(METHODS)
     assert all(0.0 <= float(r["error1"]) < 1.0 and 0.0 <= float(r["error2"]) < 1.0 for r in rows)
@@ -81,12 +89,14 @@ def test_run_writes_table_csv_summary_and_figure(small: list[str], tmp_path: Pat
     by_method = {s["method"]: s for s in summary["summary"]}
     assert set(by_method) == set(METHODS) and by_method["kfac"]["beats_kfac_error1"] is None
     assert by_method["deflation"]["error1_max"] <= by_method["kfac"]["error1_max"]
-    assert len(summary["summary_by_layer"]) == 2 * 5 and len(summary["training_loss"]) == 4
+    assert len(summary["summary_by_layer"]) == (2 + 1) * 5 and len(summary["training_loss"]) == 4
+    assert summary["summary_by_layer"][-1]["layer"] == "network" and by_method["kfac"]["network_error1_median"] > 0
+    assert "net E1 med" in result.stdout
 
-    assert png_size(out / "figure1.png") == expected_size(2) == (1200, 864)
+    assert png_size(out / "figure1.png") == expected_size(3) == (1200, 1296)  # layers 5, 6 and the network
     import matplotlib.image
 
-    assert matplotlib.image.imread(out / "figure1.png").shape[:2] == (864, 1200)
+    assert matplotlib.image.imread(out / "figure1.png").shape[:2] == (1296, 1200)
 
 
 def test_all_layers_and_lanczos_ranks(small: list[str], tmp_path: Path) -> None:
@@ -97,7 +107,8 @@ def test_all_layers_and_lanczos_ranks(small: list[str], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with open(out / "errors.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 * (2 + 3)  # 12 Linear layers × (kfac, deflation, lanczos at ranks 1, 2, 3)
+    assert len(rows) == (12 + 1) * (2 + 3)  # (12 Linear layers + network) × (kfac, deflation, lanczos at ranks 1, 2, 3)
+    rows = [r for r in rows if r["layer"] != "network"]
     lanczos = {int(r["layer"]): [] for r in rows}
     for r in rows:
         if r["method"] == "lanczos":
@@ -107,7 +118,7 @@ def test_all_layers_and_lanczos_ranks(small: list[str], tmp_path: Path) -> None:
         assert all(later <= earlier + 1e-5 for earlier, later in zip(ranked, ranked[1:])), layer
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["optimizer"] == "sgd" and summary["fisher"].startswith("empirical")
-    assert png_size(out / "figure1.png") == expected_size(12) == (2400, 2592)  # 6 rows × 4 columns
+    assert png_size(out / "figure1.png") == expected_size(13) == (2400, 3456)  # 8 rows × 4 columns
 
 
 @pytest.mark.parametrize(
@@ -137,3 +148,23 @@ def test_unknown_dataset(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: Invalid value for '--dataset' / '-d'")
     assert "'cifar' is not one of 'curves', 'mnist', 'faces', 'curves-synth'" in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "never").exists()
+
+
+def test_exact_references_and_their_network_error(small: list[str], tmp_path: Path) -> None:
+    """exact-ng-block: per-block error 0 and a nonzero network error; exact-ng: 0 in both."""
+    out = tmp_path / "exact"
+    args = small + ["--layer", "4,5,6", "--methods", "kfac,exact-ng,exact-ng-block", "--iterations", "2", "--every", "2", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "exact NG" in result.stdout and "exact NG (blocks)" in result.stdout
+    with open(out / "errors.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * (3 + 1) * 3
+    for r in rows:
+        if r["method"].startswith("exact") and r["layer"] != "network":
+            assert (r["error1"], r["error2"], r["rank"], r["path"]) == ("0.0", "0.0", "0", "exact")
+    network = {(r["iteration"], r["method"]): float(r["error1"]) for r in rows if r["layer"] == "network"}
+    for iteration in ("0", "2"):
+        assert network[(iteration, "exact-ng")] == 0.0
+        assert 0.0 < network[(iteration, "exact-ng-block")] < network[(iteration, "kfac")]
+    assert png_size(out / "figure1.png") == expected_size(4)

@@ -13,6 +13,7 @@ from fimbench.cli.options import DatasetName, dataset_value, default_run_dir, js
 from fimbench.cli.output import current, with_output
 from fimbench.cli.parsers import parse_methods, parse_sizes
 from fimbench.errors import FimbenchError
+from fimbench.names import PRECONDITIONED_METHODS
 
 if TYPE_CHECKING:
     from fimbench.cost import SweepCost
@@ -31,7 +32,7 @@ def cost_profile(
     ),
     widths: Optional[str] = typer.Option(None, help=f"Sweep: layer widths d (default {DEFAULT_WIDTHS})."),
     batches: Optional[str] = typer.Option(None, help=f"Sweep: Fisher batch sizes m (default {DEFAULT_BATCHES})."),
-    methods: str = methods_option("all", "all, or a comma-separated list of Kronecker methods."),
+    methods: str = methods_option("all", "all, or a comma-separated list of Kronecker methods, ekfac and exact references (exact-ng, exact-ng-block)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     repeats: int = typer.Option(5, help="Timed repeats of every measurement (after one warm-up call)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/cost-<time>)."),
@@ -53,7 +54,7 @@ def cost_profile(
         raise FimbenchError("choose either --dataset or --widths/--batches, not both")
     if config is not None and dataset is None:
         raise FimbenchError("--config needs --dataset (the sweep profiles synthetic layers)")
-    chosen = parse_methods(split_list(methods), empty=NO_METHOD, repeats=True, allow_all=True)
+    chosen = parse_methods(split_list(methods), empty=NO_METHOD, repeats=True, allow_all=True, choices=PRECONDITIONED_METHODS)
     if repeats < 1:
         raise FimbenchError(f"--repeats must be at least 1, got {repeats}")
     grid: tuple[list[int], list[int]] = ([], []) if dataset is not None else (

@@ -25,8 +25,8 @@ from fimbench.cli.options import (
 )
 from fimbench.cli.output import current, with_output
 from fimbench.cli.parsers import parse_layers, parse_methods
-from fimbench.errors import Interrupted
-from fimbench.names import KRONECKER_METHODS
+from fimbench.errors import FimbenchError, Interrupted
+from fimbench.names import BLOCK_METHODS, EXACT_METHODS, KRONECKER_METHODS
 
 if TYPE_CHECKING:
     from fimbench.fisher_error import EntrySummary, ErrorRow, FisherErrorResult
@@ -103,11 +103,12 @@ def summary_table(summaries: list[EntrySummary], title: str) -> Table:
 
     table = Table(
         title=title,
-        caption="E1 = ‖F − F̂‖/‖F‖, E2 = ‖spec F − spec F̂‖/‖spec F‖; <KFAC: share of measurements below KFAC; "
+        caption="E1 = ‖F − F̂‖/‖F‖, E2 = ‖spec F − spec F̂‖/‖spec F‖ per block; net E1: E1 of the multi-layer Fisher "
+        "over the chosen layers; <KFAC: share of measurements below KFAC; "
         "iters, s: mean power-SVD/Lanczos iterations and seconds per approximation",
         header_style="bold",
     )
-    headers = ["method", "E1 med", "E1 mean", "E1 max", "E2 med", "E2 mean", "E2 max", "E1<KFAC", "E2<KFAC", "iters", "s", "paths"]
+    headers = ["method", "E1 med", "E1 mean", "E1 max", "E2 med", "E2 mean", "E2 max", "net E1 med", "net E1 mean", "E1<KFAC", "E2<KFAC", "iters", "s", "paths"]
     for header in headers:
         table.add_column(header, justify="left" if header in ("method", "paths") else "right")
     for s in summaries:
@@ -119,6 +120,8 @@ def summary_table(summaries: list[EntrySummary], title: str) -> Table:
             _number(s.error2_median, ".3g"),
             _number(s.error2_mean, ".3g"),
             _number(s.error2_max, ".3g"),
+            _number(s.network_error1_median, ".3g"),
+            _number(s.network_error1_mean, ".3g"),
             _percent(s.beats_kfac_error1),
             _percent(s.beats_kfac_error2),
             _number(s.iterations_mean, ".1f"),
@@ -128,12 +131,27 @@ def summary_table(summaries: list[EntrySummary], title: str) -> Table:
     return table
 
 
+def _coarse_spaces(text: Optional[str]) -> tuple[str, ...]:
+    """``--coarse nicolaides,spectral`` -> the coarse spaces whose two-level network rows are measured."""
+    spaces = tuple(dict.fromkeys(split_list(text or "")))
+    for space in spaces:
+        if space not in ("nicolaides", "spectral"):
+            raise FimbenchError(f"--coarse takes nicolaides and/or spectral (the residual space needs a gradient), got '{space}'")
+    return spaces
+
+
 @user_errors
 @with_output
 def fisher_error(
     dataset: Optional[DatasetName] = dataset_option(),
     layer: str = typer.Option("5", "--layer", help="Linear layer(s), 1-based as in the paper: 5, a list 1,5,9, or all."),
-    methods: str = methods_option(",".join(KRONECKER_METHODS), "Comma-separated Kronecker methods to measure."),
+    methods: str = methods_option(
+        ",".join(KRONECKER_METHODS), f"Comma-separated methods to measure: Kronecker ones, ekfac and the exact references {', '.join(EXACT_METHODS)}."
+    ),
+    coarse: Optional[str] = typer.Option(
+        None, "--coarse",
+        help="Also the network row of each block method's two-level version (F̂ = P⁻¹, undamped): nicolaides, spectral or both, comma-separated.",
+    ),
     optimizer: str = typer.Option("adam", "--optimizer", help="Independent optimizer that trains the network: adam or sgd."),
     iterations: int = typer.Option(1000, "--iterations", help="Training iterations."),
     every: int = typer.Option(20, "--every", help="Measure every K iterations (and at 0)."),
@@ -165,11 +183,18 @@ def fisher_error(
 
     settings = FisherErrorSettings(
         layers=parse_layers(layer),
-        methods=tuple(parse_methods(split_list(methods), empty="--methods needs at least one of " + ", ".join(m.value for m in DEFAULT_METHODS))),
+        methods=tuple(
+            parse_methods(
+                split_list(methods),
+                empty="--methods needs at least one of " + ", ".join(m.value for m in DEFAULT_METHODS),
+                choices=(*BLOCK_METHODS, *EXACT_METHODS),
+            )
+        ),
         iterations=iterations,
         every=every,
         lanczos_rank=lanczos_rank,
         empirical=empirical,
+        coarse=_coarse_spaces(coarse),
     )
     resolved = load_config(
         config,

@@ -5,27 +5,32 @@ They import the engines' types lazily, so that ``--help`` does not load torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from fimbench.cli.common import split_list
 from fimbench.errors import FimbenchError
+from fimbench.names import KRONECKER_METHODS
 
 if TYPE_CHECKING:
     from fimbench.curvature import Method
 
 
-def parse_methods(names: list[str], *, empty: str, repeats: bool = False, allow_all: bool = False) -> list[Method]:
-    """Kronecker methods by name, in the given order: ``all`` (with ``allow_all``) is every one of them.
+def parse_methods(
+    names: list[str], *, empty: str, repeats: bool = False, allow_all: bool = False, choices: Sequence[str] = KRONECKER_METHODS
+) -> list[Method]:
+    """Methods among ``choices`` (default: the Kronecker ones) by name, in the given order: ``all`` (with
+    ``allow_all``) is every one of them.
 
     A name given twice is an error, or is dropped with ``repeats``; no name at all raises ``empty``.
     """
-    from fimbench.curvature import APPROXIMATIONS, parse_method
+    from fimbench.curvature import Method, parse_method
 
+    allowed = [Method(name) for name in choices]
     if allow_all and [name.strip() for name in names] == ["all"]:
-        return list(APPROXIMATIONS)
+        return allowed
     methods: list[Method] = []
     for name in names:
-        method = parse_method(name, kronecker_only=True)
+        method = parse_method(name, choices=allowed)
         if method in methods and not repeats:
             raise FimbenchError(f"--methods lists a method twice: {', '.join(names)}")
         if method not in methods:

@@ -98,6 +98,14 @@ def train(
     pi: Optional[str] = typer.Option(
         None, "--pi", help="Damping split π: 'trace' (the paper's §2.2 rule) or a fixed positive number."
     ),
+    damping_form: Optional[str] = typer.Option(
+        None, "--damping-form",
+        help="factored: (A₁ + π√λ I) ⊗ (G₁ + √λ/π I) (default); exact: A₁ ⊗ G₁ + λI in the first term's eigenbasis.",
+    ),
+    coarse: Optional[str] = typer.Option(
+        None, "--coarse",
+        help="Two-level cross-layer correction for a block method: none (default), nicolaides, spectral or residual.",
+    ),
     damping_schedule: Optional[str] = typer.Option(
         None, "--damping-schedule", help="fixed, or adaptive (Levenberg–Marquardt rule every T3 = optimizer.damping_every steps)."
     ),

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from fimbench.cost.results import FIT_STATISTIC, AxisFit, CostPoint, ExponentFit, LayerCost
-from fimbench.curvature import Method
+from fimbench.curvature import EXACT_METHODS, Method
 from fimbench.errors import FimbenchError
 
 PHASES: tuple[str, ...] = ("build_cold", "build_warm", "inverse", "apply")
@@ -34,8 +34,34 @@ MODEL_BUILD: dict[Method, str] = {
 }
 
 
+EXACT_ORDERS: dict[str, tuple[str, float, float]] = {
+    "build_cold": ("m²(p+q)", 1.0, 2.0),
+    "build_warm": ("m²(p+q)", 1.0, 2.0),
+    "inverse": ("m³/3", 0.0, 3.0),
+    "apply": ("2mpq", 2.0, 1.0),
+}
+"""The exact references' orders per layer (no Table 1 entry): the Gram term ``K_l``, the Cholesky factor
+of ``mλI + K``, and the Woodbury apply ``J_l v`` + ``J_lᵀ u``."""
+
+
+EKFAC_ORDERS: dict[str, tuple[str, float, float]] = {
+    "build_cold": ("2m(p²+q²) + mpq + p³+q³", 3.0, 0.0),
+    "build_warm": ("2m(p²+q²) + mpq + p³+q³", 3.0, 0.0),
+    "inverse": ("pq", 2.0, 0.0),
+    "apply": ("2pq(p+q)", 3.0, 0.0),
+}
+"""EKFAC's orders per layer (no Table 1 entry): K-FAC's factors and the projected second moments
+``(g Q_G)²ᵀ (ā Q_A)²`` (m(p² + q²) each, plus mpq), the eigenbases of a new basis (p³ + q³; the cost
+profile's warm build takes one), ``S + λ`` at a refresh, and four products with the eigenbases per apply."""
+
+
 def paper_order(method: Method, phase: str) -> tuple[str, float, float]:
-    """Table 1's order for one layer: ``(formula, exponent of d, exponent of m)``."""
+    """Table 1's order for one layer: ``(formula, exponent of d, exponent of m)``; the exact references':
+    :data:`EXACT_ORDERS`; EKFAC's: :data:`EKFAC_ORDERS`."""
+    if method in EXACT_METHODS:
+        return EXACT_ORDERS[phase]
+    if method is Method.EKFAC:
+        return EKFAC_ORDERS[phase]
     if phase in ("build_cold", "build_warm"):
         return PAPER_BUILD[method], 2.0, 1.0
     constant = "2" if method.rank == 1 else ("c₁" if phase == "inverse" else "c₂")
@@ -44,6 +70,10 @@ def paper_order(method: Method, phase: str) -> tuple[str, float, float]:
 
 def model_order(method: Method, phase: str) -> str:
     """The multiply-add count of :func:`modelled_cost` as a formula."""
+    if method in EXACT_METHODS:
+        return EXACT_ORDERS[phase][0]
+    if method is Method.EKFAC:
+        return EKFAC_ORDERS[phase][0]
     if phase == "inverse":
         return "p³ + q³"
     if phase == "apply":
@@ -59,8 +89,13 @@ def modelled_cost(method: Method, phase: str, p: int, q: int, m: int, rank: int,
     ``m(p² + q²)`` per materialised pair, per prior term (its quadratic forms) and for KFAC-corrected's
     K-FAC factors, ``2n³`` for ‖Z‖_F and ``8n²`` (power SVD) or ``10n²`` (Lanczos, re-orthogonalised)
     per iteration, ``n = m + r₀``. Inverse: Cholesky / eigh of both factors ``p³ + q³``; apply:
-    ``rank`` pairs of products ``G V A`` = ``pq(p + q)``.
+    ``rank`` pairs of products ``G V A`` = ``pq(p + q)``. The exact references: :data:`EXACT_ORDERS`.
     """
+    if method in EXACT_METHODS:
+        return float({"inverse": m**3 / 3, "apply": 2 * m * p * q}.get(phase, m * m * (p + q)))
+    if method is Method.EKFAC:
+        build = 2 * m * (p * p + q * q) + m * p * q + p**3 + q**3
+        return float({"inverse": p * q, "apply": 2 * p * q * (p + q)}.get(phase, build))
     if phase == "inverse":
         return float(p**3 + q**3)
     if phase == "apply":

@@ -9,6 +9,18 @@ Per method and per layer it times, with a :class:`KroneckerPreconditioner`'s own
 * ``inverse`` — :meth:`KroneckerSum.inverse`: the damped factorisation of ``refresh_inverses`` (§2.2, §3.4);
 * ``apply`` — :meth:`KroneckerInverse.apply` on the layer's gradient, ``F̂⁻¹ ∇h``;
 
+The exact references (``exact-ng``, ``exact-ng-block``) build no approximation: per layer, ``build`` is its
+Gram term ``K_l = (Ā_l Ā_lᵀ) ∘ (G_l G_lᵀ)`` (the EMA does not apply, so cold = warm), ``inverse`` the
+Cholesky factor of its damped Gram ``mλI + K_l`` and ``apply`` its Woodbury apply ``(v − J_lᵀ (mλI + K_l)⁻¹ J_l v) / λ``
+— the per-block quantities, for both; what ``exact-ng`` couples (one m × m Cholesky factor of ``Σ_l K_l``,
+the same m³ as one block's, and ``J v`` over all layers) shows in its precondition step.
+
+EKFAC: ``build`` is :func:`~fimbench.curvature.ekfac.approximate_ekfac` (warm: the EMA with a new basis),
+``inverse`` the refresh's ``S + λ`` and ``apply`` the four products with the eigenbases. With a two-level
+correction (``optimizer.coarse``) the per-layer phases are the blocks' and the precondition step includes
+the coarse correction; the coarse rebuild that follows each statistics update (one Jacobian product per
+layer and an L × L factorisation) is left out of it: a warm-up call makes it first.
+
 per model, the whole :meth:`KroneckerPreconditioner.precondition` step (every layer + KL clip), and the
 yardsticks: forward + backward of the batch, one SGD step (forward, backward, momentum step) and the
 capture pass of the true Fisher (targets sampled from the model). Each figure is the median and spread of
@@ -37,17 +49,20 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from fimbench.capture import KroneckerLayer, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
+from fimbench.capture import KroneckerLayer, LayerStatistics, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
 from fimbench.config import OptimizerConfig, load_config
 from fimbench.cost.model import PHASES, sweep_exponents
 from fimbench.cost.results import CostPoint, DatasetCost, LayerCost, MethodCost, ModelProfile, SweepCost, Timing
-from fimbench.curvature import KroneckerSum, Method
+from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method
+from fimbench.curvature.ekfac import EigenbasisBlock, approximate_ekfac
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, Likelihood, build_model
 from fimbench.names import DATASETS, check_dataset
 from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.setup import environment, resolve_architecture
+from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import measure
+from fimbench.two_level import NO_COARSE
 
 COST_DATASETS: tuple[str, ...] = DATASETS  # every dataset: a profile needs only its architecture
 YARDSTICKS: tuple[str, ...] = ("forward_backward", "sgd_step", "capture")
@@ -140,14 +155,31 @@ def profile_model(
         preconditioner = KroneckerPreconditioner.from_config(model, model.likelihood, config, generator)
         current = capture_statistics(model, inputs[:fisher_batch], model.likelihood, layers, None, generator)
         previous = capture_statistics(model, inputs[-fisher_batch:], model.likelihood, layers, None, generator)
-        layer_costs: list[LayerCost] = []
+        if method in EXACT_METHODS:
+            layer_costs = [_exact_layer_cost(index, now, gradient, preconditioner.damping, repeats, warmup)
+                           for index, (now, gradient) in enumerate(zip(current, gradients))]
+            preconditioner.curvature.update(current, 0.0)
+            preconditioner.refresh_inverses()
+            restore = partial(_restore_gradients, layers, gradients)
+            step = Timing.of(measure(preconditioner.precondition, device, repeats, warmup, setup=restore))
+            restore()
+            costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
+            continue
+        if method is Method.EKFAC:
+            layer_costs = [_ekfac_layer_cost(index, now, before, gradient, preconditioner, repeats, warmup)
+                           for index, (now, before, gradient) in enumerate(zip(current, previous, gradients))]
+            costs.append(MethodCost(method.value, asdict(config), layer_costs, _step_time(preconditioner, current, gradients, repeats, warmup)))
+            continue
+        layer_costs = []
         warm_results: list[KroneckerSum] = []
         for index, (now, before, gradient) in enumerate(zip(current, previous, gradients)):
             cold = partial(preconditioner.approximate_block, now.a, now.g)
             prior = preconditioner.approximate_block(before.a, before.g)
             warm = partial(preconditioner.approximate_block, now.a, now.g, prior=prior, decay=preconditioner.ema_decay)
             cold_result, warm_result = cold(), warm()
-            invert = partial(warm_result.inverse, preconditioner.damping, preconditioner.min_curvature_ratio)
+            invert = partial(
+                warm_result.inverse, preconditioner.damping, preconditioner.min_curvature_ratio, preconditioner.pi, preconditioner.damping_form
+            )
             apply = partial(invert().apply, gradient)
             calls = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": apply}
             iterative = method is not Method.KFAC
@@ -163,12 +195,75 @@ def profile_model(
                 )
             )
             warm_results.append(warm_result)
-        preconditioner.load_approximations(warm_results)
-        restore = partial(_restore_gradients, layers, gradients)
-        step = Timing.of(measure(preconditioner.precondition, device, repeats, warmup, setup=restore))
-        restore()
+        if preconditioner.coarse == NO_COARSE:
+            preconditioner.load_approximations(warm_results)
+            step = _step_time(preconditioner, None, gradients, repeats, warmup)
+        else:
+            step = _step_time(preconditioner, current, gradients, repeats, warmup)
         costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
     return ModelProfile(batch, fisher_batch, yardsticks, costs)
+
+
+def _step_time(
+    preconditioner: KroneckerPreconditioner, statistics: list[LayerStatistics] | None, gradients: list[Tensor], repeats: int, warmup: int
+) -> Timing:
+    """The precondition step (every layer, the coarse correction if any, KL clip) on ``gradients``, after
+    an update from ``statistics`` (None: the blocks are loaded already) and one untimed step."""
+    layers = preconditioner.layers
+    if statistics is not None:
+        preconditioner.curvature.update(statistics, 0.0)
+        preconditioner.refresh_inverses()
+    restore = partial(_restore_gradients, layers, gradients)
+    restore()
+    preconditioner.precondition()
+    step = Timing.of(measure(preconditioner.precondition, gradients[0].device, repeats, warmup, setup=restore))
+    restore()
+    return step
+
+
+def _ekfac_layer_cost(
+    index: int, now: LayerStatistics, before: LayerStatistics, gradient: Tensor, preconditioner: KroneckerPreconditioner, repeats: int, warmup: int
+) -> LayerCost:
+    """One layer's EKFAC phases (module docstring): cold and warm builds, the refresh and the apply."""
+    block = EigenbasisBlock()
+    prior = approximate_ekfac(before.a, before.g)
+    cold = partial(approximate_ekfac, now.a, now.g)
+    warm = partial(approximate_ekfac, now.a, now.g, prior, preconditioner.ema_decay, True)
+    block.approximation = warm()
+    invert = partial(block.refresh, preconditioner.damping)
+    invert()
+    calls = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": partial(block.apply, gradient)}
+    return _non_kronecker_layer_cost(index, now, calls, gradient.device, repeats, warmup)
+
+
+def _non_kronecker_layer_cost(
+    index: int, statistics: LayerStatistics, calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+) -> LayerCost:
+    """The timed ``calls`` of a layer whose block is no Kronecker sum (rank 0) and runs no iterative solver."""
+    return LayerCost(
+        index=index,
+        p=statistics.a.shape[-1],
+        q=statistics.g.shape[-1],
+        rank=0,
+        iterations_cold=None,
+        iterations_warm=None,
+        times={phase: Timing.of(measure(calls[phase], device, repeats, warmup)) for phase in PHASES},
+    )
+
+
+def _exact_layer_cost(index: int, statistics: LayerStatistics, gradient: Tensor, damping: float, repeats: int, warmup: int) -> LayerCost:
+    """One layer's phases of the exact references (module docstring): its Gram term, the Cholesky factor of
+    its damped Gram (Gram cached) and its Woodbury apply."""
+    device = gradient.device
+    fisher = SubBatchFisher([statistics])
+
+    def build() -> Tensor:
+        return SubBatchFisher([statistics]).layer_gram(0)
+
+    invert = partial(fisher.inverse, damping, True)
+    apply = partial(invert().apply, [gradient])
+    calls = {"build_cold": build, "build_warm": build, "inverse": invert, "apply": apply}
+    return _non_kronecker_layer_cost(index, statistics, calls, device, repeats, warmup)
 
 
 def _random_inputs(batch: int, width: int, device: torch.device, seed: int) -> Tensor:

@@ -3,6 +3,9 @@
 >>> from fimbench.curvature import approximate
 >>> ks = approximate("deflation", a, g)          # a: (m, p) with the bias column last, g: (m, q)
 >>> ks.terms, ks.to_dense(), ks.solve(V, 1e-3)   # F̂ = Σ kron(A_k, G_k); V is (q, p)
+>>> ks.solve(V, 1e-3, form="exact")              # (A₁ ⊗ G₁ + λI)⁻¹ in the first term's eigenbasis
+>>> ekfac = approximate_ekfac(a, g)              # EKFAC: K-FAC's eigenbasis, re-fitted eigenvalues S (q, p)
+>>> ekfac.solve(V, 1e-3)                         # (F̂ + λI)⁻¹ vec V
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from fimbench.curvature.deflation import approximate_deflation
+from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
 from fimbench.curvature.kfac import approximate_kfac
 from fimbench.curvature.kfac_corrected import approximate_kfac_corrected
 from fimbench.curvature.kpsvd import approximate_kpsvd
@@ -25,7 +29,17 @@ from fimbench.curvature.kronecker_sum import (
     check_damping_split,
 )
 from fimbench.curvature.lanczos import approximate_lanczos
-from fimbench.curvature.methods import FIRST_ORDER_METHODS, KRONECKER_METHODS, Approximator, Method, parse_method
+from fimbench.curvature.methods import (
+    BLOCK_METHODS,
+    EXACT_METHODS,
+    FIRST_ORDER_METHODS,
+    KRONECKER_METHODS,
+    PAPER_METHODS,
+    PRECONDITIONED_METHODS,
+    Approximator,
+    Method,
+    parse_method,
+)
 from fimbench.curvature.options import (
     DEFAULT_KRYLOV_DIM,
     DEFAULT_MAX_ITERATIONS,
@@ -36,8 +50,12 @@ from fimbench.errors import FimbenchError
 
 __all__ = [
     "APPROXIMATIONS",
+    "BLOCK_METHODS",
+    "EXACT_METHODS",
     "FIRST_ORDER_METHODS",
     "KRONECKER_METHODS",
+    "PAPER_METHODS",
+    "PRECONDITIONED_METHODS",
     "DEFAULT_KRYLOV_DIM",
     "DEFAULT_MAX_ITERATIONS",
     "DEFAULT_MIN_CURVATURE_RATIO",
@@ -46,10 +64,12 @@ __all__ = [
     "ApproximationOptions",
     "Approximator",
     "DampingSplit",
+    "EigenbasisDiagonal",
     "KroneckerInverse",
     "KroneckerSum",
     "Method",
     "approximate",
+    "approximate_ekfac",
     "check_damping_split",
     "parse_method",
 ]

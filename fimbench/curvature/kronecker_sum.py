@@ -9,6 +9,18 @@ The split π decides which factor carries the damping. ``pi="trace"`` is the pap
 ``π = sqrt((tr A₁ / p) / (tr G₁ / q))``; a positive number fixes π, which is how the authors' code
 damps (their ``pi=False``; :mod:`fimbench.conventions` gives the π that reproduces each method).
 
+Exact damping (``form="exact"``), in the eigenbasis of the first term ``A₁ = Q_A diag(α) Q_Aᵀ``,
+``G₁ = Q_G diag(γ) Q_Gᵀ``. One term: ``A₁ ⊗ G₁ + λI``, inverted as
+``vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (γ αᵀ + λ)) Q_Aᵀ)``. Two terms: ``A₁ ⊗ G₁ + λI + τ C ⊗ D`` has no closed-form
+inverse (three Kronecker terms are not simultaneously diagonalisable), so the correction is replaced by its
+part that commutes with the first term, ``C̄ = Q_A diag(c) Q_Aᵀ`` with ``c = diag(Q_Aᵀ C Q_A)`` (likewise
+``D̄``, ``d``) — the Frobenius-closest operator diagonal in the first term's eigenbasis:
+
+    damped_exact(λ) = A₁ ⊗ G₁ + λ I + τ C̄ ⊗ D̄,   inverse ``vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (γ αᵀ + λ + τ d cᵀ)) Q_Aᵀ)``,
+
+with ``τ = min(1, (1 − δ) / max_ij(−d_i c_j / (γ_i α_j + λ)))`` so that every eigenvalue is at least δ
+times the damped first term's. The split π plays no part in exact damping.
+
 Safeguard for indefinite corrections (§3.4). With ``A = A₁ + π√λ I``, ``B = G₁ + √λ/π I`` and the
 generalised eigen-decompositions ``K₁ᵀ A K₁ = I, K₁ᵀ C K₁ = diag(s₁)`` and ``K₂ᵀ B K₂ = I,
 K₂ᵀ D K₂ = diag(s₂)``, the damped two-term operator is congruent to ``diag(1 + τ s₂ s₁ᵀ)``: it is positive
@@ -37,9 +49,20 @@ from fimbench.kronecker import kron_dense
 
 DEFAULT_MIN_CURVATURE_RATIO = 0.1
 TRACE_SPLIT = "trace"
+FACTORED = "factored"
+EXACT = "exact"
+DAMPING_FORMS = (FACTORED, EXACT)
+"""How λ enters the first term: ``factored`` ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)``, or ``exact`` ``A₁ ⊗ G₁ + λI``."""
 
 DampingSplit = Union[float, Literal["trace"]]
 """π of the factored damping: ``"trace"`` (the paper's rule) or a fixed positive number."""
+
+
+def check_damping_form(form: object) -> str:
+    """``"factored"`` or ``"exact"``; a one-line error for anything else."""
+    if form not in DAMPING_FORMS:
+        raise FimbenchError(f"the damping form must be one of {', '.join(DAMPING_FORMS)}, got {form!r}")
+    return str(form)
 
 
 def check_damping_split(pi: object) -> DampingSplit:
@@ -92,9 +115,11 @@ class KroneckerSum:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device | None = None) -> "KroneckerSum":
-        """The inverse of :meth:`state_dict`, with the terms moved to ``device`` if given."""
-        terms = [(A.to(device), G.to(device)) for A, G in state["terms"]]
+    def from_state_dict(
+        cls, state: dict[str, Any], device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> "KroneckerSum":
+        """The inverse of :meth:`state_dict`, with the terms moved to ``device`` and cast to ``dtype`` if given."""
+        terms = [(A.to(device, dtype), G.to(device, dtype)) for A, G in state["terms"]]
         return cls(terms, state["method"], state["iterations"], state["residual"], list(state["singular_values"]))
 
     def damping_split(self, pi: DampingSplit = TRACE_SPLIT) -> float:
@@ -110,16 +135,25 @@ class KroneckerSum:
         return math.sqrt(mean_a / mean_g)
 
     def inverse(
-        self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO, pi: DampingSplit = TRACE_SPLIT
+        self,
+        damping: float,
+        min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
+        pi: DampingSplit = TRACE_SPLIT,
+        form: str = FACTORED,
     ) -> "KroneckerInverse":
-        """Factorise ``damped(damping, pi)`` once; apply it to many gradients with ``.apply``."""
-        return KroneckerInverse(self, damping, min_curvature_ratio, pi)
+        """Factorise ``damped(damping, pi)`` (``form="exact"``: the exactly damped operator) once; apply it
+        to many gradients with ``.apply``."""
+        return KroneckerInverse(self, damping, min_curvature_ratio, pi, form)
 
     def damped(
-        self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO, pi: DampingSplit = TRACE_SPLIT
+        self,
+        damping: float,
+        min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
+        pi: DampingSplit = TRACE_SPLIT,
+        form: str = FACTORED,
     ) -> "KroneckerSum":
         """The operator that :meth:`solve` inverts (module docstring)."""
-        return self.inverse(damping, min_curvature_ratio, pi).operator
+        return self.inverse(damping, min_curvature_ratio, pi, form).operator
 
     def solve(
         self,
@@ -127,9 +161,10 @@ class KroneckerSum:
         damping: float,
         min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
         pi: DampingSplit = TRACE_SPLIT,
+        form: str = FACTORED,
     ) -> Tensor:
-        """``damped(λ, π)⁻¹ vec(V)`` as a (q, p) matrix."""
-        return self.inverse(damping, min_curvature_ratio, pi).apply(V)
+        """``damped(λ, π)⁻¹ vec(V)`` (or the exactly damped operator's) as a (q, p) matrix."""
+        return self.inverse(damping, min_curvature_ratio, pi, form).apply(V)
 
 
 def _cholesky(matrix: Tensor, side: str) -> Tensor:
@@ -141,7 +176,7 @@ def _cholesky(matrix: Tensor, side: str) -> Tensor:
     return factor
 
 
-def _robust_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+def robust_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
     """``eigh`` in the matrix's precision, redone in float64 if that fails.
 
     float32 LAPACK (syevd) can fail on the many repeated zero eigenvalues of a low-rank correction: it
@@ -164,7 +199,7 @@ def _generalised_eigh(L: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     L_inv_C = torch.linalg.solve_triangular(L, C, upper=False)
     whitened = torch.linalg.solve_triangular(L, L_inv_C.transpose(0, 1), upper=False)
     whitened = 0.5 * (whitened + whitened.transpose(0, 1))
-    s, E = _robust_eigh(whitened)
+    s, E = robust_eigh(whitened)
     K = torch.linalg.solve_triangular(L.transpose(0, 1), E, upper=True)
     return K, s
 
@@ -174,12 +209,19 @@ class KroneckerInverse:
 
     One term: ``apply(V) = G_inv @ V @ A_inv``.
     Two terms: ``apply(V) = K₂ [(K₂ᵀ V K₁) ⊘ (1 1ᵀ + τ s₂ s₁ᵀ)] K₁ᵀ``.
+    Exact damping (either rank): ``apply(V) = Q_G [(Q_Gᵀ V Q_A) ⊘ denominator] Q_Aᵀ`` (module docstring).
     ``correction_scale`` is the τ of the safeguard (1 for one term, or when no shrinking was needed).
-    ``source`` and ``damping`` are what it was built from, so that it can be rebuilt exactly.
+    ``source``, ``damping`` and ``form`` are what it was built from, so that it can be rebuilt exactly;
+    ``operator`` is the operator it inverts (with exact damping its terms include ``I ⊗ λI``).
     """
 
     def __init__(
-        self, approximation: KroneckerSum, damping: float, min_curvature_ratio: float, pi: DampingSplit = TRACE_SPLIT
+        self,
+        approximation: KroneckerSum,
+        damping: float,
+        min_curvature_ratio: float,
+        pi: DampingSplit = TRACE_SPLIT,
+        form: str = FACTORED,
     ) -> None:
         if damping < 0:
             raise FimbenchError(f"damping must be non-negative, got {damping}")
@@ -190,14 +232,17 @@ class KroneckerInverse:
                 f"the closed-form solve of §3.4 handles Kronecker rank 1 or 2, not {approximation.rank}; "
                 "use --lanczos-rank 2 or less for training"
             )
-        self.source, self.damping = approximation, damping
+        self.source, self.damping, self.form = approximation, damping, check_damping_form(form)
+        self.correction_scale = 1.0
+        if self.form == EXACT:
+            self._exact(approximation, damping, min_curvature_ratio)
+            return
         A1, G1 = approximation.terms[0]
         split = approximation.damping_split(pi)
         root = math.sqrt(damping)
         A = A1 + (split * root) * torch.eye(A1.shape[0], dtype=A1.dtype, device=A1.device)
         B = G1 + (root / split) * torch.eye(G1.shape[0], dtype=G1.dtype, device=G1.device)
         L_A, L_B = _cholesky(A, "activation"), _cholesky(B, "derivative")
-        self.correction_scale = 1.0
         if approximation.rank == 1:
             # cholesky_solve(I, L) rather than cholesky_inverse(L): LAPACK's potri stalls for seconds when
             # the CPU is oversubscribed (measured: 2.2 s vs 34 ms for 785×785 on 2 busy cores).
@@ -215,8 +260,36 @@ class KroneckerInverse:
         self.denominator = 1.0 + self.correction_scale * coupling
         self.operator = KroneckerSum([(A, B), (self.correction_scale * C, D)], method=approximation.method)
 
+    def _exact(self, approximation: KroneckerSum, damping: float, min_curvature_ratio: float) -> None:
+        """Exact damping in the first term's eigenbasis (module docstring)."""
+        A1, G1 = approximation.terms[0]
+        alpha, self.Q_A = robust_eigh(0.5 * (A1 + A1.transpose(0, 1)))
+        gamma, self.Q_G = robust_eigh(0.5 * (G1 + G1.transpose(0, 1)))
+        eye_p = torch.eye(A1.shape[0], dtype=A1.dtype, device=A1.device)
+        eye_q = torch.eye(G1.shape[0], dtype=G1.dtype, device=G1.device)
+        first = torch.outer(gamma, alpha) + damping  # (q, p): γ_i α_j + λ
+        if float(first.min()) <= 0.0:
+            raise FimbenchError("the exactly damped first term is not positive definite; increase the damping")
+        terms = [(A1, G1), (eye_p, damping * eye_q)]
+        self.denominator = first
+        if approximation.rank == 2:
+            C, D = approximation.terms[1]
+            c = ((self.Q_A.transpose(0, 1) @ C) * self.Q_A.transpose(0, 1)).sum(dim=1)  # diag(Q_Aᵀ C Q_A)
+            d = ((self.Q_G.transpose(0, 1) @ D) * self.Q_G.transpose(0, 1)).sum(dim=1)
+            coupling = torch.outer(d, c)
+            most_negative = float(-(coupling / first).min())
+            if most_negative > 1.0 - min_curvature_ratio:
+                self.correction_scale = (1.0 - min_curvature_ratio) / most_negative
+            self.denominator = first + self.correction_scale * coupling
+            C_bar = (self.Q_A * c) @ self.Q_A.transpose(0, 1)
+            D_bar = (self.Q_G * d) @ self.Q_G.transpose(0, 1)
+            terms.append((self.correction_scale * C_bar, D_bar))
+        self.operator = KroneckerSum(terms, method=approximation.method)
+
     def apply(self, V: Tensor) -> Tensor:
         """``damped(λ)⁻¹ vec(V)`` for a weight-shaped (q, p) ``V``."""
+        if self.form == EXACT:
+            return self.Q_G @ ((self.Q_G.transpose(0, 1) @ V @ self.Q_A) / self.denominator) @ self.Q_A.transpose(0, 1)
         if self.operator.rank == 1:
             return self.G_inv @ V @ self.A_inv
         return self.K2 @ ((self.K2.transpose(0, 1) @ V @ self.K1) / self.denominator) @ self.K1.transpose(0, 1)

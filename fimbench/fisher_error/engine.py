@@ -5,7 +5,13 @@ every i divisible by ``every`` (and once more after the last step), the current 
 targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
 captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
 these same statistics — no EMA, each warm-started from its own previous result (§4) — then
-:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix. Layers are the
+:mod:`fimbench.fisher` measures Error 1 and Error 2 without building a p·q-sized matrix (EKFAC: the batch's
+own eigenbasis and eigenvalues, :func:`fimbench.fisher.eigenbasis_errors`). The exact-NG
+references take the exact blocks themselves (``exact-ng-block``: ``F̂_l = F_ll``; ``exact-ng``: ``F̂ = F``), so
+their per-block errors are 0 by definition (path ``exact``). Each measurement also gives one row per
+entry whose ``layer`` is ``network``: the cross-layer Error 1 ``‖F − F̂‖_F / ‖F‖_F`` of the multi-layer
+Fisher over the chosen layers (:mod:`fimbench.network_error`; Error 2 is NaN there) — block-diagonality's
+share of the error beside the Kronecker structure's. Layers are the
 model's Linear and Conv2d layers in module order; a Conv2d's block is the shared-weight one,
 ``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` over its T output pixels (curvature/shared_weights.py).
 
@@ -24,14 +30,28 @@ from typing import Any, Iterator, Protocol, cast
 import torch
 from torch import Tensor
 
-from fimbench.capture import capture_statistics, kronecker_layers, layer_shape
+from fimbench.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape
 from fimbench.config import RunConfig
-from fimbench.curvature import KroneckerSum, Method, approximate
+from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method, approximate
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.errors import FimbenchError
-from fimbench.fisher import ExactFisher, approximation_errors
+from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
+from fimbench.curvature.methods import BLOCK_METHODS
+from fimbench.kronecker import kron_matvec
+from fimbench.names import variant_name
+from fimbench.sub_batch_fisher import SubBatchFisher
+from fimbench.two_level import NO_COARSE, coarse_vector, two_level_terms
+from fimbench.fisher import METRIC_DTYPE, ExactFisher, approximation_errors, eigenbasis_errors, eigenbasis_terms
 from fimbench.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
 from fimbench.names import check_dataset
+from fimbench.network_error import (
+    NETWORK,
+    NetworkTerms,
+    exact_block_terms,
+    kronecker_block_terms,
+    network_error,
+    network_squared_norm,
+)
 from fimbench.plots import METHOD_LABELS
 from fimbench.setup import (
     check_batch_size,
@@ -50,14 +70,17 @@ CSV_COLUMNS = ("iteration", "layer", "method", "rank", "error1", "error2", "iter
 
 @dataclass(frozen=True)
 class ErrorRow:
-    """One approximation of one layer's block at one iteration (a row of ``errors.csv``).
+    """One approximation of one layer's block at one iteration (a row of ``errors.csv``); ``layer`` is
+    ``"network"`` for the cross-layer error over all chosen layers (Error 2 NaN, iterations and seconds
+    summed over the layers).
 
-    ``rank``: Kronecker rank; ``iterations``: power-SVD / Lanczos iterations used; ``seconds``: time to
-    build the approximation (device-synchronised); ``path``: how Error 1 / Error 2 were computed.
+    ``rank``: Kronecker rank (0: the exact references); ``iterations``: power-SVD / Lanczos iterations used;
+    ``seconds``: time to build the approximation (device-synchronised; 0 for the exact references, which
+    build nothing); ``path``: how Error 1 / Error 2 were computed.
     """
 
     iteration: int
-    layer: int
+    layer: int | str
     method: str
     rank: int
     error1: float
@@ -69,20 +92,30 @@ class ErrorRow:
 
 @dataclass(frozen=True)
 class Entry:
-    """One curve of Figure 1: a method at a Kronecker rank (Lanczos may appear at several ranks)."""
+    """One curve of Figure 1: a method at a Kronecker rank (Lanczos may appear at several ranks), or with
+    ``coarse`` its two-level version, which has a network row only (its blocks are the method's)."""
 
     method: Method
     rank: int
+    coarse: str = NO_COARSE
+
+    @property
+    def name(self) -> str:
+        """The ``method`` of its rows: ``kfac``, or ``kfac+nicolaides`` for a two-level entry."""
+        return variant_name(self.method.value, coarse=self.coarse)
 
     @property
     def label(self) -> str:
-        return entry_label(self.method.value, self.rank)
+        return entry_label(self.name, self.rank)
 
 
 def entry_label(method: str, rank: int) -> str:
-    """``KFAC``, ``Deflation`` …; Lanczos at a rank other than the paper's 2 as ``Lanczos r=3``."""
-    name = METHOD_LABELS.get(method, method)
-    return f"{name} r={rank}" if method == Method.LANCZOS.value and rank != 2 else name
+    """``KFAC``, ``Deflation`` …; Lanczos at a rank other than the paper's 2 as ``Lanczos r=3``; a two-level
+    entry as ``KFAC + nicolaides``."""
+    base, _, coarse = method.partition("+")
+    name = METHOD_LABELS.get(base, base)
+    name = f"{name} r={rank}" if base == Method.LANCZOS.value and rank != 2 else name
+    return f"{name} + {coarse}" if coarse else name
 
 
 @dataclass(frozen=True)
@@ -96,9 +129,11 @@ class FisherErrorSettings:
     every: int = 20
     lanczos_rank: int | None = None  # also measure Lanczos at ranks 1..R
     empirical: bool = False
+    coarse: tuple[str, ...] = ()  # two-level network rows: nicolaides and / or spectral
 
     def entries(self) -> list[Entry]:
-        """Methods in the order given; Lanczos at rank 2, or at ranks 1..R with ``lanczos_rank``."""
+        """Methods in the order given; Lanczos at rank 2, or at ranks 1..R with ``lanczos_rank``; then each
+        block method's two-level entry per coarse space."""
         entries: list[Entry] = []
         for method in self.methods:
             if method is Method.LANCZOS and self.lanczos_rank is not None:
@@ -106,7 +141,8 @@ class FisherErrorSettings:
             entries.append(Entry(method, method.rank))
         if self.lanczos_rank is not None:
             entries += [Entry(Method.LANCZOS, rank) for rank in range(1, self.lanczos_rank + 1)]
-        return entries
+        two_level = [Entry(e.method, e.rank, coarse) for coarse in self.coarse for e in entries if e.method in BLOCK_METHODS]
+        return entries + two_level
 
 
 @dataclass
@@ -189,14 +225,31 @@ class FisherErrorMeter:
         self.previous: dict[tuple[int, Entry], KroneckerSum] = {}
 
     def measure(self, iteration: int, x: Tensor) -> list[ErrorRow]:
-        """One row per (layer, entry) for the mini-batch ``x`` (module docstring)."""
+        """One row per (layer, entry) and one network row per entry for the mini-batch ``x`` (module docstring)."""
         captured = capture_statistics(
             self.model, x, self.model.likelihood, self.modules, targets=x if self.empirical else None, generator=self.generator
         )
         rows: list[ErrorRow] = []
+        blocks: dict[Entry, list[NetworkTerms]] = {entry: [] for entry in self.entries}
+        built_blocks: dict[Entry, list[KroneckerSum | EigenbasisDiagonal]] = {entry: [] for entry in self.entries}
         for layer, stats in zip(self.layers, captured):
             fisher = ExactFisher(stats.a, stats.g)
             for entry in self.entries:
+                if entry.coarse != NO_COARSE:
+                    continue  # network row only, from its method's blocks
+                if entry.method in EXACT_METHODS:
+                    blocks[entry].append(exact_block_terms(fisher))
+                    rows.append(ErrorRow(iteration, layer, entry.method.value, entry.rank, 0.0, 0.0, 0, 0.0, "exact"))
+                    continue
+                if entry.method is Method.EKFAC:
+                    seconds, ekfac = timed_call(lambda: approximate_ekfac(stats.a, stats.g), self.device)
+                    built_blocks[entry].append(ekfac)
+                    terms, errors = eigenbasis_terms(fisher, ekfac), eigenbasis_errors(fisher, ekfac)
+                    blocks[entry].append(NetworkTerms(*terms))
+                    rows.append(
+                        ErrorRow(iteration, layer, entry.method.value, entry.rank, errors.error1.value, errors.error2.value, 0, seconds, errors.path)
+                    )
+                    continue
                 seconds, built = timed_call(
                     lambda: approximate(
                         entry.method,
@@ -212,6 +265,8 @@ class FisherErrorMeter:
                 )
                 approximation = cast(KroneckerSum, built)
                 self.previous[(layer, entry)] = approximation
+                built_blocks[entry].append(approximation)
+                blocks[entry].append(kronecker_block_terms(fisher, approximation.terms))
                 errors = approximation_errors(fisher, approximation.terms)
                 rows.append(
                     ErrorRow(
@@ -226,7 +281,60 @@ class FisherErrorMeter:
                         path=errors.path,
                     )
                 )
-        return rows
+        squared_norm = network_squared_norm(captured)
+        for entry in self.entries:
+            if entry.coarse != NO_COARSE:
+                one_level = Entry(entry.method, entry.rank)
+                blocks[entry] = [two_level_network_terms(captured, built_blocks[one_level], entry.coarse, sum(blocks[one_level][1:], blocks[one_level][0]))]
+        return rows + self.network_rows(iteration, squared_norm, blocks, rows)
+
+    def network_rows(
+        self, iteration: int, squared_norm: float, blocks: dict[Entry, list[NetworkTerms]], rows: list[ErrorRow]
+    ) -> list[ErrorRow]:
+        """Per entry, the network error of ``blockdiag(F̂_l)`` from its blocks' terms (``exact-ng``: ``F̂ = F``)."""
+        network = []
+        for entry, terms in blocks.items():
+            whole = NetworkTerms(squared_norm, squared_norm) if entry.method is Method.EXACT_NG else sum(terms[1:], terms[0])
+            own = [row for row in rows if row.method == entry.method.value and row.rank == entry.rank]  # the blocks
+            network.append(
+                ErrorRow(
+                    iteration=iteration,
+                    layer=NETWORK,
+                    method=entry.name,
+                    rank=entry.rank,
+                    error1=network_error(squared_norm, whole).value,
+                    error2=math.nan,
+                    iterations=sum(row.iterations for row in own),
+                    seconds=sum(row.seconds for row in own),
+                    path="gram",
+                )
+            )
+        return network
+
+
+def two_level_network_terms(
+    statistics: list[LayerStatistics], approximations: list[KroneckerSum | EigenbasisDiagonal], coarse: str, blocks: NetworkTerms
+) -> NetworkTerms:
+    """The network terms of the two-level approximation ``P⁻¹`` of the blocks ``approximations`` (undamped;
+    :func:`fimbench.two_level.two_level_terms`) with the coarse space ``coarse`` (nicolaides or spectral)."""
+    fisher = SubBatchFisher(statistics)
+    matvecs, vectors = [], []
+    for approximation, stats in zip(approximations, statistics):
+        like = torch.zeros(stats.g.shape[-1], stats.a.shape[-1], dtype=METRIC_DTYPE, device=stats.a.device)
+        if isinstance(approximation, EigenbasisDiagonal):
+            ekfac = EigenbasisDiagonal(
+                tuple(t.to(METRIC_DTYPE) for t in approximation.factors),  # type: ignore[arg-type]
+                tuple(t.to(METRIC_DTYPE) for t in approximation.bases),  # type: ignore[arg-type]
+                approximation.scales.to(METRIC_DTYPE),
+            )
+            matvecs.append(ekfac.matvec)
+            first = ekfac.factors
+        else:
+            terms = [(A.to(METRIC_DTYPE), G.to(METRIC_DTYPE)) for A, G in approximation.terms]
+            matvecs.append(lambda V, terms=terms: sum(kron_matvec(A, G, V) for A, G in terms))
+            first = terms[0]
+        vectors.append(coarse_vector(coarse, first, like))
+    return two_level_terms(fisher, matvecs, vectors, blocks)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
@@ -270,7 +378,7 @@ def run_fisher_error(
         "dataset": config.data.dataset,
         "synthetic": data.synthetic,
         "layers": layers,
-        "entries": [{"method": entry.method.value, "rank": entry.rank} for entry in entries],
+        "entries": [{"method": entry.name, "rank": entry.rank} for entry in entries],
         "optimizer": options.method,
         "lr": options.lr,
         "batch_size": training.batch_size,

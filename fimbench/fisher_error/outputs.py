@@ -14,18 +14,21 @@ from typing import Any
 from fimbench.curvature import Method
 from fimbench.fisher_error.engine import CSV_COLUMNS, Entry, ErrorRow, FisherErrorResult
 from fimbench.io import atomic_write_json, atomic_write_text
+from fimbench.network_error import NETWORK
+from fimbench.two_level import NO_COARSE
 from fimbench.plots import method_color, new_figure, save_png
 
 
 @dataclass(frozen=True)
 class EntrySummary:
-    """Statistics of one entry over a run (all layers, or one): median / mean / max of both errors (NaNs
-    skipped), the fraction of measurements where it beats KFAC (``None`` for KFAC itself or without KFAC),
-    mean iterations and seconds, and the paths its numbers came from."""
+    """Statistics of one entry over a run (all layers' blocks, one layer, or the ``network`` rows): median /
+    mean / max of both errors (NaNs skipped), the fraction of measurements where it beats KFAC (``None`` for
+    KFAC itself or without KFAC), mean iterations and seconds, and the paths its numbers came from. Over
+    all layers, ``network_error1_median`` / ``_mean`` summarise the cross-layer Error 1 beside them."""
 
     method: str
     rank: int
-    layer: int | None
+    layer: int | str | None
     measurements: int
     error1_median: float
     error1_mean: float
@@ -38,6 +41,8 @@ class EntrySummary:
     iterations_mean: float
     seconds_mean: float
     paths: str
+    network_error1_median: float | None = None
+    network_error1_mean: float | None = None
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:
@@ -48,9 +53,11 @@ def _stats(values: list[float]) -> tuple[float, float, float]:
 
 
 def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySummary]:
-    """One :class:`EntrySummary` per entry (over all layers), or per (layer, entry) with ``by_layer``."""
+    """One :class:`EntrySummary` per entry (over all layers' blocks, with the network error beside), or per
+    (layer, entry) with ``by_layer``, the ``network`` rows last as a layer of their own."""
     kfac = {(row.iteration, row.layer): row for row in result.rows if row.method == Method.KFAC.value}
-    groups = [(layer, entry) for layer in result.layers for entry in result.entries] if by_layer else [
+    layers: list[int | str] = [*result.layers, NETWORK]
+    groups = [(layer, entry) for layer in layers for entry in result.entries] if by_layer else [
         (None, entry) for entry in result.entries
     ]
     summaries = []
@@ -58,20 +65,23 @@ def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySu
         rows = [
             row
             for row in result.rows
-            if row.method == entry.method.value and row.rank == entry.rank and (layer is None or row.layer == layer)
+            if row.method == entry.name and row.rank == entry.rank and (row.layer == layer or layer is None and row.layer != NETWORK)
         ]
-        if not rows:
+        network = [
+            row.error1 for row in result.rows if row.method == entry.name and row.rank == entry.rank and row.layer == NETWORK
+        ] if layer is None else []
+        if not rows and not network:
             continue
-        compared = [] if entry.method is Method.KFAC else [
+        compared = [] if entry.name == Method.KFAC.value else [
             (row, kfac[(row.iteration, row.layer)]) for row in rows if (row.iteration, row.layer) in kfac
         ]
         e1, e2 = _stats([row.error1 for row in rows]), _stats([row.error2 for row in rows])
         summaries.append(
             EntrySummary(
-                method=entry.method.value,
+                method=entry.name,
                 rank=entry.rank,
                 layer=layer,
-                measurements=len(rows),
+                measurements=len(rows) or len(network),
                 error1_median=e1[0],
                 error1_mean=e1[1],
                 error1_max=e1[2],
@@ -80,9 +90,11 @@ def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySu
                 error2_max=e2[2],
                 beats_kfac_error1=statistics.fmean(row.error1 < base.error1 for row, base in compared) if compared else None,
                 beats_kfac_error2=statistics.fmean(row.error2 < base.error2 for row, base in compared) if compared else None,
-                iterations_mean=statistics.fmean(row.iterations for row in rows),
-                seconds_mean=statistics.fmean(row.seconds for row in rows),
+                iterations_mean=statistics.fmean(row.iterations for row in rows) if rows else math.nan,
+                seconds_mean=statistics.fmean(row.seconds for row in rows) if rows else math.nan,
                 paths=",".join(sorted({row.path for row in rows})),
+                network_error1_median=_stats(network)[0] if network else None,
+                network_error1_mean=_stats(network)[1] if network else None,
             )
         )
     return summaries
@@ -121,7 +133,9 @@ def summary_json(result: FisherErrorResult) -> dict[str, Any]:
             "training_loss": [{"iteration": iteration, "loss": loss} for iteration, loss in result.losses],
             "loss_convention": "per-example negative log-likelihood summed over pixels, mean over the batch",
             "errors": "error1 = ‖F − F̂‖_F/‖F‖_F, error2 = ‖spec(F) − spec(F̂)‖₂/‖spec(F)‖₂ (paper §4.1); "
-            "path = error1 path/error2 path (gram, kron, dense, lanczos; see fimbench.fisher)",
+            "path = error1 path/error2 path (gram, kron, dense, lanczos; see fimbench.fisher; exact: the exact "
+            "block itself); layer 'network': error1 of the multi-layer Fisher over the chosen layers "
+            "(fimbench.network_error)",
         }
     )
 
@@ -152,6 +166,9 @@ MARKERS: dict[Method, str] = {
     Method.DEFLATION: "^",
     Method.LANCZOS: "v",
     Method.KFAC_CORRECTED: "D",
+    Method.EXACT_NG: "*",
+    Method.EXACT_NG_BLOCK: "P",
+    Method.EKFAC: "X",
 }
 """Deflation and Lanczos (rank 2) reach the same optimum (eq. 5): markers keep both curves visible."""
 
@@ -164,27 +181,33 @@ def _line_style(entry: Entry) -> str:
 
 
 def plot_figure1(result: FisherErrorResult, path: Path) -> None:
-    """Error 1 and Error 2 against iteration, one line per entry, in the layout of the paper's Figure 1.
+    """Error 1 and Error 2 against iteration, one line per entry, in the layout of the paper's Figure 1,
+    and last the network panel: the cross-layer Error 1 over the chosen layers (its Error 2 panel is empty).
 
     Like the paper's MNIST panel, an axis whose errors exceed 1 is clipped to [0, 1] (and says so).
     """
-    count = len(result.layers)
+    panels: list[int | str] = [*result.layers, NETWORK] if any(r.layer == NETWORK for r in result.rows) else list(result.layers)
+    count = len(panels)
     rows, columns = figure_layout(count)
     figure, axes = new_figure(rows, columns, *FIGURE_PANEL)
-    for index, layer in enumerate(result.layers):
-        p, q = result.layer_shapes[layer]
+    for index, layer in enumerate(panels):
         for metric, name in enumerate(("Error 1", "Error 2")):
             row, column = _panel(index, metric, count)
+            if layer == NETWORK and metric == 1:
+                axes[row][column].set_visible(False)  # type: ignore[index]
+                continue
             ax = axes[row][column]  # type: ignore[index]
             peak = 0.0
             for entry in result.entries:
-                selected = [r for r in result.rows if r.layer == layer and r.method == entry.method.value and r.rank == entry.rank]
+                selected = [r for r in result.rows if r.layer == layer and r.method == entry.name and r.rank == entry.rank]
+                if not selected:
+                    continue  # a two-level entry has the network panel only
                 values = [r.error2 if metric else r.error1 for r in selected]
                 peak = max([peak] + [value for value in values if math.isfinite(value)])
                 ax.plot(
                     [r.iteration for r in selected],
                     values,
-                    _line_style(entry),
+                    _line_style(entry) if entry.coarse == NO_COARSE else "-.",
                     color=method_color(entry.method.value),
                     label=entry.label,
                     linewidth=1.4,
@@ -195,7 +218,12 @@ def plot_figure1(result: FisherErrorResult, path: Path) -> None:
                 )
             clipped = peak > 1.0
             ax.set_ylim(0.0, 1.0 if clipped else max(1.05 * peak, 1e-12))
-            ax.set_title(f"layer {layer} (p={p}, q={q}): {name}" + (", clipped at 1" if clipped else ""), fontsize=9)
+            if layer == NETWORK:
+                heading = f"network ({len(result.layers)} layers): cross-layer {name}"
+            else:
+                p, q = result.layer_shapes[layer]  # type: ignore[index]
+                heading = f"layer {layer} (p={p}, q={q}): {name}"
+            ax.set_title(heading + (", clipped at 1" if clipped else ""), fontsize=9)
             ax.set_xlabel("iteration")
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)

@@ -38,7 +38,7 @@ GRID_KEYS: dict[str, str] = {"lr": "optimizer.lr", "damping": "optimizer.damping
 
 def tunable_keys(method: Method) -> tuple[str, ...]:
     """The grid keys a method tunes: SGD and Adam have no damping and no KL-clipping."""
-    return tuple(GRID_KEYS) if method.is_kronecker else ("lr",)
+    return tuple(GRID_KEYS) if method.is_preconditioned else ("lr",)
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
@@ -114,7 +114,7 @@ class SweepPlan:
 
 
 def _axis(method: Method, architecture: Architecture, key: str, given: Sequence[float] | None, authors_scale: bool) -> GridAxis:
-    if given is None and method.is_kronecker and not authors_scale:
+    if given is None and method.is_preconditioned and not authors_scale:
         return GridAxis(key, KRONECKER_GRID[key], None)
     raw = tuple(given) if given is not None else PAPER_GRID[key]
     converted = authors_scale or given is None

@@ -1,0 +1,198 @@
+"""EKFAC (George et al., 2018): K-FAC's eigenbasis with re-fitted eigenvalues.
+
+K-FAC's factors ``A = E[ā āᵀ] = Q_A diag(α) Q_Aᵀ`` and ``G = E[g gᵀ] = Q_G diag(γ) Q_Gᵀ`` (EMA-averaged
+exactly as K-FAC's, K-FAC-expand's for a layer applied at T positions) give the eigenbasis
+``Q = Q_A ⊗ Q_G`` of ``A ⊗ G``. EKFAC keeps that basis and replaces K-FAC's eigenvalues ``γ_i α_j`` by the
+diagonal that is closest to ``F`` in the Frobenius norm among all operators diagonal in ``Q``:
+
+    F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ,   S_ij = (Qᵀ F Q)_{(j,i),(j,i)} = E_n[(Q_Gᵀ DW_n Q_A)_ij²],
+
+with ``DW_n = Σ_t g_nt ā_ntᵀ`` (q × p) the per-example gradient; for T = 1 this is
+``S_ij = E[(q_Gᵢᵀ g)² (q_Aⱼᵀ ā)²]``. ``S`` is (q × p), the layout of the weight gradient, so that the
+spectrum of F̂ is exactly ``{S_ij}``.
+
+Schedule (the eigenvalues more often than the eigenbasis, as George et al.): every statistics update (T1)
+moves the factors by K-FAC's EMA and the eigenvalues towards the EMA target ``ρ F̂_old + (1 − ρ) F_batch``.
+The basis is recomputed from the new factors at the first update after each refresh (T2; the preconditioner
+asks with ``new_basis``), and kept otherwise. In a kept basis the target's optimal diagonal is
+``S = ρ S_old + (1 − ρ) S_batch``. The Frobenius-optimal diagonal is linear in the operator, so in a new
+basis the old F̂ is carried over exactly: ``S = ρ (P_G ∘ P_G) S_old (P_A ∘ P_A)ᵀ + (1 − ρ) S_batch``
+with ``P_A = Q_Aᵀ Q_A,old``, ``P_G = Q_Gᵀ Q_G,old`` (the diagonal of the old F̂ seen in the new basis).
+Without a prior (the first update, ``fisher-error``), F̂ is the batch's own EKFAC.
+
+Damping is exact in the eigenbasis at no extra cost: ``(F̂ + λI)⁻¹ vec V = vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``.
+
+Departures: curvlinops' ``EKFACLinearOperator`` computes the basis and the eigenvalues once on a data set
+(no EMA); George et al.'s algorithm and ASDL restart the running average of S with a new basis. Here the
+old eigenvalues are carried into the new basis by the exact re-basing above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from fimbench.curvature.kfac import kfac_factors
+from fimbench.curvature.kronecker_sum import KroneckerSum, robust_eigh
+from fimbench.errors import FimbenchError
+from fimbench.kronecker import kron_dense
+
+if TYPE_CHECKING:
+    from fimbench.capture import LayerStatistics
+
+
+@dataclass
+class EigenbasisDiagonal:
+    """``F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ`` (module docstring) and the K-FAC factors ``A``, ``G``
+    its basis is computed from (at the latest new-basis update; they have moved by EMA since)."""
+
+    factors: tuple[Tensor, Tensor]
+    bases: tuple[Tensor, Tensor]
+    scales: Tensor
+    method: str = "ekfac"
+
+    @property
+    def p(self) -> int:
+        return self.bases[0].shape[0]
+
+    @property
+    def q(self) -> int:
+        return self.bases[1].shape[0]
+
+    def to_dense(self) -> Tensor:
+        """Dense F̂ (pq × pq) — reference code and small layers only."""
+        Q = kron_dense(*self.bases)
+        return Q @ torch.diag(self.scales.transpose(0, 1).reshape(-1)) @ Q.transpose(0, 1)
+
+    def matvec(self, V: Tensor) -> Tensor:
+        """``F̂ vec V = vec(Q_G ((Q_Gᵀ V Q_A) ∘ S) Q_Aᵀ)`` for a (q, p) ``V``."""
+        Q_A, Q_G = self.bases
+        return Q_G @ ((Q_G.transpose(0, 1) @ V @ Q_A) * self.scales) @ Q_A.transpose(0, 1)
+
+    def solve(self, V: Tensor, damping: float) -> Tensor:
+        """``(F̂ + λI)⁻¹ vec V = vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``."""
+        if not damping > 0:
+            raise FimbenchError(f"EKFAC's damped solve needs damping > 0, got {damping}")
+        Q_A, Q_G = self.bases
+        return Q_G @ ((Q_G.transpose(0, 1) @ V @ Q_A) / (self.scales + damping)) @ Q_A.transpose(0, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain data (``torch.load(weights_only=True)``)."""
+        return {"factors": list(self.factors), "bases": list(self.bases), "scales": self.scales}
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Any], device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> "EigenbasisDiagonal":
+        """The inverse of :meth:`state_dict`, moved to ``device`` and cast to ``dtype`` if given."""
+        factors = tuple(t.to(device, dtype) for t in state["factors"])
+        bases = tuple(t.to(device, dtype) for t in state["bases"])
+        return cls(factors, bases, state["scales"].to(device, dtype))  # type: ignore[arg-type]
+
+
+def eigenbases(A: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
+    """Orthonormal eigenvectors ``Q_A`` of ``A`` and ``Q_G`` of ``G``."""
+    return robust_eigh(0.5 * (A + A.transpose(0, 1)))[1], robust_eigh(0.5 * (G + G.transpose(0, 1)))[1]
+
+
+def projected_moments(a: Tensor, g: Tensor, bases: tuple[Tensor, Tensor]) -> Tensor:
+    """``S_batch = (1/m) Σ_n (Q_Gᵀ DW_n Q_A)²`` (q × p) — T = 1: ``(g Q_G)²ᵀ (ā Q_A)² / m``, O(m(p² + q² + pq));
+    T positions: ``Q_Gᵀ DW_n Q_A = (g_n Q_G)ᵀ (ā_n Q_A)``, O(m T pq + m(p² + q²) T)."""
+    Q_A, Q_G = bases
+    a_rotated, g_rotated = a @ Q_A, g @ Q_G
+    if a.ndim == 2:
+        return g_rotated.square().transpose(0, 1) @ a_rotated.square() / a.shape[0]
+    return torch.einsum("ntq,ntp->nqp", g_rotated, a_rotated).square().mean(dim=0)
+
+
+def rebase(scales: Tensor, old: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor]) -> Tensor:
+    """The diagonal in the basis ``new`` of ``(Q_A' ⊗ Q_G') diag(vec S) (Q_A' ⊗ Q_G')ᵀ`` (basis ``old``):
+    ``(P_G ∘ P_G) S (P_A ∘ P_A)ᵀ``, ``P = Q_newᵀ Q_old``."""
+    P_A = new[0].transpose(0, 1) @ old[0]
+    P_G = new[1].transpose(0, 1) @ old[1]
+    return P_G.square() @ scales @ P_A.square().transpose(0, 1)
+
+
+def approximate_ekfac(
+    a: Tensor, g: Tensor, prior: EigenbasisDiagonal | None = None, decay: float = 0.0, new_basis: bool = True
+) -> EigenbasisDiagonal:
+    """EKFAC of the statistics ``a`` (m, p) / (m, T, p) and ``g`` (m, q) / (m, T, q) (module docstring).
+
+    Without a prior: the batch's factors, their eigenbasis and ``S_batch`` in it. With a prior and
+    ``decay = ρ``: K-FAC's EMA of the factors and ``S = ρ S_old + (1 − ρ) S_batch`` — in the eigenbasis of the
+    new factors with ``new_basis`` (``S_old`` re-based exactly), else in the prior's basis.
+    """
+    factors = kfac_factors(a, g, None if prior is None else KroneckerSum([prior.factors]), decay)
+    if prior is None:
+        bases = eigenbases(*factors)
+        return EigenbasisDiagonal(factors, bases, projected_moments(a, g, bases))
+    bases = eigenbases(*factors) if new_basis else prior.bases
+    carried = rebase(prior.scales, prior.bases, bases) if new_basis else prior.scales
+    return EigenbasisDiagonal(factors, bases, decay * carried + (1.0 - decay) * projected_moments(a, g, bases))
+
+
+class EigenbasisBlock:
+    """EKFAC's :class:`~fimbench.curvature_blocks.CurvatureBlock`: ``F̂ + λI`` of :class:`EigenbasisDiagonal`,
+    the basis recomputed at the first update after each refresh (module docstring)."""
+
+    def __init__(self) -> None:
+        self.approximation: EigenbasisDiagonal | None = None
+        self.source: EigenbasisDiagonal | None = None  # the approximation of the latest refresh
+        self.damping = 0.0
+        self.denominator: Tensor | None = None  # S + λ of the latest refresh
+        self.basis_due = True
+
+    def update(self, statistics: "LayerStatistics", decay: float) -> None:
+        """Factors and eigenvalues towards ``ρ F̂_old + (1 − ρ) F_batch``; no iterative solver runs."""
+        self.approximation = approximate_ekfac(statistics.a, statistics.g, self.approximation, decay, self.basis_due)
+        self.basis_due = False
+
+    def refresh(self, damping: float) -> None:
+        """``S + λ`` of the current approximation (``(F̂ + λI)⁻¹`` is diagonal in its eigenbasis); the next
+        update takes a new basis."""
+        if not damping > 0:
+            raise FimbenchError(f"EKFAC's damped solve needs damping > 0, got {damping}")
+        self.source, self.damping, self.basis_due = self.approximation, damping, True
+        self.denominator = self.source.scales + damping  # type: ignore[union-attr]
+
+    def apply(self, gradient: Tensor) -> Tensor:
+        """``vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``."""
+        Q_A, Q_G = self.source.bases  # type: ignore[union-attr]
+        return Q_G @ ((Q_G.transpose(0, 1) @ gradient @ Q_A) / self.denominator) @ Q_A.transpose(0, 1)
+
+    def quadratic(self, delta: Tensor) -> Tensor:
+        """``vec(δ)ᵀ (F̂ + λI) vec(δ)``."""
+        return (delta * self.source.matvec(delta)).sum() + self.damping * delta.square().sum()  # type: ignore[union-attr]
+
+    @property
+    def first_term(self) -> tuple[Tensor, Tensor]:
+        """K-FAC's factors ``A``, ``G`` (the spectral coarse space reads them)."""
+        return self.approximation.factors  # type: ignore[union-attr]
+
+    @property
+    def correction_scale(self) -> float | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The approximation and, once refreshed, the refresh's λ, its approximation when that is older, and
+        whether a new basis is due (before a refresh it is due exactly when there is no approximation yet)."""
+        inverse = None
+        if self.source is not None:
+            source = None if self.source is self.approximation else self.source.state_dict()
+            inverse = {"damping": self.damping, "source": source, "basis_due": self.basis_due}
+        return {"approximation": None if self.approximation is None else self.approximation.state_dict(), "inverse": inverse}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
+        entry = state["approximation"]
+        self.approximation = None if entry is None else EigenbasisDiagonal.from_state_dict(entry, device, dtype)
+        inverse = state["inverse"]
+        if inverse is None:
+            self.source, self.damping, self.basis_due, self.denominator = None, 0.0, self.approximation is None, None
+            return
+        source = inverse["source"]
+        self.source = self.approximation if source is None else EigenbasisDiagonal.from_state_dict(source, device, dtype)
+        self.damping, self.basis_due = inverse["damping"], inverse["basis_due"]
+        self.denominator = self.source.scales + self.damping
