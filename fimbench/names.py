@@ -17,6 +17,9 @@ METHODS: tuple[str, ...] = ("kfac", "kpsvd", "deflation", "lanczos", "kfac-corre
 """Every optimizer, in :class:`fimbench.curvature.Method`'s order."""
 KRONECKER_METHODS: tuple[str, ...] = METHODS[:5]
 """The methods that precondition with a Kronecker approximation."""
+STEP_RULES: tuple[str, ...] = ("fixed", "qmodel")
+"""How a Kronecker method's step is sized: the torch optimizer's lr and momentum, or the quadratic model
+(:mod:`fimbench.step_rule`)."""
 
 
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:

@@ -23,6 +23,12 @@ With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule o
 every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
 blocks are re-factorised at the next step.
 
+Step rule: ``step_rule="fixed"`` leaves the step to the torch optimizer (as above);
+``step_rule="qmodel"`` sizes it by the quadratic model of :mod:`fimbench.step_rule` and takes it here:
+``step()`` sets ``θ ← θ + α Δ + μ δ₀`` with Δ = −F̃⁻¹(∇h + η θ) (η = ``weight_decay``), α and μ
+minimising ``M(δ)`` with the exact Fisher :attr:`fisher` of the latest Fisher sub-batch, and no torch
+optimizer is stepped for these layers (no KL-clipping, learning rate or momentum on top).
+
 Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
 preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
 the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
@@ -48,8 +54,11 @@ from fimbench.distributed import gather_statistics
 from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_matvec
 from fimbench.models import Likelihood, parse_likelihood
-from fimbench.selection import LayerSpec, select_layers, unwrap, warn_raw_gradients
+from fimbench.names import STEP_RULES
+from fimbench.selection import LayerSpec, raw_gradient_modules, select_layers, unwrap, warn_raw_gradients
 from fimbench.settings import PreconditionerSettings
+from fimbench.step_rule import QMODEL, QuadraticStepRule
+from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import PhaseTimer
 
 
@@ -82,10 +91,12 @@ class PreconditionerDiagnostics:
 
 @dataclass
 class DampingTrial:
-    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update."""
+    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update —
+    or, for a step of the quadratic model, the model's ``M_h(δ)`` of that step (``predicted``)."""
 
     parameters: list[Tensor]
     gradients: list[Tensor]
+    predicted: Tensor | None = None
 
 
 class KroneckerPreconditioner:
@@ -105,6 +116,7 @@ class KroneckerPreconditioner:
         skip_layers: Sequence[LayerSpec] | None = None,
         grad_scaler: GradScalerLike | None = None,
         factor_dtype: torch.dtype | None = None,
+        weight_decay: float = 0.0,
         **overrides: Any,
     ) -> None:
         """``settings`` (default: :class:`PreconditionerSettings`', which own every default), with any of its
@@ -112,7 +124,9 @@ class KroneckerPreconditioner:
 
         ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
         (:mod:`fimbench.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.amp`. Under an
-        initialised process group the statistics of all ranks are gathered (:mod:`fimbench.distributed`)."""
+        initialised process group the statistics of all ranks are gathered (:mod:`fimbench.distributed`).
+        ``weight_decay`` η: only with ``step_rule="qmodel"`` (:mod:`fimbench.step_rule`), which takes the
+        step itself; with the fixed rule weight decay is the torch optimizer's."""
         self.method = parse_method(method, kronecker_only=True)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         checks = {
@@ -126,6 +140,7 @@ class KroneckerPreconditioner:
             "damping_schedule": settings.damping_schedule in DAMPING_SCHEDULES,
             "damping_every": settings.damping_every >= 1,
             "damping_min": 0 < settings.damping_min <= settings.damping_max,
+            "step_rule": settings.step_rule in STEP_RULES,
         }
         for name, valid in checks.items():
             if not valid:
@@ -141,7 +156,15 @@ class KroneckerPreconditioner:
         self.layers = select_layers(self.model, layers, skip_layers)
         if not self.layers:
             raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
-        warn_raw_gradients(self.model, self.layers)
+        self.quadratic_rule = QuadraticStepRule(weight_decay) if settings.step_rule == QMODEL else None
+        if self.quadratic_rule is not None:
+            _check_quadratic_rule(self.model, self.layers, grad_scaler, weight_decay, overrides)
+        else:
+            if weight_decay:
+                raise FimbenchError(
+                    "weight_decay= is for step_rule='qmodel'; with the fixed step rule weight decay is the torch optimizer's"
+                )
+            warn_raw_gradients(self.model, self.layers)
         self.grad_scaler = grad_scaler
         self.factor_dtype = resolve_factor_dtype(self.model, factor_dtype)
         self.damping = damping
@@ -149,7 +172,7 @@ class KroneckerPreconditioner:
         self.schedule = (
             LevenbergMarquardt(settings.damping_every, damping_min, damping_max) if settings.damping_schedule == ADAPTIVE else None
         )
-        self.kl_clip = settings.kl_clip
+        self.kl_clip = None if self.quadratic_rule is not None else settings.kl_clip  # the model sizes the step
         self.stats_every = settings.stats_every
         self.inverse_every = settings.inverse_every
         self.ema_decay = settings.ema_decay
@@ -166,6 +189,7 @@ class KroneckerPreconditioner:
         self.diagnostics = PreconditionerDiagnostics()
         self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
         self.trial: DampingTrial | None = None
+        self.fisher: SubBatchFisher | None = None  # the exact Fisher of the latest Fisher sub-batch
         self._alignment: Tensor | None = None  # at the latest refresh, kept on the device
         self.correction_scale: float | None = None  # smallest τ over layers at the latest refresh (rank 2)
 
@@ -178,8 +202,10 @@ class KroneckerPreconditioner:
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,
     ) -> "KroneckerPreconditioner":
-        """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is)."""
-        return cls(model, likelihood, config.method, config, generator=generator, timer=timer)
+        """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is; its weight
+        decay with ``step_rule="qmodel"``, which takes the step itself)."""
+        weight_decay = config.weight_decay if config.step_rule == QMODEL else 0.0
+        return cls(model, likelihood, config.method, config, generator=generator, timer=timer, weight_decay=weight_decay)
 
     def _phase(self, name: str) -> ContextManager[None]:
         return self.timer.phase(name) if self.timer is not None else nullcontext()
@@ -200,6 +226,7 @@ class KroneckerPreconditioner:
             statistics = gather_statistics(
                 [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
             )
+        self.fisher = SubBatchFisher(statistics)
         self.updates += 1
         decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
         with self._phase("approximate"):
@@ -284,12 +311,21 @@ class KroneckerPreconditioner:
         refresh = self.steps % self.inverse_every == 0 or self.refresh_due
         if refresh:
             self.refresh_inverses()
-        if self.schedule is not None and self.steps % self.schedule.every == 0:
+        judged = self.schedule is not None and self.steps % self.schedule.every == 0
+        if judged and self.quadratic_rule is None:
             self.trial = DampingTrial(
                 [weight_of(layer).detach().to(self.factor_dtype) for layer in self.layers],
                 [weight_gradient(layer).to(self.factor_dtype) / gradient_scale(self.grad_scaler) for layer in self.layers],
             )
-        nu = self.precondition(measure_alignment=refresh)
+        if self.quadratic_rule is None:
+            nu = self.precondition(measure_alignment=refresh)
+        else:
+            gradients, parameters = self.quadratic_rule.objective_gradients(self.layers, self.factor_dtype)
+            nu = self.precondition(measure_alignment=refresh)  # grad ← F̃⁻¹ g, unclipped
+            with self._phase("step_rule"):
+                step = self.quadratic_rule.take_step(self.layers, gradients, parameters, self.fisher, self.damping)  # type: ignore[arg-type]
+            if judged:
+                self.trial = DampingTrial([], [], step.predicted_h)
         self.steps += 1
         self.diagnostics.steps += 1
         clip_sum = self.diagnostics.clip_sum
@@ -316,7 +352,7 @@ class KroneckerPreconditioner:
         on the batch of the last T3 step; returns ρ. The blocks are re-factorised at the next step if λ moved."""
         if self.trial is None or self.schedule is None:
             raise FimbenchError("adapt_damping is called once after each step whose awaiting_loss is true")
-        predicted = float(self.predicted_change(self.trial))
+        predicted = float(self.trial.predicted if self.trial.predicted is not None else self.predicted_change(self.trial))
         self.trial = None
         rho = reduction_ratio(float(loss_after) - float(loss_before), predicted)
         damping = self.schedule.update(self.damping, rho)
@@ -327,10 +363,13 @@ class KroneckerPreconditioner:
         return rho
 
     def pop_diagnostics(self) -> dict[str, float | int | None]:
-        """Summary since the last call (iterations, residuals, ν, adaptations; resets them) and the state
-        now: λ, and ``alignment`` and ``correction_scale`` at the latest refresh."""
+        """Summary since the last call (iterations, residuals, ν, adaptations, and under ``qmodel`` the
+        means of α, μ and the predicted decrease; resets them) and the state now: λ, and ``alignment`` and
+        ``correction_scale`` at the latest refresh."""
         summary = self.diagnostics.summary()
         summary.update(damping=self.damping, alignment=self.alignment, correction_scale=self.correction_scale)
+        if self.quadratic_rule is not None:
+            summary.update(self.quadratic_rule.pop_summary())
         self.diagnostics = PreconditionerDiagnostics()
         return summary
 
@@ -348,3 +387,25 @@ class KroneckerPreconditioner:
         from fimbench.preconditioner_state import load_preconditioner_state
 
         load_preconditioner_state(self, state)
+
+
+def _check_quadratic_rule(
+    model: nn.Module, layers: list, grad_scaler: GradScalerLike | None, weight_decay: float, overrides: dict[str, Any]
+) -> None:
+    """One-line errors for what ``step_rule="qmodel"`` cannot do: it takes the whole step, so every trainable
+    parameter needs its Fisher block, and there is no torch optimizer for a GradScaler or a KL-clip."""
+    raw = raw_gradient_modules(model, layers)
+    if raw:
+        raise FimbenchError(
+            f"step_rule='qmodel' takes the whole step, but the quadratic model has no Fisher for the trainable "
+            f"parameters of {', '.join(raw)}; precondition them (layers=), freeze them, or use step_rule='fixed'"
+        )
+    if grad_scaler is not None:
+        raise FimbenchError(
+            "step_rule='qmodel' takes the step itself, without a torch optimizer for a GradScaler to step; "
+            "use bfloat16 autocast without a scaler, or step_rule='fixed'"
+        )
+    if not weight_decay >= 0:
+        raise FimbenchError(f"invalid optimizer setting weight_decay={weight_decay}")
+    if overrides.get("kl_clip") is not None:
+        raise FimbenchError("kl_clip does not apply with step_rule='qmodel': the quadratic model sizes the step; leave it out")
