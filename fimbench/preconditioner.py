@@ -26,8 +26,9 @@ blocks are re-factorised at the next step.
 Step rule: ``step_rule="fixed"`` leaves the step to the torch optimizer (as above);
 ``step_rule="qmodel"`` sizes it by the quadratic model of :mod:`fimbench.step_rule` and takes it here:
 ``step()`` sets ``θ ← θ + α Δ + μ δ₀`` with Δ = −F̃⁻¹(∇h + η θ) (η = ``weight_decay``), α and μ
-minimising ``M(δ)`` with the exact Fisher :attr:`fisher` of the latest Fisher sub-batch, and no torch
-optimizer is stepped for these layers (no KL-clipping, learning rate or momentum on top).
+minimising ``M(δ)`` with the exact Fisher :attr:`fisher` of this step's Fisher sub-batch (captured at
+every step, the blocks still refreshed every T1 steps), and no torch optimizer is stepped for these
+layers (no KL-clipping, learning rate or momentum on top).
 
 Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
 preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
@@ -215,6 +216,21 @@ class KroneckerPreconditioner:
 
     def update_statistics(self, inputs: Tensor, targets: Tensor | None = None) -> None:
         """Capture ``(ā, g)`` on a Fisher sub-batch and refresh every block's approximation (T1 event)."""
+        statistics = self.capture_fisher(inputs, targets)
+        self.updates += 1
+        decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
+        with self._phase("approximate"):
+            for index, stats in enumerate(statistics):
+                updated = self.approximate_block(stats.a, stats.g, prior=self.approximations[index], decay=decay)
+                self.approximations[index] = updated
+                if updated.method != Method.KFAC.value:
+                    self.diagnostics.iterations.append(updated.iterations)
+                    self.diagnostics.residuals.append(updated.residual)
+        self.diagnostics.updates += 1
+
+    def capture_fisher(self, inputs: Tensor, targets: Tensor | None = None) -> list[LayerStatistics]:
+        """``(ā, g)`` of every layer on the Fisher sub-batch of ``inputs`` (gathered over ranks); they
+        become :attr:`fisher`, the exact Fisher ``JᵀJ/m`` of that sub-batch."""
         m = self.fisher_batch_size(inputs.shape[0])
         sub_targets = None
         if self.empirical_fisher:
@@ -227,16 +243,7 @@ class KroneckerPreconditioner:
                 [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
             )
         self.fisher = SubBatchFisher(statistics)
-        self.updates += 1
-        decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
-        with self._phase("approximate"):
-            for index, stats in enumerate(statistics):
-                updated = self.approximate_block(stats.a, stats.g, prior=self.approximations[index], decay=decay)
-                self.approximations[index] = updated
-                if updated.method != Method.KFAC.value:
-                    self.diagnostics.iterations.append(updated.iterations)
-                    self.diagnostics.residuals.append(updated.residual)
-        self.diagnostics.updates += 1
+        return statistics
 
     def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
         """One block's approximation with this preconditioner's method and options: of
@@ -308,6 +315,8 @@ class KroneckerPreconditioner:
         """:meth:`step` with autocast off."""
         if self.steps % self.stats_every == 0:
             self.update_statistics(inputs, targets)
+        elif self.quadratic_rule is not None:  # the model's F is the current batch's
+            self.capture_fisher(inputs, targets)
         refresh = self.steps % self.inverse_every == 0 or self.refresh_due
         if refresh:
             self.refresh_inverses()
