@@ -147,9 +147,10 @@ def test_fisher_vector_products_through_the_preconditioner_equal_the_dense_fishe
 
 
 def test_state_dict_round_trip_continues_the_same_steps() -> None:
-    """Saved after 5 steps (statistics every 3 steps, so the step after the save uses the sub-batch of step 4,
-    and a damping trial is pending), loaded into a fresh preconditioner: the next 4 steps match bit for bit,
-    diagnostics included."""
+    """Saved after 6 steps (blocks refreshed every 3 steps, the model's F captured every step, λ judged every
+    5th step with that trial still pending), loaded into a fresh preconditioner with another generator: the
+    pending judgement, then the next 4 steps match bit for bit, diagnostics included; a fixed-rule
+    preconditioner refuses the state."""
     def build(seed: int):
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 8))
