@@ -47,7 +47,14 @@ import torch
 from torch import Tensor, nn
 
 from fimbench.amp import GradScalerLike, all_finite, autocast_off, gradient_scale, resolve_factor_dtype
-from fimbench.capture import LayerStatistics, capture_statistics, set_weight_gradient, weight_gradient, weight_of
+from fimbench.capture import (
+    KroneckerLayer,
+    LayerStatistics,
+    capture_statistics,
+    set_weight_gradient,
+    weight_gradient,
+    weight_of,
+)
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import KroneckerInverse, KroneckerSum, Method, approximate, check_damping_split, parse_method
 from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
@@ -399,7 +406,11 @@ class KroneckerPreconditioner:
 
 
 def _check_quadratic_rule(
-    model: nn.Module, layers: list, grad_scaler: GradScalerLike | None, weight_decay: float, overrides: dict[str, Any]
+    model: nn.Module,
+    layers: list[KroneckerLayer],
+    grad_scaler: GradScalerLike | None,
+    weight_decay: float,
+    overrides: dict[str, Any],
 ) -> None:
     """One-line errors for what ``step_rule="qmodel"`` cannot do: it takes the whole step, so every trainable
     parameter needs its Fisher block, and there is no torch optimizer for a GradScaler or a KL-clip."""
