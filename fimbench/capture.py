@@ -213,3 +213,19 @@ def set_weight_gradient(layer: KroneckerLayer, matrix: Tensor, scale: Tensor | f
     torch.mul(matrix[:, : weight.shape[1]], scale, out=weight)
     if layer.bias is not None:
         torch.mul(matrix[:, -1], scale, out=layer.bias.grad)  # type: ignore[arg-type]
+
+
+def add_to_weight(layer: KroneckerLayer, matrix: Tensor) -> None:
+    """``[W | b] += matrix`` in place, for a (q, p) matrix in :func:`_as_matrix`'s layout."""
+    with torch.no_grad():
+        weight = layer.weight.view(layer.weight.shape[0], -1)
+        weight.add_(matrix[:, : weight.shape[1]].to(weight.dtype))
+        if layer.bias is not None:
+            layer.bias.add_(matrix[:, -1].to(layer.bias.dtype))
+
+
+def clear_weight_gradient(layer: KroneckerLayer) -> None:
+    """``layer.weight.grad = layer.bias.grad = None``."""
+    layer.weight.grad = None
+    if layer.bias is not None:
+        layer.bias.grad = None

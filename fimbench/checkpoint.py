@@ -2,7 +2,7 @@
 
 ``fimbench train`` writes the checkpoint after every epoch's ``metrics.jsonl`` row (:mod:`fimbench.rundir`
 writes and reads the file, atomically and with ``weights_only=True``): the model's and the torch
-optimizer's state dicts, the preconditioner's (:mod:`fimbench.preconditioner_state`, with the
+optimizer's state dicts (no optimizer when the preconditioner takes the step, ``step_rule: qmodel``), the preconditioner's (:mod:`fimbench.preconditioner_state`, with the
 Fisher-sampling generator), the data-order generator (each epoch draws its permutation from it, so its
 state after epoch k fixes every later epoch's order), torch's global CPU RNG and, on a GPU, the device's
 RNG, and the :class:`Counters`. Only tensors and plain Python data, so ``torch.load(weights_only=True)``
@@ -38,7 +38,7 @@ class Counters:
 def training_checkpoint(
     counters: Counters,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     preconditioner: KroneckerPreconditioner | None,
     order_generator: torch.Generator,
     device: torch.device,
@@ -49,7 +49,7 @@ def training_checkpoint(
         "device_type": device.type,
         "counters": dataclasses.asdict(counters),
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
         "preconditioner": None if preconditioner is None else preconditioner.state_dict(),
         "rng": {
             "order": order_generator.get_state(),
@@ -62,7 +62,7 @@ def training_checkpoint(
 def restore_training(
     checkpoint: dict[str, Any],
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     preconditioner: KroneckerPreconditioner | None,
     order_generator: torch.Generator,
     device: torch.device,
@@ -80,7 +80,10 @@ def restore_training(
         if not all(isinstance(count, int) for count in (counters.epoch, counters.step, counters.metrics_bytes)):
             raise TypeError("its counters are not integers")
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        if (optimizer is None) != (checkpoint["optimizer"] is None):
+            raise FimbenchError("its torch optimizer and the configured step rule's do not match")
+        if optimizer is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
         if preconditioner is not None:
             preconditioner.load_state_dict(checkpoint["preconditioner"])
         elif checkpoint["preconditioner"] is not None:

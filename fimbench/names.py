@@ -35,6 +35,11 @@ def variant_name(method: str, damping_form: str = "factored", coarse: str = "non
     return method + ("+exact" if exact else "") + ("" if coarse == "none" else f"+{coarse}")
 
 
+STEP_RULES: tuple[str, ...] = ("fixed", "qmodel")
+"""How a preconditioned method's step is sized: the torch optimizer's lr and momentum, or the quadratic model
+(:mod:`fimbench.step_rule`)."""
+
+
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:
     """``name`` if it is one of ``choices`` (every dataset by default); else the one "unknown dataset" error."""
     if name not in choices:

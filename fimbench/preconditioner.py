@@ -34,6 +34,13 @@ factored form (:mod:`fimbench.curvature.kronecker_sum`); EKFAC (:mod:`fimbench.c
 damped exactly. Two-level (``coarse=`` nicolaides | spectral | residual): the block-diagonal ``F̃⁻¹ ∇`` gets
 the cross-layer correction ``R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ ∇`` (:mod:`fimbench.two_level`) before KL-clipping.
 
+Step rule: ``step_rule="fixed"`` leaves the step to the torch optimizer (as above);
+``step_rule="qmodel"`` sizes it by the quadratic model of :mod:`fimbench.step_rule` and takes it here:
+``step()`` sets ``θ ← θ + α Δ + μ δ₀`` with Δ = −F̃⁻¹(∇h + η θ) (η = ``weight_decay``), α and μ
+minimising ``M(δ)`` with the exact Fisher :attr:`fisher` of this step's Fisher sub-batch (captured at
+every step, the blocks still refreshed every T1 steps), and no torch optimizer is stepped for these
+layers (no KL-clipping, learning rate or momentum on top).
+
 Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
 preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
 the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
@@ -51,7 +58,14 @@ import torch
 from torch import Tensor, nn
 
 from fimbench.amp import GradScalerLike, all_finite, autocast_off, check_still_scaled, gradient_scale, resolve_factor_dtype
-from fimbench.capture import LayerStatistics, capture_statistics, set_weight_gradient, weight_gradient, weight_of
+from fimbench.capture import (
+    KroneckerLayer,
+    LayerStatistics,
+    capture_statistics,
+    set_weight_gradient,
+    weight_gradient,
+    weight_of,
+)
 from fimbench.config import OptimizerConfig
 from fimbench.curvature import (
     PRECONDITIONED_METHODS,
@@ -69,8 +83,10 @@ from fimbench.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, re
 from fimbench.distributed import gather_statistics, mean_over_ranks, sampling_generator
 from fimbench.errors import FimbenchError
 from fimbench.models import Likelihood, parse_likelihood
-from fimbench.selection import LayerSpec, select_layers, unwrap, warn_raw_gradients
+from fimbench.names import STEP_RULES
+from fimbench.selection import LayerSpec, raw_gradient_modules, select_layers, unwrap, warn_raw_gradients
 from fimbench.settings import PreconditionerSettings
+from fimbench.step_rule import QMODEL, QuadraticStepRule
 from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import PhaseTimer
 from fimbench.two_level import NO_COARSE, check_coarse
@@ -105,10 +121,12 @@ class PreconditionerDiagnostics:
 
 @dataclass
 class DampingTrial:
-    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update."""
+    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update —
+    or, for a step of the quadratic model, the model's ``M_h(δ)`` of that step (``predicted``)."""
 
     parameters: list[Tensor]
     gradients: list[Tensor]
+    predicted: Tensor | None = None
 
 
 class KroneckerPreconditioner:
@@ -128,6 +146,7 @@ class KroneckerPreconditioner:
         skip_layers: Sequence[LayerSpec] | None = None,
         grad_scaler: GradScalerLike | None = None,
         factor_dtype: torch.dtype | None = None,
+        weight_decay: float = 0.0,
         **overrides: Any,
     ) -> None:
         """``settings`` (default: :class:`PreconditionerSettings`', which own every default), with any of its
@@ -135,7 +154,9 @@ class KroneckerPreconditioner:
 
         ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
         (:mod:`fimbench.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.amp`. Under an
-        initialised process group the statistics of all ranks are gathered (:mod:`fimbench.distributed`)."""
+        initialised process group the statistics of all ranks are gathered (:mod:`fimbench.distributed`).
+        ``weight_decay`` η: only with ``step_rule="qmodel"`` (:mod:`fimbench.step_rule`), which takes the
+        step itself; with the fixed rule weight decay is the torch optimizer's."""
         self.method = parse_method(method, choices=PRECONDITIONED_METHODS)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         checks = {
@@ -149,6 +170,7 @@ class KroneckerPreconditioner:
             "damping_schedule": settings.damping_schedule in DAMPING_SCHEDULES,
             "damping_every": settings.damping_every >= 1,
             "damping_min": 0 < settings.damping_min <= settings.damping_max,
+            "step_rule": settings.step_rule in STEP_RULES,
         }
         for name, valid in checks.items():
             if not valid:
@@ -172,7 +194,15 @@ class KroneckerPreconditioner:
             raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
         names = {id(module): name for name, module in self.model.named_modules()}
         self.layer_names = [names[id(layer)] for layer in self.layers]
-        warn_raw_gradients(self.model, self.layers)
+        self.quadratic_rule = QuadraticStepRule(weight_decay) if settings.step_rule == QMODEL else None
+        if self.quadratic_rule is not None:
+            _check_quadratic_rule(self.model, self.layers, grad_scaler, weight_decay, overrides)
+        else:
+            if weight_decay:
+                raise FimbenchError(
+                    "weight_decay= is for step_rule='qmodel'; with the fixed step rule weight decay is the torch optimizer's"
+                )
+            warn_raw_gradients(self.model, self.layers)
         self.grad_scaler = grad_scaler
         self.factor_dtype = resolve_factor_dtype(self.model, factor_dtype)
         self.damping = damping
@@ -180,7 +210,7 @@ class KroneckerPreconditioner:
         self.schedule = (
             LevenbergMarquardt(settings.damping_every, damping_min, damping_max) if settings.damping_schedule == ADAPTIVE else None
         )
-        self.kl_clip = settings.kl_clip
+        self.kl_clip = None if self.quadratic_rule is not None else settings.kl_clip  # the model sizes the step
         self.stats_every = settings.stats_every
         self.inverse_every = settings.inverse_every
         self.ema_decay = settings.ema_decay
@@ -212,8 +242,10 @@ class KroneckerPreconditioner:
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,
     ) -> "KroneckerPreconditioner":
-        """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is)."""
-        return cls(model, likelihood, config.method, config, generator=generator, timer=timer)
+        """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is; its weight
+        decay with ``step_rule="qmodel"``, which takes the step itself)."""
+        weight_decay = config.weight_decay if config.step_rule == QMODEL else 0.0
+        return cls(model, likelihood, config.method, config, generator=generator, timer=timer, weight_decay=weight_decay)
 
     def _build_curvature(self) -> Curvature:
         """The method's :class:`~fimbench.curvature_blocks.Curvature`: one Kronecker (or EKFAC) block per
@@ -269,7 +301,24 @@ class KroneckerPreconditioner:
         return max(1, round(batch_size * self.fisher_fraction))
 
     def update_statistics(self, inputs: Tensor, targets: Tensor | None = None) -> None:
-        """Capture ``(ā, g)`` on a Fisher sub-batch and refresh every block's approximation (T1 event)."""
+        """Capture ``(ā, g)`` on a Fisher sub-batch and move the curvature's estimate towards its Fisher
+        (T1 event); a skipped batch (:meth:`capture_fisher`) leaves the estimate and is captured again."""
+        statistics = self.capture_fisher(inputs, targets)
+        self.statistics_due = statistics is None
+        if statistics is None:
+            return
+        self.updates += 1
+        decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
+        with self._phase("approximate"):
+            for report in self.curvature.update(statistics, decay):
+                self.diagnostics.iterations.append(report.iterations)
+                self.diagnostics.residuals.append(report.residual)
+        self.diagnostics.updates += 1
+
+    def capture_fisher(self, inputs: Tensor, targets: Tensor | None = None) -> list[LayerStatistics] | None:
+        """``(ā, g)`` of every layer on the Fisher sub-batch of ``inputs`` (gathered over ranks); they
+        become :attr:`fisher`, the exact Fisher ``JᵀJ/m`` of that sub-batch. None for a non-finite batch
+        skipped under a GradScaler (:meth:`_usable`)."""
         m = self.fisher_batch_size(inputs.shape[0])
         sub_targets = None
         if self.empirical_fisher:
@@ -281,17 +330,10 @@ class KroneckerPreconditioner:
             statistics = gather_statistics(
                 [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
             )
-        self.statistics_due = not self._usable(statistics)
-        if self.statistics_due:
-            return
+        if not self._usable(statistics):
+            return None
         self.fisher = SubBatchFisher(statistics)
-        self.updates += 1
-        decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
-        with self._phase("approximate"):
-            for report in self.curvature.update(statistics, decay):
-                self.diagnostics.iterations.append(report.iterations)
-                self.diagnostics.residuals.append(report.residual)
-        self.diagnostics.updates += 1
+        return statistics
 
     def _usable(self, statistics: list[LayerStatistics]) -> bool:
         """Whether the (gathered) statistics can enter the EMA: one error for an empty Fisher batch; for a
@@ -390,6 +432,8 @@ class KroneckerPreconditioner:
         self._check_step(targets)
         if self.steps % self.stats_every == 0 or self.statistics_due:
             self.update_statistics(inputs, targets)
+        elif self.quadratic_rule is not None:  # the model's F is the current batch's
+            self.capture_fisher(inputs, targets)
         if self.updates == 0:  # the first statistics batch was skipped: nothing to precondition with
             gradients = [weight_gradient(layer) for layer in self.layers]
             if all_finite(gradients):
@@ -398,12 +442,21 @@ class KroneckerPreconditioner:
         refresh = self.steps % self.inverse_every == 0 or self.refresh_due
         if refresh:
             self.refresh_inverses()
-        if self.schedule is not None and self.steps % self.schedule.every == 0:
+        judged = self.schedule is not None and self.steps % self.schedule.every == 0
+        if judged and self.quadratic_rule is None:
             self.trial = DampingTrial(
                 [weight_of(layer).detach().to(self.factor_dtype, copy=True) for layer in self.layers],  # not a view of θ
                 [weight_gradient(layer).to(self.factor_dtype) / gradient_scale(self.grad_scaler) for layer in self.layers],
             )
-        nu = self.precondition(measure_alignment=refresh)
+        if self.quadratic_rule is None:
+            nu = self.precondition(measure_alignment=refresh)
+        else:
+            gradients, parameters = self.quadratic_rule.objective_gradients(self.layers, self.factor_dtype)
+            nu = self.precondition(measure_alignment=refresh)  # grad ← F̃⁻¹ g, unclipped
+            with self._phase("step_rule"):
+                step = self.quadratic_rule.take_step(self.layers, gradients, parameters, self.fisher, self.damping)  # type: ignore[arg-type]
+            if judged:
+                self.trial = DampingTrial([], [], step.predicted_h)
         self.steps += 1
         self.diagnostics.steps += 1
         clip_sum = self.diagnostics.clip_sum
@@ -431,7 +484,7 @@ class KroneckerPreconditioner:
         whose gradient DDP averages, the mean of the ranks' losses, and λ stays the same on every rank."""
         if self.trial is None or self.schedule is None:
             raise FimbenchError("adapt_damping is called once after each step whose awaiting_loss is true")
-        predicted = float(self.predicted_change(self.trial))
+        predicted = float(self.trial.predicted if self.trial.predicted is not None else self.predicted_change(self.trial))
         self.trial = None
         device = self.layers[0].weight.device
         losses = mean_over_ranks(torch.tensor([float(loss_before), float(loss_after)], dtype=torch.float64, device=device))
@@ -445,10 +498,13 @@ class KroneckerPreconditioner:
         return rho
 
     def pop_diagnostics(self) -> dict[str, float | int | None]:
-        """Summary since the last call (iterations, residuals, ν, adaptations; resets them) and the state
-        now: λ, and ``alignment`` and ``correction_scale`` at the latest refresh."""
+        """Summary since the last call (iterations, residuals, ν, adaptations, and under ``qmodel`` the
+        means of α, μ and the predicted decrease; resets them) and the state now: λ, and ``alignment`` and
+        ``correction_scale`` at the latest refresh."""
         summary = self.diagnostics.summary()
         summary.update(damping=self.damping, alignment=self.alignment, correction_scale=self.correction_scale)
+        if self.quadratic_rule is not None:
+            summary.update(self.quadratic_rule.pop_summary())
         self.diagnostics = PreconditionerDiagnostics()
         return summary
 
@@ -469,3 +525,29 @@ class KroneckerPreconditioner:
         from fimbench.preconditioner_state import load_preconditioner_state
 
         load_preconditioner_state(self, state, strict)
+
+
+def _check_quadratic_rule(
+    model: nn.Module,
+    layers: list[KroneckerLayer],
+    grad_scaler: GradScalerLike | None,
+    weight_decay: float,
+    overrides: dict[str, Any],
+) -> None:
+    """One-line errors for what ``step_rule="qmodel"`` cannot do: it takes the whole step, so every trainable
+    parameter needs its Fisher block, and there is no torch optimizer for a GradScaler or a KL-clip."""
+    raw = raw_gradient_modules(model, layers)
+    if raw:
+        raise FimbenchError(
+            f"step_rule='qmodel' takes the whole step, but the quadratic model has no Fisher for the trainable "
+            f"parameters of {', '.join(raw)}; precondition them (layers=), freeze them, or use step_rule='fixed'"
+        )
+    if grad_scaler is not None:
+        raise FimbenchError(
+            "step_rule='qmodel' takes the step itself, without a torch optimizer for a GradScaler to step; "
+            "use bfloat16 autocast without a scaler, or step_rule='fixed'"
+        )
+    if not weight_decay >= 0:
+        raise FimbenchError(f"invalid optimizer setting weight_decay={weight_decay}")
+    if overrides.get("kl_clip") is not None:
+        raise FimbenchError("kl_clip does not apply with step_rule='qmodel': the quadratic model sizes the step; leave it out")

@@ -4,7 +4,9 @@
 here. The state holds what the next steps depend on: the curvature's estimate (every block's
 approximation, or the exact methods' sub-batch statistics), the counters, the current λ (adaptive damping
 included), the latest alignment and safeguard τ, whether a refresh is due, the diagnostics gathered since
-the last ``pop_diagnostics``, a pending damping trial, and the state of the Fisher-sampling generator.
+the last ``pop_diagnostics``, a pending damping trial, the statistics of the latest Fisher sub-batch
+(:attr:`~KroneckerPreconditioner.fisher`), the quadratic step rule's previous update and sums
+(``step_rule="qmodel"``), and the state of the Fisher-sampling generator.
 Factorisations are not stored: each is rebuilt on load from the estimate and λ it was factorised from
 (the estimate stored again only when it has moved on since, T1 < T2), which on the same device
 reproduces it bit for bit. Everything loads with ``torch.load(weights_only=True)``.
@@ -16,7 +18,8 @@ also requires the same layer names and settings, naming the first difference, so
 another's curvature and the saved λ, δ, π and schedule are never silently exchanged for the constructor's.
 ``strict=False`` matches the layers by position and keeps this preconditioner's settings: it takes the
 state's curvature (approximations, counters, generator), keeps its own λ, drops a pending damping
-trial, and refactorises at the next step. The tensors are cast to this preconditioner's factor dtype
+trial, starts the quadratic step rule afresh (its first step α-only) and refactorises at the next
+step. The tensors are cast to this preconditioner's factor dtype
 (a float32 state continues a model made float64).
 """
 
@@ -27,17 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fimbench.capture import weight_of
+from fimbench.capture import LayerStatistics, weight_of
 from fimbench.errors import FimbenchError
 from fimbench.settings import PreconditionerSettings
+from fimbench.sub_batch_fisher import SubBatchFisher
 
 if TYPE_CHECKING:
     from fimbench.preconditioner import KroneckerPreconditioner
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 KEYS = (
     "version", "method", "layers", "shapes", "settings", "steps", "updates", "damping", "refresh_due", "statistics_due",
-    "alignment", "correction_scale", "diagnostics", "trial", "generator",
+    "alignment", "correction_scale", "diagnostics", "trial", "sub_batch_fisher", "quadratic_rule", "generator",
 )
 """The keys of every state; the curvature's own keys (``approximations`` and ``inverses`` of the
 block-diagonal methods, ``fisher`` and ``inverse`` of the exact references, ``two_level``) come beside them."""
@@ -53,6 +57,8 @@ def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, A
     diagnostics = preconditioner.diagnostics
     trial = preconditioner.trial
     generator = preconditioner.generator
+    fisher = preconditioner.fisher
+    rule = preconditioner.quadratic_rule
     return {
         "version": STATE_VERSION,
         "method": preconditioner.method.value,
@@ -71,7 +77,11 @@ def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, A
             item.name: (list(value) if isinstance(value := getattr(diagnostics, item.name), list) else value)
             for item in fields(diagnostics)
         },
-        "trial": None if trial is None else {"parameters": trial.parameters, "gradients": trial.gradients},
+        "trial": None if trial is None else {
+            "parameters": trial.parameters, "gradients": trial.gradients, "predicted": trial.predicted
+        },
+        "sub_batch_fisher": None if fisher is None else [[stats.a, stats.g] for stats in fisher.statistics],
+        "quadratic_rule": None if rule is None else rule.state_dict(),
         "generator": None if generator is None else generator.get_state(),
     }
 
@@ -91,10 +101,14 @@ def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: di
     alignment = state["alignment"]
     preconditioner._alignment = None if alignment is None else alignment.to(device)
     preconditioner.correction_scale = state["correction_scale"]
-    diagnostics = dict(state["diagnostics"])
-    if diagnostics["clip_sum"] is not None:
-        diagnostics["clip_sum"] = diagnostics["clip_sum"].to(device)
+    diagnostics = {
+        name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in state["diagnostics"].items()
+    }
     preconditioner.diagnostics = PreconditionerDiagnostics(**diagnostics)
+    fisher = state["sub_batch_fisher"]
+    preconditioner.fisher = None if fisher is None else SubBatchFisher(
+        [LayerStatistics(a.to(device, dtype), g.to(device, dtype)) for a, g in fisher]
+    )
     if state["generator"] is not None:
         preconditioner.generator.set_state(state["generator"].cpu())
     if not strict:  # this preconditioner's settings: its own λ, no trial, factorised afresh
@@ -105,8 +119,12 @@ def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: di
     preconditioner.refresh_due = state["refresh_due"]
     trial = state["trial"]
     preconditioner.trial = None if trial is None else DampingTrial(
-        [tensor.to(device, dtype) for tensor in trial["parameters"]], [tensor.to(device, dtype) for tensor in trial["gradients"]]
+        [tensor.to(device, dtype) for tensor in trial["parameters"]],
+        [tensor.to(device, dtype) for tensor in trial["gradients"]],
+        None if trial["predicted"] is None else trial["predicted"].to(device),
     )
+    if preconditioner.quadratic_rule is not None:
+        preconditioner.quadratic_rule.load_state_dict(state["quadratic_rule"], device)
 
 
 def _check_compatible(preconditioner: KroneckerPreconditioner, state: dict[str, Any], strict: bool) -> None:
@@ -133,6 +151,12 @@ def _check_compatible(preconditioner: KroneckerPreconditioner, state: dict[str, 
         if theirs != ours:
             raise FimbenchError(f"layer {name!r} has shape {ours} here, {theirs} in the state")
     if strict:
+        ours_rule, theirs_rule = preconditioner.quadratic_rule, state["quadratic_rule"]
+        if ours_rule is not None and theirs_rule is not None and theirs_rule["weight_decay"] != ours_rule.weight_decay:
+            raise FimbenchError(
+                f"the state was saved with weight_decay={theirs_rule['weight_decay']!r}, this preconditioner has "
+                f"weight_decay={ours_rule.weight_decay!r}: build it with the state's (or load with strict=False to keep its own)"
+            )
         ours_settings = settings_state(preconditioner)
         for key, value in state["settings"].items():
             if ours_settings.get(key) != value:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from fimbench.comparison import Comparison
-from fimbench.curvature import Method, parse_method
+from fimbench.curvature import PAPER_METHODS, Method, parse_method
 from fimbench.errors import FimbenchError
 from fimbench.sweep import PointState, Runner, SweepPlan, SweepPoint, SweepResult, plan_best_runs, plan_sweep, run_sweep
 
@@ -71,11 +71,11 @@ def plan_figure2(
         if value is not None and value < 1:
             raise FimbenchError(f"{name} must be at least 1, got {value}")
     sweep_overrides = {**overrides, "training.seed": seeds[0], "training.epochs": sweep_epochs}
-    chosen = list(dict.fromkeys(parse_method(name) for name in methods)) or list(Method)
-    kronecker = [method.value for method in chosen if method.is_kronecker]
-    baselines = [method.value for method in chosen if not method.is_kronecker]
+    chosen = list(dict.fromkeys(parse_method(name) for name in methods)) or list(PAPER_METHODS)
+    kronecker = [method.value for method in chosen if method.is_preconditioned]
+    baselines = [method.value for method in chosen if not method.is_preconditioned]
     if grid and not kronecker:
-        raise FimbenchError("--grid is the Kronecker methods' grid, and none is among --methods (SGD and Adam sweep their default lr)")
+        raise FimbenchError("--grid is the preconditioned methods' grid, and none is among --methods (SGD and Adam sweep their default lr)")
     parts = [
         plan_sweep(Path(out) / SWEEP, names, method_grid, authors_scale, config_path, sweep_overrides)
         for names, method_grid in ((kronecker, grid), (baselines, None))

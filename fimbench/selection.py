@@ -91,15 +91,20 @@ def _layers_inside(module: nn.Module, candidates: list[KroneckerLayer]) -> set[i
     return {id(layer) for layer in candidates if id(layer) in inside}
 
 
-def warn_raw_gradients(model: nn.Module, layers: list[KroneckerLayer]) -> list[str]:
-    """Warn once, naming every module that owns a trainable parameter but is not a block (its gradient
-    stays the raw one); returns those names."""
+def raw_gradient_modules(model: nn.Module, layers: list[KroneckerLayer]) -> list[str]:
+    """The names of the modules that own a trainable parameter but are not blocks (their gradient stays
+    the raw one)."""
     blocks = {id(layer) for layer in layers}
-    raw = [
+    return [
         f"{name} ({type(module).__name__})" if name else type(module).__name__
         for name, module in model.named_modules()
         if id(module) not in blocks and any(parameter.requires_grad for parameter in module.parameters(recurse=False))
     ]
+
+
+def warn_raw_gradients(model: nn.Module, layers: list[KroneckerLayer]) -> list[str]:
+    """Warn once, naming every module of :func:`raw_gradient_modules`; returns those names."""
+    raw = raw_gradient_modules(model, layers)
     if raw:
         warnings.warn(
             f"KroneckerPreconditioner leaves the raw gradient of {len(raw)} module(s) with trainable parameters: "

@@ -14,6 +14,7 @@ from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTOR
 from fimbench.curvature.options import ApproximationOptions
 from fimbench.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, FIXED
 from fimbench.two_level import NO_COARSE
+from fimbench.names import STEP_RULES
 
 _APPROXIMATION = ApproximationOptions()
 
@@ -32,7 +33,7 @@ class FirstOrderSettings:
 
 @dataclass(frozen=True)
 class PreconditionerSettings:
-    """Damping (docs/design.md §5), KL-clipping, the T1 / T2 schedule, the EMA, the Fisher sub-batch, and
+    """Damping (docs/design.md §5), KL-clipping, the step rule (§19), the T1 / T2 schedule, the EMA, the Fisher sub-batch, and
     the approximation options (:meth:`approximation_options`; their defaults are
     :class:`~fimbench.curvature.options.ApproximationOptions`')."""
 
@@ -45,6 +46,7 @@ class PreconditionerSettings:
     damping_min: float = DEFAULT_DAMPING_MIN  # bounds of the adaptive λ
     damping_max: float = DEFAULT_DAMPING_MAX
     kl_clip: float | None = 1e-2  # c of App. E; null disables clipping
+    step_rule: str = STEP_RULES[0]  # fixed (the torch optimizer's lr, momentum) | qmodel (fimbench/step_rule.py)
     stats_every: int = 100  # T1
     inverse_every: int = 100  # T2
     ema_decay: float = 0.95  # α in ρ = min(1 − 1/k, α)

@@ -45,24 +45,34 @@ def training_table(rows: list[dict[str, Any]], title: str) -> Table:
 def curvature_table(rows: list[dict[str, Any]], title: str) -> Table:
     """Kronecker methods: solver iterations and residuals (over layers and updates), KL-clip factor ν,
     damping λ, alignment ``cos(F̃⁻¹∇, ∇)`` and safeguard τ at the latest refresh, and seconds spent in
-    statistics (extra pass), refresh (power SVD / Lanczos + inversion) and preconditioning during each epoch."""
+    statistics (extra pass), refresh (power SVD / Lanczos + inversion) and preconditioning during each epoch.
+    Under the qmodel step rule, the epoch's mean step size α, momentum μ and predicted decrease ``−M(δ)``
+    instead of ν, and the seconds of the step rule (the Jacobian products and the 2 × 2 model)."""
+    quadratic = any(row.get("step_size") is not None for row in rows)
     table = Table(title=title, header_style="bold")
-    headers = ("epoch", "iters mean/max", "resid. max", "KL clip ν", "λ", "alignment", "τ", "stats s", "refresh s", "precond s")
+    step_headers = ("α", "μ", "−M(δ)") if quadratic else ("KL clip ν",)
+    headers = ("epoch", "iters mean/max", "resid. max", *step_headers, "λ", "alignment", "τ", "stats s", "refresh s", "precond s",
+               *(("step rule s",) if quadratic else ()))
     for header in headers:
         table.add_column(header, justify="right")
     for row in rows:
         mean, peak = row.get("iterations_mean"), row.get("iterations_max")
+        if quadratic:
+            step_cells = [_fmt(row.get(key), ".3g") for key in ("step_size", "momentum", "predicted_decrease")]
+        else:
+            step_cells = [_fmt(row.get("kl_clip_factor"), ".3f")]
         table.add_row(
             str(row["epoch"]),
             "–" if mean is None else f"{mean:.1f}/{peak}",
             _fmt(row.get("residual_max"), ".1e"),
-            _fmt(row.get("kl_clip_factor"), ".3f"),
+            *step_cells,
             _fmt(row.get("damping"), ".3g"),
             _fmt(row.get("alignment"), ".3f"),
             _fmt(row.get("correction_scale"), ".3g"),
             _fmt(row.get("seconds_statistics"), ".2f"),
             _fmt(row.get("seconds_refresh"), ".2f"),
             _fmt(row.get("seconds_precondition"), ".2f"),
+            *((_fmt(row.get("seconds_step_rule"), ".2f"),) if quadratic else ()),
         )
     return table
 

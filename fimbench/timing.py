@@ -107,7 +107,8 @@ def measure(
 
 def time_training_steps(one_step: Callable[[int], None], steps: int, timer: PhaseTimer, device: torch.device) -> dict[str, float]:
     """Seconds per step of ``steps`` calls of ``one_step(step)`` (device-synchronised), and per step the
-    preconditioner's phases recorded by ``timer``: statistics, refresh (approximate + invert), precondition."""
+    preconditioner's phases recorded by ``timer``: statistics, refresh (approximate + invert), precondition
+    and the step rule (qmodel's Jacobian products and 2 × 2 model)."""
     timer.reset()
     synchronize(device)
     begin = time.perf_counter()
@@ -121,4 +122,5 @@ def time_training_steps(one_step: Callable[[int], None], steps: int, timer: Phas
         "statistics": phases.get("statistics", 0.0) / steps,
         "refresh": (phases.get("approximate", 0.0) + phases.get("invert", 0.0)) / steps,
         "precondition": phases.get("precondition", 0.0) / steps,
+        "step_rule": phases.get("step_rule", 0.0) / steps,
     }

@@ -42,6 +42,8 @@ from fimbench.rundir import (
 )
 from fimbench.selection import unwrap
 from fimbench.setup import check_batch_size, environment, first_order_optimizer, load_configured_dataset, resolve_architecture, resolve_device
+from fimbench.names import STEP_RULES
+from fimbench.step_rule import QMODEL
 from fimbench.timing import PhaseTimer, synchronize
 
 CHECK_EVERY = 10  # steps between host reads of the loss on an accelerator (progress + finiteness)
@@ -89,6 +91,8 @@ def _validate(config: RunConfig) -> Method:
         raise FimbenchError("optimizer.nesterov needs a positive optimizer.momentum")
     if training.tensorboard:
         require_tensorboard()
+    if optimizer.step_rule not in STEP_RULES:
+        raise FimbenchError(f"optimizer.step_rule must be one of {', '.join(STEP_RULES)}, got '{optimizer.step_rule}'")
     return method
 
 
@@ -136,7 +140,7 @@ class _Run:
     likelihood: Likelihood
     order_generator: torch.Generator
     timer: PhaseTimer
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None when the preconditioner takes the step (step_rule qmodel)
     preconditioner: KroneckerPreconditioner | None
     metrics_path: Path
     total_steps: int
@@ -178,7 +182,8 @@ def _prepare(
     fisher_generator = torch.Generator(device=device).manual_seed(training.seed + 2 + rank())
     timer = PhaseTimer(device)
 
-    optimizer = first_order_optimizer(model.parameters(), method, settings)
+    takes_step = method.is_preconditioned and settings.step_rule == QMODEL
+    optimizer = None if takes_step else first_order_optimizer(model.parameters(), method, settings)
     preconditioner: KroneckerPreconditioner | None = None
     if method.is_preconditioned:
         preconditioner = KroneckerPreconditioner.from_config(model, likelihood, settings, fisher_generator, timer)
@@ -267,7 +272,7 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
     model, likelihood, preconditioner, progress = run.model, run.likelihood, run.preconditioner, run.progress
     output = model(x)
     loss = likelihood.nll(output, x).mean()
-    run.optimizer.zero_grad(set_to_none=False)
+    (run.model if run.optimizer is None else run.optimizer).zero_grad(set_to_none=False)
     loss.backward()
     run.step += 1
     step = run.step
@@ -283,9 +288,10 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
         if step == 1:
             run.result.alignment_first_refresh = preconditioner.alignment
             warning = damping_warning(run.result.alignment_first_refresh)
-            if warning is not None and progress is not None:
+            if warning is not None and progress is not None and preconditioner.schedule is None:  # an adaptive λ moves on
                 progress.warn(warning)
-    run.optimizer.step()
+    if run.optimizer is not None:  # else the preconditioner took the step (step_rule qmodel)
+        run.optimizer.step()
     if preconditioner is not None and preconditioner.awaiting_loss:
         with torch.no_grad():
             preconditioner.adapt_damping(loss.detach(), likelihood.nll(model(x), x).mean())
@@ -338,6 +344,8 @@ def _epoch_row(run: _Run, epoch: int, train_means: list[float]) -> dict[str, Any
         row["seconds_approximate"] = phases.get("approximate", 0.0)
         row["seconds_invert"] = phases.get("invert", 0.0)
         row["seconds_precondition"] = phases.get("precondition", 0.0)
+        if "step_rule" in phases:
+            row["seconds_step_rule"] = phases["step_rule"]
     return row
 
 

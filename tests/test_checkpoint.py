@@ -1,6 +1,6 @@
 """Checkpoints: the preconditioner's state_dict round trip, and ``fimbench train --resume`` ending exactly
 where an uninterrupted run ends (parameters and metrics.jsonl rows), for Kronecker methods with sampled
-Fisher targets and adaptive damping, and for SGD and Adam."""
+Fisher targets and adaptive damping (with the fixed and the qmodel step rule), and for SGD and Adam."""
 
 from __future__ import annotations
 
@@ -218,6 +218,8 @@ def interrupt_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, after: int) 
         ("deflation", {"stats_every": 2, "inverse_every": 3, "damping_schedule": "adaptive", "damping_every": 2,
                        "damping": 1e-2}),
         ("kfac", {"stats_every": 1, "inverse_every": 2}),
+        ("kpsvd", {"step_rule": "qmodel", "damping_schedule": "adaptive", "damping_every": 2, "damping": 150.0,
+                   "stats_every": 2, "inverse_every": 3}),
         ("sgd", {}),
         ("adam", {"lr": 0.003}),
     ],

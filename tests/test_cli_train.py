@@ -150,13 +150,16 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_log(tmp_path: Path, monkeypatch: pyt
 
 
 def test_damping_options_and_the_sgd_warning(tmp_path: Path) -> None:
-    """``--pi`` and ``--damping-schedule`` reach the run; a damping that swamps the curvature is warned once."""
+    """``--pi`` and ``--damping-schedule`` reach the run; a fixed damping that swamps the curvature is warned once."""
     config = str(tiny_config(tmp_path))
     swamped = runner.invoke(app, ["train", "--config", config, "--method", "kpsvd", "--damping", "1e6", "--pi", "2.5",
                                   "--max-steps", "3", "--out", str(tmp_path / "a")])
     assert swamped.exit_code == 0, swamped.output
     warnings = [line for line in swamped.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "close to SGD" in warnings[0]
+    adapting = runner.invoke(app, ["train", "--config", config, "--method", "kpsvd", "--damping", "1e6",
+                                   "--damping-schedule", "adaptive", "--max-steps", "3", "--out", str(tmp_path / "d")])
+    assert adapting.exit_code == 0 and "warning: " not in adapting.stderr  # an adaptive λ₀ is only where λ starts
     resolved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["optimizer"]
     assert (resolved["pi"], resolved["damping"]) == (2.5, 1e6)
     acting = runner.invoke(app, ["train", "--config", config, "--method", "kfac", "--damping-schedule", "adaptive",

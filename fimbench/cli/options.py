@@ -71,6 +71,17 @@ def empirical_fisher_option(default: Optional[bool]) -> Any:
     )
 
 
+def step_rule_option() -> Any:
+    """``--step-rule fixed|qmodel`` (``optimizer.step_rule``), for train and sweep."""
+    return typer.Option(
+        None,
+        "--step-rule",
+        help="Kronecker methods: fixed (the lr and momentum of the torch optimizer, KL-clipped) or qmodel (step size "
+        "and momentum minimise the quadratic model with the exact sub-batch Fisher at every step; lr, momentum and "
+        "KL-clip are not used).",
+    )
+
+
 def data_dir_option() -> Any:
     """``--data-dir``, also read from ``FIMBENCH_DATA``."""
     return typer.Option(

@@ -86,7 +86,7 @@ def _duration(seconds: float) -> str:
 @with_output
 def figure2(
     dataset: Optional[DatasetName] = dataset_option(),
-    methods: Optional[str] = methods_option(None, "Comma-separated methods (default: every method, as fimbench sweep)."),
+    methods: Optional[str] = methods_option(None, "Comma-separated methods (default: the paper's seven; the references exact-ng, exact-ng-block and ekfac when named)."),
     grid: Optional[list[str]] = typer.Option(
         None, "--grid", "-g", help="The sweep's KEY=V1,V2,... (lr, damping, clip), as in fimbench sweep --grid; default: its grid."
     ),

@@ -25,6 +25,7 @@ from fimbench.cli.options import (
     seeds_option,
     set_option,
     tensorboard_option,
+    step_rule_option,
     with_sets,
 )
 from fimbench.cli.output import current, with_output
@@ -72,7 +73,7 @@ def sweep(
         "-g",
         help="KEY=V1,V2,... with KEY lr, damping or clip; repeat per key. Keys not given take the default grid: "
         "Kronecker methods lr ∈ {1, 0.3, 0.1, 0.03}, damping ∈ {1, 0.1, 0.01, 0.001} (fimbench's scale, the config's π), "
-        "clip ∈ {1e-2, 1e-3}; with --authors-scale the paper's lr, damping ∈ {3e-1 … 1e-4}, converted with the authors' "
+        "clip ∈ {1e-2, 1e-3} (with --step-rule qmodel: damping only); with --authors-scale the paper's lr, damping ∈ {3e-1 … 1e-4}, converted with the authors' "
         "damping split. SGD/Adam tune lr only (the paper's grid, converted).",
     ),
     authors_scale: bool = typer.Option(
@@ -82,6 +83,7 @@ def sweep(
         "converted; without it they are in fimbench's scale, as in fimbench train --lr.",
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base YAML config for every point."),
+    step_rule: Optional[str] = step_rule_option(),
     epochs: Optional[int] = typer.Option(None, help="Epochs per point."),
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
     max_steps: Optional[int] = typer.Option(None, help="Stop each point after this many steps (smoke sweeps)."),
@@ -117,6 +119,7 @@ def sweep(
     overrides = {
         "data.dataset": dataset_value(dataset),
         "data.data_dir": str(data_dir) if data_dir is not None else None,
+        "optimizer.step_rule": step_rule,
         **config_overrides(locals(), ("training",)),
     }
     seed_list = parse_seeds(seeds) if seeds is not None else None

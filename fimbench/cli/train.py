@@ -20,6 +20,7 @@ from fimbench.cli.options import (
     dataset_value,
     default_run_dir,
     empirical_fisher_option,
+    step_rule_option,
     json_option,
     quiet_option,
     run_directory,
@@ -110,6 +111,7 @@ def train(
         None, "--damping-schedule", help="fixed, or adaptive (Levenberg–Marquardt rule every T3 = optimizer.damping_every steps)."
     ),
     kl_clip: Optional[float] = typer.Option(None, help="KL-clipping constant c (Kronecker methods)."),
+    step_rule: Optional[str] = step_rule_option(),
     stats_every: Optional[int] = typer.Option(None, "--stats-every", help="T1: steps between statistics updates."),
     inverse_every: Optional[int] = typer.Option(None, "--inverse-every", help="T2: steps between inversions."),
     ema_decay: Optional[float] = typer.Option(None, help="α of the EMA, ρ = min(1 − 1/k, α)."),
@@ -198,7 +200,35 @@ def _resolve(options: dict[str, Any], config: Optional[Path], sets: Optional[lis
         "optimizer.pi": _damping_split(options["pi"]),
         **config_overrides(options, ("optimizer", "training"), skip=("method", "pi")),
     }
-    return load_config(config, with_sets(overrides, sets))
+    resolved = load_config(config, with_sets(overrides, sets))
+    _check_step_rule(resolved, options, sets)
+    return resolved
+
+
+STEP_OPTIONS = ("lr", "momentum", "nesterov", "kl_clip")
+"""What the quadratic model replaces: with ``step_rule: qmodel`` these are not used, so giving one is refused."""
+
+
+def _check_step_rule(resolved: RunConfig, options: dict[str, Any], sets: Optional[list[str]]) -> None:
+    """With ``step_rule: qmodel`` the step's length and momentum come from the quadratic model: an explicit
+    --lr, --momentum, --nesterov or --kl-clip (option or --set) would not be applied, and is refused; so is
+    an explicit qmodel for SGD or Adam. (Values from config files are not used.)"""
+    from fimbench.curvature import parse_method
+    from fimbench.step_rule import QMODEL
+
+    if resolved.optimizer.step_rule != QMODEL:
+        return
+    given_sets = {spec.partition("=")[0].strip() for spec in sets or []}
+    given = [name for name in STEP_OPTIONS if options[name] is not None or f"optimizer.{name}" in given_sets]
+    if given:
+        spelled = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise FimbenchError(
+            f"{spelled} cannot be given with step rule qmodel: the quadratic model chooses the step size and the "
+            "momentum, and there is no KL-clip on top; drop it, or use --step-rule fixed"
+        )
+    explicit = options["step_rule"] is not None or "optimizer.step_rule" in given_sets
+    if explicit and not parse_method(resolved.optimizer.method).is_preconditioned:
+        raise FimbenchError(f"step rule qmodel is for the preconditioned methods; {resolved.optimizer.method} has lr and momentum of its own")
 
 
 RESUME_OPTIONS = ("resume", "device", "data_dir", "tensorboard", "full_table", "json_output", "quiet")

@@ -9,7 +9,9 @@ of ``fimbench train --lr`` and of ``config.yaml``, with the base config's ``pi``
 methods' default grid is :data:`KRONECKER_GRID`, fimbench's own around its presets, where the curvature
 acts; SGD and Adam keep the paper's learning rates, converted (their conversion involves no damping).
 SGD and Adam tune ``lr`` only; the Kronecker methods tune ``lr``, ``damping`` and ``clip`` (the KL-clip c,
-invariant under the conversion).
+invariant under the conversion) — or, with ``optimizer.step_rule: qmodel``, ``damping`` only, since the
+quadratic model chooses the step size and there is no KL-clip (:mod:`fimbench.step_rule`). The step rule
+applies to the Kronecker methods; SGD and Adam keep their learning rates.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from fimbench.conventions import authors_damping, from_authors_scale, loss_scale
 from fimbench.curvature import Method, parse_method
 from fimbench.errors import FimbenchError
 from fimbench.models import ARCHITECTURES, Architecture
-from fimbench.names import check_dataset
+from fimbench.names import STEP_RULES, check_dataset
 from fimbench.setup import resolve_architecture
+from fimbench.step_rule import QMODEL
 
 _PAPER_VALUES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 PAPER_GRID: dict[str, tuple[float, ...]] = {"lr": _PAPER_VALUES, "damping": _PAPER_VALUES, "clip": (1e-2, 1e-3)}
@@ -36,9 +39,12 @@ KRONECKER_GRID: dict[str, tuple[float, ...]] = {"lr": (1.0, 0.3, 0.1, 0.03), "da
 GRID_KEYS: dict[str, str] = {"lr": "optimizer.lr", "damping": "optimizer.damping", "clip": "optimizer.kl_clip"}
 
 
-def tunable_keys(method: Method) -> tuple[str, ...]:
-    """The grid keys a method tunes: SGD and Adam have no damping and no KL-clipping."""
-    return tuple(GRID_KEYS) if method.is_preconditioned else ("lr",)
+def tunable_keys(method: Method, step_rule: str = STEP_RULES[0]) -> tuple[str, ...]:
+    """The grid keys a method tunes: SGD and Adam have no damping and no KL-clipping; under the qmodel step
+    rule a preconditioned method has no learning rate and no KL-clipping."""
+    if not method.is_preconditioned:
+        return ("lr",)
+    return ("damping",) if step_rule == QMODEL else tuple(GRID_KEYS)
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
@@ -148,20 +154,23 @@ def plan_sweep(
     unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
         raise FimbenchError(f"unknown grid key(s) {', '.join(unknown)}; use {', '.join(GRID_KEYS)}")
-    unused = sorted(set(grid) - {key for method in chosen for key in tunable_keys(method)})
+    bases = {method: load_config(config_path, {**overrides, "optimizer.method": method.value}) for method in chosen}
+    tuned = {method: tunable_keys(method, bases[method].optimizer.step_rule) for method in chosen}
+    unused = sorted(set(grid) - {key for keys in tuned.values() for key in keys})
     if unused:
         raise FimbenchError(
-            f"--grid {', '.join(unused)} is tuned by none of {', '.join(m.value for m in chosen)} (SGD and Adam tune lr only)"
+            f"--grid {', '.join(unused)} is tuned by none of {', '.join(m.value for m in chosen)} (SGD and Adam tune lr "
+            "only; with step rule qmodel the Kronecker methods tune damping only)"
         )
     grids: dict[str, tuple[GridAxis, ...]] = {}
     points: list[SweepPoint] = []
     dataset = ""
     for method in chosen:
-        base = load_config(config_path, {**overrides, "optimizer.method": method.value})
+        base = bases[method]
         dataset = base.data.dataset
         check_dataset(dataset)
         architecture = resolve_architecture(base, ARCHITECTURES[dataset].layers[0])
-        axes = tuple(_axis(method, architecture, key, grid.get(key), authors_scale) for key in tunable_keys(method))
+        axes = tuple(_axis(method, architecture, key, grid.get(key), authors_scale) for key in tuned[method])
         grids[method.value] = axes
         for combination in itertools.product(*(range(len(axis.values)) for axis in axes)):
             values = {axis.key: axis.values[i] for axis, i in zip(axes, combination)}
