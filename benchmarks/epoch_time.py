@@ -21,10 +21,12 @@ from fimbench.data import DatasetSplits
 from fimbench.train import run_training
 
 
-def random_mnist(seed: int = 0) -> DatasetSplits:
+def random_mnist(seed: int = 0, sizes: tuple[int, int, int] = (50000, 10000, 10000)) -> DatasetSplits:
+    """Binary 28×28 images, each pixel on with MNIST's mean ink ≈ 0.13: ``sizes`` train / val / test rows."""
+    train, val, test = sizes
     generator = torch.Generator().manual_seed(seed)
-    images = (torch.rand(70000, 784, generator=generator) < 0.13).float()  # MNIST's mean ink ≈ 0.13
-    return DatasetSplits("mnist-random", images[:50000], images[50000:60000], images[60000:], (28, 28), True)
+    images = (torch.rand(train + val + test, 784, generator=generator) < 0.13).float()
+    return DatasetSplits("mnist-random", images[:train], images[train : train + val], images[train + val :], (28, 28), True)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fimbench.curvature import PRECONDITIONED_METHODS, Method
-from fimbench.models import ARCHITECTURES, build_model
+from fimbench.models import ARCHITECTURES, Architecture, build_model
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.setup import device_description, resolve_device
 from fimbench.timing import PhaseTimer, synchronize, time_training_steps
@@ -30,14 +30,22 @@ SETTINGS = {"damping": 61.47, "kl_clip": 1e-2}
 
 
 def time_method(
-    method: Method, device: torch.device, steps: int, period: int, seed: int = 0, coarse: str = "none"
+    method: Method,
+    device: torch.device,
+    steps: int,
+    period: int,
+    seed: int = 0,
+    batch: int = BATCH,
+    architecture: Architecture = ARCHITECTURES["mnist"],
+    coarse: str = "none",
 ) -> dict[str, float]:
-    """Average seconds per step (and per phase) over ``steps`` steps after a warm-up cycle."""
-    architecture = ARCHITECTURES["mnist"]
+    """Average seconds per step (and per phase) over ``steps`` steps after a warm-up cycle, with mini-batches
+    of ``batch`` random images (the MNIST autoencoder unless ``architecture`` says otherwise); ``coarse``:
+    the two-level coarse space of a block-diagonal method."""
     model = build_model(architecture, seed).to(device)
     likelihood = architecture.likelihood
     generator = torch.Generator().manual_seed(seed)
-    data = (torch.rand(4 * BATCH, 784, generator=generator) < 0.3).float().to(device)
+    data = (torch.rand(4 * batch, architecture.layers[0], generator=generator) < 0.3).float().to(device)
     timer = PhaseTimer(device)
     if method is Method.ADAM:
         optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -52,7 +60,7 @@ def time_method(
     first_refresh = 0.0
 
     def one_step(step: int) -> None:
-        x = data[(step % 4) * BATCH : (step % 4 + 1) * BATCH]
+        x = data[(step % 4) * batch : (step % 4 + 1) * batch]
         optimizer.zero_grad(set_to_none=False)
         likelihood.nll(model(x), x).mean().backward()
         if preconditioner is not None:
