@@ -509,7 +509,7 @@ def check_fisher_error(context: Context) -> dict[str, Any]:
 
     with (out / "errors.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    errors = [float(row[key]) for row in rows for key in ("error1", "error2")]
+    errors = [float(row[key]) for row in rows for key in ("error1", "error2") if row["layer"] != "network" or key == "error1"]
     p, q = plan.layers[4] + 1, plan.layers[5]
     details: dict[str, Any] = {"block": f"{p * q}²", "rows": len(rows), "methods": sorted({row["method"] for row in rows}),
                                "error1_max": max((float(row["error1"]) for row in rows), default=None)}
