@@ -21,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-
 from rich.console import Console
 
 from fimbench.cost import profile_dataset, profile_sweep, write_outputs

@@ -45,16 +45,16 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import scipy.io
 import torch
-
 from epoch_time import random_mnist
 from step_time import time_method
 
@@ -684,7 +684,7 @@ def main() -> None:
     context.work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "dry_run": plan.dry_run, "environment": environment(device), "plan": asdict(plan),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "checks": [],
+        "started": datetime.now(UTC).isoformat(timespec="seconds"), "checks": [],
     }
     began = time.perf_counter()
 

@@ -12,7 +12,6 @@ Kronecker method relative to K-FAC's (warm-started), and the first (cold) refres
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from rich.console import Console

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import ContextManager, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +48,7 @@ def resolve_factor_dtype(model: nn.Module, requested: torch.dtype | None) -> tor
     return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
-def autocast_off(device: torch.device) -> ContextManager[None]:
+def autocast_off(device: torch.device) -> ExitStack:
     """Autocast disabled for CPU and for ``device``'s type (a no-op outside autocast)."""
     stack = ExitStack()
     for device_type in {"cpu", device.type}:

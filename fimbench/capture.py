@@ -21,9 +21,9 @@ is there only when the layer has a bias.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as functional
@@ -126,7 +126,7 @@ def capture_statistics(
     def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
         if module in recorded:  # its Fisher block would need the statistics of every call together
             raise FimbenchError(f"{module} is called more than once in one forward pass; weight sharing across calls is not supported")
-        recorded[module] = (args[0].detach(), output)  # type: ignore[index]
+        recorded[module] = (args[0].detach(), output)
 
     handles = [layer.register_forward_hook(record) for layer in layers]
     try:
@@ -204,7 +204,7 @@ def weight_of(layer: KroneckerLayer) -> Tensor:
 
 def weight_gradient(layer: KroneckerLayer) -> Tensor:
     """The layer's gradient as one (q, p) matrix ``[∇W | ∇b]`` (:func:`_as_matrix`)."""
-    return _as_matrix(layer, layer.weight.grad, layer.bias.grad if layer.bias is not None else None)  # type: ignore[arg-type, union-attr]
+    return _as_matrix(layer, layer.weight.grad, layer.bias.grad if layer.bias is not None else None)  # type: ignore[arg-type]
 
 
 def set_weight_gradient(layer: KroneckerLayer, matrix: Tensor, scale: Tensor | float = 1.0) -> None:
@@ -212,7 +212,7 @@ def set_weight_gradient(layer: KroneckerLayer, matrix: Tensor, scale: Tensor | f
     weight = layer.weight.grad.view(layer.weight.shape[0], -1)  # type: ignore[union-attr]
     torch.mul(matrix[:, : weight.shape[1]], scale, out=weight)
     if layer.bias is not None:
-        torch.mul(matrix[:, -1], scale, out=layer.bias.grad)  # type: ignore[arg-type]
+        torch.mul(matrix[:, -1], scale, out=layer.bias.grad)
 
 
 def add_to_weight(layer: KroneckerLayer, matrix: Tensor) -> None:

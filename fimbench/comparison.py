@@ -13,9 +13,10 @@ import csv
 import io
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fimbench.curvature import Method
 from fimbench.errors import FimbenchError

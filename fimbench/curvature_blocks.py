@@ -14,7 +14,8 @@ one, :mod:`fimbench.two_level`) implements :class:`Curvature` directly.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -121,7 +122,7 @@ class KroneckerBlock:
 
     def quadratic(self, delta: Tensor) -> Tensor:
         """``vec(δ)ᵀ damped(λ, π) vec(δ) = Σ_k ⟨δ, G_k δ A_kᵀ⟩_F``."""
-        curvature = sum(kron_matvec(A, G, delta) for A, G in self.inverse.operator.terms)  # type: ignore[union-attr]
+        curvature = sum(kron_matvec(A, G, delta) for A, G in self.inverse.operator.terms)  # type: ignore[union-attr, misc]
         return (delta * curvature).sum()
 
     @property

@@ -4,7 +4,7 @@ and exits with the type's status (:mod:`fimbench.exit_codes`), never with a trac
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 from fimbench import exit_codes
 

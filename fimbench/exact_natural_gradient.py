@@ -18,7 +18,8 @@ and would need every past sub-batch's gradients; every T2 steps (or when λ move
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -44,8 +44,8 @@ Both metrics are NaN when F = 0 (every derivative of the layer vanished on the b
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -205,7 +205,7 @@ def _kron_top(terms: list[tuple[Tensor, Tensor]], count: int) -> Tensor:
 def _dense_top(terms: list[tuple[Tensor, Tensor]], count: int) -> Tensor:
     """Top ``count`` eigenvalues of the dense ``Σ_k A_k ⊗ G_k`` (path ``dense``)."""
     dense = sum(torch.kron(A, G) for A, G in terms)
-    return torch.linalg.eigvalsh(dense).flip(0)[:count]  # type: ignore[arg-type]
+    return torch.linalg.eigvalsh(dense).flip(0)[:count]
 
 
 def _project(terms: list[tuple[Tensor, Tensor]], U_A: Tensor, U_G: Tensor) -> list[tuple[Tensor, Tensor]]:

@@ -12,6 +12,8 @@ tests. Everything on the hot path works with p×p, q×q and m×m matrices.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -29,6 +31,14 @@ def unvec(vector: Tensor, rows: int, cols: int) -> Tensor:
 def kron_matvec(A: Tensor, G: Tensor, V: Tensor) -> Tensor:
     """``(A ⊗ G) vec(V) = vec(G V Aᵀ)``, returned as the (q, p) matrix ``G V Aᵀ``."""
     return G @ V @ A.transpose(-2, -1)
+
+
+def kronecker_sum_matvec(terms: Sequence[tuple[Tensor, Tensor]], V: Tensor) -> Tensor:
+    """``(Σ_k A_k ⊗ G_k) vec(V) = vec(Σ_k G_k V A_kᵀ)``, returned as a (q, p) matrix (at least one term)."""
+    product = kron_matvec(*terms[0], V)
+    for A, G in terms[1:]:
+        product = product + kron_matvec(A, G, V)
+    return product
 
 
 def kron_dense(A: Tensor, G: Tensor) -> Tensor:

@@ -247,7 +247,8 @@ class ConvAutoencoder(nn.Module):
                 bound = (6.0 / (fan_in + fan_out)) ** 0.5
                 with torch.no_grad():
                     layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator) * (2 * bound) - bound)
-                    layer.bias.fill_(0.01)
+                    if layer.bias is not None:
+                        layer.bias.fill_(0.01)
 
 
 def build_model(architecture: Architecture, seed: int) -> Autoencoder | ConvAutoencoder:

@@ -7,7 +7,7 @@ suite checks that these tuples match them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from fimbench.errors import FimbenchError
 

@@ -20,8 +20,8 @@ not block-diagonal supplies its own two numbers from Gram-level quantities.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from fimbench.capture import LayerStatistics
 from fimbench.fisher import ExactFisher, Metric, Terms, kronecker_squared_norm
@@ -38,7 +38,7 @@ class NetworkTerms:
     inner: float
     squared_norm: float
 
-    def __add__(self, other: "NetworkTerms") -> "NetworkTerms":
+    def __add__(self, other: NetworkTerms) -> NetworkTerms:
         """The terms of ``F̂ + F̂'`` when ``⟨F̂, F̂'⟩ = 0`` (blocks on different diagonal positions)."""
         return NetworkTerms(self.inner + other.inner, self.squared_norm + other.squared_norm)
 

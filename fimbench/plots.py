@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are files, never windows
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from fimbench.io import atomic_write_bytes  # noqa: E402
+from fimbench.io import atomic_write_bytes
 
 METHOD_COLORS: dict[str, str] = {
     "kfac": "#1f77b4",
@@ -45,7 +46,7 @@ def method_color(method: str) -> str:
     return METHOD_COLORS.get(method, METHOD_COLORS.get(method.split("+")[0].split("-r")[0], "#17becf"))
 
 
-def new_figure(rows: int, cols: int, width: float = 5.0, height: float = 3.6) -> tuple[Figure, object]:
+def new_figure(rows: int, cols: int, width: float = 5.0, height: float = 3.6) -> tuple[Figure, Any]:
     """A figure of ``rows × cols`` panels of the given size in inches."""
     return plt.subplots(rows, cols, figsize=(cols * width, rows * height), squeeze=False)
 

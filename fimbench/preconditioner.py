@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import nullcontext
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -136,8 +137,8 @@ class KroneckerPreconditioner:
     def __init__(
         self,
         model: nn.Module,
-        likelihood: "Likelihood | str",
-        method: "str | Method",
+        likelihood: Likelihood | str,
+        method: str | Method,
         settings: PreconditionerSettings | None = None,
         *,
         generator: torch.Generator | None = None,
@@ -241,7 +242,7 @@ class KroneckerPreconditioner:
         config: OptimizerConfig,
         generator: torch.Generator | None = None,
         timer: PhaseTimer | None = None,
-    ) -> "KroneckerPreconditioner":
+    ) -> KroneckerPreconditioner:
         """The preconditioner of ``config`` (its :class:`PreconditionerSettings` part, as-is; its weight
         decay with ``step_rule="qmodel"``, which takes the step itself)."""
         weight_decay = config.weight_decay if config.step_rule == QMODEL else 0.0
@@ -294,7 +295,7 @@ class KroneckerPreconditioner:
         """Every layer's factorised damped block (None before the first refresh)."""
         return [block.inverse for block in self.kronecker_blocks]
 
-    def _phase(self, name: str) -> ContextManager[None]:
+    def _phase(self, name: str) -> AbstractContextManager[None]:
         return self.timer.phase(name) if self.timer is not None else nullcontext()
 
     def fisher_batch_size(self, batch_size: int) -> int:
@@ -488,8 +489,8 @@ class KroneckerPreconditioner:
         self.trial = None
         device = self.layers[0].weight.device
         losses = mean_over_ranks(torch.tensor([float(loss_before), float(loss_after)], dtype=torch.float64, device=device))
-        loss_before, loss_after = losses.tolist()
-        rho = reduction_ratio(loss_after - loss_before, predicted)
+        mean_before, mean_after = losses.tolist()
+        rho = reduction_ratio(mean_after - mean_before, predicted)
         damping = self.schedule.update(self.damping, rho)
         if damping != self.damping:
             self.damping = damping

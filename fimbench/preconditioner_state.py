@@ -101,7 +101,7 @@ def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: di
     alignment = state["alignment"]
     preconditioner._alignment = None if alignment is None else alignment.to(device)
     preconditioner.correction_scale = state["correction_scale"]
-    diagnostics = {
+    diagnostics: dict[str, Any] = {
         name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in state["diagnostics"].items()
     }
     preconditioner.diagnostics = PreconditionerDiagnostics(**diagnostics)

@@ -15,12 +15,13 @@ rewritten from whatever is on disk.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from fimbench.comparison import Comparison
-from fimbench.curvature import PAPER_METHODS, Method, parse_method
+from fimbench.curvature import PAPER_METHODS, parse_method
 from fimbench.errors import FimbenchError
 from fimbench.sweep import PointState, Runner, SweepPlan, SweepPoint, SweepResult, plan_best_runs, plan_sweep, run_sweep
 

@@ -14,9 +14,10 @@ warning and the valid rows are kept; a run without ``summary.json`` (still runni
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import yaml
 
@@ -57,7 +58,7 @@ class RunRecord:
     def seed(self) -> int | None:
         """``training.seed`` of the run's config, if recorded."""
         seed = (self.config.get("training") or {}).get("seed")
-        return seed if is_number(seed) else None
+        return int(seed) if is_number(seed) else None
 
     @property
     def final_train_loss(self) -> float | None:
@@ -65,7 +66,7 @@ class RunRecord:
         return self.rows[-1]["train_loss"] if self.rows else None
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """A JSON number (not a boolean)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

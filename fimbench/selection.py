@@ -16,7 +16,7 @@ preconditioner names them, with their types, in one warning at construction.
 from __future__ import annotations
 
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 

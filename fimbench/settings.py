@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT
 from fimbench.curvature.options import ApproximationOptions
 from fimbench.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, FIXED
-from fimbench.two_level import NO_COARSE
 from fimbench.names import STEP_RULES
+from fimbench.two_level import NO_COARSE
 
 _APPROXIMATION = ApproximationOptions()
 

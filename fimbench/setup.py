@@ -7,8 +7,9 @@ The engines import this module and never each other.
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 CONFIDENCE = 0.95
 """Confidence of the intervals (significance at 1 − CONFIDENCE = 5 %)."""

@@ -32,8 +32,9 @@ momentum or KL-clip can be applied on top (docs/design.md §19).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -25,7 +25,7 @@ is the block-diagonal exact natural gradient. The scale matches :class:`fimbench
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -120,7 +120,7 @@ class SubBatchFisher:
         """``(F + λI)⁻¹ V`` by Woodbury: ``(V − Jᵀ (m λ I + K)⁻¹ J V) / λ`` (:meth:`inverse`, applied once)."""
         return self.inverse(damping, per_layer).apply(vectors)
 
-    def inverse(self, damping: float, per_layer: bool = False) -> "SubBatchInverse":
+    def inverse(self, damping: float, per_layer: bool = False) -> SubBatchInverse:
         """Factorise ``(F + λI)`` once (m × m Cholesky factors); apply it to many gradients with ``.apply``."""
         return SubBatchInverse(self, damping, per_layer)
 

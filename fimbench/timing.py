@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def synchronize(device: torch.device) -> None:
@@ -21,7 +24,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_call(function, device: torch.device) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+def timed_call(function: Callable[[], T], device: torch.device) -> tuple[float, T]:
     """``(seconds, result)`` of ``function()``, synchronising the device before both clock reads."""
     synchronize(device)
     start = time.perf_counter()

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from fimbench.distributed import data_parallel, mean_over_ranks, rank, shard, wo
 from fimbench.errors import DivergedError, FimbenchError
 from fimbench.event_log import EventLog, require_tensorboard
 from fimbench.models import Likelihood, build_model, evaluate
-from fimbench.names import variant_name
+from fimbench.names import STEP_RULES, variant_name
 from fimbench.preconditioner import KroneckerPreconditioner
 from fimbench.rundir import (
     CONFIG,
@@ -41,8 +41,14 @@ from fimbench.rundir import (
     write_summary,
 )
 from fimbench.selection import unwrap
-from fimbench.setup import check_batch_size, environment, first_order_optimizer, load_configured_dataset, resolve_architecture, resolve_device
-from fimbench.names import STEP_RULES
+from fimbench.setup import (
+    check_batch_size,
+    environment,
+    first_order_optimizer,
+    load_configured_dataset,
+    resolve_architecture,
+    resolve_device,
+)
 from fimbench.step_rule import QMODEL
 from fimbench.timing import PhaseTimer, synchronize
 
@@ -146,7 +152,7 @@ class _Run:
     total_steps: int
     result: TrainResult
     progress: TrainProgress | None
-    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
     train_seconds: float = 0.0
     epoch: int = 0  # epochs completed
     step: int = 0
@@ -394,7 +400,7 @@ def _summary(
         "processes": world_size(),  # data-parallel ranks (fimbench.distributed)
         **environment(device),
         "started": started.isoformat(timespec="seconds"),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "loss_convention": "train_loss/val_loss: per-example negative log-likelihood summed over pixels "
         "(mean over examples); *_loss_per_pixel: the paper's mean BCE / MSE",
     }

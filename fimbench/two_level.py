@@ -42,7 +42,8 @@ here it is the block's own damped inverse. Their Krylov-enriched and "tpselepedi
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -165,7 +166,7 @@ class TwoLevel:
     def coarse_vectors(self, gradients: Sequence[Tensor], directions: Sequence[Tensor]) -> list[Tensor]:
         """The unit coarse vectors ``r_l`` of the coarse space (module docstring)."""
         if self.coarse in (NICOLAIDES, SPECTRAL):
-            first_terms = [block.first_term for block in self.inner.blocks] if self.coarse == SPECTRAL else [None] * len(gradients)
+            first_terms = [cast(FirstTermBlock, block).first_term for block in self.inner.blocks] if self.coarse == SPECTRAL else [None] * len(gradients)
             return [coarse_vector(self.coarse, first, gradient) for first, gradient in zip(first_terms, gradients)]  # type: ignore[arg-type]
         assert self.fisher is not None and self.damping is not None
         damped = [Fd + self.damping * d for Fd, d in zip(self.fisher.matvec(directions), directions)]

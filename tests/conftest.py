@@ -7,17 +7,17 @@ autouse guard below fails any test that leaks one).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import reference` from any test module
 
-from reference import DTYPE, random_statistics  # noqa: E402
+from reference import DTYPE, random_statistics
 
-from fimbench.models import Architecture, Autoencoder, Likelihood  # noqa: E402
+from fimbench.models import Architecture, Autoencoder, Likelihood
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -22,7 +22,7 @@ import math
 
 import pytest
 import torch
-from reference import DTYPE, fisher_from_statistics, kronecker_svd, mat_ref, rearrange_ref, vec_ref
+from reference import DTYPE, fisher_from_statistics, mat_ref, rearrange_ref, vec_ref
 
 from fimbench.capture import capture_statistics, weight_gradient, weight_of
 from fimbench.conventions import from_authors_scale, loss_scale

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from reference import (
     DTYPE,
     fisher_from_gradients,
@@ -22,6 +21,7 @@ from reference import (
     per_example_weight_gradients,
     targets_from_output_derivative,
 )
+from torch import nn
 
 from fimbench.capture import augment, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
 from fimbench.errors import FimbenchError

@@ -117,7 +117,7 @@ def test_sequence_outputs_take_classes_from_the_last_dimension(tokens: int) -> N
     assert torch.allclose(likelihood.nll(z, y), expected, rtol=EXACT)
     assert likelihood.loss_per_pixel(z, y) == pytest.approx(float(expected.sum()) / (16 * tokens), rel=EXACT)
     assert likelihood.sample(z, torch.Generator().manual_seed(3)).shape == (16, tokens)
-    with pytest.raises(FimbenchError, match=r"class indices of shape \(16, %d\)" % tokens):
+    with pytest.raises(FimbenchError, match=rf"class indices of shape \(16, {tokens}\)"):
         likelihood.nll(z, y[:, 0])
     preconditioner = KroneckerPreconditioner(model, likelihood, "deflation", damping=1e-2, stats_every=1, fisher_fraction=1.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -15,16 +15,16 @@ from typer.testing import CliRunner
 
 from fimbench import timing
 from fimbench.cli.cost import cost_profile
-from fimbench.cost import profiler
 from fimbench.cost import (
     PHASES,
     YARDSTICKS,
+    CostPoint,
     LayerCost,
     MethodCost,
     ModelProfile,
-    CostPoint,
     Timing,
     fit_exponents,
+    profiler,
     sweep_exponents,
 )
 from fimbench.models import Architecture, Likelihood
@@ -161,7 +161,7 @@ class _FakeEvent:
     def record(self) -> None:
         self.log.append("record")
 
-    def elapsed_time(self, end: "_FakeEvent") -> float:
+    def elapsed_time(self, end: _FakeEvent) -> float:
         self.log.append("elapsed")
         return 2.0
 

@@ -9,10 +9,10 @@ import io
 import json
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -47,7 +47,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     state = FakeServer()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+        def do_GET(self) -> None:
             path = urlsplit(self.path).path
             state.hits[path] += 1
             body = state.files.get(path)

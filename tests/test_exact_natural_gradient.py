@@ -198,7 +198,7 @@ def test_state_dict_resumes_exactly(method):
 def test_exact_methods_have_no_kronecker_blocks():
     preconditioner = KroneckerPreconditioner(network(), LIKELIHOOD, "exact-ng")
     with pytest.raises(FimbenchError, match="no per-layer blocks"):
-        preconditioner.approximations
+        _ = preconditioner.approximations
     with pytest.raises(FimbenchError, match="unknown method 'sgd'"):
         KroneckerPreconditioner(network(), LIKELIHOOD, "sgd")
 

@@ -14,8 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -319,8 +320,8 @@ def test_set_on_sweep_reaches_every_point(tmp_path: Path) -> None:
     result = invoke(["sweep", "-c", tiny_config(tmp_path), "-m", "sgd,adam", "--grid", "lr=1e-3", "--dry-run", "--json",
                      "--set", "model.layers=[784,4,784]", "--out", tmp_path / "sw"])
     assert result.exit_code == 0, result.output
-    from fimbench.sweep import plan_sweep
     from fimbench.cli.options import with_sets
+    from fimbench.sweep import plan_sweep
 
     plan = plan_sweep(tmp_path / "sw", ["sgd", "adam"], {"lr": [1e-3]}, config_path=tiny_config(tmp_path),
                       overrides=with_sets({}, ["model.layers=[784,4,784]"]))

@@ -77,7 +77,7 @@ def test_run_writes_table_csv_summary_and_figure(small: list[str], tmp_path: Pat
         blocks[(r["iteration"], r["method"])].append(float(r["error1"]))
     for r in network:  # the cross-layer error adds the off-diagonal blocks to the blocks' own errors
         assert 0.0 < float(r["error1"]) < 1.0 and float(r["error1"]) > min(blocks[(r["iteration"], r["method"])])
-    assert {(int(r["iteration"]), int(r["layer"])) for r in rows} == {(i, l) for i in (0, 2, 4) for l in (5, 6)}
+    assert {(int(r["iteration"]), int(r["layer"])) for r in rows} == {(i, layer) for i in (0, 2, 4) for layer in (5, 6)}
     assert {r["method"] for r in rows} == set(METHODS)
     assert all(0.0 <= float(r["error1"]) < 1.0 and 0.0 <= float(r["error2"]) < 1.0 for r in rows)
     assert {r["path"] for r in rows} <= {"gram/kron", "gram/dense", "gram/lanczos"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dense_helpers import rearrange, z_matvec, z_rmatvec
 from reference import (
     DTYPE,
     fisher_from_statistics,
@@ -12,7 +13,6 @@ from reference import (
     vec_ref,
 )
 
-from dense_helpers import rearrange, z_matvec, z_rmatvec
 from fimbench.fisher import exact_block
 from fimbench.kronecker import (
     kron_dense,

@@ -13,7 +13,8 @@ when it runs.
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import typer
 from typer.core import TyperGroup

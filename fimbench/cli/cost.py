@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -26,17 +26,17 @@ NO_METHOD = "no method to profile; pass --methods all or a list such as kfac,def
 @user_errors
 @with_output
 def cost_profile(
-    dataset: Optional[DatasetName] = typer.Option(
+    dataset: DatasetName | None = typer.Option(
         None, "--dataset", "-d", help="Profile every layer of this dataset's App. D autoencoder (random inputs: no data needed).",
         case_sensitive=False,
     ),
-    widths: Optional[str] = typer.Option(None, help=f"Sweep: layer widths d (default {DEFAULT_WIDTHS})."),
-    batches: Optional[str] = typer.Option(None, help=f"Sweep: Fisher batch sizes m (default {DEFAULT_BATCHES})."),
+    widths: str | None = typer.Option(None, help=f"Sweep: layer widths d (default {DEFAULT_WIDTHS})."),
+    batches: str | None = typer.Option(None, help=f"Sweep: Fisher batch sizes m (default {DEFAULT_BATCHES})."),
     methods: str = methods_option("all", "all, or a comma-separated list of Kronecker methods, ekfac and exact references (exact-ng, exact-ng-block)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     repeats: int = typer.Option(5, help="Timed repeats of every measurement (after one warm-up call)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/cost-<time>)."),
-    config: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/cost-<time>)."),
+    config: Path | None = typer.Option(
         None, "--config", "-c", help="With --dataset: a YAML config overriding the preset (e.g. configs/curves-conv.yaml)."
     ),
     json_output: bool = json_option(),
@@ -47,8 +47,8 @@ def cost_profile(
     Example: fimbench cost-profile --widths 128,256,512 --batches 64,256
     """
     from fimbench.cost import DatasetCost, profile_dataset, profile_sweep, write_outputs
-    from fimbench.tables import dataset_tables, sweep_tables
     from fimbench.setup import resolve_device
+    from fimbench.tables import dataset_tables, sweep_tables
 
     if dataset is not None and (widths is not None or batches is not None):
         raise FimbenchError("choose either --dataset or --widths/--batches, not both")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.live import Live
@@ -131,7 +131,7 @@ def summary_table(summaries: list[EntrySummary], title: str) -> Table:
     return table
 
 
-def _coarse_spaces(text: Optional[str]) -> tuple[str, ...]:
+def _coarse_spaces(text: str | None) -> tuple[str, ...]:
     """``--coarse nicolaides,spectral`` -> the coarse spaces whose two-level network rows are measured."""
     spaces = tuple(dict.fromkeys(split_list(text or "")))
     for space in spaces:
@@ -143,26 +143,26 @@ def _coarse_spaces(text: Optional[str]) -> tuple[str, ...]:
 @user_errors
 @with_output
 def fisher_error(
-    dataset: Optional[DatasetName] = dataset_option(),
+    dataset: DatasetName | None = dataset_option(),
     layer: str = typer.Option("5", "--layer", help="Linear layer(s), 1-based as in the paper: 5, a list 1,5,9, or all."),
     methods: str = methods_option(
         ",".join(KRONECKER_METHODS), f"Comma-separated methods to measure: Kronecker ones, ekfac and the exact references {', '.join(EXACT_METHODS)}."
     ),
-    coarse: Optional[str] = typer.Option(
+    coarse: str | None = typer.Option(
         None, "--coarse",
         help="Also the network row of each block method's two-level version (F̂ = P⁻¹, undamped): nicolaides, spectral or both, comma-separated.",
     ),
     optimizer: str = typer.Option("adam", "--optimizer", help="Independent optimizer that trains the network: adam or sgd."),
     iterations: int = typer.Option(1000, "--iterations", help="Training iterations."),
     every: int = typer.Option(20, "--every", help="Measure every K iterations (and at 0)."),
-    lanczos_rank: Optional[int] = typer.Option(None, "--lanczos-rank", help="Measure Lanczos at ranks 1..R (instead of rank 2 only)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of initialisation, data order and target sampling."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/fisher-error-<dataset>-<time>)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; CLI options override it."),
+    lanczos_rank: int | None = typer.Option(None, "--lanczos-rank", help="Measure Lanczos at ranks 1..R (instead of rank 2 only)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of initialisation, data order and target sampling."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/fisher-error-<dataset>-<time>)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; CLI options override it."),
     empirical: bool = empirical_fisher_option(False),
-    data_dir: Optional[Path] = data_dir_option(),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Mini-batch size (default: the dataset's, 256/512/1024)."),
+    data_dir: Path | None = data_dir_option(),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Mini-batch size (default: the dataset's, 256/512/1024)."),
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
 ) -> None:

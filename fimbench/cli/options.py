@@ -6,11 +6,12 @@ Nothing here imports torch: ``fimbench --help`` builds every command's options f
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import typer
 
@@ -57,12 +58,12 @@ def dataset_option() -> Any:
     )
 
 
-def methods_option(default: Optional[str], help: str) -> Any:
+def methods_option(default: str | None, help: str) -> Any:
     """``-m/--methods``: a comma-separated list, wherever a command takes several methods."""
     return typer.Option(default, "--methods", "-m", help=help)
 
 
-def empirical_fisher_option(default: Optional[bool]) -> Any:
+def empirical_fisher_option(default: bool | None) -> Any:
     """``--empirical-fisher/--true-fisher``: statistics from the data's targets or sampled from the model."""
     return typer.Option(
         default,
@@ -119,7 +120,7 @@ def set_option() -> Any:
     return typer.Option(None, "--set", help=SET_HELP)
 
 
-def dataset_value(dataset: Optional[Enum]) -> Optional[str]:
+def dataset_value(dataset: Enum | None) -> str | None:
     """The name behind a ``--dataset`` choice (``None`` when not given)."""
     return None if dataset is None else str(dataset.value)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,7 +34,7 @@ class FittingConsole(Console):
     """A Rich console that, when its output is not a terminal, widens itself for each table printed to
     the table's natural width (a terminal keeps its own width, where Rich folds what does not fit)."""
 
-    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def print(self, *objects: Any, **kwargs: Any) -> None:
         tables = [item for item in objects if isinstance(item, Table)]
         if self.is_terminal or not tables or kwargs.get("width") is not None:
             super().print(*objects, **kwargs)

@@ -5,7 +5,8 @@ They import the engines' types lazily, so that ``--help`` does not load torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fimbench.cli.common import split_list
 from fimbench.errors import FimbenchError

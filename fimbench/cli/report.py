@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -33,11 +33,11 @@ def report(
     paths: list[Path] = typer.Argument(
         ..., help="Run directories, sweep directories (best point per method), or folders holding either, at any depth."
     ),
-    target: Optional[float] = typer.Option(
+    target: float | None = typer.Option(
         None, help="Train loss per pixel for the to-target columns (default: each dataset's worst final train loss)."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write figure2.png and report.json into this directory."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the comparison table as CSV."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write figure2.png and report.json into this directory."),
+    csv: Path | None = typer.Option(None, "--csv", help="Write the comparison table as CSV."),
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
 ) -> None:

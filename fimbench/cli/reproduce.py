@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -31,7 +32,7 @@ from fimbench.cli.sweep import make_runner
 from fimbench.errors import Interrupted, SweepFailedError
 
 if TYPE_CHECKING:
-    from fimbench.sweep import PointState, SweepPlan
+    from fimbench.sweep import PointState, Runner, SweepPlan
 
 DEFAULT_SEEDS = "3"
 """``--seeds`` of ``reproduce figure2``: seeds 0, 1, 2."""
@@ -85,28 +86,28 @@ def _duration(seconds: float) -> str:
 @user_errors
 @with_output
 def figure2(
-    dataset: Optional[DatasetName] = dataset_option(),
-    methods: Optional[str] = methods_option(None, "Comma-separated methods (default: the paper's seven; the references exact-ng, exact-ng-block and ekfac when named)."),
-    grid: Optional[list[str]] = typer.Option(
+    dataset: DatasetName | None = dataset_option(),
+    methods: str | None = methods_option(None, "Comma-separated methods (default: the paper's seven; the references exact-ng, exact-ng-block and ekfac when named)."),
+    grid: list[str] | None = typer.Option(
         None, "--grid", "-g", help="The sweep's KEY=V1,V2,... (lr, damping, clip), as in fimbench sweep --grid; default: its grid."
     ),
     authors_scale: bool = typer.Option(False, "--authors-scale", help="Sweep the paper's own grid (the authors' scale, converted), as fimbench sweep --authors-scale."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base YAML config of every run."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Base YAML config of every run."),
     sweep_epochs: int = typer.Option(DEFAULT_SWEEP_EPOCHS, "--sweep-epochs", help="Epochs of each sweep point."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs of each seeded run of the best settings (default: the config's)."),
+    epochs: int | None = typer.Option(None, help="Epochs of each seeded run of the best settings (default: the config's)."),
     seeds: str = seeds_option("Seeds of the runs of each method's best setting: a count (3: seeds 0, 1, 2) or a list; the sweep uses the first."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
-    data_dir: Optional[Path] = data_dir_option(),
-    tensorboard: Optional[bool] = tensorboard_option(),
-    jobs: Optional[int] = RUNS["jobs"],
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    data_dir: Path | None = data_dir_option(),
+    tensorboard: bool | None = tensorboard_option(),
+    jobs: int | None = RUNS["jobs"],
     executor: Executor = RUNS["executor"],
-    partition: Optional[str] = RUNS["partition"],
+    partition: str | None = RUNS["partition"],
     time_minutes: int = RUNS["time_minutes"],
     gpus_per_job: int = RUNS["gpus_per_job"],
     cpus_per_job: int = RUNS["cpus_per_job"],
-    target: Optional[float] = typer.Option(None, help="Train loss per pixel of the report's to-target columns (default: the worst final)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder of every stage (default: reproduce/figure2-<dataset>)."),
-    sets: Optional[list[str]] = set_option(),
+    target: float | None = typer.Option(None, help="Train loss per pixel of the report's to-target columns (default: the worst final)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder of every stage (default: reproduce/figure2-<dataset>)."),
+    sets: list[str] | None = set_option(),
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -140,7 +141,7 @@ def figure2(
     output = current()
     progress = ProgressLines(draw=output.progress)
 
-    def runner(stage: SweepPlan):  # type: ignore[no-untyped-def]
+    def runner(stage: SweepPlan) -> Runner:
         return make_runner(stage, executor, jobs, partition, time_minutes, gpus_per_job, cpus_per_job)
 
     try:

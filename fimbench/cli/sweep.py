@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.live import Live
@@ -24,8 +25,8 @@ from fimbench.cli.options import (
     quiet_option,
     seeds_option,
     set_option,
-    tensorboard_option,
     step_rule_option,
+    tensorboard_option,
     with_sets,
 )
 from fimbench.cli.output import current, with_output
@@ -55,7 +56,7 @@ class LiveSweepTable:
             self.live.update(sweep_table(states, limit=max(5, console.height - 10)), refresh=True)
 
 
-def _default_sweep_dir(config: Optional[Path], dataset: Optional[str]) -> Path:
+def _default_sweep_dir(config: Path | None, dataset: str | None) -> Path:
     """``sweeps/<dataset>``: a fixed name, so rerunning the same command resumes."""
     from fimbench.config import load_config
 
@@ -65,9 +66,9 @@ def _default_sweep_dir(config: Optional[Path], dataset: Optional[str]) -> Path:
 @user_errors
 @with_output
 def sweep(
-    dataset: Optional[DatasetName] = dataset_option(),
-    methods: Optional[str] = methods_option(None, "Comma-separated methods (default: all seven)."),
-    grid: Optional[list[str]] = typer.Option(
+    dataset: DatasetName | None = dataset_option(),
+    methods: str | None = methods_option(None, "Comma-separated methods (default: all seven)."),
+    grid: list[str] | None = typer.Option(
         None,
         "--grid",
         "-g",
@@ -82,25 +83,25 @@ def sweep(
         help="--grid values and the default grid are the authors' (mean over pixels, their damping split) and are "
         "converted; without it they are in fimbench's scale, as in fimbench train --lr.",
     ),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base YAML config for every point."),
-    step_rule: Optional[str] = step_rule_option(),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per point."),
-    batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop each point after this many steps (smoke sweeps)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of every point."),
-    seeds: Optional[str] = seeds_option("Run every setting once per seed: a count (3: seeds 0, 1, 2) or a list (0,4,7)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
-    data_dir: Optional[Path] = data_dir_option(),
-    tensorboard: Optional[bool] = tensorboard_option(),
-    jobs: Optional[int] = POINTS["jobs"],
+    config: Path | None = typer.Option(None, "--config", "-c", help="Base YAML config for every point."),
+    step_rule: str | None = step_rule_option(),
+    epochs: int | None = typer.Option(None, help="Epochs per point."),
+    batch_size: int | None = typer.Option(None, help="Mini-batch size."),
+    max_steps: int | None = typer.Option(None, help="Stop each point after this many steps (smoke sweeps)."),
+    seed: int | None = typer.Option(None, help="Seed of every point."),
+    seeds: str | None = seeds_option("Run every setting once per seed: a count (3: seeds 0, 1, 2) or a list (0,4,7)."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    data_dir: Path | None = data_dir_option(),
+    tensorboard: bool | None = tensorboard_option(),
+    jobs: int | None = POINTS["jobs"],
     executor: Executor = POINTS["executor"],
-    partition: Optional[str] = POINTS["partition"],
+    partition: str | None = POINTS["partition"],
     time_minutes: int = POINTS["time_minutes"],
     gpus_per_job: int = POINTS["gpus_per_job"],
     cpus_per_job: int = POINTS["cpus_per_job"],
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default: sweeps/<dataset>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Sweep directory (default: sweeps/<dataset>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the points and what is already finished; run nothing."),
-    sets: Optional[list[str]] = set_option(),
+    sets: list[str] | None = set_option(),
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -139,7 +140,7 @@ def sweep(
 
 
 def make_runner(
-    plan: SweepPlan, executor: Executor, jobs: Optional[int], partition: Optional[str], time_minutes: int, gpus_per_job: int, cpus_per_job: int
+    plan: SweepPlan, executor: Executor, jobs: int | None, partition: str | None, time_minutes: int, gpus_per_job: int, cpus_per_job: int
 ) -> Runner:
     """Worker processes here (``local``), or SLURM jobs through submitit; each runs :func:`fimbench.train.run_point`."""
     from fimbench.sweep import LocalRunner, SubmititRunner

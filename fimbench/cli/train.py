@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -14,18 +14,18 @@ from fimbench.cli.common import console, user_errors
 from fimbench.cli.options import (
     DatasetName,
     MethodName,
+    config_overrides,
     data_dir_option,
     dataset_option,
-    config_overrides,
     dataset_value,
     default_run_dir,
     empirical_fisher_option,
-    step_rule_option,
     json_option,
     quiet_option,
     run_directory,
     seeds_option,
     set_option,
+    step_rule_option,
     tensorboard_option,
     with_sets,
 )
@@ -85,61 +85,61 @@ def _damping_split(text: str | None) -> float | str | None:
 @user_errors
 @with_output
 def train(
-    method: Optional[MethodName] = typer.Option(None, "--method", "-m", help="Optimizer (default: the config's, else sgd)."),
-    dataset: Optional[DatasetName] = dataset_option(),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; CLI options override it."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate."),
-    batch_size: Optional[int] = typer.Option(None, help="Mini-batch size."),
-    epochs: Optional[int] = typer.Option(None, help="Number of epochs."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps (smoke runs)."),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum (also on the preconditioned gradient)."),
-    nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."),
-    weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
-    damping: Optional[float] = typer.Option(None, help="Tikhonov damping λ (Kronecker methods; the initial λ if adaptive)."),
-    pi: Optional[str] = typer.Option(
+    method: MethodName | None = typer.Option(None, "--method", "-m", help="Optimizer (default: the config's, else sgd)."),
+    dataset: DatasetName | None = dataset_option(),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; CLI options override it."),
+    lr: float | None = typer.Option(None, help="Learning rate."),
+    batch_size: int | None = typer.Option(None, help="Mini-batch size."),
+    epochs: int | None = typer.Option(None, help="Number of epochs."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many steps (smoke runs)."),
+    momentum: float | None = typer.Option(None, help="SGD momentum (also on the preconditioned gradient)."),
+    nesterov: bool | None = typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."),
+    weight_decay: float | None = typer.Option(None, help="Weight decay."),
+    damping: float | None = typer.Option(None, help="Tikhonov damping λ (Kronecker methods; the initial λ if adaptive)."),
+    pi: str | None = typer.Option(
         None, "--pi", help="Damping split π: 'trace' (the paper's §2.2 rule) or a fixed positive number."
     ),
-    damping_form: Optional[str] = typer.Option(
+    damping_form: str | None = typer.Option(
         None, "--damping-form",
         help="factored: (A₁ + π√λ I) ⊗ (G₁ + √λ/π I) (default); exact: A₁ ⊗ G₁ + λI in the first term's eigenbasis.",
     ),
-    coarse: Optional[str] = typer.Option(
+    coarse: str | None = typer.Option(
         None, "--coarse",
         help="Two-level cross-layer correction for a block method: none (default), nicolaides, spectral or residual.",
     ),
-    damping_schedule: Optional[str] = typer.Option(
+    damping_schedule: str | None = typer.Option(
         None, "--damping-schedule", help="fixed, or adaptive (Levenberg–Marquardt rule every T3 = optimizer.damping_every steps)."
     ),
-    kl_clip: Optional[float] = typer.Option(None, help="KL-clipping constant c (Kronecker methods)."),
-    step_rule: Optional[str] = step_rule_option(),
-    stats_every: Optional[int] = typer.Option(None, "--stats-every", help="T1: steps between statistics updates."),
-    inverse_every: Optional[int] = typer.Option(None, "--inverse-every", help="T2: steps between inversions."),
-    ema_decay: Optional[float] = typer.Option(None, help="α of the EMA, ρ = min(1 − 1/k, α)."),
-    fisher_fraction: Optional[float] = typer.Option(None, help="Fisher sub-batch size as a fraction of the batch."),
-    empirical_fisher: Optional[bool] = empirical_fisher_option(None),
-    tol: Optional[float] = typer.Option(None, help="Power SVD / Lanczos tolerance, relative to σ₁."),
-    max_iterations: Optional[int] = typer.Option(None, help="Power SVD / Lanczos iteration cap."),
-    lanczos_rank: Optional[int] = typer.Option(None, help="Kronecker rank r of Lanczos (1 or 2 for training)."),
-    krylov_dim: Optional[int] = typer.Option(None, help="Krylov dimension K of restarted Lanczos."),
-    min_curvature_ratio: Optional[float] = typer.Option(None, help="δ of the rank-2 positive-definiteness safeguard."),
-    seed: Optional[int] = typer.Option(None, help="Seed of data order, initialisation and Fisher sampling."),
-    seeds: Optional[str] = seeds_option(
+    kl_clip: float | None = typer.Option(None, help="KL-clipping constant c (Kronecker methods)."),
+    step_rule: str | None = step_rule_option(),
+    stats_every: int | None = typer.Option(None, "--stats-every", help="T1: steps between statistics updates."),
+    inverse_every: int | None = typer.Option(None, "--inverse-every", help="T2: steps between inversions."),
+    ema_decay: float | None = typer.Option(None, help="α of the EMA, ρ = min(1 − 1/k, α)."),
+    fisher_fraction: float | None = typer.Option(None, help="Fisher sub-batch size as a fraction of the batch."),
+    empirical_fisher: bool | None = empirical_fisher_option(None),
+    tol: float | None = typer.Option(None, help="Power SVD / Lanczos tolerance, relative to σ₁."),
+    max_iterations: int | None = typer.Option(None, help="Power SVD / Lanczos iteration cap."),
+    lanczos_rank: int | None = typer.Option(None, help="Kronecker rank r of Lanczos (1 or 2 for training)."),
+    krylov_dim: int | None = typer.Option(None, help="Krylov dimension K of restarted Lanczos."),
+    min_curvature_ratio: float | None = typer.Option(None, help="δ of the rank-2 positive-definiteness safeguard."),
+    seed: int | None = typer.Option(None, help="Seed of data order, initialisation and Fisher sampling."),
+    seeds: str | None = seeds_option(
         "One run per seed, in --out/seed_S: a count (3: seeds 0, 1, 2) or a list (0,4,7); nothing else differs."
     ),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
-    data_dir: Optional[Path] = data_dir_option(),
-    log_every: Optional[int] = typer.Option(None, help="Also log a metrics row every N steps."),
-    tensorboard: Optional[bool] = tensorboard_option(),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<dataset>-<method>-<time>)."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    data_dir: Path | None = data_dir_option(),
+    log_every: int | None = typer.Option(None, help="Also log a metrics row every N steps."),
+    tensorboard: bool | None = tensorboard_option(),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<dataset>-<method>-<time>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (else it is refused)."),
-    resume: Optional[Path] = typer.Option(
+    resume: Path | None = typer.Option(
         None, "--resume", metavar="RUN_DIR",
         help="Continue the stopped or killed run in RUN_DIR from its checkpoint.pt, as its config.yaml says "
         "(with it only --device, --data-dir, --tensorboard, --quiet, --json and --full-table may be given).",
     ),
-    sets: Optional[list[str]] = set_option(),
+    sets: list[str] | None = set_option(),
     full_table: bool = typer.Option(False, "--full-table", help="Show every epoch in the table (default: about 20 rows)."),
-    nproc: Optional[int] = typer.Option(
+    nproc: int | None = typer.Option(
         None, "--nproc", help="Data-parallel workers on this machine (torch.distributed.run; the batch is split across them)."
     ),
     json_output: bool = json_option(),
@@ -188,7 +188,7 @@ def _train_seeds(options: dict[str, Any], seeds: list[int]) -> None:
     current().document({"out": str(out), "seeds": seeds, "runs": documents})
 
 
-def _resolve(options: dict[str, Any], config: Optional[Path], sets: Optional[list[str]]) -> RunConfig:
+def _resolve(options: dict[str, Any], config: Path | None, sets: list[str] | None) -> RunConfig:
     """The run's config: ``config`` (or the preset), then the options, then ``--set``."""
     from fimbench.config import load_config
 
@@ -209,7 +209,7 @@ STEP_OPTIONS = ("lr", "momentum", "nesterov", "kl_clip")
 """What the quadratic model replaces: with ``step_rule: qmodel`` these are not used, so giving one is refused."""
 
 
-def _check_step_rule(resolved: RunConfig, options: dict[str, Any], sets: Optional[list[str]]) -> None:
+def _check_step_rule(resolved: RunConfig, options: dict[str, Any], sets: list[str] | None) -> None:
     """With ``step_rule: qmodel`` the step's length and momentum come from the quadratic model: an explicit
     --lr, --momentum, --nesterov or --kl-clip (option or --set) would not be applied, and is refused; so is
     an explicit qmodel for SGD or Adam. (Values from config files are not used.)"""

@@ -3,7 +3,7 @@ builds (docs/design.md §4), and the exponents fitted to a (widths × Fisher bat
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.typing import LineStyleType
 
 from fimbench.cost.model import STEADY_PHASES, point_layer
 from fimbench.cost.results import DatasetCost, SweepCost
@@ -16,7 +17,7 @@ from fimbench.plots import METHOD_COLORS, METHOD_LABELS, new_figure, save_png
 def sweep_figure(sweep: SweepCost) -> Figure:
     """Log-log seconds (median, bars min–max) of every steady phase vs d (a line style per m) and vs m
     (a line style per d); one colour per method, the SGD step of the same layer and batch in black."""
-    linestyles = ("-", "--", ":", "-.")
+    linestyles: tuple[LineStyleType, ...] = ("-", "--", ":", "-.")
     rows = [("d", "width d", sweep.widths, sweep.fisher_batches, "m")]
     if len(sweep.fisher_batches) > 1:
         rows.append(("m", "Fisher batch m", sweep.fisher_batches, sweep.widths, "d"))

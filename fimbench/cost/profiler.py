@@ -40,11 +40,12 @@ same grid, which is the prediction they are checked against. Exponents are fitte
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from functools import partial
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -78,7 +79,7 @@ def _environment(device: torch.device, repeats: int, warmup: int) -> dict[str, A
         "repeats": repeats,
         "warmup": warmup,
         "threads": torch.get_num_threads(),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -181,7 +182,7 @@ def profile_model(
                 warm_result.inverse, preconditioner.damping, preconditioner.min_curvature_ratio, preconditioner.pi, preconditioner.damping_form
             )
             apply = partial(invert().apply, gradient)
-            calls = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": apply}
+            calls: dict[str, Callable[[], Any]] = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": apply}
             iterative = method is not Method.KFAC
             layer_costs.append(
                 LayerCost(
@@ -232,7 +233,7 @@ def _ekfac_layer_cost(
     block.approximation = warm()
     invert = partial(block.refresh, preconditioner.damping)
     invert()
-    calls = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": partial(block.apply, gradient)}
+    calls: dict[str, Callable[[], Any]] = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": partial(block.apply, gradient)}
     return _non_kronecker_layer_cost(index, now, calls, gradient.device, repeats, warmup)
 
 
@@ -262,7 +263,7 @@ def _exact_layer_cost(index: int, statistics: LayerStatistics, gradient: Tensor,
 
     invert = partial(fisher.inverse, damping, True)
     apply = partial(invert().apply, [gradient])
-    calls = {"build_cold": build, "build_warm": build, "inverse": invert, "apply": apply}
+    calls: dict[str, Callable[[], Any]] = {"build_cold": build, "build_warm": build, "inverse": invert, "apply": apply}
     return _non_kronecker_layer_cost(index, statistics, calls, device, repeats, warmup)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ class Timing:
     samples: tuple[float, ...]
 
     @classmethod
-    def of(cls, samples: Sequence[float]) -> "Timing":
+    def of(cls, samples: Sequence[float]) -> Timing:
         values = torch.tensor(list(samples), dtype=torch.float64)
         q1, median, q3 = torch.quantile(values, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
         return cls(median, q1, q3, float(values.min()), float(values.max()), tuple(float(s) for s in samples))

@@ -86,7 +86,7 @@ APPROXIMATIONS: dict[Method, Approximator] = {
 
 
 def approximate(
-    method: "str | Method",
+    method: str | Method,
     a: Tensor,
     g: Tensor,
     *,

@@ -86,11 +86,11 @@ class EigenbasisDiagonal:
     @classmethod
     def from_state_dict(
         cls, state: dict[str, Any], device: torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> "EigenbasisDiagonal":
+    ) -> EigenbasisDiagonal:
         """The inverse of :meth:`state_dict`, moved to ``device`` and cast to ``dtype`` if given."""
         factors = tuple(t.to(device, dtype) for t in state["factors"])
         bases = tuple(t.to(device, dtype) for t in state["bases"])
-        return cls(factors, bases, state["scales"].to(device, dtype))  # type: ignore[arg-type]
+        return cls(factors, bases, state["scales"].to(device, dtype))
 
 
 def eigenbases(A: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,7 +145,7 @@ class EigenbasisBlock:
         self.denominator: Tensor | None = None  # S + λ of the latest refresh
         self.basis_due = True
 
-    def update(self, statistics: "LayerStatistics", decay: float) -> None:
+    def update(self, statistics: LayerStatistics, decay: float) -> None:
         """Factors and eigenvalues towards ``ρ F̂_old + (1 − ρ) F_batch``; no iterative solver runs."""
         self.approximation = approximate_ekfac(statistics.a, statistics.g, self.approximation, decay, self.basis_due)
         self.basis_due = False
@@ -160,7 +160,8 @@ class EigenbasisBlock:
 
     def apply(self, gradient: Tensor) -> Tensor:
         """``vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``."""
-        Q_A, Q_G = self.source.bases  # type: ignore[union-attr]
+        assert self.source is not None and self.denominator is not None, "apply before refresh"
+        Q_A, Q_G = self.source.bases
         return Q_G @ ((Q_G.transpose(0, 1) @ gradient @ Q_A) / self.denominator) @ Q_A.transpose(0, 1)
 
     def quadratic(self, delta: Tensor) -> Tensor:
@@ -195,4 +196,5 @@ class EigenbasisBlock:
         source = inverse["source"]
         self.source = self.approximation if source is None else EigenbasisDiagonal.from_state_dict(source, device, dtype)
         self.damping, self.basis_due = inverse["damping"], inverse["basis_due"]
+        assert self.source is not None, "a state with an inverse has an approximation"
         self.denominator = self.source.scales + self.damping

@@ -10,12 +10,16 @@ chasing relative accuracy in round-off.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from fimbench.curvature.options import DEFAULT_KRYLOV_DIM, DEFAULT_MAX_ITERATIONS, DEFAULT_TOL
 from fimbench.curvature.rearranged import RearrangedOperator
+
+if TYPE_CHECKING:
+    from fimbench.curvature.shared_weights import SharedWeightOperator
 
 BREAKDOWN = 1e-12  # relative size under which a Krylov direction is considered exhausted
 
@@ -36,7 +40,7 @@ def _normalised(vector: Tensor, norm: Tensor) -> Tensor:
 
 
 def power_svd(
-    operator: RearrangedOperator,
+    operator: RearrangedOperator | SharedWeightOperator,
     start: Tensor,
     scale: float | None = None,
     tol: float = DEFAULT_TOL,

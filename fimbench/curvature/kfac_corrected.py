@@ -35,7 +35,7 @@ def approximate_kfac_corrected(
     operator = target.operator
     A, G = kfac_factors(a, g, prior, decay)
     corrected = operator.deflated(1.0, *target.kfac_coordinates(A, G))
-    sigma1 = float(power_svd(operator, target.start(0), tol=SCALE_TOLERANCE, max_iterations=options.max_iterations).values[0])  # type: ignore[arg-type]
+    sigma1 = float(power_svd(operator, target.start(0), tol=SCALE_TOLERANCE, max_iterations=options.max_iterations).values[0])
     correction = leading_pair(target, corrected, 1, options, scale=sigma1)
     return KroneckerSum(
         [(A, G), kronecker_pair(corrected, correction)],

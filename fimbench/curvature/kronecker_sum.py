@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -48,13 +48,13 @@ from fimbench.errors import FimbenchError
 from fimbench.kronecker import kron_dense
 
 DEFAULT_MIN_CURVATURE_RATIO = 0.1
-TRACE_SPLIT = "trace"
+TRACE_SPLIT: Literal["trace"] = "trace"
 FACTORED = "factored"
 EXACT = "exact"
 DAMPING_FORMS = (FACTORED, EXACT)
 """How λ enters the first term: ``factored`` ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)``, or ``exact`` ``A₁ ⊗ G₁ + λI``."""
 
-DampingSplit = Union[float, Literal["trace"]]
+DampingSplit = float | Literal["trace"]
 """π of the factored damping: ``"trace"`` (the paper's rule) or a fixed positive number."""
 
 
@@ -117,7 +117,7 @@ class KroneckerSum:
     @classmethod
     def from_state_dict(
         cls, state: dict[str, Any], device: torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> "KroneckerSum":
+    ) -> KroneckerSum:
         """The inverse of :meth:`state_dict`, with the terms moved to ``device`` and cast to ``dtype`` if given."""
         terms = [(A.to(device, dtype), G.to(device, dtype)) for A, G in state["terms"]]
         return cls(terms, state["method"], state["iterations"], state["residual"], list(state["singular_values"]))
@@ -140,7 +140,7 @@ class KroneckerSum:
         min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
         pi: DampingSplit = TRACE_SPLIT,
         form: str = FACTORED,
-    ) -> "KroneckerInverse":
+    ) -> KroneckerInverse:
         """Factorise ``damped(damping, pi)`` (``form="exact"``: the exactly damped operator) once; apply it
         to many gradients with ``.apply``."""
         return KroneckerInverse(self, damping, min_curvature_ratio, pi, form)
@@ -151,7 +151,7 @@ class KroneckerSum:
         min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
         pi: DampingSplit = TRACE_SPLIT,
         form: str = FACTORED,
-    ) -> "KroneckerSum":
+    ) -> KroneckerSum:
         """The operator that :meth:`solve` inverts (module docstring)."""
         return self.inverse(damping, min_curvature_ratio, pi, form).operator
 

@@ -4,8 +4,9 @@ and the :class:`Approximator` signature every Kronecker method has."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from torch import Tensor
 
@@ -74,7 +75,7 @@ PAPER_METHODS: tuple[Method, ...] = KRONECKER_METHODS + FIRST_ORDER_METHODS
 """The paper's methods (§4.2), each with the authors' tuned settings in configs/paper/."""
 
 
-def parse_method(name: "str | Method", kronecker_only: bool = False, choices: "Sequence[Method] | None" = None) -> Method:
+def parse_method(name: str | Method, kronecker_only: bool = False, choices: Sequence[Method] | None = None) -> Method:
     """``"deflation"`` -> ``Method.DEFLATION``; a clear error for anything else, or anything not among
     ``choices`` (default: every method, or the Kronecker ones with ``kronecker_only``)."""
     choices = list(choices) if choices is not None else list(KRONECKER_METHODS) if kronecker_only else list(Method)

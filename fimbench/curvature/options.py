@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fimbench.errors import FimbenchError
 
+from fimbench.errors import FimbenchError
 
 DEFAULT_TOL = 1e-6  # the paper's ε (§4), here relative to σ₁
 DEFAULT_MAX_ITERATIONS = 500  # products with Z (in pairs); warm starts need a handful, cold second pairs ~100

@@ -86,7 +86,7 @@ class RearrangedOperator:
         g: Tensor,
         batch_weight: float = 1.0,
         terms: list[tuple[float, Tensor, Tensor]] | None = None,
-    ) -> "RearrangedOperator":
+    ) -> RearrangedOperator:
         """``Z = (batch_weight / m) Σ_t vec(ā_t ā_tᵀ) vec(g_t g_tᵀ)ᵀ + Σ_k c_k vec(R_k) vec(S_k)ᵀ``."""
         terms = terms or []
         m = a.shape[0]
@@ -99,7 +99,7 @@ class RearrangedOperator:
             torch.diag(weights),
         )
 
-    def deflated(self, coefficient: float, x: Tensor, y: Tensor) -> "RearrangedOperator":
+    def deflated(self, coefficient: float, x: Tensor, y: Tensor) -> RearrangedOperator:
         """``Z − coefficient · (Φ_A x)(Φ_G y)ᵀ`` (§3.2.1, §3.3), sharing this operator's Gram matrices."""
         other = RearrangedOperator.__new__(RearrangedOperator)
         other.activations, other.derivatives = self.activations, self.derivatives

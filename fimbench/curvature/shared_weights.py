@@ -191,7 +191,7 @@ class SharedWeightOperator:
         batch_weight: float = 1.0,
         terms: list[tuple[float, Tensor, Tensor]] | None = None,
         form: str | None = None,
-    ) -> "SharedWeightOperator":
+    ) -> SharedWeightOperator:
         """``Z = batch_weight · Z(F) + Σ_k c_k vec(R_k) vec(S_k)ᵀ`` for ``terms = [(c_k, R_k, S_k)]``."""
         batch = BatchProducts(a, g, form)
         n = max(batch.p, batch.q) ** 2
@@ -207,7 +207,7 @@ class SharedWeightOperator:
             operator = operator.with_term(coefficient, operator.activations.coordinates(R), operator.derivatives.coordinates(S))
         return operator
 
-    def with_term(self, coefficient: float, x: Tensor, y: Tensor) -> "SharedWeightOperator":
+    def with_term(self, coefficient: float, x: Tensor, y: Tensor) -> SharedWeightOperator:
         """``Z + coefficient · x yᵀ`` (coordinates ``x``, ``y``), sharing the batch products."""
         scalar = torch.tensor([coefficient], dtype=ITERATION_DTYPE, device=x.device)
         return SharedWeightOperator(
@@ -219,7 +219,7 @@ class SharedWeightOperator:
             self.activations.dtype,
         )
 
-    def deflated(self, coefficient: float, x: Tensor, y: Tensor) -> "SharedWeightOperator":
+    def deflated(self, coefficient: float, x: Tensor, y: Tensor) -> SharedWeightOperator:
         """``Z − coefficient · x yᵀ`` (§3.2.1, §3.3)."""
         return self.with_term(-coefficient, x, y)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -26,7 +27,7 @@ NEGLIGIBLE_START = 1e-8  # a warm start this much smaller than the cold one carr
 class StartingVectors(ABC):
     """What :class:`Target` and :class:`SharedTarget` derive from their ``start(pair)``."""
 
-    operator: "RearrangedOperator | SharedWeightOperator"
+    operator: RearrangedOperator | SharedWeightOperator
     starts: list
 
     @abstractmethod
@@ -104,7 +105,7 @@ class SharedTarget(StartingVectors):
         return self.operator.activations.coordinates(A), self.operator.derivatives.coordinates(G)
 
 
-def orthogonal_start(operator: "RearrangedOperator | SharedWeightOperator", start: Tensor, leading: Tensor) -> Tensor:
+def orthogonal_start(operator: RearrangedOperator | SharedWeightOperator, start: Tensor, leading: Tensor) -> Tensor:
     """``start`` with the unit right vector ``v₁`` of an earlier pair projected out (in the operator's inner
     product).
 
@@ -126,7 +127,7 @@ def ema_target(
     prior: KroneckerSum | None = None,
     decay: float = 0.0,
     warm_start: KroneckerSum | None = None,
-) -> "Target | SharedTarget":
+) -> Target | SharedTarget:
     """The rearranged EMA estimate ``ρ Z(F̂_old) + (1 − ρ) Z(F_batch)`` with ``ρ = decay`` (§2.2), for
     2-D statistics (m, p), (m, q) in Gram coordinates, for 3-D ones (m, T, p), (m, T, q) on the factors.
 
@@ -154,7 +155,7 @@ def ema_target(
     return Target(operator, starts, batch_weight, decay if active_prior is not None else 0.0)
 
 
-def kronecker_pair(operator: "RearrangedOperator | SharedWeightOperator", triplets: SingularTriplets, index: int = 0) -> tuple[Tensor, Tensor]:
+def kronecker_pair(operator: RearrangedOperator | SharedWeightOperator, triplets: SingularTriplets, index: int = 0) -> tuple[Tensor, Tensor]:
     """``(√σ MAT(Φ_A x), √σ MAT(Φ_G y))`` for triplet ``index``, signed so that ``tr R ≥ 0``.
 
     Flipping both factors leaves ``R ⊗ S`` unchanged; for the leading pair of a PSD block this sign makes
@@ -169,8 +170,8 @@ def kronecker_pair(operator: "RearrangedOperator | SharedWeightOperator", triple
 
 
 def leading_pair(
-    target: "Target | SharedTarget",
-    operator: "RearrangedOperator | SharedWeightOperator",
+    target: Target | SharedTarget,
+    operator: RearrangedOperator | SharedWeightOperator,
     pair: int,
     options: ApproximationOptions,
     scale: float | None = None,

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -95,7 +95,7 @@ def download_dataset(
             "dataset": name,
             "format": PROCESSED_FORMAT,
             "fimbench_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "source": source if source is not None else "canonical",
             "raw_files": [
                 {"name": item.path.name, "origin": item.origin, "sha256": item.sha256, "bytes": item.path.stat().st_size}

@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from fimbench.data.cache import data_root, fetch_command, read_processed, rebuild, require_present, stored_manifest, processed_path
+from fimbench.data.cache import data_root, fetch_command, processed_path, read_processed, rebuild, require_present, stored_manifest
 from fimbench.data.synthesis import cached_curves_synth
 from fimbench.errors import FimbenchError
 from fimbench.names import check_dataset

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterator, Protocol, cast
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -33,17 +35,14 @@ from torch import Tensor
 from fimbench.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape
 from fimbench.config import RunConfig
 from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method, approximate
-from fimbench.data import DatasetSplits, batch_indices
-from fimbench.errors import FimbenchError
 from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
 from fimbench.curvature.methods import BLOCK_METHODS
-from fimbench.kronecker import kron_matvec
-from fimbench.names import variant_name
-from fimbench.sub_batch_fisher import SubBatchFisher
-from fimbench.two_level import NO_COARSE, coarse_vector, two_level_terms
+from fimbench.data import DatasetSplits, batch_indices
+from fimbench.errors import FimbenchError
 from fimbench.fisher import METRIC_DTYPE, ExactFisher, approximation_errors, eigenbasis_errors, eigenbasis_terms
+from fimbench.kronecker import kronecker_sum_matvec
 from fimbench.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
-from fimbench.names import check_dataset
+from fimbench.names import check_dataset, variant_name
 from fimbench.network_error import (
     NETWORK,
     NetworkTerms,
@@ -61,7 +60,9 @@ from fimbench.setup import (
     resolve_architecture,
     resolve_device,
 )
+from fimbench.sub_batch_fisher import SubBatchFisher
 from fimbench.timing import timed_call
+from fimbench.two_level import NO_COARSE, coarse_vector, two_level_terms
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_METHODS: tuple[Method, ...] = (Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED)
@@ -263,7 +264,7 @@ class FisherErrorMeter:
                     ),
                     self.device,
                 )
-                approximation = cast(KroneckerSum, built)
+                approximation = built
                 self.previous[(layer, entry)] = approximation
                 built_blocks[entry].append(approximation)
                 blocks[entry].append(kronecker_block_terms(fisher, approximation.terms))
@@ -331,7 +332,7 @@ def two_level_network_terms(
             first = ekfac.factors
         else:
             terms = [(A.to(METRIC_DTYPE), G.to(METRIC_DTYPE)) for A, G in approximation.terms]
-            matvecs.append(lambda V, terms=terms: sum(kron_matvec(A, G, V) for A, G in terms))
+            matvecs.append(partial(kronecker_sum_matvec, terms))
             first = terms[0]
         vectors.append(coarse_vector(coarse, first, like))
     return two_level_terms(fisher, matvecs, vectors, blocks)
@@ -390,7 +391,7 @@ def run_fisher_error(
         "max_iterations": options.max_iterations,
         "seed": training.seed,
         **environment(device),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if progress is not None:
         progress.start(result, settings.iterations // settings.every + 1)
@@ -420,6 +421,6 @@ def run_fisher_error(
     except KeyboardInterrupt:
         result.status = "interrupted"
     result.info["seconds"] = time.perf_counter() - started
-    result.info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result.info["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     result.info["status"] = result.status
     return result

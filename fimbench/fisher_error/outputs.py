@@ -15,8 +15,8 @@ from fimbench.curvature import Method
 from fimbench.fisher_error.engine import CSV_COLUMNS, Entry, ErrorRow, FisherErrorResult
 from fimbench.io import atomic_write_json, atomic_write_text
 from fimbench.network_error import NETWORK
-from fimbench.two_level import NO_COARSE
 from fimbench.plots import method_color, new_figure, save_png
+from fimbench.two_level import NO_COARSE
 
 
 @dataclass(frozen=True)
@@ -194,9 +194,9 @@ def plot_figure1(result: FisherErrorResult, path: Path) -> None:
         for metric, name in enumerate(("Error 1", "Error 2")):
             row, column = _panel(index, metric, count)
             if layer == NETWORK and metric == 1:
-                axes[row][column].set_visible(False)  # type: ignore[index]
+                axes[row][column].set_visible(False)
                 continue
-            ax = axes[row][column]  # type: ignore[index]
+            ax = axes[row][column]
             peak = 0.0
             for entry in result.entries:
                 selected = [r for r in result.rows if r.layer == layer and r.method == entry.name and r.rank == entry.rank]
@@ -231,8 +231,8 @@ def plot_figure1(result: FisherErrorResult, path: Path) -> None:
         for index in range(count, math.ceil(count / GRID_COLUMNS) * GRID_COLUMNS):
             for metric in (0, 1):
                 row, column = _panel(index, metric, count)
-                axes[row][column].set_visible(False)  # type: ignore[index]
-    axes[0][0].legend(fontsize=8, title=f"{result.dataset}, {result.info['optimizer']}", title_fontsize=8)  # type: ignore[index]
+                axes[row][column].set_visible(False)
+    axes[0][0].legend(fontsize=8, title=f"{result.dataset}, {result.info['optimizer']}", title_fontsize=8)
     save_png(figure, path)
 
 

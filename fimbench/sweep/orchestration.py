@@ -6,9 +6,10 @@ ready for ``fimbench train --config``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from fimbench.event_log import require_tensorboard
 from fimbench.rundir import CONFIG, best_group, read_run, read_summary, write_config, write_sweep_manifest
@@ -20,12 +21,12 @@ from fimbench.sweep.state import (
     PointState,
     existing_manifest,
     fill_state,
+    inspect_points,
     manifest_document,
     observe,
     prepare_data,
     reset_run_dir,
     settle,
-    inspect_points,
 )
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fimbench.config import RunConfig, load_config
 from fimbench.conventions import authors_damping, from_authors_scale, loss_scale
@@ -179,7 +180,7 @@ def plan_sweep(
                 for axis, i in zip(axes, combination)
                 if axis.authors_values is not None
             }
-            point_overrides = {GRID_KEYS[key]: value for key, value in values.items()}
+            point_overrides: dict[str, Any] = {GRID_KEYS[key]: value for key, value in values.items()}
             if "damping" in authors:  # the authors' damping comes with their split
                 kappa = loss_scale(architecture.likelihood, architecture.layers[0])
                 point_overrides["optimizer.pi"] = authors_damping(method, authors["damping"], kappa)[1]

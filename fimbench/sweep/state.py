@@ -8,10 +8,11 @@ runs again from scratch. A finished point whose ``config.yaml`` differs from the
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fimbench.config import RunConfig, dump_config
 from fimbench.data import require_present
@@ -139,7 +140,7 @@ def manifest_document(plan: SweepPlan, previous: dict[str, Any], states: Sequenc
     return {
         "dataset": plan.dataset,
         "grid_scale": GRID_SCALE_NOTE,
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "methods": methods,
     }
 
