@@ -17,10 +17,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fimbench.config import load_config
 from fimbench.data import DatasetSplits
-from fimbench.rundir import CHECKPOINT
-from fimbench.train import run_training
+from fimbench.engines.config import load_config
+from fimbench.engines.rundir import CHECKPOINT
+from fimbench.engines.train import run_training
 
 
 def random_mnist(train: int, seed: int = 0) -> DatasetSplits:

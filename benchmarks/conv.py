@@ -32,16 +32,21 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fimbench.capture import capture_statistics, kronecker_layers, layer_shape
-from fimbench.config import RunConfig, load_config
 from fimbench.curvature import Method, approximate
+from fimbench.curvature.kronecker import vec
 from fimbench.curvature.shared_weights import per_example_gradients
 from fimbench.data import DatasetSplits, load_dataset
-from fimbench.fisher_error import FisherErrorSettings, run_fisher_error, write_run
-from fimbench.kronecker import vec
-from fimbench.models import build_model
-from fimbench.optim import KroneckerPreconditioner
-from fimbench.setup import device_description, first_order_optimizer, resolve_architecture, resolve_device
+from fimbench.engines.config import RunConfig, load_config
+from fimbench.engines.fisher_error import FisherErrorSettings, run_fisher_error, write_run
+from fimbench.engines.models import build_model
+from fimbench.engines.toolkit import (
+    configured_preconditioner,
+    device_description,
+    first_order_optimizer,
+    resolve_architecture,
+    resolve_device,
+)
+from fimbench.fisher.capture import capture_statistics, kronecker_layers, layer_shape
 from fimbench.timing import PhaseTimer, time_training_steps
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "curves-conv.yaml"
@@ -63,7 +68,7 @@ def time_method(method: Method, data: DatasetSplits, device: torch.device, steps
     timer = PhaseTimer(device)
     preconditioner = None
     if method.is_kronecker:
-        preconditioner = KroneckerPreconditioner.from_config(
+        preconditioner = configured_preconditioner(
             model, likelihood, settings, torch.Generator(device=device).manual_seed(seed), timer
         )
     train = data.train.to(device)

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from fimbench.cost import profile_dataset, profile_sweep, write_outputs
+from fimbench.cli.tables import dataset_tables, sweep_tables
 from fimbench.curvature import APPROXIMATIONS
-from fimbench.setup import resolve_device
-from fimbench.tables import dataset_tables, sweep_tables
+from fimbench.engines.cost import profile_dataset, profile_sweep, write_outputs
+from fimbench.engines.toolkit import resolve_device
 
 console = Console()
 

@@ -3,7 +3,7 @@
 On curves-synth (CURVES autoencoder, batch 256, T1 = T2 = 100) for ``--epochs`` epochs:
 
 * ``old``: the conversion fimbench used before, trace π with ``λ = λ_a / κ²`` (the authors' tuned λ_a);
-* ``authors``: the authors' exact damping split (``fimbench.conventions.from_authors_scale``: their λ_a, lr_a);
+* ``authors``: the authors' exact damping split (``fimbench.engines.authors_scale.from_authors_scale``: their λ_a, lr_a);
 * ``adaptive``: fimbench's preset (trace π, λ₀ = 0.01, lr 0.1) with Levenberg–Marquardt damping;
 * ``preset``: fimbench's preset with fixed λ = 0.01 (configs/curves.yaml);
 * SGD and Adam: ``baseline`` from configs/curves.yaml (the authors' learning rates, no weight decay) and
@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from fimbench.comparison import compare
-from fimbench.config import load_config
-from fimbench.conventions import AUTHORS_WEIGHT_DECAY, from_authors_scale, loss_scale
 from fimbench.curvature import Method
-from fimbench.models import ARCHITECTURES
-from fimbench.rundir import read_summary
-from fimbench.train import run_training
+from fimbench.engines.authors_scale import AUTHORS_WEIGHT_DECAY, from_authors_scale, loss_scale
+from fimbench.engines.comparison import compare
+from fimbench.engines.config import load_config
+from fimbench.engines.models import ARCHITECTURES
+from fimbench.engines.rundir import read_summary
+from fimbench.engines.train import run_training
 
 KRONECKER = ["kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]
 CURVES_TUNED = {  # the authors' (lr, damping) on CURVES, in their scale

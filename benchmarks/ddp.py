@@ -4,7 +4,7 @@ MNIST autoencoder (784-1000-500-250-30-250-500-1000-784, BCE), random data, K-FA
 ``--period``, Fisher fraction 0.25, one intra-op thread per process. Each rank of the 2-rank run holds a
 shard of ``--shard`` examples of the global batch, wrapped in DistributedDataParallel; the one-process run
 trains on one shard-sized batch (the same work per process, no collective). Reported: ms per step of
-both, and the ms of :func:`fimbench.distributed.gather_statistics` (the statistics collective: the
+both, and the ms of :func:`fimbench.preconditioner.distributed.gather_statistics` (the statistics collective: the
 Fisher sub-batch rows ``(ā, g)`` of every layer, gathered) per statistics update and amortised per step.
 
     python benchmarks/ddp.py [--steps 40] [--period 10] [--shard 256]
@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fimbench.capture import capture_statistics
-from fimbench.distributed import gather_statistics
-from fimbench.models import ARCHITECTURES, build_model
+from fimbench.engines.models import ARCHITECTURES, build_model
+from fimbench.fisher.capture import capture_statistics
 from fimbench.optim import KroneckerPreconditioner
+from fimbench.preconditioner.distributed import gather_statistics
 
 FISHER_FRACTION, GATHER_REPEATS = 0.25, 20
 

@@ -16,9 +16,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fimbench.config import load_config
 from fimbench.data import DatasetSplits
-from fimbench.train import run_training
+from fimbench.engines.config import load_config
+from fimbench.engines.train import run_training
 
 
 def random_mnist(seed: int = 0, sizes: tuple[int, int, int] = (50000, 10000, 10000)) -> DatasetSplits:

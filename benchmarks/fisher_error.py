@@ -28,11 +28,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fimbench.config import load_config
 from fimbench.data import DatasetSplits
-from fimbench.fisher_error import FisherErrorMeter, FisherErrorSettings, run_fisher_error
-from fimbench.models import ARCHITECTURES, build_model
-from fimbench.setup import device_description, resolve_device
+from fimbench.engines.config import load_config
+from fimbench.engines.fisher_error import FisherErrorMeter, FisherErrorSettings, run_fisher_error
+from fimbench.engines.models import ARCHITECTURES, build_model
+from fimbench.engines.toolkit import device_description, resolve_device
 from fimbench.timing import synchronize
 
 GIB = 1024**3

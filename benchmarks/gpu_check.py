@@ -15,7 +15,7 @@ with its reason and the others still run:
   with ``--resume`` ends with the ``metrics.jsonl`` rows and parameters of a run never stopped — the
   device's RNG and the Fisher-sampling generator restored.
 * ``nproc-nccl``: that uninterrupted run again as the one worker of an nccl process group
-  (``torch.distributed.run -m fimbench.launch``, what ``--nproc N`` starts): the same rows and parameters.
+  (``torch.distributed.run -m fimbench.engines.launch``, what ``--nproc N`` starts): the same rows and parameters.
 * ``bf16-autocast``: a Deflation preconditioner under bfloat16 autocast with a ``torch.amp.GradScaler``.
 * ``compile``: a ``torch.compile``d model with a K-FAC preconditioner; its first loss equals the eager one.
 * ``fisher-error``: ``fimbench fisher-error --layer 5`` on the full-size MNIST autoencoder (the 7750² block).
@@ -59,14 +59,14 @@ from epoch_time import random_mnist
 from step_time import time_method
 
 from fimbench.cli import app
-from fimbench.config import RunConfig, load_config
 from fimbench.curvature import Method
 from fimbench.data import MNIST_MAT_FILE, DatasetSplits
-from fimbench.io import atomic_write_json, atomic_write_text
-from fimbench.models import ARCHITECTURES, Architecture, build_model
+from fimbench.engines.config import RunConfig, load_config
+from fimbench.engines.models import ARCHITECTURES, Architecture, build_model
+from fimbench.engines.toolkit import device_description, environment, first_order_optimizer
+from fimbench.engines.train import run_training
+from fimbench.files import atomic_write_json, atomic_write_text
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.setup import device_description, environment, first_order_optimizer
-from fimbench.train import run_training
 
 FIMBENCH = Path(sys.executable).with_name("fimbench")  # the console script beside this interpreter
 MNIST_TRAIN_IMAGES = 50000  # an epoch of the MNIST autoencoder (the 60000-image pool's training split)
@@ -423,7 +423,7 @@ def check_resume(context: Context) -> dict[str, Any]:
 
 def check_nccl(context: Context) -> dict[str, Any]:
     """The resume check's uninterrupted run again, as one worker of ``torch.distributed.run`` in an nccl
-    process group (``fimbench.launch``, the path of ``--nproc N`` and of multi-node runs): the same rows
+    process group (``fimbench.engines.launch``, the path of ``--nproc N`` and of multi-node runs): the same rows
     and parameters. ``fimbench train --nproc 1`` itself trains in-process, without a process group."""
     if context.device.type != "cuda":
         raise CheckSkipped("nccl needs a CUDA device (dry run on CPU)")
@@ -434,11 +434,11 @@ def check_nccl(context: Context) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(reference / "config.yaml", run_dir / "config.yaml")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-               "-m", "fimbench.launch", str(run_dir)]
+               "-m", "fimbench.engines.launch", str(run_dir)]
     with started(command, log, {"NCCL_DEBUG": "INFO"}) as process:
         status = process.wait()
     details["nccl_initialised"] = "NCCL INFO" in log.read_text(errors="replace")
-    require(status == 0, f"torch.distributed.run -m fimbench.launch exited {status}: {log_tail(log)}", details)
+    require(status == 0, f"torch.distributed.run -m fimbench.engines.launch exited {status}: {log_tail(log)}", details)
     summary = json.loads((run_dir / "summary.json").read_text())
     details.update(status=summary["status"], processes=summary["processes"])
     require(summary["status"] == "completed", f"the run ended {summary['status']}", details)

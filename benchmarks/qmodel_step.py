@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fimbench.curvature import KRONECKER_METHODS, Method
-from fimbench.models import ARCHITECTURES, build_model
+from fimbench.engines.models import ARCHITECTURES, build_model
+from fimbench.engines.toolkit import device_description, resolve_device
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.setup import device_description, resolve_device
 from fimbench.timing import PhaseTimer, synchronize, time_training_steps
 
 BATCH, FISHER_FRACTION, DAMPING = 512, 0.25, 150.0  # configs/<dataset>-qmodel.yaml's initial λ

@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fimbench.curvature import PRECONDITIONED_METHODS, Method
-from fimbench.models import ARCHITECTURES, Architecture, build_model
+from fimbench.engines.models import ARCHITECTURES, Architecture, build_model
+from fimbench.engines.toolkit import device_description, resolve_device
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.setup import device_description, resolve_device
 from fimbench.timing import PhaseTimer, synchronize, time_training_steps
 
 BATCH, FISHER_FRACTION = 512, 0.25

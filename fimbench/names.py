@@ -37,7 +37,7 @@ def variant_name(method: str, damping_form: str = "factored", coarse: str = "non
 
 STEP_RULES: tuple[str, ...] = ("fixed", "qmodel")
 """How a preconditioned method's step is sized: the torch optimizer's lr and momentum, or the quadratic model
-(:mod:`fimbench.step_rule`)."""
+(:mod:`fimbench.preconditioner.step_rule`)."""
 
 
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:

@@ -1,9 +1,9 @@
 """The public import path of the preconditioner: ``from fimbench.optim import KroneckerPreconditioner``.
 
-The class lives in :mod:`fimbench.preconditioner`; its settings in :mod:`fimbench.settings`.
+The class lives in :mod:`fimbench.preconditioner.kronecker_preconditioner`; its settings in :mod:`fimbench.preconditioner.settings`.
 """
 
-from fimbench.preconditioner import DampingTrial, KroneckerPreconditioner, PreconditionerDiagnostics
-from fimbench.settings import PreconditionerSettings
+from fimbench.preconditioner.kronecker_preconditioner import DampingTrial, KroneckerPreconditioner, PreconditionerDiagnostics
+from fimbench.preconditioner.settings import PreconditionerSettings
 
 __all__ = ["DampingTrial", "KroneckerPreconditioner", "PreconditionerDiagnostics", "PreconditionerSettings"]

@@ -1,7 +1,7 @@
 """Write ``configs/paper/<dataset>-<method>.yaml``: the authors' selected settings, in fimbench's scale.
 
 Every number comes from the authors' published choices (Koroko et al. §4.2 and their released training
-scripts) through :func:`fimbench.conventions.from_authors_scale`, which reproduces their damped operator
+scripts) through :func:`fimbench.engines.authors_scale.from_authors_scale`, which reproduces their damped operator
 exactly (damping split ``pi`` included). Run from the repository root::
 
     python scripts/write_paper_configs.py
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from fimbench.conventions import AUTHORS_WEIGHT_DECAY, from_authors_scale, loss_scale
+from fimbench.engines.authors_scale import AUTHORS_WEIGHT_DECAY, from_authors_scale, loss_scale
 from fimbench.curvature import PAPER_METHODS, Method
-from fimbench.models import ARCHITECTURES
+from fimbench.engines.models import ARCHITECTURES
 
 OUT = Path(__file__).resolve().parents[1] / "configs" / "paper"
 BATCH = {"curves": 256, "mnist": 512, "faces": 1024}
@@ -78,7 +78,7 @@ def write(dataset: str, method: str) -> None:
         optimizer.update(lr=converted["lr"], damping=converted["damping"], pi=converted["pi"],
                          weight_decay=converted["weight_decay"], momentum=0.9, kl_clip=0.01, stats_every=100,
                          inverse_every=100, ema_decay=0.95, fisher_fraction=0.25)
-        header += wrap(f"Converted by fimbench.conventions.from_authors_scale with kappa = {kappa_text}, which makes "
+        header += wrap(f"Converted by fimbench.engines.authors_scale.from_authors_scale with kappa = {kappa_text}, which makes "
                        "fimbench's damped operator exactly 1/kappa^2 times theirs: "
                        f"lr = {converted['lr']:.6g}, damping = {converted['damping']:.6g}, "
                        f"pi = {converted['pi']:.6g}, weight_decay = {converted['weight_decay']:.6g}; "
@@ -92,7 +92,7 @@ def write(dataset: str, method: str) -> None:
         header += [f"#   lr {lr_a:g}, weight decay {AUTHORS_WEIGHT_DECAY:g}"
                    + (", Nesterov momentum 0.9" if nesterov else ", betas (0.9, 0.999)")
                    + f", batch {BATCH[dataset]}, 200 epochs."]
-        header += wrap(f"Converted by fimbench.conventions.from_authors_scale with kappa = {kappa_text}: "
+        header += wrap(f"Converted by fimbench.engines.authors_scale.from_authors_scale with kappa = {kappa_text}: "
                        f"lr = {converted['lr']:.6g}, weight_decay = {converted['weight_decay']:.6g}.")
         optimizer.update(lr=converted["lr"], weight_decay=converted["weight_decay"])
         if nesterov:

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # `import reference` from any te
 
 from reference import DTYPE, random_statistics
 
-from fimbench.models import Architecture, Autoencoder, Likelihood
+from fimbench.engines.models import Architecture, Autoencoder
+from fimbench.fisher.likelihood import Likelihood
 
 
 @pytest.fixture(autouse=True, scope="session")

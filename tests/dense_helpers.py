@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fimbench.fisher import METRIC_DTYPE, Metric, Terms, exact_block
-from fimbench.kronecker import quadratic_forms, weighted_gram
+from fimbench.curvature.kronecker import quadratic_forms, weighted_gram
+from fimbench.fisher.block import METRIC_DTYPE, Metric, Terms, exact_block
 
 
 def rearrange(F: Tensor, p: int, q: int) -> Tensor:

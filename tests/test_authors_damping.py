@@ -24,10 +24,10 @@ import pytest
 import torch
 from reference import DTYPE, fisher_from_statistics, mat_ref, rearrange_ref, vec_ref
 
-from fimbench.capture import capture_statistics, weight_gradient, weight_of
-from fimbench.conventions import from_authors_scale, loss_scale
 from fimbench.curvature import Method, approximate
-from fimbench.models import Likelihood
+from fimbench.engines.authors_scale import from_authors_scale, loss_scale
+from fimbench.fisher.capture import capture_statistics, weight_gradient, weight_of
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
 DAMPED = 1e-10  # relative: damped operators (dense SVD vs power SVD / Lanczos run to tol 1e-14)
@@ -116,7 +116,7 @@ def test_one_step_is_the_authors_update(method: Method, make_mlp) -> None:
 
 
 def test_conversion_table() -> None:
-    """λ and π per method (the table of fimbench.conventions), for a κ that is not 1."""
+    """λ and π per method (the table of fimbench.engines.authors_scale), for a κ that is not 1."""
     lam = 1e-3
     for method, (damping, pi) in {
         Method.KFAC: (lam / KAPPA**2, KAPPA),

@@ -23,10 +23,10 @@ from reference import (
 )
 from torch import nn
 
-from fimbench.capture import augment, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
 from fimbench.errors import FimbenchError
-from fimbench.fisher import exact_block
-from fimbench.models import Likelihood
+from fimbench.fisher.block import exact_block
+from fimbench.fisher.capture import augment, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
 EXACT = 1e-12  # relative: the same derivatives by two autodiff routes in float64

@@ -11,10 +11,10 @@ import torch
 from reference import DTYPE, fisher_from_gradients, nll_ref, per_example_weight_gradients
 from torch import nn
 
-from fimbench.capture import capture_statistics
 from fimbench.errors import FimbenchError
-from fimbench.fisher import exact_block
-from fimbench.models import Likelihood
+from fimbench.fisher.block import exact_block
+from fimbench.fisher.capture import capture_statistics
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
 EXACT = 1e-12  # relative: float64 identities

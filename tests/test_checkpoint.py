@@ -19,7 +19,7 @@ from torch import nn
 
 from fimbench.cli import app
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
 TIMING_KEYS = ("wall_time", "time_per_step")  # and every seconds_* key
@@ -359,7 +359,7 @@ def test_atomic_write_leaves_only_the_file(tmp_path: Path, monkeypatch: pytest.M
     mode open() would give, and leave nothing beside it."""
     import os
 
-    from fimbench.io import atomic_write_bytes
+    from fimbench.files import atomic_write_bytes
 
     if not unnamed:
         monkeypatch.delattr(os, "O_TMPFILE", raising=False)

@@ -188,7 +188,7 @@ def test_seeds_write_one_run_per_seed_differing_only_in_the_seed(tmp_path: Path)
     assert first == second  # nothing else differs
     losses = [json.loads((out / f"seed_{seed}" / "summary.json").read_text())["final"]["train_loss"] for seed in (0, 1)]
     assert losses[0] != losses[1]  # another initialisation and data order
-    from fimbench.comparison import compare
+    from fimbench.engines.comparison import compare
 
     (group,) = compare([out]).datasets[0].groups  # the seeds are one group, named after their folder
     assert (group.name, group.seeds, group.values("final_train_loss")) == ("seeds", [0, 1], [

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from fimbench import timing
 from fimbench.cli.cost import cost_profile
-from fimbench.cost import (
+from fimbench.engines.cost import (
     PHASES,
     YARDSTICKS,
     CostPoint,
@@ -27,7 +27,8 @@ from fimbench.cost import (
     profiler,
     sweep_exponents,
 )
-from fimbench.models import Architecture, Likelihood
+from fimbench.engines.models import Architecture
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.timing import measure
 
 runner = CliRunner()

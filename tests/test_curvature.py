@@ -24,12 +24,12 @@ from reference import (
     vec_ref,
 )
 
-from fimbench.capture import capture_statistics
 from fimbench.curvature import KroneckerSum, approximate
 from fimbench.curvature.kfac_corrected import SCALE_TOLERANCE
 from fimbench.curvature.rearranged import RearrangedOperator
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
+from fimbench.fisher.capture import capture_statistics
+from fimbench.fisher.likelihood import Likelihood
 
 EXACT = 1e-10  # relative; closed forms and exact cases (round-off only)
 SINGLE_EXAMPLE = 1e-12  # relative error when m = 1 (F is itself one Kronecker product)

@@ -17,13 +17,13 @@ import torch
 from reference import DTYPE, mat_ref, vec_ref
 from torch import nn
 
-from fimbench.capture import weight_gradient, weight_of
-from fimbench.config import load_config
-from fimbench.damping import LevenbergMarquardt, reduction_ratio
+from fimbench.engines.config import load_config
+from fimbench.engines.train import damping_warning, run_training
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
+from fimbench.fisher.capture import weight_gradient, weight_of
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.train import damping_warning, run_training
+from fimbench.preconditioner.damping import LevenbergMarquardt, reduction_ratio
 
 RATIO = 1e-9  # relative: ρ against its closed form (float64)
 COSINE = 1e-9  # relative: alignment against dense solves

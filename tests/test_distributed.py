@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from fimbench.models import Likelihood
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
 LIKELIHOOD = Likelihood.GAUSSIAN
@@ -82,7 +82,7 @@ def test_train_nproc_2_matches_one_process(tmp_path):
     from test_cli_train import runner, tiny_config
 
     from fimbench.cli import app
-    from fimbench.rundir import read_metrics
+    from fimbench.engines.rundir import read_metrics
 
     config = tiny_config(tmp_path, method="kfac", empirical_fisher=True, fisher_fraction=1.0, stats_every=2, inverse_every=2)
     rows = {}
@@ -136,7 +136,7 @@ SAMPLED = {**SETTINGS, **ADAPTIVE, "empirical_fisher": False, "fisher_fraction":
 def uneven_worker(rank: int, port: int, out: str) -> None:
     """Both scenarios on 2 gloo ranks; the sampled one with the same generator seed on both ranks, and
     every gathered statistics batch recorded."""
-    import fimbench.preconditioner as preconditioner_module
+    import fimbench.preconditioner.kronecker_preconditioner as preconditioner_module
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=RANKS)

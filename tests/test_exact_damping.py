@@ -81,8 +81,8 @@ def test_unknown_damping_form_is_one_clear_error():
 
 def test_adaptive_damping_quadratic_uses_the_exactly_damped_operator():
     """KroneckerBlock's ``δᵀ F̃ δ`` (adaptive damping's M(δ)) is ``vec(δ)ᵀ (A ⊗ G + λI) vec(δ)`` with exact damping."""
-    from fimbench.capture import LayerStatistics
-    from fimbench.curvature_blocks import KroneckerBlock
+    from fimbench.fisher.capture import LayerStatistics
+    from fimbench.preconditioner.blocks import KroneckerBlock
 
     a, g = random_statistics(8, 5, 4, torch.Generator().manual_seed(0))
     block = KroneckerBlock(lambda a, g, prior=None, decay=0.0: approximate("kfac", a, g), 0.1, "trace", "exact")

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fimbench.capture import weight_gradient, weight_of
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
+from fimbench.fisher.capture import weight_gradient, weight_of
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
 DTYPE = torch.float64

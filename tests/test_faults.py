@@ -120,7 +120,7 @@ class _FailingRunner:
 
 
 def test_sweep_with_failed_points_exits_4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fimbench.sweep.LocalRunner", _FailingRunner)
+    monkeypatch.setattr("fimbench.engines.sweep.LocalRunner", _FailingRunner)
     out = tmp_path / "sw"
     result = invoke(["sweep", "-c", tiny_config(tmp_path), "-m", "sgd", "--grid", "lr=1e-3,1e-4", "--out", out, "--json"])
     assert "2 point(s) failed" in fault(result, exit_codes.SWEEP_FAILED)
@@ -271,7 +271,7 @@ def test_set_keys_come_from_the_config_dataclasses(tmp_path: Path) -> None:
     import dataclasses
 
     from fimbench.cli.options import with_sets
-    from fimbench.config import NULL, SECTIONS, RunConfig, load_config
+    from fimbench.engines.config import NULL, SECTIONS, RunConfig, load_config
 
     specs = [
         f"{section}.{field.name}={json.dumps(getattr(cls(), field.name))}"
@@ -321,7 +321,7 @@ def test_set_on_sweep_reaches_every_point(tmp_path: Path) -> None:
                      "--set", "model.layers=[784,4,784]", "--out", tmp_path / "sw"])
     assert result.exit_code == 0, result.output
     from fimbench.cli.options import with_sets
-    from fimbench.sweep import plan_sweep
+    from fimbench.engines.sweep import plan_sweep
 
     plan = plan_sweep(tmp_path / "sw", ["sgd", "adam"], {"lr": [1e-3]}, config_path=tiny_config(tmp_path),
                       overrides=with_sets({}, ["model.layers=[784,4,784]"]))

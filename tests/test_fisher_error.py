@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fimbench.cli import app as fimbench_app
 from fimbench.cli.common import console
 from fimbench.cli.fisher_error import fisher_error
-from fimbench.fisher_error import CSV_COLUMNS, FIGURE_PANEL, figure_layout
+from fimbench.engines.fisher_error import CSV_COLUMNS, FIGURE_PANEL, figure_layout
 
 runner = CliRunner()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

@@ -1,4 +1,4 @@
-"""Error 1 / Error 2 (fimbench.fisher): every fast path against the dense computation, and the ordering of
+"""Error 1 / Error 2 (fimbench.fisher.block): every fast path against the dense computation, and the ordering of
 the methods' errors on real statistics of a tiny trained MLP (float64)."""
 
 from __future__ import annotations
@@ -8,19 +8,19 @@ import torch
 from dense_helpers import frobenius_error_dense, spectral_error_dense
 from reference import DTYPE, random_spd, random_symmetric
 
-from fimbench import fisher
-from fimbench import spectrum as spectrum_module
-from fimbench.capture import capture_statistics
 from fimbench.curvature import approximate
-from fimbench.fisher import (
+from fimbench.fisher import block as fisher
+from fimbench.fisher import spectrum as spectrum_module
+from fimbench.fisher.block import (
     ExactFisher,
     approximation_errors,
     exact_block,
     frobenius_error,
     spectral_error,
 )
-from fimbench.models import Likelihood
-from fimbench.spectrum import SPECTRUM_ATOL, SPECTRUM_RTOL
+from fimbench.fisher.capture import capture_statistics
+from fimbench.fisher.likelihood import Likelihood
+from fimbench.fisher.spectrum import SPECTRUM_ATOL, SPECTRUM_RTOL
 
 EXACT = 1e-10  # identities exact in real arithmetic: float64 round-off (and Error² cancellation) only
 CONVERGED = 1e-8  # iterative solutions (power SVD at tol 1e-10; Lanczos certified to SPECTRUM_RTOL/ATOL)
@@ -174,7 +174,7 @@ def test_vanishing_terms_are_dropped_and_a_zero_block_gives_nan(make_statistics,
 @pytest.fixture(scope="module")
 def trained_statistics():
     """(ā, g) of every layer of a 10-8-6-8-10 tanh autoencoder after 30 Adam steps, sampled targets."""
-    from fimbench.models import Architecture, Autoencoder
+    from fimbench.engines.models import Architecture, Autoencoder
 
     generator = torch.Generator().manual_seed(0)
     model = Autoencoder(Architecture((10, 8, 6, 8, 10), Likelihood.BERNOULLI, "tanh")).to(DTYPE)

@@ -1,4 +1,4 @@
-"""Kronecker algebra (fimbench.kronecker, fimbench.fisher) against the paper's definitions (tests/reference.py)."""
+"""Kronecker algebra (fimbench.curvature.kronecker, fimbench.fisher.block) against the paper's definitions (tests/reference.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from reference import (
     vec_ref,
 )
 
-from fimbench.fisher import exact_block
-from fimbench.kronecker import (
+from fimbench.curvature.kronecker import (
     kron_dense,
     kron_matvec,
     quadratic_forms,
@@ -22,6 +21,7 @@ from fimbench.kronecker import (
     vec,
     weighted_gram,
 )
+from fimbench.fisher.block import exact_block
 
 EXACT = 1e-12  # relative: identities that hold in exact arithmetic, float64 round-off only
 

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from fimbench.engines.models import ARCHITECTURES, Architecture, Autoencoder, build_model, evaluate
 from fimbench.errors import FimbenchError
-from fimbench.models import ARCHITECTURES, Architecture, Autoencoder, Likelihood, build_model, evaluate
+from fimbench.fisher.likelihood import Likelihood
 
 EXACT = 1e-12
 SAMPLING = 0.02  # Monte-Carlo tolerance for 10⁵ samples

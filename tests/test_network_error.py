@@ -1,4 +1,4 @@
-"""The cross-layer error ‖F − F̂‖_F / ‖F‖_F of the multi-layer Fisher (fimbench.network_error) against
+"""The cross-layer error ‖F − F̂‖_F / ‖F‖_F of the multi-layer Fisher (fimbench.fisher.network_error) against
 dense float64 computations: random 2-D and shared-weight statistics with Kronecker blocks, the exact-NG
 references, and the ``network`` rows of the Figure 1 meter against torch.func per-example gradients."""
 
@@ -8,13 +8,13 @@ import pytest
 import torch
 from reference import DTYPE, kron_sum, per_example_weight_gradients
 
-from fimbench.capture import LayerStatistics
-from fimbench.config import RunConfig
 from fimbench.curvature import Method, approximate
-from fimbench.fisher import ExactFisher
-from fimbench.fisher_error import Entry, FisherErrorMeter
-from fimbench.models import Likelihood
-from fimbench.network_error import (
+from fimbench.engines.config import RunConfig
+from fimbench.engines.fisher_error import Entry, FisherErrorMeter
+from fimbench.fisher.block import ExactFisher
+from fimbench.fisher.capture import LayerStatistics
+from fimbench.fisher.likelihood import Likelihood
+from fimbench.fisher.network_error import (
     NETWORK,
     NetworkTerms,
     exact_block_terms,
@@ -27,7 +27,7 @@ EXACT = 1e-10  # Gram identities, exact in real arithmetic: float64 round-off (a
 
 
 def jacobian_rows(stats: LayerStatistics) -> torch.Tensor:
-    """Per-example gradients ``vec(DW_n)`` in the column-major order of ``kron(A, G)`` (fimbench.fisher.exact_block)."""
+    """Per-example gradients ``vec(DW_n)`` in the column-major order of ``kron(A, G)`` (fimbench.fisher.block.exact_block)."""
     a, g = stats.a, stats.g
     if a.ndim == 2:
         return (a.unsqueeze(2) * g.unsqueeze(1)).reshape(a.shape[0], -1)

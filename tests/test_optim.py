@@ -15,11 +15,11 @@ import pytest
 import torch
 from reference import DTYPE, mat_ref, vec_ref
 
-import fimbench.preconditioner as preconditioner_module
-from fimbench.capture import capture_statistics, weight_gradient
+import fimbench.preconditioner.kronecker_preconditioner as preconditioner_module
 from fimbench.curvature import KroneckerSum, approximate
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
+from fimbench.fisher.capture import capture_statistics, weight_gradient
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
 UPDATE = 1e-10  # relative: parameter updates vs the hand computation (float64, dense solves)

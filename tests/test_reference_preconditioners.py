@@ -10,12 +10,12 @@ import pytest
 import torch
 from test_checkpoint import mlp, train_steps
 
-from fimbench.capture import weight_gradient
-from fimbench.curvature.ekfac import EigenbasisBlock
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
+from fimbench.fisher.capture import weight_gradient
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.two_level import TwoLevel
+from fimbench.preconditioner.blocks import EigenbasisBlock
+from fimbench.preconditioner.two_level import TwoLevel
 
 
 def make(model, method: str, seed: int, **settings) -> KroneckerPreconditioner:

@@ -14,10 +14,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fimbench.cli.report import report
-from fimbench.comparison import compare, write_csv, write_figure2, write_report_json
+from fimbench.cli.tables import comparison_table, differences_table
+from fimbench.engines.comparison import compare, write_csv, write_figure2, write_report_json
+from fimbench.engines.rundir import read_metrics
 from fimbench.errors import FimbenchError
-from fimbench.rundir import read_metrics
-from fimbench.tables import comparison_table, differences_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -78,7 +78,7 @@ def test_comparison_values(runs: dict[str, Path]) -> None:
     (dataset,) = comparison.datasets
     assert dataset.dataset == "curves-synth"
     assert dataset.target == 0.35 and dataset.target_source == "worst final train loss (sgd)"
-    kfac, sgd, adam = dataset.results  # method order: KFAC first, then SGD and Adam as in fimbench.plots
+    kfac, sgd, adam = dataset.results  # method order: KFAC first, then SGD and Adam as in fimbench.engines.plots
     assert [kfac.method, sgd.method, adam.method] == ["kfac", "sgd", "adam"]
     assert (kfac.final_train_loss, kfac.best_train_loss, kfac.epochs) == (0.10, 0.10, 3)
     assert kfac.final_val_loss == pytest.approx(0.11) and kfac.best_val_loss == pytest.approx(0.11)
@@ -200,7 +200,7 @@ T_975_DOF_4 = 2.7764451051977987  # Student's t quantile 0.975 with 4 degrees of
 def test_welch_difference_against_hand_and_scipy() -> None:
     from scipy import stats
 
-    from fimbench.significance import spread, welch_difference
+    from fimbench.engines.significance import spread, welch_difference
 
     a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]
     test = welch_difference(a, b)  # variances 1 and 1: se = √(2/3), ν = (2/3)² / (2 · (1/3)² / 2) = 4
@@ -292,7 +292,7 @@ def welch_difference_interval(a: list[float], b: list[float]) -> tuple[float, fl
 
 
 def test_group_curve_is_the_mean_with_a_min_max_band(tmp_path: Path) -> None:
-    from fimbench.comparison import group_curve
+    from fimbench.engines.comparison import group_curve
 
     make_run(tmp_path / "a-seed_0", "kfac", [0.4, 0.2, 0.1], 1.0, seed=0)
     make_run(tmp_path / "a-seed_1", "kfac", [0.6, 0.4], 3.0, seed=1)  # stopped after two epochs

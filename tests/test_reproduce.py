@@ -12,10 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from fimbench.cli import app
-from fimbench.config import load_config
-from fimbench.protocol import Figure2Plan, plan_figure2, run_figure2, seconds_left
-from fimbench.sweep import PointState, SubmititRunner, SweepPlan
-from fimbench.train import run_point
+from fimbench.engines.config import load_config
+from fimbench.engines.protocol import Figure2Plan, plan_figure2, run_figure2, seconds_left
+from fimbench.engines.sweep import PointState, SubmititRunner, SweepPlan
+from fimbench.engines.train import run_point
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 GRID = {"lr": [1e-3, 1e-5], "damping": [600.0], "clip": [1e-2]}

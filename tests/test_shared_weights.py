@@ -35,24 +35,25 @@ from reference import (
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from fimbench.capture import capture_statistics, kronecker_layers, layer_shape, weight_gradient
-from fimbench.config import load_config
-from fimbench.cost import profile_dataset
 from fimbench.curvature import KroneckerSum, Method, approximate
 from fimbench.curvature.shared_weights import BatchProducts, SharedWeightOperator, kfac_expand_factors, product_form
 from fimbench.data import load_dataset
+from fimbench.engines.config import load_config
+from fimbench.engines.cost import profile_dataset
+from fimbench.engines.fisher_error import FisherErrorSettings, run_fisher_error
+from fimbench.engines.models import Architecture, ConvAutoencoder, build_model, default_architecture
+from fimbench.engines.toolkit import resolve_architecture
+from fimbench.engines.train import run_training
 from fimbench.errors import FimbenchError
-from fimbench.fisher import (
+from fimbench.fisher.block import (
     ExactFisher,
     exact_block,
     frobenius_error,
     spectral_error,
 )
-from fimbench.fisher_error import FisherErrorSettings, run_fisher_error
-from fimbench.models import Architecture, ConvAutoencoder, Likelihood, build_model, default_architecture
+from fimbench.fisher.capture import capture_statistics, kronecker_layers, layer_shape, weight_gradient
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.setup import resolve_architecture
-from fimbench.train import run_training
 
 EXACT_RTOL = 1e-10  # identities that hold up to float64 round-off
 SOLVER_TOL = 1e-12  # power SVD / Lanczos stopping tolerance in these tests

@@ -16,12 +16,12 @@ from reference import DTYPE, mat_ref, per_example_weight_gradients, vec_ref
 from test_cli_train import one_line_error, runner, tiny_config
 from torch import nn
 
-from fimbench.capture import weight_gradient, weight_of
 from fimbench.cli import app
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
+from fimbench.fisher.capture import weight_gradient, weight_of
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.step_rule import span_minimiser
+from fimbench.preconditioner.step_rule import span_minimiser
 
 STEP = 1e-9  # relative: α, μ, the update and M against the dense closed form (float64)
 PRODUCT = 1e-11  # relative: Fisher–vector products against the dense Fisher
@@ -262,7 +262,7 @@ def test_cli_refuses_options_the_quadratic_model_replaces(tmp_path: Path) -> Non
 
 
 def test_sweep_with_the_qmodel_rule_tunes_damping_only(tmp_path: Path) -> None:
-    from fimbench.sweep import plan_sweep
+    from fimbench.engines.sweep import plan_sweep
 
     config = tiny_config(tmp_path, method="kfac")
     plan = plan_sweep(tmp_path / "s", ["kfac", "sgd"], {"damping": [1.0, 10.0]}, config_path=config,

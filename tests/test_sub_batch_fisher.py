@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fimbench.capture import LayerStatistics, capture_statistics
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
-from fimbench.sub_batch_fisher import SubBatchFisher
+from fimbench.fisher.capture import LayerStatistics, capture_statistics
+from fimbench.fisher.likelihood import Likelihood
+from fimbench.fisher.sub_batch import SubBatchFisher
 
 DTYPE = torch.float64
 TOLERANCE = 1e-10

@@ -17,14 +17,12 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from fimbench import sweep as sweep_module
 from fimbench.cli.sweep import sweep
-from fimbench.config import load_config
-from fimbench.conventions import from_authors_scale
 from fimbench.curvature import Method
-from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
-from fimbench.sweep import (
+from fimbench.engines import sweep as sweep_module
+from fimbench.engines.authors_scale import from_authors_scale
+from fimbench.engines.config import load_config
+from fimbench.engines.sweep import (
     KRONECKER_GRID,
     PAPER_GRID,
     PointState,
@@ -36,7 +34,9 @@ from fimbench.sweep import (
     point_name,
     run_sweep,
 )
-from fimbench.train import run_point
+from fimbench.engines.train import run_point
+from fimbench.errors import FimbenchError
+from fimbench.fisher.likelihood import Likelihood
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 KAPPA = 1 / 784  # curves-synth: Bernoulli over 784 pixels

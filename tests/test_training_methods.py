@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from fimbench.config import load_config
 from fimbench.data import load_dataset
-from fimbench.models import build_model, evaluate
-from fimbench.setup import resolve_architecture
-from fimbench.train import run_training
+from fimbench.engines.config import load_config
+from fimbench.engines.models import build_model, evaluate
+from fimbench.engines.toolkit import resolve_architecture
+from fimbench.engines.train import run_training
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 METHODS = ["sgd", "adam", "kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]

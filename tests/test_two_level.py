@@ -8,12 +8,11 @@ import pytest
 import torch
 from reference import DTYPE
 
-from fimbench.capture import LayerStatistics
 from fimbench.curvature import approximate
-from fimbench.curvature.ekfac import EigenbasisBlock
-from fimbench.curvature_blocks import BlockDiagonal, KroneckerBlock
 from fimbench.errors import FimbenchError
-from fimbench.two_level import TwoLevel
+from fimbench.fisher.capture import LayerStatistics
+from fimbench.preconditioner.blocks import BlockDiagonal, EigenbasisBlock, KroneckerBlock
+from fimbench.preconditioner.two_level import TwoLevel
 
 SHAPES = [(5, 4), (4, 3), (3, 6)]  # (p_l, q_l): the bias column included in p_l
 M = 7
@@ -158,9 +157,9 @@ def test_two_level_network_error_equals_the_dense_one(method, coarse):
     """fisher-error's two-level row: ``F̂₂ = (F̂⁻¹ + R₀ (R₀ᵀ F R₀)⁻¹ R₀ᵀ)⁻¹`` (undamped, F̂ = blockdiag(F̂_l)
     invertible here: m = 30 examples), its ‖F − F̂₂‖ / ‖F‖ from m × L quantities equals the dense one."""
     from fimbench.curvature.ekfac import approximate_ekfac
-    from fimbench.fisher import ExactFisher, eigenbasis_terms
-    from fimbench.fisher_error.engine import two_level_network_terms
-    from fimbench.network_error import NetworkTerms, kronecker_block_terms, network_error, network_squared_norm
+    from fimbench.engines.fisher_error.engine import two_level_network_terms
+    from fimbench.fisher.block import ExactFisher, eigenbasis_terms
+    from fimbench.fisher.network_error import NetworkTerms, kronecker_block_terms, network_error, network_squared_norm
 
     generator = torch.Generator().manual_seed(3)
     statistics = [

@@ -15,7 +15,7 @@ from reference import mat_ref, vec_ref
 from torch import nn
 
 from fimbench.errors import FimbenchError
-from fimbench.models import Likelihood
+from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
 LIKELIHOOD = Likelihood.GAUSSIAN

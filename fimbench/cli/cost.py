@@ -16,7 +16,7 @@ from fimbench.errors import FimbenchError
 from fimbench.names import PRECONDITIONED_METHODS
 
 if TYPE_CHECKING:
-    from fimbench.cost import SweepCost
+    from fimbench.engines.cost import SweepCost
 
 DEFAULT_WIDTHS = "128,256,512,1024"
 DEFAULT_BATCHES = "64,256,1024"
@@ -46,9 +46,9 @@ def cost_profile(
 
     Example: fimbench cost-profile --widths 128,256,512 --batches 64,256
     """
-    from fimbench.cost import DatasetCost, profile_dataset, profile_sweep, write_outputs
-    from fimbench.setup import resolve_device
-    from fimbench.tables import dataset_tables, sweep_tables
+    from fimbench.cli.tables import dataset_tables, sweep_tables
+    from fimbench.engines.cost import DatasetCost, profile_dataset, profile_sweep, write_outputs
+    from fimbench.engines.toolkit import resolve_device
 
     if dataset is not None and (widths is not None or batches is not None):
         raise FimbenchError("choose either --dataset or --widths/--batches, not both")

@@ -29,7 +29,7 @@ from fimbench.errors import FimbenchError, Interrupted
 from fimbench.names import BLOCK_METHODS, EXACT_METHODS, KRONECKER_METHODS
 
 if TYPE_CHECKING:
-    from fimbench.fisher_error import EntrySummary, ErrorRow, FisherErrorResult
+    from fimbench.engines.fisher_error import EntrySummary, ErrorRow, FisherErrorResult
 
 
 def _number(value: float | None, spec: str = ".4g") -> str:
@@ -74,7 +74,7 @@ class LiveErrorTable:
                 console.print(self._table())
 
     def _table(self) -> Table:
-        from fimbench.fisher_error import entry_label
+        from fimbench.engines.fisher_error import entry_label
 
         caption = (
             f"iteration {self.iteration}, training loss {_number(self.loss)}, "
@@ -99,7 +99,7 @@ class LiveErrorTable:
 
 def summary_table(summaries: list[EntrySummary], title: str) -> Table:
     """Per method: median / mean / max of Error 1 and Error 2, how often it beats KFAC, cost, paths."""
-    from fimbench.fisher_error import entry_label
+    from fimbench.engines.fisher_error import entry_label
 
     table = Table(
         title=title,
@@ -171,8 +171,8 @@ def fisher_error(
 
     Example: fimbench fisher-error --dataset curves-synth --iterations 200 --every 20
     """
-    from fimbench.config import load_config
-    from fimbench.fisher_error import (
+    from fimbench.engines.config import load_config
+    from fimbench.engines.fisher_error import (
         DEFAULT_METHODS,
         FisherErrorSettings,
         run_fisher_error,

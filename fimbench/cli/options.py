@@ -103,12 +103,12 @@ def quiet_option() -> Any:
 
 
 def seeds_option(help: str) -> Any:
-    """``--seeds``: a count (``3``: seeds 0, 1, 2) or a comma-separated list (:func:`fimbench.sweep.parse_seeds`)."""
+    """``--seeds``: a count (``3``: seeds 0, 1, 2) or a comma-separated list (:func:`fimbench.engines.sweep.parse_seeds`)."""
     return typer.Option(None, "--seeds", metavar="N|S1,S2,...", help=help)
 
 
 def tensorboard_option() -> Any:
-    """``--tensorboard/--no-tensorboard``: ``training.tensorboard`` (:mod:`fimbench.event_log`)."""
+    """``--tensorboard/--no-tensorboard``: ``training.tensorboard`` (:mod:`fimbench.engines.event_log`)."""
     return typer.Option(
         None, "--tensorboard/--no-tensorboard",
         help="Also write each run's metrics as TensorBoard event files beside metrics.jsonl (the tensorboard extra).",
@@ -130,14 +130,14 @@ def dataset_value(dataset: Enum | None) -> str | None:
 
 def parse_sets(specs: Sequence[str] | None) -> dict[str, Any]:
     """``["model.layers=[784,64,784]", "optimizer.kl_clip=null"]`` -> dotted overrides for
-    :func:`fimbench.config.load_config` (``null`` becomes :data:`fimbench.config.NULL`).
+    :func:`fimbench.engines.config.load_config` (``null`` becomes :data:`fimbench.engines.config.NULL`).
 
-    Sections come from :data:`fimbench.config.SECTIONS` and keys are checked, with their types, by the
+    Sections come from :data:`fimbench.engines.config.SECTIONS` and keys are checked, with their types, by the
     config loader itself, so every key of the config dataclasses can be set and nothing else.
     """
     import yaml
 
-    from fimbench.config import NULL, SECTIONS
+    from fimbench.engines.config import NULL, SECTIONS
 
     values: dict[str, Any] = {}
     for spec in specs or []:
@@ -232,13 +232,13 @@ def config_overrides(options: dict[str, Any], sections: Sequence[str], skip: Seq
     """The dotted config overrides of the command-line options named after a config field.
 
     ``options`` maps parameter names to values (a command's arguments); each name that is a field of one
-    of ``sections`` (a dataclass of :data:`fimbench.config.SECTIONS`), and not in ``skip``, becomes
+    of ``sections`` (a dataclass of :data:`fimbench.engines.config.SECTIONS`), and not in ``skip``, becomes
     ``"section.name"``: ``{"lr": 0.1, "seed": 3}`` -> ``{"optimizer.lr": 0.1, "training.seed": 3}``. The
     option names are the config's own, so a new setting needs no second spelling of its key.
     """
     from dataclasses import fields
 
-    from fimbench.config import SECTIONS
+    from fimbench.engines.config import SECTIONS
 
     owner = {field.name: section for section in sections for field in fields(SECTIONS[section])}
     return {f"{owner[name]}.{name}": value for name, value in options.items() if name in owner and name not in skip}

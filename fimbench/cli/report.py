@@ -12,12 +12,12 @@ from fimbench.cli.options import check_out, json_option, quiet_option
 from fimbench.cli.output import current, with_output
 
 if TYPE_CHECKING:
-    from fimbench.comparison import Comparison
+    from fimbench.engines.comparison import Comparison
 
 
 def print_comparison(comparison: Comparison) -> None:
     """The warnings (stderr) and, per dataset, the comparison table and the differences vs KFAC and Adam."""
-    from fimbench.tables import comparison_table, differences_table
+    from fimbench.cli.tables import comparison_table, differences_table
 
     for warning in comparison.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -45,7 +45,7 @@ def report(
 
     Example: fimbench report sweeps/curves-synth --out benchmarks/curves-synth
     """
-    from fimbench.comparison import compare, write_csv, write_figure2, write_report_json
+    from fimbench.engines.comparison import compare, write_csv, write_figure2, write_report_json
 
     if out is not None:
         check_out(out)

@@ -32,7 +32,7 @@ from fimbench.cli.sweep import make_runner
 from fimbench.errors import Interrupted, SweepFailedError
 
 if TYPE_CHECKING:
-    from fimbench.sweep import PointState, Runner, SweepPlan
+    from fimbench.engines.sweep import PointState, Runner, SweepPlan
 
 DEFAULT_SEEDS = "3"
 """``--seeds`` of ``reproduce figure2``: seeds 0, 1, 2."""
@@ -55,7 +55,7 @@ class ProgressLines:
         self.printed = 0.0
 
     def stage(self, name: str, plan: SweepPlan | None) -> None:
-        from fimbench.protocol import STAGES
+        from fimbench.engines.protocol import STAGES
 
         self.name, self.last = name, None
         where = f": {len(plan.points)} runs in {plan.out}" if plan is not None else ""
@@ -121,9 +121,9 @@ def figure2(
     Example: fimbench reproduce figure2 -d curves-synth --sweep-epochs 5 --epochs 20 --seeds 3 -j 2
     """
     from fimbench.cli.parsers import parse_seeds
-    from fimbench.config import load_config
-    from fimbench.protocol import plan_figure2, run_figure2
-    from fimbench.sweep import parse_grid
+    from fimbench.engines.config import load_config
+    from fimbench.engines.protocol import plan_figure2, run_figure2
+    from fimbench.engines.sweep import parse_grid
 
     overrides = {
         "data.dataset": dataset_value(dataset),

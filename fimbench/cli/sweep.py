@@ -33,14 +33,14 @@ from fimbench.cli.output import current, with_output
 from fimbench.errors import Interrupted, SweepFailedError
 
 if TYPE_CHECKING:
-    from fimbench.sweep import PointState, Runner, SweepPlan
+    from fimbench.engines.sweep import PointState, Runner, SweepPlan
 
 
 POINTS = executor_options("points")
 
 
 class LiveSweepTable:
-    """Redraws :func:`fimbench.tables.sweep_table` in place, as tall as the terminal allows; the live view
+    """Redraws :func:`fimbench.cli.tables.sweep_table` in place, as tall as the terminal allows; the live view
     is transient, the final table is printed once. With ``draw`` false it only keeps the latest states."""
 
     def __init__(self, draw: bool = True) -> None:
@@ -49,7 +49,7 @@ class LiveSweepTable:
         self.states: Sequence[PointState] = []
 
     def update(self, states: Sequence[PointState]) -> None:
-        from fimbench.tables import sweep_table
+        from fimbench.cli.tables import sweep_table
 
         self.states = states
         if self.draw:
@@ -58,7 +58,7 @@ class LiveSweepTable:
 
 def _default_sweep_dir(config: Path | None, dataset: str | None) -> Path:
     """``sweeps/<dataset>``: a fixed name, so rerunning the same command resumes."""
-    from fimbench.config import load_config
+    from fimbench.engines.config import load_config
 
     return Path("sweeps") / load_config(config, {"data.dataset": dataset}).data.dataset
 
@@ -114,8 +114,8 @@ def sweep(
     Example: fimbench sweep -d curves-synth -m kfac,adam --grid lr=1e-1,1e-2 --authors-scale --epochs 5 -j 2
     """
     from fimbench.cli.parsers import parse_seeds
-    from fimbench.sweep import inspect_points, parse_grid, plan_sweep
-    from fimbench.tables import sweep_table
+    from fimbench.cli.tables import sweep_table
+    from fimbench.engines.sweep import inspect_points, parse_grid, plan_sweep
 
     overrides = {
         "data.dataset": dataset_value(dataset),
@@ -142,9 +142,9 @@ def sweep(
 def make_runner(
     plan: SweepPlan, executor: Executor, jobs: int | None, partition: str | None, time_minutes: int, gpus_per_job: int, cpus_per_job: int
 ) -> Runner:
-    """Worker processes here (``local``), or SLURM jobs through submitit; each runs :func:`fimbench.train.run_point`."""
-    from fimbench.sweep import LocalRunner, SubmititRunner
-    from fimbench.train import run_point
+    """Worker processes here (``local``), or SLURM jobs through submitit; each runs :func:`fimbench.engines.train.run_point`."""
+    from fimbench.engines.sweep import LocalRunner, SubmititRunner
+    from fimbench.engines.train import run_point
 
     if executor is Executor.LOCAL:
         return LocalRunner(jobs or 1, worker=run_point)
@@ -155,8 +155,8 @@ def make_runner(
 
 def _run(plan: SweepPlan, runner: Runner) -> None:
     """Run the plan with the live table, then print the table, the best configs and the failures."""
-    from fimbench.sweep import run_sweep
-    from fimbench.tables import sweep_table
+    from fimbench.cli.tables import sweep_table
+    from fimbench.engines.sweep import run_sweep
 
     output = current()
     progress = LiveSweepTable(draw=output.progress)

@@ -34,8 +34,8 @@ from fimbench.cli.parsers import parse_seeds
 from fimbench.errors import DivergedError, FimbenchError, Interrupted
 
 if TYPE_CHECKING:
-    from fimbench.config import RunConfig
-    from fimbench.train import TrainResult
+    from fimbench.engines.config import RunConfig
+    from fimbench.engines.train import TrainResult
 
 class RichTrainProgress:
     """Live bar: epoch, step, loss, steps/s."""
@@ -190,7 +190,7 @@ def _train_seeds(options: dict[str, Any], seeds: list[int]) -> None:
 
 def _resolve(options: dict[str, Any], config: Path | None, sets: list[str] | None) -> RunConfig:
     """The run's config: ``config`` (or the preset), then the options, then ``--set``."""
-    from fimbench.config import load_config
+    from fimbench.engines.config import load_config
 
     method, data_dir = options["method"], options["data_dir"]
     overrides = {
@@ -214,7 +214,7 @@ def _check_step_rule(resolved: RunConfig, options: dict[str, Any], sets: list[st
     --lr, --momentum, --nesterov or --kl-clip (option or --set) would not be applied, and is refused; so is
     an explicit qmodel for SGD or Adam. (Values from config files are not used.)"""
     from fimbench.curvature import parse_method
-    from fimbench.step_rule import QMODEL
+    from fimbench.preconditioner.step_rule import QMODEL
 
     if resolved.optimizer.step_rule != QMODEL:
         return
@@ -238,8 +238,8 @@ RESUME_OPTIONS = ("resume", "device", "data_dir", "tensorboard", "full_table", "
 def _resume_config(options: dict[str, Any], run_dir: Path) -> RunConfig:
     """The config of the run ``--resume`` continues: its ``config.yaml``, with ``--device`` and ``--data-dir``
     on top; any other option would change the run (or its directory) and is refused."""
-    from fimbench.config import load_config
-    from fimbench.rundir import CONFIG
+    from fimbench.engines.config import load_config
+    from fimbench.engines.rundir import CONFIG
 
     given = [
         name for name, value in options.items()
@@ -265,8 +265,8 @@ def _resume_config(options: dict[str, Any], run_dir: Path) -> RunConfig:
 def _run(resolved: RunConfig, run_dir: Path, overwrite: bool, resume: bool) -> TrainResult:
     """Train in ``run_dir`` (with ``resume``: continue the run there) with a live progress bar; a run that
     stops early still gets its document."""
-    from fimbench.rundir import RUN_FILES
-    from fimbench.train import run_training
+    from fimbench.engines.rundir import RUN_FILES
+    from fimbench.engines.train import run_training
 
     output = current()
     progress = RichTrainProgress() if output.progress else None
@@ -289,11 +289,11 @@ def _run(resolved: RunConfig, run_dir: Path, overwrite: bool, resume: bool) -> T
 
 
 def _run_parallel(resolved: RunConfig, run_dir: Path, overwrite: bool, nproc: int) -> TrainResult:
-    """Train in ``run_dir`` on ``nproc`` local workers (:mod:`fimbench.launch`); the result read back from
+    """Train in ``run_dir`` on ``nproc`` local workers (:mod:`fimbench.engines.launch`); the result read back from
     the run directory rank 0 wrote."""
-    from fimbench.launch import launch_training
-    from fimbench.rundir import METRICS, RUN_FILES, read_metrics, read_summary
-    from fimbench.train import TrainResult
+    from fimbench.engines.launch import launch_training
+    from fimbench.engines.rundir import METRICS, RUN_FILES, read_metrics, read_summary
+    from fimbench.engines.train import TrainResult
 
     with run_directory(run_dir, refuse_existing=not overwrite, replace=RUN_FILES if overwrite else ()):
         launch_training(resolved, run_dir, nproc)
@@ -305,7 +305,7 @@ def _run_parallel(resolved: RunConfig, run_dir: Path, overwrite: bool, nproc: in
 def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table: bool, seconds: float) -> dict[str, Any]:
     """The training table (about 20 rows unless ``full_table``), the curvature table and a note; returns
     the run's JSON document."""
-    from fimbench.tables import curvature_table, training_table
+    from fimbench.cli.tables import curvature_table, training_table
 
     output = current()
     method_name, dataset_name = resolved.optimizer.method, resolved.data.dataset
@@ -325,6 +325,6 @@ def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table:
 
 def _summary_document(run_dir: Path) -> dict[str, Any]:
     """The JSON document of a run that stopped early: its ``summary.json`` (if written) and where it is."""
-    from fimbench.rundir import read_summary
+    from fimbench.engines.rundir import read_summary
 
     return {"run_dir": str(run_dir), **(read_summary(run_dir) or {"status": "interrupted"})}

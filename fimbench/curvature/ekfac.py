@@ -30,18 +30,15 @@ old eigenvalues are carried into the new basis by the exact re-basing above.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fimbench.curvature.kfac import kfac_factors
+from fimbench.curvature.kronecker import kron_dense
 from fimbench.curvature.kronecker_sum import KroneckerSum, robust_eigh
 from fimbench.errors import FimbenchError
-from fimbench.kronecker import kron_dense
-
-if TYPE_CHECKING:
-    from fimbench.capture import LayerStatistics
 
 
 @dataclass
@@ -132,69 +129,3 @@ def approximate_ekfac(
     bases = eigenbases(*factors) if new_basis else prior.bases
     carried = rebase(prior.scales, prior.bases, bases) if new_basis else prior.scales
     return EigenbasisDiagonal(factors, bases, decay * carried + (1.0 - decay) * projected_moments(a, g, bases))
-
-
-class EigenbasisBlock:
-    """EKFAC's :class:`~fimbench.curvature_blocks.CurvatureBlock`: ``F̂ + λI`` of :class:`EigenbasisDiagonal`,
-    the basis recomputed at the first update after each refresh (module docstring)."""
-
-    def __init__(self) -> None:
-        self.approximation: EigenbasisDiagonal | None = None
-        self.source: EigenbasisDiagonal | None = None  # the approximation of the latest refresh
-        self.damping = 0.0
-        self.denominator: Tensor | None = None  # S + λ of the latest refresh
-        self.basis_due = True
-
-    def update(self, statistics: LayerStatistics, decay: float) -> None:
-        """Factors and eigenvalues towards ``ρ F̂_old + (1 − ρ) F_batch``; no iterative solver runs."""
-        self.approximation = approximate_ekfac(statistics.a, statistics.g, self.approximation, decay, self.basis_due)
-        self.basis_due = False
-
-    def refresh(self, damping: float) -> None:
-        """``S + λ`` of the current approximation (``(F̂ + λI)⁻¹`` is diagonal in its eigenbasis); the next
-        update takes a new basis."""
-        if not damping > 0:
-            raise FimbenchError(f"EKFAC's damped solve needs damping > 0, got {damping}")
-        self.source, self.damping, self.basis_due = self.approximation, damping, True
-        self.denominator = self.source.scales + damping  # type: ignore[union-attr]
-
-    def apply(self, gradient: Tensor) -> Tensor:
-        """``vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``."""
-        assert self.source is not None and self.denominator is not None, "apply before refresh"
-        Q_A, Q_G = self.source.bases
-        return Q_G @ ((Q_G.transpose(0, 1) @ gradient @ Q_A) / self.denominator) @ Q_A.transpose(0, 1)
-
-    def quadratic(self, delta: Tensor) -> Tensor:
-        """``vec(δ)ᵀ (F̂ + λI) vec(δ)``."""
-        return (delta * self.source.matvec(delta)).sum() + self.damping * delta.square().sum()  # type: ignore[union-attr]
-
-    @property
-    def first_term(self) -> tuple[Tensor, Tensor]:
-        """K-FAC's factors ``A``, ``G`` (the spectral coarse space reads them)."""
-        return self.approximation.factors  # type: ignore[union-attr]
-
-    @property
-    def correction_scale(self) -> float | None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """The approximation and, once refreshed, the refresh's λ, its approximation when that is older, and
-        whether a new basis is due (before a refresh it is due exactly when there is no approximation yet)."""
-        inverse = None
-        if self.source is not None:
-            source = None if self.source is self.approximation else self.source.state_dict()
-            inverse = {"damping": self.damping, "source": source, "basis_due": self.basis_due}
-        return {"approximation": None if self.approximation is None else self.approximation.state_dict(), "inverse": inverse}
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
-        entry = state["approximation"]
-        self.approximation = None if entry is None else EigenbasisDiagonal.from_state_dict(entry, device, dtype)
-        inverse = state["inverse"]
-        if inverse is None:
-            self.source, self.damping, self.basis_due, self.denominator = None, 0.0, self.approximation is None, None
-            return
-        source = inverse["source"]
-        self.source = self.approximation if source is None else EigenbasisDiagonal.from_state_dict(source, device, dtype)
-        self.damping, self.basis_due = inverse["damping"], inverse["basis_due"]
-        assert self.source is not None, "a state with an inverse has an approximation"
-        self.denominator = self.source.scales + self.damping

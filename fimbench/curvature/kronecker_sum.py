@@ -7,7 +7,7 @@ the first term gets factored Tikhonov damping and the others are kept as they ar
 
 The split π decides which factor carries the damping. ``pi="trace"`` is the paper's §2.2 rule
 ``π = sqrt((tr A₁ / p) / (tr G₁ / q))``; a positive number fixes π, which is how the authors' code
-damps (their ``pi=False``; :mod:`fimbench.conventions` gives the π that reproduces each method).
+damps (their ``pi=False``; :mod:`fimbench.engines.authors_scale` gives the π that reproduces each method).
 
 Exact damping (``form="exact"``), in the eigenbasis of the first term ``A₁ = Q_A diag(α) Q_Aᵀ``,
 ``G₁ = Q_G diag(γ) Q_Gᵀ``. One term: ``A₁ ⊗ G₁ + λI``, inverted as
@@ -44,8 +44,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from fimbench.curvature.kronecker import kron_dense
 from fimbench.errors import FimbenchError
-from fimbench.kronecker import kron_dense
 
 DEFAULT_MIN_CURVATURE_RATIO = 0.1
 TRACE_SPLIT: Literal["trace"] = "trace"

@@ -68,7 +68,7 @@ BLOCK_METHODS: tuple[Method, ...] = KRONECKER_METHODS + (Method.EKFAC,)
 """The block-diagonal approximations (one curvature block per layer): the Kronecker methods and EKFAC
 (K-FAC's eigenbasis with re-fitted eigenvalues); a two-level correction applies to each of them."""
 PRECONDITIONED_METHODS: tuple[Method, ...] = BLOCK_METHODS + EXACT_METHODS
-"""The methods of :class:`fimbench.preconditioner.KroneckerPreconditioner`."""
+"""The methods of :class:`fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner`."""
 FIRST_ORDER_METHODS: tuple[Method, ...] = (Method.SGD, Method.ADAM)
 """The methods that step along the gradient itself."""
 PAPER_METHODS: tuple[Method, ...] = KRONECKER_METHODS + FIRST_ORDER_METHODS

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fimbench.kronecker import quadratic_forms, weighted_gram
+from fimbench.curvature.kronecker import quadratic_forms, weighted_gram
 
 ITERATION_DTYPE = torch.float64
 FRESH_FLOOR = 1e-24  # squared relative distance below which a basis element lies in a span

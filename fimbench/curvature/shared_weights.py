@@ -54,10 +54,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fimbench.curvature.kronecker import unvec, vec
 from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.rearranged import FRESH_FLOOR, ITERATION_DTYPE
 from fimbench.errors import FimbenchError
-from fimbench.kronecker import unvec, vec
 
 
 def per_example_gradients(a: Tensor, g: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 
 from fimbench.data.parse import MNIST_IDX_FILES, RawFile, parse_raw
 from fimbench.errors import FimbenchError
-from fimbench.io import atomic_write_bytes, atomic_write_json
+from fimbench.files import atomic_write_bytes, atomic_write_json
 from fimbench.names import DOWNLOADABLE, check_dataset
 
 PROCESSED_FORMAT = 1

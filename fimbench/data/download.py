@@ -21,7 +21,7 @@ from fimbench.data.cache import PROCESSED_FORMAT, check_downloadable, data_root,
 from fimbench.data.parse import CURVES_FILE, FACES_FILE, MNIST_IDX_FILES, MNIST_MAT_FILE, RawFile, parse_raw
 from fimbench.data.splits import VAL_FRACTION
 from fimbench.errors import FimbenchError
-from fimbench.io import atomic_write_json
+from fimbench.files import atomic_write_json
 
 MARTENS_URL = "http://www.cs.toronto.edu/~jmartens/"
 """Base URL of the CURVES and FACES .mat files (no checksums are published for them)."""

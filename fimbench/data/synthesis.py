@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from fimbench.data.cache import PROCESSED_FORMAT, read_processed, save_tensors
-from fimbench.io import atomic_write_json
+from fimbench.files import atomic_write_json
 
 SYNTH_SEED = 0
 """curves-synth draws its train/val pool with this seed and its test set with ``SYNTH_SEED + 1``."""

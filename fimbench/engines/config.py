@@ -1,0 +1,221 @@
+"""Run configuration: frozen dataclasses, loaded from YAML with strict key and type checking.
+
+Resolution order (later wins): the dataset's preset ``configs/<dataset>.yaml``, its ``methods.<method>``
+section, the user's ``--config`` file, that file's ``methods.<method>`` section, then CLI options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fimbench.errors import FimbenchError, did_you_mean
+from fimbench.preconditioner.settings import FirstOrderSettings, PreconditionerSettings
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "curves-synth"
+    data_dir: str | None = None  # default: $FIMBENCH_DATA or the per-user cache
+    split_seed: int = 0  # fixes the train/validation split (independent of the training seed)
+    synth_train: int = 20000  # curves-synth sizes
+    synth_test: int = 10000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: list[int] | None = None  # default: the paper's architecture for the dataset (App. D)
+    activation: str = "relu"
+    likelihood: str | None = None  # bernoulli | gaussian; default: the dataset's
+    architecture: str = "mlp"  # mlp (App. D) | conv (models.ConvAutoencoder; configs/curves-conv.yaml)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig(PreconditionerSettings, FirstOrderSettings):
+    """The ``optimizer`` section: :class:`FirstOrderSettings`' fields, then :class:`PreconditionerSettings`'."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 256
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many steps (smoke runs)
+    seed: int = 0  # data order, initialisation and Fisher sampling
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 0  # also log a metrics row every N steps (0: epochs only)
+    tensorboard: bool = False  # also write metrics.jsonl's rows as TensorBoard event files (fimbench.engines.event_log)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optimizer": OptimizerConfig,
+    "training": TrainingConfig,
+}
+
+
+class _Null:
+    """Type of :data:`NULL`."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+NULL = _Null()
+"""An override value that sets a key to ``null`` (a plain ``None`` override means "not given")."""
+
+
+PRESET_ALIASES = {"curves-synth": "curves"}  # the synthetic set trains the CURVES autoencoder
+
+
+def preset_path(dataset: str) -> Path | None:
+    """``configs/<dataset>.yaml`` shipped with fimbench, if any."""
+    name = PRESET_ALIASES.get(dataset, dataset)
+    candidate = resources.files("fimbench.configs") / f"{name}.yaml"
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML config file into a mapping; one-line errors for missing or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FimbenchError(f"config file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise FimbenchError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', error)}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise FimbenchError(f"{path} must hold a mapping of sections (data, model, optimizer, training)")
+    return content
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+
+
+def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
+    """Check ``value`` against the field's type (ints are accepted for floats; a union takes the first
+    member that accepts the value)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [arg for arg in args if arg is not type(None)]
+        for member in inner[:-1]:
+            try:
+                return _coerce(value, member, key, origin)
+            except FimbenchError:
+                continue
+        return _coerce(value, inner[-1], key, origin)
+    base = typing.get_origin(annotation) or annotation
+    if base is list:
+        if not isinstance(value, (list, tuple)):
+            raise FimbenchError(f"config key '{key}' in {origin} must be a list, got {value!r}")
+        return [_coerce(item, args[0], key, origin) for item in value]
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            pass
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise FimbenchError(
+            f"config key '{key}' in {origin} must be of type {_type_name(base)}, got {value!r}"
+        )
+    return value
+
+
+def _merge(config: RunConfig, mapping: dict[str, Any], origin: str) -> RunConfig:
+    """Apply ``{section: {key: value}}`` (and dotted ``section.key``) onto ``config``."""
+    updated = {name: getattr(config, name) for name in SECTIONS}
+    for section, values in mapping.items():
+        if section == "methods":
+            continue
+        if section not in SECTIONS:
+            raise FimbenchError(
+                f"unknown config section '{section}' in {origin}; expected one of {', '.join(SECTIONS)}, methods"
+                f"{did_you_mean(section, [*SECTIONS, 'methods'])}"
+            )
+        if not isinstance(values, dict):
+            raise FimbenchError(f"config section '{section}' in {origin} must be a mapping")
+        known = {f.name: f for f in fields(SECTIONS[section])}
+        hints = typing.get_type_hints(SECTIONS[section])
+        changes = {}
+        for key, value in values.items():
+            if key not in known:
+                raise FimbenchError(
+                    f"unknown config key '{section}.{key}' in {origin}; known keys: {', '.join(known)}"
+                    f"{did_you_mean(f'{section}.{key}', [f'{section}.{name}' for name in known])}"
+                )
+            changes[key] = _coerce(value, hints[key], f"{section}.{key}", origin)
+        updated[section] = dataclasses.replace(updated[section], **changes)
+    return RunConfig(**updated)
+
+
+def _method_section(mapping: dict[str, Any], method: str, origin: str) -> dict[str, Any]:
+    methods = mapping.get("methods") or {}
+    if not isinstance(methods, dict):
+        raise FimbenchError(f"'methods' in {origin} must map method names to optimizer settings")
+    overrides = methods.get(method) or {}
+    if not isinstance(overrides, dict):
+        raise FimbenchError(f"'methods.{method}' in {origin} must be a mapping of optimizer keys")
+    return {"optimizer": overrides}
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Resolve a run configuration (module docstring). ``overrides`` uses dotted keys: ``optimizer.lr``."""
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
+    user = read_yaml(path) if path is not None else {}
+    nested_overrides: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        nested_overrides.setdefault(section, {})[key] = None if value is NULL else value
+
+    dataset = nested_overrides.get("data", {}).get("dataset") or (user.get("data") or {}).get("dataset")
+    dataset = dataset or DataConfig.dataset
+    preset_file = preset_path(str(dataset))
+    preset = read_yaml(preset_file) if preset_file is not None else {}
+
+    def method_of(*mappings: dict[str, Any]) -> str:
+        method = OptimizerConfig.method
+        for mapping in mappings:
+            method = (mapping.get("optimizer") or {}).get("method", method)
+        return str(method)
+
+    method = method_of(preset, user, nested_overrides)
+    config = RunConfig()
+    config = _merge(config, preset, str(preset_file))
+    config = _merge(config, _method_section(preset, method, str(preset_file)), f"{preset_file} (methods.{method})")
+    origin = str(path) if path is not None else "the config"
+    config = _merge(config, user, origin)
+    config = _merge(config, _method_section(user, method, origin), f"{origin} (methods.{method})")
+    config = _merge(config, nested_overrides, "the command line")
+    return config
+
+
+def dump_config(config: RunConfig) -> str:
+    """The fully resolved configuration as YAML (written to every run directory)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

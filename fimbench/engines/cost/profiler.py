@@ -1,0 +1,364 @@
+"""Cost profile engine: the paper's Table 1 (App. C), measured on the code paths ``train`` runs.
+
+Per method and per layer it times, with a :class:`KroneckerPreconditioner`'s own settings,
+
+* ``build_cold`` / ``build_warm`` — ``F̂`` from the statistics ``(ā, g)`` of the Fisher sub-batch by
+  :func:`fimbench.curvature.approximate`, incl. the power-SVD / Lanczos iterations (count k₁ / k₂):
+  cold = the first update (no prior), warm = the steady state of training (EMA prior = the previous
+  solution on another sub-batch, ρ = ``ema_decay``, warm-started from it), as in ``update_statistics``;
+* ``inverse`` — :meth:`KroneckerSum.inverse`: the damped factorisation of ``refresh_inverses`` (§2.2, §3.4);
+* ``apply`` — :meth:`KroneckerInverse.apply` on the layer's gradient, ``F̂⁻¹ ∇h``;
+
+The exact references (``exact-ng``, ``exact-ng-block``) build no approximation: per layer, ``build`` is its
+Gram term ``K_l = (Ā_l Ā_lᵀ) ∘ (G_l G_lᵀ)`` (the EMA does not apply, so cold = warm), ``inverse`` the
+Cholesky factor of its damped Gram ``mλI + K_l`` and ``apply`` its Woodbury apply ``(v − J_lᵀ (mλI + K_l)⁻¹ J_l v) / λ``
+— the per-block quantities, for both; what ``exact-ng`` couples (one m × m Cholesky factor of ``Σ_l K_l``,
+the same m³ as one block's, and ``J v`` over all layers) shows in its precondition step.
+
+EKFAC: ``build`` is :func:`~fimbench.curvature.ekfac.approximate_ekfac` (warm: the EMA with a new basis),
+``inverse`` the refresh's ``S + λ`` and ``apply`` the four products with the eigenbases. With a two-level
+correction (``optimizer.coarse``) the per-layer phases are the blocks' and the precondition step includes
+the coarse correction; the coarse rebuild that follows each statistics update (one Jacobian product per
+layer and an L × L factorisation) is left out of it: a warm-up call makes it first.
+
+per model, the whole :meth:`KroneckerPreconditioner.precondition` step (every layer + KL clip), and the
+yardsticks: forward + backward of the batch, one SGD step (forward, backward, momentum step) and the
+capture pass of the true Fisher (targets sampled from the model). Each figure is the median and spread of
+``repeats`` device-synchronised calls after a warm-up (:func:`fimbench.timing.measure`).
+
+Predicted orders per layer of width d with Fisher batch m (Table 1, ℓ = 1): build ``2md²`` (KFAC),
+``4k₁md²`` (KPSVD; + ``2md²`` for Deflation / KFAC-corrected; Lanczos ``4k₂md² + K³ + 2Kd²``); inverse and
+apply ``d³``. fimbench runs power SVD and Lanczos in Gram coordinates (curvature/rearranged.py): the
+Gram matrices cost ``m²(p + q)``, ‖Z‖_F ``2n³`` and an iteration ``O(n²)`` with ``n = m + r₀`` (r₀ = prior
+rank), and every Kronecker factor ``MAT(Φx)`` or prior quadratic form one ``O(m d²)`` weighted Gram — a
+build of ``O(m²d + md²)``, not ``O(k m d²)``. :func:`modelled_cost` counts these multiply-adds; the sweep's
+fitted exponents are printed beside the paper's and beside the effective exponents of that count on the
+same grid, which is the prediction they are checked against. Exponents are fitted to the fastest repeat
+(:data:`FIT_STATISTIC`): contention on a shared host only ever adds time; tables report the median.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method
+from fimbench.curvature.ekfac import approximate_ekfac
+from fimbench.engines.config import OptimizerConfig, load_config
+from fimbench.engines.cost.model import PHASES, sweep_exponents
+from fimbench.engines.cost.results import CostPoint, DatasetCost, LayerCost, MethodCost, ModelProfile, SweepCost, Timing
+from fimbench.engines.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, build_model
+from fimbench.engines.toolkit import configured_preconditioner, environment, resolve_architecture
+from fimbench.errors import FimbenchError
+from fimbench.fisher.capture import (
+    KroneckerLayer,
+    LayerStatistics,
+    capture_statistics,
+    kronecker_layers,
+    set_weight_gradient,
+    weight_gradient,
+)
+from fimbench.fisher.likelihood import Likelihood
+from fimbench.fisher.sub_batch import SubBatchFisher
+from fimbench.names import DATASETS, check_dataset
+from fimbench.preconditioner.blocks import EigenbasisBlock
+from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
+from fimbench.preconditioner.two_level import NO_COARSE
+from fimbench.timing import measure
+
+COST_DATASETS: tuple[str, ...] = DATASETS  # every dataset: a profile needs only its architecture
+YARDSTICKS: tuple[str, ...] = ("forward_backward", "sgd_step", "capture")
+SWEEP_LIKELIHOOD = Likelihood.GAUSSIAN  # synthetic layers: g = ∂ℓ/∂s of N(s, I) with sampled targets
+
+Progress = Callable[[str], None]
+
+
+def _environment(device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
+    """The environment stamp with the profile's repeats, warm-up calls, torch threads and start time."""
+    return {
+        **environment(device),
+        "repeats": repeats,
+        "warmup": warmup,
+        "threads": torch.get_num_threads(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _check_common(methods: Sequence[Method], repeats: int) -> None:
+    if not methods:
+        raise FimbenchError("no method to profile; pass --methods all or a list such as kfac,deflation")
+    if repeats < 1:
+        raise FimbenchError(f"repeats must be at least 1, got {repeats}")
+
+
+def _restore_gradients(layers: list[KroneckerLayer], gradients: list[Tensor]) -> None:
+    for layer, gradient in zip(layers, gradients):
+        set_weight_gradient(layer, gradient)
+
+
+def _yardsticks(
+    model: Autoencoder | ConvAutoencoder, inputs: Tensor, sgd: OptimizerConfig, fisher_batch: int, seed: int, repeats: int, warmup: int
+) -> dict[str, Timing]:
+    """Forward + backward (leaves the batch's gradient in ``model``), an SGD step on a copy, and capture."""
+    device, likelihood = inputs.device, model.likelihood
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=False)
+        likelihood.nll(model(inputs), inputs).mean().backward()
+
+    twin = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
+
+    def sgd_step() -> None:
+        optimizer.zero_grad(set_to_none=False)
+        likelihood.nll(twin(inputs), inputs).mean().backward()
+        optimizer.step()
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    layers = kronecker_layers(model)
+    capture = partial(capture_statistics, model, inputs[:fisher_batch], likelihood, layers, None, generator)
+    times = {
+        "sgd_step": Timing.of(measure(sgd_step, device, repeats, warmup)),
+        "capture": Timing.of(measure(capture, device, repeats, warmup)),
+        "forward_backward": Timing.of(measure(forward_backward, device, repeats, warmup)),  # last: leaves ∇h
+    }
+    return {name: times[name] for name in YARDSTICKS}
+
+
+def profile_model(
+    model: Autoencoder | ConvAutoencoder,
+    inputs: Tensor,
+    configs: dict[Method, OptimizerConfig],
+    sgd: OptimizerConfig,
+    repeats: int,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ModelProfile:
+    """Time every phase of every method on ``model`` with the batch ``inputs`` (module docstring).
+
+    Statistics are captured on the Fisher sub-batch ``inputs[:m]`` (as ``update_statistics`` does) and,
+    for the warm prior, on ``inputs[-m:]``; each method sees the same ones (same seed).
+    """
+    device = inputs.device
+    layers = kronecker_layers(model)
+    batch = inputs.shape[0]
+    fractions = {config.fisher_fraction for config in configs.values()}
+    if len(fractions) != 1:
+        raise FimbenchError("every profiled method must use the same optimizer.fisher_fraction")
+    fisher_batch = max(1, round(batch * fractions.pop()))
+    yardsticks = _yardsticks(model, inputs, sgd, fisher_batch, seed, repeats, warmup)
+    gradients = [weight_gradient(layer).clone() for layer in layers]
+    costs: list[MethodCost] = []
+    for method, config in configs.items():
+        if progress is not None:
+            progress(method.value)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        preconditioner = configured_preconditioner(model, model.likelihood, config, generator)
+        current = capture_statistics(model, inputs[:fisher_batch], model.likelihood, layers, None, generator)
+        previous = capture_statistics(model, inputs[-fisher_batch:], model.likelihood, layers, None, generator)
+        if method in EXACT_METHODS:
+            layer_costs = [_exact_layer_cost(index, now, gradient, preconditioner.damping, repeats, warmup)
+                           for index, (now, gradient) in enumerate(zip(current, gradients))]
+            preconditioner.curvature.update(current, 0.0)
+            preconditioner.refresh_inverses()
+            restore = partial(_restore_gradients, layers, gradients)
+            step = Timing.of(measure(preconditioner.precondition, device, repeats, warmup, setup=restore))
+            restore()
+            costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
+            continue
+        if method is Method.EKFAC:
+            layer_costs = [_ekfac_layer_cost(index, now, before, gradient, preconditioner, repeats, warmup)
+                           for index, (now, before, gradient) in enumerate(zip(current, previous, gradients))]
+            costs.append(MethodCost(method.value, asdict(config), layer_costs, _step_time(preconditioner, current, gradients, repeats, warmup)))
+            continue
+        layer_costs = []
+        warm_results: list[KroneckerSum] = []
+        for index, (now, before, gradient) in enumerate(zip(current, previous, gradients)):
+            cold = partial(preconditioner.approximate_block, now.a, now.g)
+            prior = preconditioner.approximate_block(before.a, before.g)
+            warm = partial(preconditioner.approximate_block, now.a, now.g, prior=prior, decay=preconditioner.ema_decay)
+            cold_result, warm_result = cold(), warm()
+            invert = partial(
+                warm_result.inverse, preconditioner.damping, preconditioner.min_curvature_ratio, preconditioner.pi, preconditioner.damping_form
+            )
+            apply = partial(invert().apply, gradient)
+            calls: dict[str, Callable[[], Any]] = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": apply}
+            iterative = method is not Method.KFAC
+            layer_costs.append(
+                LayerCost(
+                    index=index,
+                    p=now.a.shape[-1],
+                    q=now.g.shape[-1],
+                    rank=warm_result.rank,
+                    iterations_cold=cold_result.iterations if iterative else None,
+                    iterations_warm=warm_result.iterations if iterative else None,
+                    times={phase: Timing.of(measure(calls[phase], device, repeats, warmup)) for phase in PHASES},
+                )
+            )
+            warm_results.append(warm_result)
+        if preconditioner.coarse == NO_COARSE:
+            preconditioner.load_approximations(warm_results)
+            step = _step_time(preconditioner, None, gradients, repeats, warmup)
+        else:
+            step = _step_time(preconditioner, current, gradients, repeats, warmup)
+        costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
+    return ModelProfile(batch, fisher_batch, yardsticks, costs)
+
+
+def _step_time(
+    preconditioner: KroneckerPreconditioner, statistics: list[LayerStatistics] | None, gradients: list[Tensor], repeats: int, warmup: int
+) -> Timing:
+    """The precondition step (every layer, the coarse correction if any, KL clip) on ``gradients``, after
+    an update from ``statistics`` (None: the blocks are loaded already) and one untimed step."""
+    layers = preconditioner.layers
+    if statistics is not None:
+        preconditioner.curvature.update(statistics, 0.0)
+        preconditioner.refresh_inverses()
+    restore = partial(_restore_gradients, layers, gradients)
+    restore()
+    preconditioner.precondition()
+    step = Timing.of(measure(preconditioner.precondition, gradients[0].device, repeats, warmup, setup=restore))
+    restore()
+    return step
+
+
+def _ekfac_layer_cost(
+    index: int, now: LayerStatistics, before: LayerStatistics, gradient: Tensor, preconditioner: KroneckerPreconditioner, repeats: int, warmup: int
+) -> LayerCost:
+    """One layer's EKFAC phases (module docstring): cold and warm builds, the refresh and the apply."""
+    block = EigenbasisBlock()
+    prior = approximate_ekfac(before.a, before.g)
+    cold = partial(approximate_ekfac, now.a, now.g)
+    warm = partial(approximate_ekfac, now.a, now.g, prior, preconditioner.ema_decay, True)
+    block.approximation = warm()
+    invert = partial(block.refresh, preconditioner.damping)
+    invert()
+    calls: dict[str, Callable[[], Any]] = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": partial(block.apply, gradient)}
+    return _non_kronecker_layer_cost(index, now, calls, gradient.device, repeats, warmup)
+
+
+def _non_kronecker_layer_cost(
+    index: int, statistics: LayerStatistics, calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
+) -> LayerCost:
+    """The timed ``calls`` of a layer whose block is no Kronecker sum (rank 0) and runs no iterative solver."""
+    return LayerCost(
+        index=index,
+        p=statistics.a.shape[-1],
+        q=statistics.g.shape[-1],
+        rank=0,
+        iterations_cold=None,
+        iterations_warm=None,
+        times={phase: Timing.of(measure(calls[phase], device, repeats, warmup)) for phase in PHASES},
+    )
+
+
+def _exact_layer_cost(index: int, statistics: LayerStatistics, gradient: Tensor, damping: float, repeats: int, warmup: int) -> LayerCost:
+    """One layer's phases of the exact references (module docstring): its Gram term, the Cholesky factor of
+    its damped Gram (Gram cached) and its Woodbury apply."""
+    device = gradient.device
+    fisher = SubBatchFisher([statistics])
+
+    def build() -> Tensor:
+        return SubBatchFisher([statistics]).layer_gram(0)
+
+    invert = partial(fisher.inverse, damping, True)
+    apply = partial(invert().apply, [gradient])
+    calls: dict[str, Callable[[], Any]] = {"build_cold": build, "build_warm": build, "inverse": invert, "apply": apply}
+    return _non_kronecker_layer_cost(index, statistics, calls, device, repeats, warmup)
+
+
+def _random_inputs(batch: int, width: int, device: torch.device, seed: int) -> Tensor:
+    """Pixels in [0, 1] of the benchmark's shape (valid Bernoulli targets; timing needs no real data)."""
+    return torch.rand(batch, width, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def profile_dataset(
+    dataset: str,
+    methods: Sequence[Method],
+    device: torch.device,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: Progress | None = None,
+    config: Path | None = None,
+) -> DatasetCost:
+    """Profile the App. D autoencoder of ``dataset`` at the benchmark's batch size with its preset settings.
+
+    ``config`` (a YAML file, e.g. configs/curves-conv.yaml) overrides the preset: its model (such as
+    ``model.architecture: conv``), batch size and per-method settings.
+    """
+    check_dataset(dataset, COST_DATASETS)
+    _check_common(methods, repeats)
+    configs = {
+        method: load_config(config, {"data.dataset": dataset, "optimizer.method": method.value}) for method in methods
+    }
+    sgd = load_config(config, {"data.dataset": dataset, "optimizer.method": Method.SGD.value})
+    architecture = resolve_architecture(sgd, ARCHITECTURES[dataset].layers[0])
+    model = build_model(architecture, seed).to(device)
+    inputs = _random_inputs(sgd.training.batch_size, architecture.layers[0], device, seed)
+    profile = profile_model(
+        model,
+        inputs,
+        {method: config.optimizer for method, config in configs.items()},
+        sgd.optimizer,
+        repeats,
+        warmup,
+        seed,
+        progress,
+    )
+    return DatasetCost(dataset, architecture.layers, _environment(device, repeats, warmup), profile)
+
+
+def _labelled(progress: Progress | None, width: int, fisher_batch: int) -> Progress | None:
+    """``progress`` with the sweep point prefixed to every message."""
+    if progress is None:
+        return None
+    return lambda message: progress(f"d={width} m={fisher_batch} {message}")
+
+
+def profile_sweep(
+    widths: Sequence[int],
+    batches: Sequence[int],
+    methods: Sequence[Method],
+    device: torch.device,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SweepCost:
+    """Profile one square layer ``Linear(d, d)`` (p = d + 1, q = d) per width d and Fisher batch m.
+
+    The layer is a one-layer :class:`Autoencoder` with a Gaussian likelihood; its training batch is
+    ``m / fisher_fraction`` (4m by default), so the yardsticks are the SGD step whose Fisher sub-batch is m.
+    Settings are :class:`OptimizerConfig`'s defaults. Fits: :func:`sweep_exponents`.
+    """
+    _check_common(methods, repeats)
+    if not widths or not batches:
+        raise FimbenchError("the sweep needs at least one width and one Fisher batch size")
+    for name, values in (("width", widths), ("batch", batches)):
+        bad = [value for value in values if value < 1]
+        if bad:
+            raise FimbenchError(f"every {name} must be a positive integer, got {bad[0]}")
+    widths, batches = sorted(set(widths)), sorted(set(batches))
+    configs = {method: OptimizerConfig(method=method.value) for method in methods}
+    sgd = OptimizerConfig(method=Method.SGD.value)
+    points: list[CostPoint] = []
+    for d in widths:
+        for m in batches:
+            model = build_model(Architecture((d, d), SWEEP_LIKELIHOOD), seed).to(device)
+            inputs = _random_inputs(round(m / sgd.fisher_fraction), d, device, seed)
+            profile = profile_model(model, inputs, configs, sgd, repeats, warmup, seed, _labelled(progress, d, m))
+            points.append(CostPoint(d, m, profile))
+    exponents = sweep_exponents(widths, batches, points)
+    return SweepCost(list(widths), list(batches), _environment(device, repeats, warmup), points, exponents)
+
+

@@ -1,0 +1,426 @@
+"""Figure 1 engine (§4.1): how far each Kronecker approximation is from the exact Fisher block along training.
+
+An independent optimizer (Adam by default, or SGD) trains the dataset's autoencoder. Before step i, for
+every i divisible by ``every`` (and once more after the last step), the current mini-batch is drawn,
+targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
+captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
+these same statistics — no EMA, each warm-started from its own previous result (§4) — then
+:mod:`fimbench.fisher.block` measures Error 1 and Error 2 without building a p·q-sized matrix (EKFAC: the batch's
+own eigenbasis and eigenvalues, :func:`fimbench.fisher.block.eigenbasis_errors`). The exact-NG
+references take the exact blocks themselves (``exact-ng-block``: ``F̂_l = F_ll``; ``exact-ng``: ``F̂ = F``), so
+their per-block errors are 0 by definition (path ``exact``). Each measurement also gives one row per
+entry whose ``layer`` is ``network``: the cross-layer Error 1 ``‖F − F̂‖_F / ‖F‖_F`` of the multi-layer
+Fisher over the chosen layers (:mod:`fimbench.fisher.network_error`; Error 2 is NaN there) — block-diagonality's
+share of the error beside the Kronecker structure's. Layers are the
+model's Linear and Conv2d layers in module order; a Conv2d's block is the shared-weight one,
+``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` over its T output pixels (curvature/shared_weights.py).
+
+The engine returns dataclasses and never prints; progress goes to an optional :class:`FisherErrorProgress`.
+:func:`fimbench.engines.fisher_error.outputs.write_run` writes ``errors.csv``, ``summary.json`` and ``figure1.png`` into a run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method, approximate
+from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
+from fimbench.curvature.kronecker import kronecker_sum_matvec
+from fimbench.curvature.methods import BLOCK_METHODS
+from fimbench.data import DatasetSplits, batch_indices
+from fimbench.engines.config import RunConfig
+from fimbench.engines.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
+from fimbench.engines.plots import METHOD_LABELS
+from fimbench.engines.toolkit import (
+    check_batch_size,
+    environment,
+    first_order_optimizer,
+    load_configured_dataset,
+    resolve_architecture,
+    resolve_device,
+)
+from fimbench.errors import FimbenchError
+from fimbench.fisher.block import METRIC_DTYPE, ExactFisher, approximation_errors, eigenbasis_errors, eigenbasis_terms
+from fimbench.fisher.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape
+from fimbench.fisher.network_error import (
+    NETWORK,
+    NetworkTerms,
+    exact_block_terms,
+    kronecker_block_terms,
+    network_error,
+    network_squared_norm,
+)
+from fimbench.fisher.sub_batch import SubBatchFisher
+from fimbench.names import check_dataset, variant_name
+from fimbench.preconditioner.two_level import NO_COARSE, coarse_vector, two_level_terms
+from fimbench.timing import timed_call
+
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_METHODS: tuple[Method, ...] = (Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED)
+CSV_COLUMNS = ("iteration", "layer", "method", "rank", "error1", "error2", "iterations", "seconds", "path")
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """One approximation of one layer's block at one iteration (a row of ``errors.csv``); ``layer`` is
+    ``"network"`` for the cross-layer error over all chosen layers (Error 2 NaN, iterations and seconds
+    summed over the layers).
+
+    ``rank``: Kronecker rank (0: the exact references); ``iterations``: power-SVD / Lanczos iterations used;
+    ``seconds``: time to build the approximation (device-synchronised; 0 for the exact references, which
+    build nothing); ``path``: how Error 1 / Error 2 were computed.
+    """
+
+    iteration: int
+    layer: int | str
+    method: str
+    rank: int
+    error1: float
+    error2: float
+    iterations: int
+    seconds: float
+    path: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One curve of Figure 1: a method at a Kronecker rank (Lanczos may appear at several ranks), or with
+    ``coarse`` its two-level version, which has a network row only (its blocks are the method's)."""
+
+    method: Method
+    rank: int
+    coarse: str = NO_COARSE
+
+    @property
+    def name(self) -> str:
+        """The ``method`` of its rows: ``kfac``, or ``kfac+nicolaides`` for a two-level entry."""
+        return variant_name(self.method.value, coarse=self.coarse)
+
+    @property
+    def label(self) -> str:
+        return entry_label(self.name, self.rank)
+
+
+def entry_label(method: str, rank: int) -> str:
+    """``KFAC``, ``Deflation`` …; Lanczos at a rank other than the paper's 2 as ``Lanczos r=3``; a two-level
+    entry as ``KFAC + nicolaides``."""
+    base, _, coarse = method.partition("+")
+    name = METHOD_LABELS.get(base, base)
+    name = f"{name} r={rank}" if base == Method.LANCZOS.value and rank != 2 else name
+    return f"{name} + {coarse}" if coarse else name
+
+
+@dataclass(frozen=True)
+class FisherErrorSettings:
+    """What to measure: 1-based layer numbers (Linear / Conv2d in module order; ``None``: all), methods,
+    schedule, Lanczos ranks."""
+
+    layers: tuple[int, ...] | None = (5,)
+    methods: tuple[Method, ...] = DEFAULT_METHODS
+    iterations: int = 1000
+    every: int = 20
+    lanczos_rank: int | None = None  # also measure Lanczos at ranks 1..R
+    empirical: bool = False
+    coarse: tuple[str, ...] = ()  # two-level network rows: nicolaides and / or spectral
+
+    def entries(self) -> list[Entry]:
+        """Methods in the order given; Lanczos at rank 2, or at ranks 1..R with ``lanczos_rank``; then each
+        block method's two-level entry per coarse space."""
+        entries: list[Entry] = []
+        for method in self.methods:
+            if method is Method.LANCZOS and self.lanczos_rank is not None:
+                continue
+            entries.append(Entry(method, method.rank))
+        if self.lanczos_rank is not None:
+            entries += [Entry(Method.LANCZOS, rank) for rank in range(1, self.lanczos_rank + 1)]
+        two_level = [Entry(e.method, e.rank, coarse) for coarse in self.coarse for e in entries if e.method in BLOCK_METHODS]
+        return entries + two_level
+
+
+@dataclass
+class FisherErrorResult:
+    """Everything measured in one run (``status``: completed | interrupted)."""
+
+    dataset: str
+    layers: list[int]
+    layer_shapes: dict[int, tuple[int, int]]  # layer -> (p, q) of its block's factors
+    entries: list[Entry]
+    rows: list[ErrorRow] = field(default_factory=list)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (iteration, training loss)
+    info: dict[str, Any] = field(default_factory=dict)
+    status: str = "completed"
+
+
+class FisherErrorProgress(Protocol):
+    def start(self, result: FisherErrorResult, measurements: int) -> None: ...
+    def step(self, iteration: int, loss: float) -> None: ...
+    def measured(self, iteration: int, rows: list[ErrorRow]) -> None: ...
+
+
+def resolve_layers(requested: tuple[int, ...] | None, count: int, dataset: str, kind: str = "Linear") -> list[int]:
+    """Check 1-based layer numbers against the autoencoder's ``count`` parameterised layers (``kind``)."""
+    if requested is None:
+        return list(range(1, count + 1))
+    for layer in requested:
+        if not 1 <= layer <= count:
+            raise FimbenchError(f"layer {layer} is out of range: the {dataset} autoencoder has {count} {kind} layers (1-{count})")
+    return list(requested)
+
+
+def validate(config: RunConfig, settings: FisherErrorSettings) -> list[int]:
+    """Reject bad settings before any data is loaded; returns the resolved layer numbers."""
+    dataset = config.data.dataset
+    check_dataset(dataset)
+    if config.optimizer.method not in OPTIMIZERS:
+        raise FimbenchError(f"unknown optimizer '{config.optimizer.method}'; choose from {', '.join(OPTIMIZERS)}")
+    if not config.optimizer.lr > 0:
+        raise FimbenchError(f"the learning rate must be positive, got {config.optimizer.lr}")
+    if settings.iterations < 0 or settings.every < 1:
+        raise FimbenchError(f"--iterations must be ≥ 0 and --every ≥ 1, got {settings.iterations} and {settings.every}")
+    if settings.lanczos_rank is not None and settings.lanczos_rank < 1:
+        raise FimbenchError(f"--lanczos-rank must be at least 1, got {settings.lanczos_rank}")
+    if config.training.batch_size < 1:
+        raise FimbenchError(f"the batch size must be at least 1, got {config.training.batch_size}")
+    if not settings.methods and settings.lanczos_rank is None:
+        raise FimbenchError("nothing to measure: give --methods or --lanczos-rank")
+    default = default_architecture(dataset, config.model.architecture)
+    widths = config.model.layers or default.layers
+    return resolve_layers(settings.layers, len(widths) - 1, dataset, "Conv2d/Linear" if default.kind == "conv" else "Linear")
+
+
+class FisherErrorMeter:
+    """Measures every entry on the chosen layers of ``model`` from one mini-batch, keeping warm starts.
+
+    ``measure`` = one capture pass (sampled or data targets), then per layer the exact block's Gram
+    quantities and, per entry, ``approximate(method, ā, g, warm_start=previous)`` (timed) and both errors.
+    """
+
+    def __init__(
+        self,
+        model: Autoencoder | ConvAutoencoder,
+        layers: list[int],
+        entries: list[Entry],
+        config: RunConfig,
+        device: torch.device,
+        empirical: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        blocks = kronecker_layers(model)
+        self.model = model
+        self.layers = layers
+        self.modules = [blocks[layer - 1] for layer in layers]
+        self.entries = entries
+        self.options = config.optimizer
+        self.device = device
+        self.empirical = empirical
+        self.generator = generator
+        self.previous: dict[tuple[int, Entry], KroneckerSum] = {}
+
+    def measure(self, iteration: int, x: Tensor) -> list[ErrorRow]:
+        """One row per (layer, entry) and one network row per entry for the mini-batch ``x`` (module docstring)."""
+        captured = capture_statistics(
+            self.model, x, self.model.likelihood, self.modules, targets=x if self.empirical else None, generator=self.generator
+        )
+        rows: list[ErrorRow] = []
+        blocks: dict[Entry, list[NetworkTerms]] = {entry: [] for entry in self.entries}
+        built_blocks: dict[Entry, list[KroneckerSum | EigenbasisDiagonal]] = {entry: [] for entry in self.entries}
+        for layer, stats in zip(self.layers, captured):
+            fisher = ExactFisher(stats.a, stats.g)
+            for entry in self.entries:
+                if entry.coarse != NO_COARSE:
+                    continue  # network row only, from its method's blocks
+                if entry.method in EXACT_METHODS:
+                    blocks[entry].append(exact_block_terms(fisher))
+                    rows.append(ErrorRow(iteration, layer, entry.method.value, entry.rank, 0.0, 0.0, 0, 0.0, "exact"))
+                    continue
+                if entry.method is Method.EKFAC:
+                    seconds, ekfac = timed_call(lambda: approximate_ekfac(stats.a, stats.g), self.device)
+                    built_blocks[entry].append(ekfac)
+                    terms, errors = eigenbasis_terms(fisher, ekfac), eigenbasis_errors(fisher, ekfac)
+                    blocks[entry].append(NetworkTerms(*terms))
+                    rows.append(
+                        ErrorRow(iteration, layer, entry.method.value, entry.rank, errors.error1.value, errors.error2.value, 0, seconds, errors.path)
+                    )
+                    continue
+                seconds, built = timed_call(
+                    lambda: approximate(
+                        entry.method,
+                        stats.a,
+                        stats.g,
+                        warm_start=self.previous.get((layer, entry)),
+                        tol=self.options.tol,
+                        max_iterations=self.options.max_iterations,
+                        rank=entry.rank,
+                        krylov_dim=self.options.krylov_dim,
+                    ),
+                    self.device,
+                )
+                approximation = built
+                self.previous[(layer, entry)] = approximation
+                built_blocks[entry].append(approximation)
+                blocks[entry].append(kronecker_block_terms(fisher, approximation.terms))
+                errors = approximation_errors(fisher, approximation.terms)
+                rows.append(
+                    ErrorRow(
+                        iteration=iteration,
+                        layer=layer,
+                        method=entry.method.value,
+                        rank=entry.rank,
+                        error1=errors.error1.value,
+                        error2=errors.error2.value,
+                        iterations=approximation.iterations,
+                        seconds=seconds,
+                        path=errors.path,
+                    )
+                )
+        squared_norm = network_squared_norm(captured)
+        for entry in self.entries:
+            if entry.coarse != NO_COARSE:
+                one_level = Entry(entry.method, entry.rank)
+                blocks[entry] = [two_level_network_terms(captured, built_blocks[one_level], entry.coarse, sum(blocks[one_level][1:], blocks[one_level][0]))]
+        return rows + self.network_rows(iteration, squared_norm, blocks, rows)
+
+    def network_rows(
+        self, iteration: int, squared_norm: float, blocks: dict[Entry, list[NetworkTerms]], rows: list[ErrorRow]
+    ) -> list[ErrorRow]:
+        """Per entry, the network error of ``blockdiag(F̂_l)`` from its blocks' terms (``exact-ng``: ``F̂ = F``)."""
+        network = []
+        for entry, terms in blocks.items():
+            whole = NetworkTerms(squared_norm, squared_norm) if entry.method is Method.EXACT_NG else sum(terms[1:], terms[0])
+            own = [row for row in rows if row.method == entry.method.value and row.rank == entry.rank]  # the blocks
+            network.append(
+                ErrorRow(
+                    iteration=iteration,
+                    layer=NETWORK,
+                    method=entry.name,
+                    rank=entry.rank,
+                    error1=network_error(squared_norm, whole).value,
+                    error2=math.nan,
+                    iterations=sum(row.iterations for row in own),
+                    seconds=sum(row.seconds for row in own),
+                    path="gram",
+                )
+            )
+        return network
+
+
+def two_level_network_terms(
+    statistics: list[LayerStatistics], approximations: list[KroneckerSum | EigenbasisDiagonal], coarse: str, blocks: NetworkTerms
+) -> NetworkTerms:
+    """The network terms of the two-level approximation ``P⁻¹`` of the blocks ``approximations`` (undamped;
+    :func:`fimbench.preconditioner.two_level.two_level_terms`) with the coarse space ``coarse`` (nicolaides or spectral)."""
+    fisher = SubBatchFisher(statistics)
+    matvecs, vectors = [], []
+    for approximation, stats in zip(approximations, statistics):
+        like = torch.zeros(stats.g.shape[-1], stats.a.shape[-1], dtype=METRIC_DTYPE, device=stats.a.device)
+        if isinstance(approximation, EigenbasisDiagonal):
+            ekfac = EigenbasisDiagonal(
+                tuple(t.to(METRIC_DTYPE) for t in approximation.factors),  # type: ignore[arg-type]
+                tuple(t.to(METRIC_DTYPE) for t in approximation.bases),  # type: ignore[arg-type]
+                approximation.scales.to(METRIC_DTYPE),
+            )
+            matvecs.append(ekfac.matvec)
+            first = ekfac.factors
+        else:
+            terms = [(A.to(METRIC_DTYPE), G.to(METRIC_DTYPE)) for A, G in approximation.terms]
+            matvecs.append(partial(kronecker_sum_matvec, terms))
+            first = terms[0]
+        vectors.append(coarse_vector(coarse, first, like))
+    return two_level_terms(fisher, matvecs, vectors, blocks)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+    """Mini-batch indices, epoch after epoch, without end."""
+    while True:
+        yield from batch_indices(n, batch_size, generator, device)
+
+
+def run_fisher_error(
+    config: RunConfig,
+    settings: FisherErrorSettings,
+    progress: FisherErrorProgress | None = None,
+    dataset: DatasetSplits | None = None,
+) -> FisherErrorResult:
+    """Train with ``config.optimizer.method`` (adam | sgd) for ``settings.iterations`` steps, measuring
+    every ``settings.every`` steps (module docstring). ``dataset`` replaces loading ``config.data.dataset``.
+
+    Ctrl-C ends the run early: the result comes back with ``status = "interrupted"`` and what was measured.
+    """
+    layers = validate(config, settings)
+    device = resolve_device(config.training.device)
+    training, options = config.training, config.optimizer
+    data = dataset or load_configured_dataset(config)
+    check_batch_size(training.batch_size, data)
+    architecture = resolve_architecture(config, data.input_dim)
+    model = build_model(architecture, seed=training.seed).to(device)
+    likelihood = architecture.likelihood
+    optimizer = first_order_optimizer(model.parameters(), Method(options.method), options)
+    entries = settings.entries()
+    meter = FisherErrorMeter(
+        model, layers, entries, config, device, settings.empirical, torch.Generator(device=device).manual_seed(training.seed + 2)
+    )
+    blocks = kronecker_layers(model)
+    result = FisherErrorResult(
+        dataset=config.data.dataset,
+        layers=layers,
+        layer_shapes={layer: layer_shape(blocks[layer - 1]) for layer in layers},
+        entries=entries,
+    )
+    result.info = {
+        "dataset": config.data.dataset,
+        "synthetic": data.synthetic,
+        "layers": layers,
+        "entries": [{"method": entry.name, "rank": entry.rank} for entry in entries],
+        "optimizer": options.method,
+        "lr": options.lr,
+        "batch_size": training.batch_size,
+        "iterations": settings.iterations,
+        "every": settings.every,
+        "lanczos_rank": settings.lanczos_rank,
+        "fisher": "empirical" if settings.empirical else "true (targets sampled from the model)",
+        "tol": options.tol,
+        "max_iterations": options.max_iterations,
+        "seed": training.seed,
+        **environment(device),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if progress is not None:
+        progress.start(result, settings.iterations // settings.every + 1)
+    train_x = data.train.to(device)
+    batches = _batches(train_x.shape[0], training.batch_size, torch.Generator().manual_seed(training.seed + 1), device)
+    started = time.perf_counter()
+    try:
+        for iteration in range(settings.iterations + 1):
+            x = train_x[next(batches)]
+            if iteration % settings.every == 0:
+                rows = meter.measure(iteration, x)
+                result.rows += rows
+                if progress is not None:
+                    progress.measured(iteration, rows)
+            if iteration == settings.iterations:
+                break
+            optimizer.zero_grad(set_to_none=False)
+            loss = likelihood.nll(model(x), x).mean()
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FimbenchError(f"non-finite training loss ({value}) at iteration {iteration}; lower the learning rate")
+            result.losses.append((iteration, value))
+            if progress is not None:
+                progress.step(iteration + 1, value)
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+    result.info["seconds"] = time.perf_counter() - started
+    result.info["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result.info["status"] = result.status
+    return result

@@ -1,0 +1,232 @@
+"""Sweep planning: the grid (paper §4.2) in fimbench's or the authors' scale, expanded into points.
+
+Grid scale. The paper's grid (:data:`PAPER_GRID`) is in the authors' loss scale and damping split,
+which differ from fimbench's (:mod:`fimbench.engines.authors_scale`: κ = 1/P for BCE, 2/P for MSE, and a fixed π per
+method). With ``authors_scale`` every value, given or the paper's, is converted per method and dataset by
+:func:`fimbench.engines.authors_scale.from_authors_scale` (a converted damping also sets the point's ``pi``), so the
+sweep explores exactly the optimizers the paper explored. Otherwise values are in fimbench's scale (that
+of ``fimbench train --lr`` and of ``config.yaml``, with the base config's ``pi``), and the Kronecker
+methods' default grid is :data:`KRONECKER_GRID`, fimbench's own around its presets, where the curvature
+acts; SGD and Adam keep the paper's learning rates, converted (their conversion involves no damping).
+SGD and Adam tune ``lr`` only; the Kronecker methods tune ``lr``, ``damping`` and ``clip`` (the KL-clip c,
+invariant under the conversion) — or, with ``optimizer.step_rule: qmodel``, ``damping`` only, since the
+quadratic model chooses the step size and there is no KL-clip (:mod:`fimbench.preconditioner.step_rule`). The step rule
+applies to the Kronecker methods; SGD and Adam keep their learning rates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fimbench.curvature import Method, parse_method
+from fimbench.engines.authors_scale import authors_damping, from_authors_scale, loss_scale
+from fimbench.engines.config import RunConfig, load_config
+from fimbench.engines.models import ARCHITECTURES, Architecture
+from fimbench.engines.toolkit import resolve_architecture
+from fimbench.errors import FimbenchError
+from fimbench.names import STEP_RULES, check_dataset
+from fimbench.preconditioner.step_rule import QMODEL
+
+_PAPER_VALUES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+PAPER_GRID: dict[str, tuple[float, ...]] = {"lr": _PAPER_VALUES, "damping": _PAPER_VALUES, "clip": (1e-2, 1e-3)}
+"""§4.2's grid, in the authors' loss scale."""
+KRONECKER_GRID: dict[str, tuple[float, ...]] = {"lr": (1.0, 0.3, 0.1, 0.03), "damping": (1.0, 0.1, 1e-2, 1e-3), "clip": (1e-2, 1e-3)}
+"""The Kronecker methods' default grid in fimbench's scale (trace π): around the presets of configs/."""
+GRID_KEYS: dict[str, str] = {"lr": "optimizer.lr", "damping": "optimizer.damping", "clip": "optimizer.kl_clip"}
+
+
+def tunable_keys(method: Method, step_rule: str = STEP_RULES[0]) -> tuple[str, ...]:
+    """The grid keys a method tunes: SGD and Adam have no damping and no KL-clipping; under the qmodel step
+    rule a preconditioned method has no learning rate and no KL-clipping."""
+    if not method.is_preconditioned:
+        return ("lr",)
+    return ("damping",) if step_rule == QMODEL else tuple(GRID_KEYS)
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
+    """``["lr=1e-1,3e-2", "clip=1e-2"]`` -> ``{"lr": [0.1, 0.03], "clip": [0.01]}``."""
+    grid: dict[str, list[float]] = {}
+    for spec in specs:
+        key, separator, text = spec.partition("=")
+        key = key.strip()
+        if not separator or key not in GRID_KEYS:
+            raise FimbenchError(f"--grid takes KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; got '{spec}'")
+        if key in grid:
+            raise FimbenchError(f"--grid {key} is given twice; list all its values in one --grid {key}=...")
+        try:
+            values = [float(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise FimbenchError(f"--grid {key}: values must be numbers, got '{text}'") from None
+        if not values or not all(math.isfinite(value) and value > 0 for value in values):
+            raise FimbenchError(f"--grid {key}: give one or more positive numbers, got '{text}'")
+        grid[key] = values
+    return grid
+
+
+def format_value(value: float) -> str:
+    """Six significant digits, no padding: 0.03 -> ``3e-2``, 78.4 -> ``7.84e1``."""
+    mantissa, exponent = f"{value:.5e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def point_name(method: str, values: Mapping[str, float], seed: int | None = None) -> str:
+    """The point's run directory name: ``kfac-lr_3e-2-damping_1e-3-clip_1e-2``, ``…-seed_1`` with a seed."""
+    parts = [method, *(f"{key}_{format_value(value)}" for key, value in values.items())]
+    return "-".join(parts + ([f"seed_{seed}"] if seed is not None else []))
+
+
+def to_fimbench_scale(method: Method, architecture: Architecture, key: str, value: float) -> float:
+    """A grid value of the authors' scale in fimbench's (module docstring); the KL-clip c is invariant."""
+    pixels = architecture.layers[0]
+    if key == "lr":
+        return from_authors_scale(method, architecture.likelihood, pixels, lr=value)["lr"]
+    if key == "damping":
+        return from_authors_scale(method, architecture.likelihood, pixels, lr=1.0, damping=value)["damping"]
+    return value
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    key: str  # lr | damping | clip
+    values: tuple[float, ...]  # fimbench's scale
+    authors_values: tuple[float, ...] | None  # the same, in the authors' scale, when converted from it
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    name: str
+    method: str
+    values: dict[str, float]  # grid key -> value in fimbench's scale
+    authors_values: dict[str, float]  # the keys whose values were converted from the authors' scale
+    config: RunConfig
+    seed: int | None = None  # set when the sweep runs several seeds per setting (also in config.training.seed)
+
+    @property
+    def setting(self) -> str:
+        """The point's name without its seed: what the runs of one group share."""
+        return point_name(self.method, self.values)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    out: Path
+    dataset: str
+    grids: dict[str, tuple[GridAxis, ...]]  # method -> its axes
+    points: tuple[SweepPoint, ...]
+
+
+def _axis(method: Method, architecture: Architecture, key: str, given: Sequence[float] | None, authors_scale: bool) -> GridAxis:
+    if given is None and method.is_preconditioned and not authors_scale:
+        return GridAxis(key, KRONECKER_GRID[key], None)
+    raw = tuple(given) if given is not None else PAPER_GRID[key]
+    converted = authors_scale or given is None
+    values = tuple(to_fimbench_scale(method, architecture, key, value) for value in raw) if converted else raw
+    first: dict[str, int] = {}  # one point per distinct run name
+    for index, value in enumerate(values):
+        first.setdefault(format_value(value), index)
+    kept = sorted(first.values())
+    return GridAxis(key, tuple(values[i] for i in kept), tuple(raw[i] for i in kept) if converted else None)
+
+
+def plan_sweep(
+    out: Path,
+    methods: Sequence[str] = (),
+    grid: Mapping[str, Sequence[float]] | None = None,
+    authors_scale: bool = False,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> SweepPlan:
+    """Expand each method's grid into points (module docstring).
+
+    ``methods``: default all seven. ``grid``: values per key (:func:`parse_grid`); keys left out take the
+    default grid (module docstring). ``config_path`` and dotted ``overrides`` (``data.dataset``, ``training.epochs``, ...) are
+    resolved as by ``fimbench train`` for every point, before the point's own values. ``seeds``: each
+    setting runs once per seed (``training.seed``, named ``…-seed_S``); by default once, with the config's seed.
+    """
+    grid = dict(grid or {})
+    overrides = dict(overrides or {})
+    chosen = list(dict.fromkeys(parse_method(name) for name in methods)) or list(Method)
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise FimbenchError(f"unknown grid key(s) {', '.join(unknown)}; use {', '.join(GRID_KEYS)}")
+    bases = {method: load_config(config_path, {**overrides, "optimizer.method": method.value}) for method in chosen}
+    tuned = {method: tunable_keys(method, bases[method].optimizer.step_rule) for method in chosen}
+    unused = sorted(set(grid) - {key for keys in tuned.values() for key in keys})
+    if unused:
+        raise FimbenchError(
+            f"--grid {', '.join(unused)} is tuned by none of {', '.join(m.value for m in chosen)} (SGD and Adam tune lr "
+            "only; with step rule qmodel the Kronecker methods tune damping only)"
+        )
+    grids: dict[str, tuple[GridAxis, ...]] = {}
+    points: list[SweepPoint] = []
+    dataset = ""
+    for method in chosen:
+        base = bases[method]
+        dataset = base.data.dataset
+        check_dataset(dataset)
+        architecture = resolve_architecture(base, ARCHITECTURES[dataset].layers[0])
+        axes = tuple(_axis(method, architecture, key, grid.get(key), authors_scale) for key in tuned[method])
+        grids[method.value] = axes
+        for combination in itertools.product(*(range(len(axis.values)) for axis in axes)):
+            values = {axis.key: axis.values[i] for axis, i in zip(axes, combination)}
+            authors = {
+                axis.key: axis.authors_values[i]
+                for axis, i in zip(axes, combination)
+                if axis.authors_values is not None
+            }
+            point_overrides: dict[str, Any] = {GRID_KEYS[key]: value for key, value in values.items()}
+            if "damping" in authors:  # the authors' damping comes with their split
+                kappa = loss_scale(architecture.likelihood, architecture.layers[0])
+                point_overrides["optimizer.pi"] = authors_damping(method, authors["damping"], kappa)[1]
+            point_overrides["optimizer.method"] = method.value
+            points.extend(_seeded_points(method.value, values, authors, config_path, {**overrides, **point_overrides}, seeds))
+    return SweepPlan(Path(out), dataset, grids, tuple(points))
+
+
+def plan_best_runs(
+    out: Path, best: Mapping[str, tuple[SweepPoint, Path]], seeds: Sequence[int], overrides: Mapping[str, Any] | None = None
+) -> SweepPlan:
+    """The runs of each method's chosen setting, once per seed: ``best`` maps a method to its point (of a
+    sweep) and the config file holding that point's resolved settings (its ``best/<method>.yaml``), read
+    with ``overrides`` (``training.epochs``, ...) on top. The plan is an ordinary sweep plan with one value
+    per axis, so it runs, resumes and reports as a sweep does."""
+    grids: dict[str, tuple[GridAxis, ...]] = {}
+    points: list[SweepPoint] = []
+    for method, (point, config_path) in best.items():
+        grids[method] = tuple(
+            GridAxis(key, (value,), (point.authors_values[key],) if key in point.authors_values else None)
+            for key, value in point.values.items()
+        )
+        method_overrides = {**(overrides or {}), "optimizer.method": method}
+        points.extend(_seeded_points(method, point.values, point.authors_values, config_path, method_overrides, seeds))
+    if not points:
+        raise FimbenchError("no method has a completed sweep point to run from")
+    return SweepPlan(Path(out), points[0].config.data.dataset, grids, tuple(points))
+
+
+def _seeded_points(
+    method: str,
+    values: dict[str, float],
+    authors: dict[str, float],
+    config_path: Path | None,
+    overrides: Mapping[str, Any],
+    seeds: Sequence[int] | None,
+) -> list[SweepPoint]:
+    """One setting's points: one run with the config's seed, or one per seed of ``seeds``."""
+    if seeds is None:
+        return [SweepPoint(point_name(method, values), method, values, authors, load_config(config_path, dict(overrides)))]
+    if overrides.get("training.seed") is not None:
+        raise FimbenchError("give either a seed (--seed, training.seed) or --seeds, not both")
+    return [
+        SweepPoint(
+            point_name(method, values, seed), method, values, authors,
+            load_config(config_path, {**overrides, "training.seed": seed}), seed,
+        )
+        for seed in seeds
+    ]

@@ -1,0 +1,538 @@
+"""Natural-gradient preconditioning with Kronecker-factored Fisher blocks (§2.2, App. E).
+
+Usage in a plain PyTorch loop::
+
+    preconditioner = KroneckerPreconditioner(model, Likelihood.BERNOULLI, "deflation", damping=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    for x in batches:
+        optimizer.zero_grad()
+        model.likelihood.nll(model(x), x).mean().backward()
+        preconditioner.step(x)          # statistics every T1, inverses every T2, grad ← ν F̃⁻¹ grad
+        optimizer.step()                # momentum SGD on the preconditioned gradient
+
+Per layer, every step: ``P = F̃⁻¹ ∇_W h`` — ``G_inv @ grad @ A_inv`` for one term, §3.4's solve for two.
+Then KL-clipping (App. E): ``ν = min(1, sqrt(c / Σ_i |⟨P_i, ∇_{W_i} h⟩|))`` and ``grad ← ν P``.
+Every T1 steps the statistics ``(ā, g)`` are captured on a Fisher sub-batch with targets sampled from
+the model, and each block's approximation is refreshed towards the EMA estimate
+``ρ F̂_old + (1 − ρ) F_batch`` (K-FAC: its factors), ``ρ = min(1 − 1/k, α)`` for the k-th update,
+warm-started from the previous solution. Every T2 steps the damped blocks are re-factorised.
+Weight decay and momentum are those of the torch optimizer, applied to ``ν P`` as in the authors' code.
+
+Damping: ``damped(λ, π)`` of :mod:`fimbench.curvature.kronecker_sum`, with π the trace rule or fixed (``pi``).
+With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule of :mod:`fimbench.preconditioner.damping`:
+every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
+blocks are re-factorised at the next step.
+
+What ``step`` touches: the selected layers' ``.grad`` and its own state; the statistics pass leaves
+the model's buffers, its dropout modules' mode and the user's random streams as they were
+(:mod:`fimbench.fisher.capture`), and the targets come from the preconditioner's own sampling generator
+(:func:`fimbench.preconditioner.distributed.sampling_generator`). What cannot be done right is refused with one
+``FimbenchError`` (``_check_step``, ``_usable``, :mod:`fimbench.preconditioner.selection`, :mod:`fimbench.preconditioner.state`).
+
+Exact damping (``damping_form="exact"``): ``A₁ ⊗ G₁ + λI`` in the first term's eigenbasis instead of the
+factored form (:mod:`fimbench.curvature.kronecker_sum`); EKFAC (:mod:`fimbench.curvature.ekfac`) is always
+damped exactly. Two-level (``coarse=`` nicolaides | spectral | residual): the block-diagonal ``F̃⁻¹ ∇`` gets
+the cross-layer correction ``R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ ∇`` (:mod:`fimbench.preconditioner.two_level`) before KL-clipping.
+
+Step rule: ``step_rule="fixed"`` leaves the step to the torch optimizer (as above);
+``step_rule="qmodel"`` sizes it by the quadratic model of :mod:`fimbench.preconditioner.step_rule` and takes it here:
+``step()`` sets ``θ ← θ + α Δ + μ δ₀`` with Δ = −F̃⁻¹(∇h + η θ) (η = ``weight_decay``), α and μ
+minimising ``M(δ)`` with the exact Fisher :attr:`fisher` of this step's Fisher sub-batch (captured at
+every step, the blocks still refreshed every T1 steps), and no torch optimizer is stepped for these
+layers (no KL-clipping, learning rate or momentum on top).
+
+Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
+preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
+the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fimbench.curvature import (
+    PRECONDITIONED_METHODS,
+    KroneckerInverse,
+    KroneckerSum,
+    Method,
+    approximate,
+    check_damping_split,
+    parse_method,
+)
+from fimbench.curvature.kronecker_sum import check_damping_form
+from fimbench.curvature.methods import BLOCK_METHODS
+from fimbench.errors import FimbenchError
+from fimbench.fisher.capture import (
+    KroneckerLayer,
+    LayerStatistics,
+    capture_statistics,
+    set_weight_gradient,
+    weight_gradient,
+    weight_of,
+)
+from fimbench.fisher.likelihood import Likelihood, parse_likelihood
+from fimbench.fisher.sub_batch import SubBatchFisher
+from fimbench.names import STEP_RULES
+from fimbench.preconditioner.amp import GradScalerLike, all_finite, autocast_off, check_still_scaled, gradient_scale, resolve_factor_dtype
+from fimbench.preconditioner.blocks import BlockDiagonal, Curvature, CurvatureBlock, EigenbasisBlock, KroneckerBlock
+from fimbench.preconditioner.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
+from fimbench.preconditioner.distributed import gather_statistics, mean_over_ranks, sampling_generator
+from fimbench.preconditioner.selection import LayerSpec, raw_gradient_modules, select_layers, unwrap, warn_raw_gradients
+from fimbench.preconditioner.settings import PreconditionerSettings
+from fimbench.preconditioner.step_rule import QMODEL, QuadraticStepRule
+from fimbench.preconditioner.two_level import NO_COARSE, check_coarse
+from fimbench.timing import PhaseTimer
+
+
+@dataclass
+class PreconditionerDiagnostics:
+    """What happened since the last :meth:`KroneckerPreconditioner.pop_diagnostics` call."""
+
+    updates: int = 0  # statistics updates (T1 events)
+    refreshes: int = 0  # inversions (T2 events)
+    iterations: list[int] = field(default_factory=list)  # per layer and update
+    residuals: list[float] = field(default_factory=list)
+    clip_sum: Tensor | None = None  # Σ ν over steps, kept on the device
+    steps: int = 0
+    reduction_ratios: list[float] = field(default_factory=list)  # ρ of each damping adaptation
+
+    def summary(self) -> dict[str, float | int | None]:
+        ratios = [rho for rho in self.reduction_ratios if math.isfinite(rho)]
+        return {
+            "statistics_updates": self.updates,
+            "inverse_refreshes": self.refreshes,
+            "iterations_mean": sum(self.iterations) / len(self.iterations) if self.iterations else None,
+            "iterations_max": max(self.iterations) if self.iterations else None,
+            "residual_mean": sum(self.residuals) / len(self.residuals) if self.residuals else None,
+            "residual_max": max(self.residuals) if self.residuals else None,
+            "kl_clip_factor": float(self.clip_sum) / self.steps if self.clip_sum is not None and self.steps else None,
+            "damping_adaptations": len(self.reduction_ratios),
+            "reduction_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
+        }
+
+
+@dataclass
+class DampingTrial:
+    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update —
+    or, for a step of the quadratic model, the model's ``M_h(δ)`` of that step (``predicted``)."""
+
+    parameters: list[Tensor]
+    gradients: list[Tensor]
+    predicted: Tensor | None = None
+
+
+class KroneckerPreconditioner:
+    """Replaces each ``nn.Linear`` and ``nn.Conv2d`` gradient by its Kronecker-factored natural gradient
+    (module docstring; a convolution's gradient as the (out, C·k_h·k_w + 1) matrix of capture.py)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Likelihood | str,
+        method: str | Method,
+        settings: PreconditionerSettings | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        timer: PhaseTimer | None = None,
+        layers: Sequence[LayerSpec] | None = None,
+        skip_layers: Sequence[LayerSpec] | None = None,
+        grad_scaler: GradScalerLike | None = None,
+        factor_dtype: torch.dtype | None = None,
+        weight_decay: float = 0.0,
+        **overrides: Any,
+    ) -> None:
+        """``settings`` (default: :class:`PreconditionerSettings`', which own every default), with any of its
+        fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``.
+
+        ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
+        (:mod:`fimbench.preconditioner.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.preconditioner.amp`. Under an
+        initialised process group the statistics of all ranks are gathered (:mod:`fimbench.preconditioner.distributed`).
+        ``weight_decay`` η: only with ``step_rule="qmodel"`` (:mod:`fimbench.preconditioner.step_rule`), which takes the
+        step itself; with the fixed rule weight decay is the torch optimizer's."""
+        self.method = parse_method(method, choices=PRECONDITIONED_METHODS)
+        self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
+        checks = {
+            "damping": settings.damping > 0,
+            "stats_every": settings.stats_every >= 1,
+            "inverse_every": settings.inverse_every >= 1,
+            "ema_decay": 0.0 <= settings.ema_decay < 1.0,
+            "fisher_fraction": 0.0 < settings.fisher_fraction <= 1.0,
+            "kl_clip": settings.kl_clip is None or settings.kl_clip > 0,
+            "lanczos_rank": settings.lanczos_rank in (1, 2),
+            "damping_schedule": settings.damping_schedule in DAMPING_SCHEDULES,
+            "damping_every": settings.damping_every >= 1,
+            "damping_min": 0 < settings.damping_min <= settings.damping_max,
+            "step_rule": settings.step_rule in STEP_RULES,
+        }
+        for name, valid in checks.items():
+            if not valid:
+                raise FimbenchError(f"invalid optimizer setting {name}={getattr(settings, name)}")
+        check_damping_form(settings.damping_form)
+        if check_coarse(settings.coarse) != NO_COARSE and self.method not in BLOCK_METHODS:
+            raise FimbenchError(
+                f"coarse={settings.coarse} corrects a block-diagonal method ({', '.join(m.value for m in BLOCK_METHODS)}), "
+                f"not {self.method.value}"
+            )
+        damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
+        if settings.damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
+            raise FimbenchError(
+                f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], "
+                f"got damping={damping:g}"
+            )
+        self.model = unwrap(model)
+        self.likelihood = parse_likelihood(likelihood)
+        self.layers = select_layers(self.model, layers, skip_layers)
+        if not self.layers:
+            raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
+        names = {id(module): name for name, module in self.model.named_modules()}
+        self.layer_names = [names[id(layer)] for layer in self.layers]
+        self.quadratic_rule = QuadraticStepRule(weight_decay) if settings.step_rule == QMODEL else None
+        if self.quadratic_rule is not None:
+            _check_quadratic_rule(self.model, self.layers, grad_scaler, weight_decay, overrides)
+        else:
+            if weight_decay:
+                raise FimbenchError(
+                    "weight_decay= is for step_rule='qmodel'; with the fixed step rule weight decay is the torch optimizer's"
+                )
+            warn_raw_gradients(self.model, self.layers)
+        self.grad_scaler = grad_scaler
+        self.factor_dtype = resolve_factor_dtype(self.model, factor_dtype)
+        self.damping = damping
+        self.pi = check_damping_split(settings.pi)
+        self.schedule = (
+            LevenbergMarquardt(settings.damping_every, damping_min, damping_max) if settings.damping_schedule == ADAPTIVE else None
+        )
+        self.kl_clip = None if self.quadratic_rule is not None else settings.kl_clip  # the model sizes the step
+        self.stats_every = settings.stats_every
+        self.inverse_every = settings.inverse_every
+        self.ema_decay = settings.ema_decay
+        self.fisher_fraction = settings.fisher_fraction
+        self.empirical_fisher = settings.empirical_fisher
+        self.min_curvature_ratio = settings.min_curvature_ratio
+        self.damping_form = settings.damping_form
+        self.coarse = settings.coarse
+        self.options = settings.approximation_options()
+        self.generator = sampling_generator(generator, self.layers[0].weight.device)
+        self.timer = timer
+        self.steps = 0
+        self.updates = 0
+        self.curvature = self._build_curvature()
+        self.fisher: SubBatchFisher | None = None  # the exact Fisher of the latest Fisher sub-batch
+        self.diagnostics = PreconditionerDiagnostics()
+        self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
+        self.statistics_due = False  # the last statistics batch was not finite and skipped: capture again
+        self.trial: DampingTrial | None = None
+        self._alignment: Tensor | None = None  # at the latest refresh, kept on the device
+        self.correction_scale: float | None = None  # smallest τ over layers at the latest refresh (rank 2)
+
+    def _build_curvature(self) -> Curvature:
+        """The method's :class:`~fimbench.preconditioner.blocks.Curvature`: one Kronecker (or EKFAC) block per
+        layer, with the two-level correction on top when ``coarse`` names a coarse space, or the exact
+        natural gradient of the Fisher sub-batch (whole network or per block)."""
+        from fimbench.preconditioner.exact_natural_gradient import ExactNaturalGradient
+        from fimbench.preconditioner.two_level import TwoLevel
+
+        if self.method in (Method.EXACT_NG, Method.EXACT_NG_BLOCK):
+            return ExactNaturalGradient(per_layer=self.method is Method.EXACT_NG_BLOCK)
+        if self.method is Method.EKFAC:
+            blocks: BlockDiagonal = BlockDiagonal([EigenbasisBlock() for _ in self.layers])
+        else:
+            blocks = BlockDiagonal(
+                [KroneckerBlock(self.approximate_block, self.min_curvature_ratio, self.pi, self.damping_form) for _ in self.layers]
+            )
+        return blocks if self.coarse == NO_COARSE else TwoLevel(blocks, self.coarse)
+
+    @property
+    def blocks(self) -> list[CurvatureBlock]:
+        """The per-layer blocks of a block-diagonal method (under the two-level correction, if any); a clear
+        error for the exact natural gradient."""
+        from fimbench.preconditioner.two_level import TwoLevel
+
+        curvature = self.curvature.inner if isinstance(self.curvature, TwoLevel) else self.curvature
+        if not isinstance(curvature, BlockDiagonal):
+            raise FimbenchError(f"method {self.method.value} has no per-layer blocks")
+        return curvature.blocks
+
+    @property
+    def kronecker_blocks(self) -> list[KroneckerBlock]:
+        """The Kronecker-sum blocks, one per layer (a Kronecker method's); a clear error otherwise."""
+        blocks = self.blocks
+        if not all(isinstance(block, KroneckerBlock) for block in blocks):
+            raise FimbenchError(f"method {self.method.value} has no Kronecker-sum blocks")
+        return blocks  # type: ignore[return-value]
+
+    @property
+    def approximations(self) -> list[KroneckerSum | None]:
+        """Every layer's Kronecker approximation (in :attr:`layers` order; None before the first update)."""
+        return [block.approximation for block in self.kronecker_blocks]
+
+    @property
+    def inverses(self) -> list[KroneckerInverse | None]:
+        """Every layer's factorised damped block (None before the first refresh)."""
+        return [block.inverse for block in self.kronecker_blocks]
+
+    def _phase(self, name: str) -> AbstractContextManager[None]:
+        return self.timer.phase(name) if self.timer is not None else nullcontext()
+
+    def fisher_batch_size(self, batch_size: int) -> int:
+        return max(1, round(batch_size * self.fisher_fraction))
+
+    def update_statistics(self, inputs: Tensor, targets: Tensor | None = None) -> None:
+        """Capture ``(ā, g)`` on a Fisher sub-batch and move the curvature's estimate towards its Fisher
+        (T1 event); a skipped batch (:meth:`capture_fisher`) leaves the estimate and is captured again."""
+        statistics = self.capture_fisher(inputs, targets)
+        self.statistics_due = statistics is None
+        if statistics is None:
+            return
+        self.updates += 1
+        decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
+        with self._phase("approximate"):
+            for report in self.curvature.update(statistics, decay):
+                self.diagnostics.iterations.append(report.iterations)
+                self.diagnostics.residuals.append(report.residual)
+        self.diagnostics.updates += 1
+
+    def capture_fisher(self, inputs: Tensor, targets: Tensor | None = None) -> list[LayerStatistics] | None:
+        """``(ā, g)`` of every layer on the Fisher sub-batch of ``inputs`` (gathered over ranks); they
+        become :attr:`fisher`, the exact Fisher ``JᵀJ/m`` of that sub-batch. None for a non-finite batch
+        skipped under a GradScaler (:meth:`_usable`)."""
+        m = self.fisher_batch_size(inputs.shape[0])
+        sub_targets = None
+        if self.empirical_fisher:
+            sub_targets = (targets if targets is not None else inputs)[:m]
+        with self._phase("statistics"):
+            statistics = capture_statistics(
+                self.model, inputs[:m], self.likelihood, self.layers, sub_targets, self.generator
+            )
+            statistics = gather_statistics(
+                [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
+            )
+        if not self._usable(statistics):
+            return None
+        self.fisher = SubBatchFisher(statistics)
+        return statistics
+
+    def _usable(self, statistics: list[LayerStatistics]) -> bool:
+        """Whether the (gathered) statistics can enter the EMA: one error for an empty Fisher batch; for a
+        non-finite one, one error, or with a GradScaler False (the batch is skipped, the EMA keeps its
+        value and the next step captures again). Checked after the gather, so every rank decides alike."""
+        if statistics[0].a.shape[0] == 0:
+            raise FimbenchError("the Fisher sub-batch is empty on every rank; call step() with a non-empty batch")
+        if all_finite([tensor for stats in statistics for tensor in (stats.a, stats.g)]):
+            return True
+        if self.grad_scaler is None:
+            raise FimbenchError(
+                "the Fisher statistics of this batch are not finite (the model's outputs or their derivatives "
+                "overflow); lower the learning rate or raise the damping, or pass grad_scaler= to skip such batches"
+            )
+        return False
+
+    def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
+        """One block's approximation with this preconditioner's method and options: of
+        ``decay · prior + (1 − decay) · F_batch`` (``F_batch`` from the statistics ``(ā, g)``), warm-started
+        from ``prior``; without a prior, of ``F_batch`` alone."""
+        return approximate(self.method, a, g, prior=prior, decay=decay, warm_start=prior, options=self.options)
+
+    def load_approximations(self, approximations: Sequence[KroneckerSum]) -> None:
+        """Use ``approximations`` (one per layer, in :attr:`layers` order) as the blocks and factorise them."""
+        if len(approximations) != len(self.layers):
+            raise FimbenchError(f"expected {len(self.layers)} approximations (one per layer), got {len(approximations)}")
+        for block, approximation in zip(self.kronecker_blocks, approximations):
+            block.approximation = approximation
+        self.refresh_inverses()
+
+    def refresh_inverses(self) -> None:
+        """Factorise the damped curvature (T2 event, or the step after λ moved)."""
+        with self._phase("invert"):
+            self.curvature.refresh(self.damping)
+        self.correction_scale = self.curvature.correction_scale
+        self.refresh_due = False
+        self.diagnostics.refreshes += 1
+
+    @property
+    def alignment(self) -> float | None:
+        """Mean over layers of ``cos(F̃⁻¹∇, ∇)`` at the latest refresh (a host sync); None before one."""
+        return None if self._alignment is None else float(self._alignment)
+
+    def precondition(self, measure_alignment: bool = False) -> Tensor:
+        """``grad ← ν F̃⁻¹ grad`` for every layer; returns ν (a 0-d tensor on the device, no sync)."""
+        with self._phase("precondition"):
+            scale = gradient_scale(self.grad_scaler)
+            gradients = [weight_gradient(layer).to(self.factor_dtype) / scale for layer in self.layers]
+            if self.grad_scaler is not None and not all_finite(gradients):  # left for the scaler to skip
+                return torch.ones((), device=gradients[0].device)
+            directions = self.curvature.apply(gradients)
+            if measure_alignment:
+                cosines = [
+                    torch.vdot(d.reshape(-1), grad.reshape(-1)) / (torch.linalg.vector_norm(d) * torch.linalg.vector_norm(grad) + 1e-30)
+                    for d, grad in zip(directions, gradients)
+                ]
+                self._alignment = torch.stack(cosines).mean()
+            if self.kl_clip is None:
+                nu = torch.ones((), device=gradients[0].device)
+            else:
+                inner = torch.stack(
+                    [torch.vdot(d.reshape(-1), grad.reshape(-1)).abs() for d, grad in zip(directions, gradients)]
+                ).sum()
+                nu = torch.clamp(torch.sqrt(self.kl_clip / (inner + 1e-30)), max=1.0)
+            for layer, direction in zip(self.layers, directions):
+                set_weight_gradient(layer, direction, scale=nu * scale)
+        return nu
+
+    def step(self, inputs: Tensor, targets: Tensor | None = None) -> Tensor:
+        """One preconditioning step after ``loss.backward()``; returns the KL-clip factor ν.
+
+        With adaptive damping, on every T3-th step ``awaiting_loss`` becomes true: after
+        ``optimizer.step()`` the loop evaluates the loss again on the same batch and calls
+        :meth:`adapt_damping`.
+        """
+        with autocast_off(self.layers[0].weight.device):
+            return self._step(inputs, targets)
+
+    def _check_step(self, targets: Tensor | None) -> None:
+        """One error for a step that cannot be preconditioned as asked (before anything is touched)."""
+        if self.empirical_fisher and targets is None:
+            raise FimbenchError(
+                "empirical_fisher=True takes the data targets: call step(inputs, targets) (an autoencoder's are its inputs)"
+            )
+        check_still_scaled(self.grad_scaler)
+        for name, layer in zip(self.layer_names, self.layers):
+            parameters = [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+            label = f"layer {name!r} ({type(layer).__name__})"
+            if not all(parameter.requires_grad for parameter in parameters):
+                raise FimbenchError(f"{label} was frozen after the preconditioner was built; build a new preconditioner")
+            if any(parameter.grad is None for parameter in parameters):
+                raise FimbenchError(f"{label} has no gradient: call loss.backward() on a loss that depends on it before step()")
+
+    def _step(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
+        """:meth:`step` with autocast off."""
+        self._check_step(targets)
+        if self.steps % self.stats_every == 0 or self.statistics_due:
+            self.update_statistics(inputs, targets)
+        elif self.quadratic_rule is not None:  # the model's F is the current batch's
+            self.capture_fisher(inputs, targets)
+        if self.updates == 0:  # the first statistics batch was skipped: nothing to precondition with
+            gradients = [weight_gradient(layer) for layer in self.layers]
+            if all_finite(gradients):
+                raise FimbenchError("the first Fisher statistics batch is not finite while the gradients are; lower the learning rate")
+            return torch.ones((), device=gradients[0].device)  # the scaler skips this step
+        refresh = self.steps % self.inverse_every == 0 or self.refresh_due
+        if refresh:
+            self.refresh_inverses()
+        judged = self.schedule is not None and self.steps % self.schedule.every == 0
+        if judged and self.quadratic_rule is None:
+            self.trial = DampingTrial(
+                [weight_of(layer).detach().to(self.factor_dtype, copy=True) for layer in self.layers],  # not a view of θ
+                [weight_gradient(layer).to(self.factor_dtype) / gradient_scale(self.grad_scaler) for layer in self.layers],
+            )
+        if self.quadratic_rule is None:
+            nu = self.precondition(measure_alignment=refresh)
+        else:
+            gradients, parameters = self.quadratic_rule.objective_gradients(self.layers, self.factor_dtype)
+            nu = self.precondition(measure_alignment=refresh)  # grad ← F̃⁻¹ g, unclipped
+            with self._phase("step_rule"):
+                step = self.quadratic_rule.take_step(self.layers, gradients, parameters, self.fisher, self.damping)  # type: ignore[arg-type]
+            if judged:
+                self.trial = DampingTrial([], [], step.predicted_h)
+        self.steps += 1
+        self.diagnostics.steps += 1
+        clip_sum = self.diagnostics.clip_sum
+        self.diagnostics.clip_sum = nu.detach() if clip_sum is None else clip_sum + nu.detach()
+        return nu
+
+    @property
+    def awaiting_loss(self) -> bool:
+        """True between a T3 step of adaptive damping and its :meth:`adapt_damping` call."""
+        return self.trial is not None
+
+    def predicted_change(self, trial: DampingTrial) -> Tensor:
+        """``M(δ) = ⟨∇, δ⟩ + ½ δᵀ F̃ δ`` for the update ``δ`` applied since ``trial``, with ``F̃`` the damped
+        operator that produced it (block-diagonal: ``Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩``; 0-d tensor on the device)."""
+        deltas = [weight_of(layer).detach() - before for layer, before in zip(self.layers, trial.parameters)]
+        linear = torch.stack([(gradient * delta).sum() for gradient, delta in zip(trial.gradients, deltas)]).sum()
+        return linear + 0.5 * self.curvature.quadratic(deltas)
+
+    def adapt_damping(self, loss_before: Tensor | float, loss_after: Tensor | float) -> float:
+        """One Levenberg–Marquardt update of λ (:mod:`fimbench.preconditioner.damping`) from ``h(θ)`` and ``h(θ + δ)``
+        on the batch of the last T3 step; returns ρ. The blocks are re-factorised at the next step if λ moved.
+
+        Under a process group the two losses are first averaged over the ranks (a collective; every rank
+        calls it, since ``awaiting_loss`` is true on all of them at once): ρ is then that of the objective
+        whose gradient DDP averages, the mean of the ranks' losses, and λ stays the same on every rank."""
+        if self.trial is None or self.schedule is None:
+            raise FimbenchError("adapt_damping is called once after each step whose awaiting_loss is true")
+        predicted = float(self.trial.predicted if self.trial.predicted is not None else self.predicted_change(self.trial))
+        self.trial = None
+        device = self.layers[0].weight.device
+        losses = mean_over_ranks(torch.tensor([float(loss_before), float(loss_after)], dtype=torch.float64, device=device))
+        mean_before, mean_after = losses.tolist()
+        rho = reduction_ratio(mean_after - mean_before, predicted)
+        damping = self.schedule.update(self.damping, rho)
+        if damping != self.damping:
+            self.damping = damping
+            self.refresh_due = True
+        self.diagnostics.reduction_ratios.append(rho)
+        return rho
+
+    def pop_diagnostics(self) -> dict[str, float | int | None]:
+        """Summary since the last call (iterations, residuals, ν, adaptations, and under ``qmodel`` the
+        means of α, μ and the predicted decrease; resets them) and the state now: λ, and ``alignment`` and
+        ``correction_scale`` at the latest refresh."""
+        summary = self.diagnostics.summary()
+        summary.update(damping=self.damping, alignment=self.alignment, correction_scale=self.correction_scale)
+        if self.quadratic_rule is not None:
+            summary.update(self.quadratic_rule.pop_summary())
+        self.diagnostics = PreconditionerDiagnostics()
+        return summary
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next steps depend on, as tensors and plain data that load with
+        ``torch.load(weights_only=True)`` (:mod:`fimbench.preconditioner.state`): approximations, counters,
+        λ, the latest alignment and τ, diagnostics since the last pop and the sampling generator's state,
+        with the method, layer names and shapes and the settings they belong to."""
+        from fimbench.preconditioner.state import preconditioner_state
+
+        return preconditioner_state(self)
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Continue exactly where the preconditioner that gave ``state`` (:meth:`state_dict`) was; its
+        inverses are rebuilt here. The method, the layers' shapes and the keys must match; ``strict`` also
+        requires the same layer names and settings, while ``strict=False`` takes only the state's curvature
+        and counters and keeps this preconditioner's settings (:mod:`fimbench.preconditioner.state`)."""
+        from fimbench.preconditioner.state import load_preconditioner_state
+
+        load_preconditioner_state(self, state, strict)
+
+
+def _check_quadratic_rule(
+    model: nn.Module,
+    layers: list[KroneckerLayer],
+    grad_scaler: GradScalerLike | None,
+    weight_decay: float,
+    overrides: dict[str, Any],
+) -> None:
+    """One-line errors for what ``step_rule="qmodel"`` cannot do: it takes the whole step, so every trainable
+    parameter needs its Fisher block, and there is no torch optimizer for a GradScaler or a KL-clip."""
+    raw = raw_gradient_modules(model, layers)
+    if raw:
+        raise FimbenchError(
+            f"step_rule='qmodel' takes the whole step, but the quadratic model has no Fisher for the trainable "
+            f"parameters of {', '.join(raw)}; precondition them (layers=), freeze them, or use step_rule='fixed'"
+        )
+    if grad_scaler is not None:
+        raise FimbenchError(
+            "step_rule='qmodel' takes the step itself, without a torch optimizer for a GradScaler to step; "
+            "use bfloat16 autocast without a scaler, or step_rule='fixed'"
+        )
+    if not weight_decay >= 0:
+        raise FimbenchError(f"invalid optimizer setting weight_decay={weight_decay}")
+    if overrides.get("kl_clip") is not None:
+        raise FimbenchError("kl_clip does not apply with step_rule='qmodel': the quadratic model sizes the step; leave it out")
