@@ -46,6 +46,7 @@ from fimbench.curvature.options import (
     DEFAULT_TOL,
     ApproximationOptions,
 )
+from fimbench.curvature.targets import Prior
 from fimbench.errors import FimbenchError
 
 __all__ = [
@@ -118,4 +119,4 @@ def approximate(
             f"got {tuple(a.shape)} and {tuple(g.shape)}"
         )
     chosen_options = dataclasses.replace(options or ApproximationOptions(), **settings)
-    return APPROXIMATIONS[chosen](a, g, chosen_options, prior=prior, decay=decay, warm_start=warm_start)
+    return APPROXIMATIONS[chosen](a, g, chosen_options, Prior(prior, decay, warm_start))

@@ -8,6 +8,7 @@ from torch import Tensor
 from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.options import ApproximationOptions
 from fimbench.curvature.shared_weights import kfac_expand_factors
+from fimbench.curvature.targets import Prior
 
 
 def kfac_factors(a: Tensor, g: Tensor, prior: KroneckerSum | None, decay: float) -> tuple[Tensor, Tensor]:
@@ -25,13 +26,6 @@ def kfac_factors(a: Tensor, g: Tensor, prior: KroneckerSum | None, decay: float)
     return A, G
 
 
-def approximate_kfac(
-    a: Tensor,
-    g: Tensor,
-    options: ApproximationOptions,
-    prior: KroneckerSum | None = None,
-    decay: float = 0.0,
-    warm_start: KroneckerSum | None = None,
-) -> KroneckerSum:
+def approximate_kfac(a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum:
     """K-FAC's single Kronecker product (no iteration)."""
-    return KroneckerSum([kfac_factors(a, g, prior, decay)], method="kfac")
+    return KroneckerSum([kfac_factors(a, g, prior.estimate, prior.decay)], method="kfac")

@@ -17,23 +17,16 @@ from fimbench.curvature.iterative import power_svd
 from fimbench.curvature.kfac import kfac_factors
 from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.options import ApproximationOptions
-from fimbench.curvature.targets import ema_target, kronecker_pair, leading_pair
+from fimbench.curvature.targets import Prior, ema_target, kronecker_pair, leading_pair
 
 SCALE_TOLERANCE = 1e-3  # σ₁ only sets the scale of the stopping rule
 
 
-def approximate_kfac_corrected(
-    a: Tensor,
-    g: Tensor,
-    options: ApproximationOptions,
-    prior: KroneckerSum | None = None,
-    decay: float = 0.0,
-    warm_start: KroneckerSum | None = None,
-) -> KroneckerSum:
+def approximate_kfac_corrected(a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum:
     """K-FAC's pair (EMA of the factors) plus the best rank-1 correction of the EMA block."""
-    target = ema_target(a, g, prior, decay, warm_start)
+    target = ema_target(a, g, prior)
     operator = target.operator
-    A, G = kfac_factors(a, g, prior, decay)
+    A, G = kfac_factors(a, g, prior.estimate, prior.decay)
     corrected = operator.deflated(1.0, *target.kfac_coordinates(A, G))
     sigma1 = float(power_svd(operator, target.start(0), tol=SCALE_TOLERANCE, max_iterations=options.max_iterations).values[0])
     correction = leading_pair(target, corrected, 1, options, scale=sigma1)

@@ -11,19 +11,12 @@ from torch import Tensor
 
 from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.options import ApproximationOptions
-from fimbench.curvature.targets import ema_target, kronecker_pair, leading_pair
+from fimbench.curvature.targets import Prior, ema_target, kronecker_pair, leading_pair
 
 
-def approximate_kpsvd(
-    a: Tensor,
-    g: Tensor,
-    options: ApproximationOptions,
-    prior: KroneckerSum | None = None,
-    decay: float = 0.0,
-    warm_start: KroneckerSum | None = None,
-) -> KroneckerSum:
+def approximate_kpsvd(a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum:
     """KPSVD: the leading Kronecker pair of the (EMA) Fisher block."""
-    target = ema_target(a, g, prior, decay, warm_start)
+    target = ema_target(a, g, prior)
     first = leading_pair(target, target.operator, 0, options)
     return KroneckerSum(
         [kronecker_pair(target.operator, first)],

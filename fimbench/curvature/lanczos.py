@@ -14,19 +14,12 @@ from torch import Tensor
 from fimbench.curvature.iterative import lanczos_svd
 from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.options import ApproximationOptions
-from fimbench.curvature.targets import ema_target, kronecker_pair
+from fimbench.curvature.targets import Prior, ema_target, kronecker_pair
 
 
-def approximate_lanczos(
-    a: Tensor,
-    g: Tensor,
-    options: ApproximationOptions,
-    prior: KroneckerSum | None = None,
-    decay: float = 0.0,
-    warm_start: KroneckerSum | None = None,
-) -> KroneckerSum:
+def approximate_lanczos(a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum:
     """Top-``options.rank`` pairs; the restart vector is the sum of the previous solution's ``S_k``."""
-    target = ema_target(a, g, prior, decay, warm_start)
+    target = ema_target(a, g, prior)
     operator = target.operator
     rank = 1 if min(a.shape[-1], g.shape[-1]) == 1 else options.rank
     triplets = lanczos_svd(

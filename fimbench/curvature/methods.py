@@ -12,6 +12,7 @@ from torch import Tensor
 
 from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.options import ApproximationOptions
+from fimbench.curvature.targets import Prior
 from fimbench.errors import FimbenchError
 
 
@@ -90,16 +91,8 @@ def parse_method(name: str | Method, kronecker_only: bool = False, choices: Sequ
 
 
 class Approximator(Protocol):
-    """One Kronecker method: the approximation of ``ρ F̂_old + (1 − ρ) F`` (``prior`` = F̂_old, ``decay`` = ρ;
-    without a prior, of ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ``) from the statistics ``a``, ``g``, iterating from
-    ``warm_start`` (default: the prior) with ``options``."""
+    """One Kronecker method: the approximation of ``ρ F̂_old + (1 − ρ) F`` (``prior.estimate`` = F̂_old,
+    ``prior.decay`` = ρ; without an estimate, of ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ``) from the statistics
+    ``a``, ``g``, iterating from ``prior.warm_start`` (default: the estimate) as far as ``options`` say."""
 
-    def __call__(
-        self,
-        a: Tensor,
-        g: Tensor,
-        options: ApproximationOptions,
-        prior: KroneckerSum | None = None,
-        decay: float = 0.0,
-        warm_start: KroneckerSum | None = None,
-    ) -> KroneckerSum: ...
+    def __call__(self, a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum: ...

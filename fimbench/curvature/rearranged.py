@@ -34,6 +34,9 @@ from fimbench.curvature.kronecker import quadratic_forms, weighted_gram
 ITERATION_DTYPE = torch.float64
 FRESH_FLOOR = 1e-24  # squared relative distance below which a basis element lies in a span
 
+WeightedTerms = list[tuple[float, Tensor, Tensor]]
+"""Kronecker terms ``[(c_k, R_k, S_k)]`` added to ``Z`` as ``Σ_k c_k vec(R_k) vec(S_k)ᵀ``."""
+
 
 @dataclass
 class FactorBasis:
@@ -80,13 +83,7 @@ class RearrangedOperator:
         self.gram_g = derivatives.gram()
 
     @classmethod
-    def build(
-        cls,
-        a: Tensor,
-        g: Tensor,
-        batch_weight: float = 1.0,
-        terms: list[tuple[float, Tensor, Tensor]] | None = None,
-    ) -> RearrangedOperator:
+    def build(cls, a: Tensor, g: Tensor, batch_weight: float = 1.0, terms: WeightedTerms | None = None) -> RearrangedOperator:
         """``Z = (batch_weight / m) Σ_t vec(ā_t ā_tᵀ) vec(g_t g_tᵀ)ᵀ + Σ_k c_k vec(R_k) vec(S_k)ᵀ``."""
         terms = terms or []
         m = a.shape[0]

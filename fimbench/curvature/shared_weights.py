@@ -56,7 +56,7 @@ from torch import Tensor
 
 from fimbench.curvature.kronecker import unvec, vec
 from fimbench.curvature.kronecker_sum import KroneckerSum
-from fimbench.curvature.rearranged import FRESH_FLOOR, ITERATION_DTYPE
+from fimbench.curvature.rearranged import FRESH_FLOOR, ITERATION_DTYPE, WeightedTerms
 from fimbench.errors import FimbenchError
 
 
@@ -185,12 +185,7 @@ class SharedWeightOperator:
 
     @classmethod
     def build(
-        cls,
-        a: Tensor,
-        g: Tensor,
-        batch_weight: float = 1.0,
-        terms: list[tuple[float, Tensor, Tensor]] | None = None,
-        form: str | None = None,
+        cls, a: Tensor, g: Tensor, batch_weight: float = 1.0, terms: WeightedTerms | None = None, form: str | None = None
     ) -> SharedWeightOperator:
         """``Z = batch_weight · Z(F) + Σ_k c_k vec(R_k) vec(S_k)ᵀ`` for ``terms = [(c_k, R_k, S_k)]``."""
         batch = BatchProducts(a, g, form)

@@ -121,24 +121,37 @@ def orthogonal_start(operator: RearrangedOperator | SharedWeightOperator, start:
     return candidate if fresh is None else fresh
 
 
-def ema_target(
-    a: Tensor,
-    g: Tensor,
-    prior: KroneckerSum | None = None,
-    decay: float = 0.0,
-    warm_start: KroneckerSum | None = None,
-) -> Target | SharedTarget:
-    """The rearranged EMA estimate ``ρ Z(F̂_old) + (1 − ρ) Z(F_batch)`` with ``ρ = decay`` (§2.2), for
+@dataclass(frozen=True)
+class Prior:
+    """What a Kronecker method's approximation continues from: the previous approximation ``estimate``
+    (F̂_old), averaged into the target at the EMA rate ``decay`` (ρ), and the terms ``warm_start`` its
+    iterations start from (default: the estimate). The default, ``Prior()``, is a cold start on ``F_batch``."""
+
+    estimate: KroneckerSum | None = None
+    decay: float = 0.0
+    warm_start: KroneckerSum | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise FimbenchError(f"the EMA decay must be in [0, 1), got {self.decay}")
+
+    @property
+    def active(self) -> KroneckerSum | None:
+        """The estimate when it enters the target (``decay > 0``), else None."""
+        return self.estimate if self.estimate is not None and self.decay > 0.0 else None
+
+
+def ema_target(a: Tensor, g: Tensor, prior: Prior) -> Target | SharedTarget:
+    """The rearranged EMA estimate ``ρ Z(F̂_old) + (1 − ρ) Z(F_batch)`` with ``ρ = prior.decay`` (§2.2), for
     2-D statistics (m, p), (m, q) in Gram coordinates, for 3-D ones (m, T, p), (m, T, q) on the factors.
 
-    ``warm_start`` (default: the prior) seeds the iterations. In Gram coordinates its terms that are not
-    the prior enter the basis with coefficient 0: they change nothing but the starting vectors.
+    ``prior.warm_start`` (default: the estimate) seeds the iterations. In Gram coordinates its terms that
+    are not the estimate enter the basis with coefficient 0: they change nothing but the starting vectors.
     """
-    if not 0.0 <= decay < 1.0:
-        raise FimbenchError(f"the EMA decay must be in [0, 1), got {decay}")
-    active_prior = prior if prior is not None and decay > 0.0 else None
+    decay = prior.decay
+    active_prior = prior.active
     terms = [(decay, A, G) for A, G in active_prior.terms] if active_prior is not None else []
-    seeds = warm_start if warm_start is not None else active_prior
+    seeds = prior.warm_start if prior.warm_start is not None else active_prior
     batch_weight = 1.0 - decay if active_prior is not None else 1.0
     if a.ndim == 3:
         shared = SharedWeightOperator.build(a, g, batch_weight=batch_weight, terms=terms)
