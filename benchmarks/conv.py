@@ -32,7 +32,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fimbench.curvature import Method, approximate
+from fimbench.curvature import approximate
 from fimbench.curvature.kronecker import vec
 from fimbench.curvature.shared_weights import per_example_gradients
 from fimbench.data import DatasetSplits, load_dataset
@@ -47,6 +47,7 @@ from fimbench.engines.toolkit import (
     resolve_device,
 )
 from fimbench.fisher.capture import capture_statistics, kronecker_layers, layer_shape
+from fimbench.methods import Method
 from fimbench.timing import PhaseTimer, time_training_steps
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "curves-conv.yaml"

@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from fimbench.curvature import Method
 from fimbench.engines.authors_scale import AUTHORS_WEIGHT_DECAY, from_authors_scale, loss_scale
 from fimbench.engines.comparison import compare
 from fimbench.engines.config import load_config
 from fimbench.engines.models import ARCHITECTURES
 from fimbench.engines.rundir import read_summary
 from fimbench.engines.train import run_training
+from fimbench.methods import Method
 
 KRONECKER = ["kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]
 CURVES_TUNED = {  # the authors' (lr, damping) on CURVES, in their scale

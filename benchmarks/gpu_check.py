@@ -8,7 +8,7 @@ with its reason and the others still run:
 
 * ``data``: random MNIST-sized images (60000 + 10000, as ``mnist_all.mat``) imported with
   ``fimbench download-data mnist --source``; the data of the command-line checks below.
-* ``train/<method>``: every method of :class:`fimbench.curvature.Method` trains the MNIST autoencoder on
+* ``train/<method>``: every method of :class:`fimbench.methods.Method` trains the MNIST autoencoder on
   random MNIST-sized data for a few hundred steps through the ``train`` engine: every logged loss finite,
   the last below the first.
 * ``resume``: a ``fimbench train`` process (Deflation) SIGKILLed after its first checkpoint and continued
@@ -59,13 +59,13 @@ from epoch_time import random_mnist
 from step_time import time_method
 
 from fimbench.cli import app
-from fimbench.curvature import Method
 from fimbench.data import MNIST_MAT_FILE, DatasetSplits
 from fimbench.engines.config import RunConfig, load_config
 from fimbench.engines.models import ARCHITECTURES, Architecture, build_model
 from fimbench.engines.toolkit import device_description, environment, first_order_optimizer
 from fimbench.engines.train import run_training
 from fimbench.files import atomic_write_json, atomic_write_text
+from fimbench.methods import Method
 from fimbench.optim import KroneckerPreconditioner
 
 FIMBENCH = Path(sys.executable).with_name("fimbench")  # the console script beside this interpreter

@@ -17,9 +17,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fimbench.curvature import PRECONDITIONED_METHODS, Method
 from fimbench.engines.models import ARCHITECTURES, Architecture, build_model
 from fimbench.engines.toolkit import device_description, resolve_device
+from fimbench.methods import PRECONDITIONED_METHODS, Method
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.timing import PhaseTimer, synchronize, time_training_steps
 

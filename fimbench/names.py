@@ -1,27 +1,29 @@
 """The names the command line offers as choices, and the one dataset-name check, importable without torch
 (``fimbench --help`` stays fast).
 
-:class:`fimbench.curvature.Method` and :mod:`fimbench.data` are the engines' sources of truth; the test
-suite checks that these tuples match them.
+The method names are :class:`fimbench.methods.Method`'s values; :mod:`fimbench.data` is the source of truth of
+the datasets (the test suite checks that these tuples match it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fimbench import methods
 from fimbench.errors import FimbenchError
+from fimbench.methods import Method
 
 DATASETS: tuple[str, ...] = ("curves", "mnist", "faces", "curves-synth")
 DOWNLOADABLE: tuple[str, ...] = ("curves", "mnist", "faces")
-METHODS: tuple[str, ...] = ("kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected", "sgd", "adam", "exact-ng", "exact-ng-block", "ekfac")
-"""Every optimizer, in :class:`fimbench.curvature.Method`'s order."""
-KRONECKER_METHODS: tuple[str, ...] = METHODS[:5]
+METHODS: tuple[str, ...] = tuple(method.value for method in Method)
+"""Every optimizer, in :class:`~fimbench.methods.Method`'s order."""
+KRONECKER_METHODS: tuple[str, ...] = tuple(method.value for method in methods.KRONECKER_METHODS)
 """The methods that precondition with a Kronecker approximation."""
-EXACT_METHODS: tuple[str, ...] = METHODS[7:9]
+EXACT_METHODS: tuple[str, ...] = tuple(method.value for method in methods.EXACT_METHODS)
 """The exact natural-gradient references (whole network, per block)."""
-BLOCK_METHODS: tuple[str, ...] = KRONECKER_METHODS + ("ekfac",)
+BLOCK_METHODS: tuple[str, ...] = tuple(method.value for method in methods.BLOCK_METHODS)
 """The block-diagonal approximations (the Kronecker methods and EKFAC)."""
-PRECONDITIONED_METHODS: tuple[str, ...] = BLOCK_METHODS + EXACT_METHODS
+PRECONDITIONED_METHODS: tuple[str, ...] = tuple(method.value for method in methods.PRECONDITIONED_METHODS)
 """The methods of the natural-gradient preconditioner."""
 
 

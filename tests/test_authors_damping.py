@@ -24,10 +24,11 @@ import pytest
 import torch
 from reference import DTYPE, fisher_from_statistics, mat_ref, rearrange_ref, vec_ref
 
-from fimbench.curvature import Method, approximate
+from fimbench.curvature import approximate
 from fimbench.engines.authors_scale import from_authors_scale, loss_scale
 from fimbench.fisher.capture import capture_statistics, weight_gradient, weight_of
 from fimbench.fisher.likelihood import Likelihood
+from fimbench.methods import Method
 from fimbench.optim import KroneckerPreconditioner
 
 DAMPED = 1e-10  # relative: damped operators (dense SVD vs power SVD / Lanczos run to tol 1e-14)

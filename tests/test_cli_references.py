@@ -77,11 +77,11 @@ def test_cost_profile_of_a_two_level_method_times_its_corrected_step() -> None:
     """profile_model with coarse=nicolaides: the blocks' phases and a precondition step that runs the coarse correction."""
     import torch
 
-    from fimbench.curvature import Method
     from fimbench.engines.config import OptimizerConfig
     from fimbench.engines.cost.profiler import profile_model
     from fimbench.engines.models import Architecture, build_model
     from fimbench.fisher.likelihood import Likelihood
+    from fimbench.methods import Method
 
     model = build_model(Architecture((12, 6, 12), Likelihood.BERNOULLI), seed=0)
     inputs = torch.rand(16, 12, generator=torch.Generator().manual_seed(0)).round()

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from fimbench.curvature import Method
 from fimbench.engines.authors_scale import from_authors_scale, loss_scale
 from fimbench.engines.config import load_config, preset_path
 from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
+from fimbench.methods import Method
 
 GEOMETRY = {"curves": (Likelihood.BERNOULLI, 784, 256), "mnist": (Likelihood.BERNOULLI, 784, 512), "faces": (Likelihood.GAUSSIAN, 625, 1024)}
 PRESET_PRECISION = 1e-5  # presets are written with 6 significant digits

@@ -11,9 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from fimbench.cli import app
-from fimbench.curvature import Method
 from fimbench.engines.authors_scale import from_authors_scale
 from fimbench.fisher.likelihood import Likelihood
+from fimbench.methods import Method
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 EXACT = ["exact-ng", "exact-ng-block"]

@@ -386,7 +386,8 @@ def test_cost_profile_accepts_every_dataset(tmp_path: Path) -> None:
 
 def test_choice_names_match_the_engines() -> None:
     from fimbench import data
-    from fimbench.curvature import APPROXIMATIONS, Method
+    from fimbench.curvature import APPROXIMATIONS
+    from fimbench.methods import Method
     from fimbench.names import DATASETS, KRONECKER_METHODS, METHODS
 
     assert METHODS == tuple(method.value for method in Method)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fimbench.curvature import Method
+from fimbench.methods import Method
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

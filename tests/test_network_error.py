@@ -8,7 +8,7 @@ import pytest
 import torch
 from reference import DTYPE, kron_sum, per_example_weight_gradients
 
-from fimbench.curvature import Method, approximate
+from fimbench.curvature import approximate
 from fimbench.engines.config import RunConfig
 from fimbench.engines.fisher_error import Entry, FisherErrorMeter
 from fimbench.fisher.block import ExactFisher
@@ -22,6 +22,7 @@ from fimbench.fisher.network_error import (
     network_error,
     network_squared_norm,
 )
+from fimbench.methods import Method
 
 EXACT = 1e-10  # Gram identities, exact in real arithmetic: float64 round-off (and the error²'s cancellation)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fimbench.curvature import PAPER_METHODS, Method
 from fimbench.engines.authors_scale import from_authors_scale
 from fimbench.engines.config import load_config
 from fimbench.engines.models import ARCHITECTURES
+from fimbench.methods import PAPER_METHODS, Method
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 BATCH = {"curves": 256, "mnist": 512, "faces": 1024}

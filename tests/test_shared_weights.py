@@ -35,7 +35,7 @@ from reference import (
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from fimbench.curvature import KroneckerSum, Method, approximate
+from fimbench.curvature import KroneckerSum, approximate
 from fimbench.curvature.shared_weights import BatchProducts, SharedWeightOperator, kfac_expand_factors, product_form
 from fimbench.data import load_dataset
 from fimbench.engines.config import load_config
@@ -53,6 +53,7 @@ from fimbench.fisher.block import (
 )
 from fimbench.fisher.capture import capture_statistics, kronecker_layers, layer_shape, weight_gradient
 from fimbench.fisher.likelihood import Likelihood
+from fimbench.methods import Method
 from fimbench.optim import KroneckerPreconditioner
 
 EXACT_RTOL = 1e-10  # identities that hold up to float64 round-off

@@ -18,7 +18,6 @@ import yaml
 from typer.testing import CliRunner
 
 from fimbench.cli.sweep import sweep
-from fimbench.curvature import Method
 from fimbench.engines import sweep as sweep_module
 from fimbench.engines.authors_scale import from_authors_scale
 from fimbench.engines.config import load_config
@@ -37,6 +36,7 @@ from fimbench.engines.sweep import (
 from fimbench.engines.train import run_point
 from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
+from fimbench.methods import Method
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 KAPPA = 1 / 784  # curves-synth: Bernoulli over 784 pixels

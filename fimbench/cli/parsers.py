@@ -13,7 +13,7 @@ from fimbench.errors import FimbenchError
 from fimbench.names import KRONECKER_METHODS
 
 if TYPE_CHECKING:
-    from fimbench.curvature import Method
+    from fimbench.methods import Method
 
 
 def parse_methods(
@@ -24,7 +24,7 @@ def parse_methods(
 
     A name given twice is an error, or is dropped with ``repeats``; no name at all raises ``empty``.
     """
-    from fimbench.curvature import Method, parse_method
+    from fimbench.methods import Method, parse_method
 
     allowed = [Method(name) for name in choices]
     if allow_all and [name.strip() for name in names] == ["all"]:

@@ -267,7 +267,7 @@ def _iterations(cost: MethodCost) -> str:
 
 def _method_rows(profile: ModelProfile, phases: dict[str, str]) -> list[list[str]]:
     """One row per method: k, each phase summed over layers and the precondition step, with ratios."""
-    from fimbench.curvature import Method
+    from fimbench.methods import Method
 
     kfac = profile.method(Method.KFAC.value)
     sgd = profile.yardsticks["sgd_step"].median

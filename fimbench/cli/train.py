@@ -213,7 +213,7 @@ def _check_step_rule(resolved: RunConfig, options: dict[str, Any], sets: list[st
     """With ``step_rule: qmodel`` the step's length and momentum come from the quadratic model: an explicit
     --lr, --momentum, --nesterov or --kl-clip (option or --set) would not be applied, and is refused; so is
     an explicit qmodel for SGD or Adam. (Values from config files are not used.)"""
-    from fimbench.curvature import parse_method
+    from fimbench.methods import parse_method
     from fimbench.preconditioner.step_rule import QMODEL
 
     if resolved.optimizer.step_rule != QMODEL:

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
+from fimbench.curvature.approximator import Approximator
 from fimbench.curvature.deflation import approximate_deflation
 from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
 from fimbench.curvature.kfac import approximate_kfac
@@ -29,17 +30,6 @@ from fimbench.curvature.kronecker_sum import (
     check_damping_split,
 )
 from fimbench.curvature.lanczos import approximate_lanczos
-from fimbench.curvature.methods import (
-    BLOCK_METHODS,
-    EXACT_METHODS,
-    FIRST_ORDER_METHODS,
-    KRONECKER_METHODS,
-    PAPER_METHODS,
-    PRECONDITIONED_METHODS,
-    Approximator,
-    Method,
-    parse_method,
-)
 from fimbench.curvature.options import (
     DEFAULT_KRYLOV_DIM,
     DEFAULT_MAX_ITERATIONS,
@@ -48,15 +38,10 @@ from fimbench.curvature.options import (
 )
 from fimbench.curvature.targets import Prior
 from fimbench.errors import FimbenchError
+from fimbench.methods import Method, parse_method
 
 __all__ = [
     "APPROXIMATIONS",
-    "BLOCK_METHODS",
-    "EXACT_METHODS",
-    "FIRST_ORDER_METHODS",
-    "KRONECKER_METHODS",
-    "PAPER_METHODS",
-    "PRECONDITIONED_METHODS",
     "DEFAULT_KRYLOV_DIM",
     "DEFAULT_MAX_ITERATIONS",
     "DEFAULT_MIN_CURVATURE_RATIO",
@@ -68,11 +53,9 @@ __all__ = [
     "EigenbasisDiagonal",
     "KroneckerInverse",
     "KroneckerSum",
-    "Method",
     "approximate",
     "approximate_ekfac",
     "check_damping_split",
-    "parse_method",
 ]
 
 

@@ -44,8 +44,8 @@ rank-2 solve takes ``abs()`` of the whitened eigenvalues where fimbench shrinks 
 
 from __future__ import annotations
 
-from fimbench.curvature import EXACT_METHODS, Method
 from fimbench.fisher.likelihood import Likelihood
+from fimbench.methods import EXACT_METHODS, Method
 
 AUTHORS_WEIGHT_DECAY = 1e-3
 """Every optimizer of the authors' runs (SGD with Nesterov momentum, Adam, the Kronecker methods)."""

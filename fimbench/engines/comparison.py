@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fimbench.curvature import Method
 from fimbench.engines.rundir import (
     SWEEP_MANIFEST,
     RunRecord,
@@ -33,6 +32,7 @@ from fimbench.engines.rundir import (
 from fimbench.engines.significance import CONFIDENCE, TEST_NAME, Spread, spread, welch_difference
 from fimbench.errors import FimbenchError
 from fimbench.files import atomic_write_json, atomic_write_text
+from fimbench.methods import Method
 
 # ----------------------------------------------------------------------------------------------- comparison
 

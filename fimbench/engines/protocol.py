@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fimbench.curvature import PAPER_METHODS, parse_method
 from fimbench.engines.comparison import Comparison
 from fimbench.engines.sweep import PointState, Runner, SweepPlan, SweepPoint, SweepResult, plan_best_runs, plan_sweep, run_sweep
 from fimbench.errors import FimbenchError
+from fimbench.methods import PAPER_METHODS, parse_method
 
 SWEEP, RUNS, REPORT = "sweep", "runs", "report"
 STAGES: tuple[str, ...] = (SWEEP, RUNS, REPORT)

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from fimbench import __version__
-from fimbench.curvature import Method
 from fimbench.data import DatasetSplits, load_dataset
 from fimbench.engines.config import OptimizerConfig, RunConfig
 from fimbench.engines.models import Architecture, default_architecture
 from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
+from fimbench.methods import Method
 from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
 from fimbench.preconditioner.step_rule import QMODEL
 from fimbench.timing import PhaseTimer

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import torch
 
-from fimbench.curvature import Method, parse_method
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.engines.checkpoint import Counters, restore_training, training_checkpoint
 from fimbench.engines.config import RunConfig, dump_config, load_config
@@ -48,10 +47,11 @@ from fimbench.engines.toolkit import (
 )
 from fimbench.errors import DivergedError, FimbenchError
 from fimbench.fisher.likelihood import Likelihood
+from fimbench.methods import Method, parse_method
 from fimbench.names import STEP_RULES, variant_name
 from fimbench.preconditioner.distributed import mean_over_ranks, rank, world_size
 from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
-from fimbench.preconditioner.selection import unwrap
+from fimbench.preconditioner.selection import without_wrappers
 from fimbench.preconditioner.step_rule import QMODEL
 from fimbench.timing import PhaseTimer, synchronize
 
@@ -223,7 +223,7 @@ def _prepare(
 
 def _resume(run: _Run, checkpoint: dict[str, Any]) -> None:
     """Put ``run`` into the state of ``checkpoint`` and cut its run directory back to it."""
-    counters = restore_training(checkpoint, unwrap(run.model), run.optimizer, run.preconditioner, run.order_generator, run.device)
+    counters = restore_training(checkpoint, without_wrappers(run.model), run.optimizer, run.preconditioner, run.order_generator, run.device)
     run.result.rows = reopen_run(run.result.run_dir, counters.metrics_bytes, counters.epoch)
     run.epoch, run.step, run.train_seconds = counters.epoch, counters.step, counters.train_seconds
     run.started = datetime.fromisoformat(counters.started)
@@ -236,7 +236,7 @@ def _save_checkpoint(run: _Run) -> None:
         run.epoch, run.step, run.train_seconds, run.started.isoformat(), run.result.alignment_first_refresh,
         run.metrics_path.stat().st_size,
     )
-    state = training_checkpoint(counters, unwrap(run.model), run.optimizer, run.preconditioner, run.order_generator, run.device)
+    state = training_checkpoint(counters, without_wrappers(run.model), run.optimizer, run.preconditioner, run.order_generator, run.device)
     write_checkpoint(run.result.run_dir, state)
 
 
@@ -328,7 +328,7 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
 def _epoch_row(run: _Run, epoch: int, train_means: list[float]) -> dict[str, Any]:
     """The epoch's ``metrics.jsonl`` row: train means, validation, timing and the preconditioner's diagnostics."""
     run.model.eval()
-    validation = evaluate(unwrap(run.model), run.val_x)  # type: ignore[arg-type]
+    validation = evaluate(without_wrappers(run.model), run.val_x)  # type: ignore[arg-type]
     step, train_seconds = run.step, run.train_seconds
     row: dict[str, Any] = {
         "kind": "epoch",

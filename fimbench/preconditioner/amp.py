@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.amp.grad_scaler import OptState
 
 from fimbench.errors import FimbenchError
+from fimbench.fisher.capture import LayerStatistics
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -77,3 +78,19 @@ def check_still_scaled(scaler: GradScalerLike | None) -> None:
 def all_finite(gradients: list[Tensor]) -> bool:
     """Whether every gradient entry is finite (one host sync)."""
     return bool(torch.stack([torch.isfinite(gradient).all() for gradient in gradients]).all())
+
+
+def usable_statistics(statistics: list[LayerStatistics], grad_scaler: GradScalerLike | None) -> bool:
+    """Whether the (gathered) statistics can enter the EMA: one error for an empty Fisher batch; for a
+    non-finite one, one error, or with a GradScaler False (the batch is skipped, the EMA keeps its
+    value and the next step captures again). Checked after the gather, so every rank decides alike."""
+    if statistics[0].a.shape[0] == 0:
+        raise FimbenchError("the Fisher sub-batch is empty on every rank; call step() with a non-empty batch")
+    if all_finite([tensor for stats in statistics for tensor in (stats.a, stats.g)]):
+        return True
+    if grad_scaler is None:
+        raise FimbenchError(
+            "the Fisher statistics of this batch are not finite (the model's outputs or their derivatives "
+            "overflow); lower the learning rate or raise the damping, or pass grad_scaler= to skip such batches"
+        )
+    return False

@@ -20,12 +20,13 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from fimbench.curvature import KroneckerInverse, KroneckerSum, Method
+from fimbench.curvature import KroneckerInverse, KroneckerSum
 from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
 from fimbench.curvature.kronecker import kron_matvec
 from fimbench.curvature.kronecker_sum import FACTORED, DampingSplit, check_damping_form
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import LayerStatistics
+from fimbench.methods import Method
 
 
 class SolverReport(NamedTuple):

@@ -18,28 +18,19 @@ the model, and each block's approximation is refreshed towards the EMA estimate
 warm-started from the previous solution. Every T2 steps the damped blocks are re-factorised.
 Weight decay and momentum are those of the torch optimizer, applied to ``ν P`` as in the authors' code.
 
-Damping: ``damped(λ, π)`` of :mod:`fimbench.curvature.kronecker_sum`, with π the trace rule or fixed (``pi``).
-With ``damping_schedule="adaptive"`` λ follows the Levenberg–Marquardt rule of :mod:`fimbench.preconditioner.damping`:
-every T3 steps the loop reports the loss after the update (``adapt_damping``), and when λ moves the
-blocks are re-factorised at the next step.
+Damping: ``damped(λ, π)`` (:mod:`fimbench.curvature.kronecker_sum`; ``damping_form="exact"``: ``A₁ ⊗ G₁ + λI``
+in the first term's eigenbasis; EKFAC is always damped exactly), λ fixed or adapted every T3 steps by
+Levenberg–Marquardt (:mod:`~fimbench.preconditioner.damping`, ``adapt_damping``). Two-level (``coarse=``):
+``F̃⁻¹ ∇`` gets the cross-layer correction ``R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ ∇`` before KL-clipping
+(:mod:`~fimbench.preconditioner.two_level`). ``step_rule="qmodel"``: ``step()`` itself sets
+``θ ← θ + α Δ + μ δ₀``, Δ = −F̃⁻¹(∇h + η θ), α and μ minimising ``M(δ)`` with the exact Fisher :attr:`fisher`
+of this step's Fisher sub-batch, with no torch optimizer, KL-clip, lr or momentum on top
+(:mod:`~fimbench.preconditioner.step_rule`).
 
-What ``step`` touches: the selected layers' ``.grad`` and its own state; the statistics pass leaves
-the model's buffers, its dropout modules' mode and the user's random streams as they were
-(:mod:`fimbench.fisher.capture`), and the targets come from the preconditioner's own sampling generator
-(:func:`fimbench.preconditioner.distributed.sampling_generator`). What cannot be done right is refused with one
-``FimbenchError`` (``_check_step``, ``_usable``, :mod:`fimbench.preconditioner.selection`, :mod:`fimbench.preconditioner.state`).
-
-Exact damping (``damping_form="exact"``): ``A₁ ⊗ G₁ + λI`` in the first term's eigenbasis instead of the
-factored form (:mod:`fimbench.curvature.kronecker_sum`); EKFAC (:mod:`fimbench.curvature.ekfac`) is always
-damped exactly. Two-level (``coarse=`` nicolaides | spectral | residual): the block-diagonal ``F̃⁻¹ ∇`` gets
-the cross-layer correction ``R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ ∇`` (:mod:`fimbench.preconditioner.two_level`) before KL-clipping.
-
-Step rule: ``step_rule="fixed"`` leaves the step to the torch optimizer (as above);
-``step_rule="qmodel"`` sizes it by the quadratic model of :mod:`fimbench.preconditioner.step_rule` and takes it here:
-``step()`` sets ``θ ← θ + α Δ + μ δ₀`` with Δ = −F̃⁻¹(∇h + η θ) (η = ``weight_decay``), α and μ
-minimising ``M(δ)`` with the exact Fisher :attr:`fisher` of this step's Fisher sub-batch (captured at
-every step, the blocks still refreshed every T1 steps), and no torch optimizer is stepped for these
-layers (no KL-clipping, learning rate or momentum on top).
+``step`` touches the selected layers' ``.grad`` and its own state; the statistics pass leaves the model's
+buffers, dropout modes and the user's random streams as they were (:mod:`fimbench.fisher.capture`), and the
+targets come from the preconditioner's own generator (:func:`~fimbench.preconditioner.distributed.sampling_generator`).
+What cannot be done right is refused with one ``FimbenchError``.
 
 Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
 preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
@@ -49,29 +40,16 @@ the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell ba
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fimbench.curvature import (
-    PRECONDITIONED_METHODS,
-    KroneckerInverse,
-    KroneckerSum,
-    Method,
-    approximate,
-    check_damping_split,
-    parse_method,
-)
-from fimbench.curvature.kronecker_sum import check_damping_form
-from fimbench.curvature.methods import BLOCK_METHODS
+from fimbench.curvature import KroneckerInverse, KroneckerSum, approximate, check_damping_split
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import (
-    KroneckerLayer,
     LayerStatistics,
     capture_statistics,
     set_weight_gradient,
@@ -80,53 +58,26 @@ from fimbench.fisher.capture import (
 )
 from fimbench.fisher.likelihood import Likelihood, parse_likelihood
 from fimbench.fisher.sub_batch import SubBatchFisher
-from fimbench.names import STEP_RULES
-from fimbench.preconditioner.amp import GradScalerLike, all_finite, autocast_off, check_still_scaled, gradient_scale, resolve_factor_dtype
-from fimbench.preconditioner.blocks import BlockDiagonal, Curvature, CurvatureBlock, EigenbasisBlock, KroneckerBlock
-from fimbench.preconditioner.damping import ADAPTIVE, DAMPING_SCHEDULES, LevenbergMarquardt, reduction_ratio
+from fimbench.methods import PRECONDITIONED_METHODS, Method, parse_method
+from fimbench.preconditioner.amp import (
+    GradScalerLike,
+    all_finite,
+    autocast_off,
+    check_still_scaled,
+    gradient_scale,
+    resolve_factor_dtype,
+    usable_statistics,
+)
+from fimbench.preconditioner.blocks import CurvatureBlock, KroneckerBlock
+from fimbench.preconditioner.curvatures import layer_blocks, method_curvature
+from fimbench.preconditioner.damping import ADAPTIVE, LevenbergMarquardt, reduction_ratio
+from fimbench.preconditioner.diagnostics import DampingTrial, PreconditionerDiagnostics
 from fimbench.preconditioner.distributed import gather_statistics, mean_over_ranks, sampling_generator
-from fimbench.preconditioner.selection import LayerSpec, raw_gradient_modules, select_layers, unwrap, warn_raw_gradients
-from fimbench.preconditioner.settings import PreconditionerSettings
-from fimbench.preconditioner.step_rule import QMODEL, QuadraticStepRule
-from fimbench.preconditioner.two_level import NO_COARSE, check_coarse
+from fimbench.preconditioner.selection import LayerSpec, check_gradients, select_layers, warn_raw_gradients, without_wrappers
+from fimbench.preconditioner.settings import PreconditionerSettings, check_settings
+from fimbench.preconditioner.state import load_preconditioner_state, preconditioner_state
+from fimbench.preconditioner.step_rule import QMODEL, QuadraticStepRule, check_quadratic_rule
 from fimbench.timing import PhaseTimer
-
-
-@dataclass
-class PreconditionerDiagnostics:
-    """What happened since the last :meth:`KroneckerPreconditioner.pop_diagnostics` call."""
-
-    updates: int = 0  # statistics updates (T1 events)
-    refreshes: int = 0  # inversions (T2 events)
-    iterations: list[int] = field(default_factory=list)  # per layer and update
-    residuals: list[float] = field(default_factory=list)
-    clip_sum: Tensor | None = None  # Σ ν over steps, kept on the device
-    steps: int = 0
-    reduction_ratios: list[float] = field(default_factory=list)  # ρ of each damping adaptation
-
-    def summary(self) -> dict[str, float | int | None]:
-        ratios = [rho for rho in self.reduction_ratios if math.isfinite(rho)]
-        return {
-            "statistics_updates": self.updates,
-            "inverse_refreshes": self.refreshes,
-            "iterations_mean": sum(self.iterations) / len(self.iterations) if self.iterations else None,
-            "iterations_max": max(self.iterations) if self.iterations else None,
-            "residual_mean": sum(self.residuals) / len(self.residuals) if self.residuals else None,
-            "residual_max": max(self.residuals) if self.residuals else None,
-            "kl_clip_factor": float(self.clip_sum) / self.steps if self.clip_sum is not None and self.steps else None,
-            "damping_adaptations": len(self.reduction_ratios),
-            "reduction_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
-        }
-
-
-@dataclass
-class DampingTrial:
-    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update —
-    or, for a step of the quadratic model, the model's ``M_h(δ)`` of that step (``predicted``)."""
-
-    parameters: list[Tensor]
-    gradients: list[Tensor]
-    predicted: Tensor | None = None
 
 
 class KroneckerPreconditioner:
@@ -159,35 +110,9 @@ class KroneckerPreconditioner:
         step itself; with the fixed rule weight decay is the torch optimizer's."""
         self.method = parse_method(method, choices=PRECONDITIONED_METHODS)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
-        checks = {
-            "damping": settings.damping > 0,
-            "stats_every": settings.stats_every >= 1,
-            "inverse_every": settings.inverse_every >= 1,
-            "ema_decay": 0.0 <= settings.ema_decay < 1.0,
-            "fisher_fraction": 0.0 < settings.fisher_fraction <= 1.0,
-            "kl_clip": settings.kl_clip is None or settings.kl_clip > 0,
-            "lanczos_rank": settings.lanczos_rank in (1, 2),
-            "damping_schedule": settings.damping_schedule in DAMPING_SCHEDULES,
-            "damping_every": settings.damping_every >= 1,
-            "damping_min": 0 < settings.damping_min <= settings.damping_max,
-            "step_rule": settings.step_rule in STEP_RULES,
-        }
-        for name, valid in checks.items():
-            if not valid:
-                raise FimbenchError(f"invalid optimizer setting {name}={getattr(settings, name)}")
-        check_damping_form(settings.damping_form)
-        if check_coarse(settings.coarse) != NO_COARSE and self.method not in BLOCK_METHODS:
-            raise FimbenchError(
-                f"coarse={settings.coarse} corrects a block-diagonal method ({', '.join(m.value for m in BLOCK_METHODS)}), "
-                f"not {self.method.value}"
-            )
+        check_settings(settings, self.method)
         damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
-        if settings.damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
-            raise FimbenchError(
-                f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], "
-                f"got damping={damping:g}"
-            )
-        self.model = unwrap(model)
+        self.model = without_wrappers(model)
         self.likelihood = parse_likelihood(likelihood)
         self.layers = select_layers(self.model, layers, skip_layers)
         if not self.layers:
@@ -196,7 +121,7 @@ class KroneckerPreconditioner:
         self.layer_names = [names[id(layer)] for layer in self.layers]
         self.quadratic_rule = QuadraticStepRule(weight_decay) if settings.step_rule == QMODEL else None
         if self.quadratic_rule is not None:
-            _check_quadratic_rule(self.model, self.layers, grad_scaler, weight_decay, overrides)
+            check_quadratic_rule(self.model, self.layers, grad_scaler, weight_decay, overrides)
         else:
             if weight_decay:
                 raise FimbenchError(
@@ -224,7 +149,7 @@ class KroneckerPreconditioner:
         self.timer = timer
         self.steps = 0
         self.updates = 0
-        self.curvature = self._build_curvature()
+        self.curvature = method_curvature(self.method, len(self.layers), settings, self.pi, self.approximate_block)
         self.fisher: SubBatchFisher | None = None  # the exact Fisher of the latest Fisher sub-batch
         self.diagnostics = PreconditionerDiagnostics()
         self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
@@ -233,33 +158,10 @@ class KroneckerPreconditioner:
         self._alignment: Tensor | None = None  # at the latest refresh, kept on the device
         self.correction_scale: float | None = None  # smallest τ over layers at the latest refresh (rank 2)
 
-    def _build_curvature(self) -> Curvature:
-        """The method's :class:`~fimbench.preconditioner.blocks.Curvature`: one Kronecker (or EKFAC) block per
-        layer, with the two-level correction on top when ``coarse`` names a coarse space, or the exact
-        natural gradient of the Fisher sub-batch (whole network or per block)."""
-        from fimbench.preconditioner.exact_natural_gradient import ExactNaturalGradient
-        from fimbench.preconditioner.two_level import TwoLevel
-
-        if self.method in (Method.EXACT_NG, Method.EXACT_NG_BLOCK):
-            return ExactNaturalGradient(per_layer=self.method is Method.EXACT_NG_BLOCK)
-        if self.method is Method.EKFAC:
-            blocks: BlockDiagonal = BlockDiagonal([EigenbasisBlock() for _ in self.layers])
-        else:
-            blocks = BlockDiagonal(
-                [KroneckerBlock(self.approximate_block, self.min_curvature_ratio, self.pi, self.damping_form) for _ in self.layers]
-            )
-        return blocks if self.coarse == NO_COARSE else TwoLevel(blocks, self.coarse)
-
     @property
     def blocks(self) -> list[CurvatureBlock]:
-        """The per-layer blocks of a block-diagonal method (under the two-level correction, if any); a clear
-        error for the exact natural gradient."""
-        from fimbench.preconditioner.two_level import TwoLevel
-
-        curvature = self.curvature.inner if isinstance(self.curvature, TwoLevel) else self.curvature
-        if not isinstance(curvature, BlockDiagonal):
-            raise FimbenchError(f"method {self.method.value} has no per-layer blocks")
-        return curvature.blocks
+        """The per-layer blocks of a block-diagonal method; a clear error for the exact natural gradient."""
+        return layer_blocks(self.curvature, self.method)
 
     @property
     def kronecker_blocks(self) -> list[KroneckerBlock]:
@@ -303,7 +205,7 @@ class KroneckerPreconditioner:
     def capture_fisher(self, inputs: Tensor, targets: Tensor | None = None) -> list[LayerStatistics] | None:
         """``(ā, g)`` of every layer on the Fisher sub-batch of ``inputs`` (gathered over ranks); they
         become :attr:`fisher`, the exact Fisher ``JᵀJ/m`` of that sub-batch. None for a non-finite batch
-        skipped under a GradScaler (:meth:`_usable`)."""
+        skipped under a GradScaler (:func:`~fimbench.preconditioner.amp.usable_statistics`)."""
         m = self.fisher_batch_size(inputs.shape[0])
         sub_targets = None
         if self.empirical_fisher:
@@ -315,25 +217,10 @@ class KroneckerPreconditioner:
             statistics = gather_statistics(
                 [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
             )
-        if not self._usable(statistics):
+        if not usable_statistics(statistics, self.grad_scaler):
             return None
         self.fisher = SubBatchFisher(statistics)
         return statistics
-
-    def _usable(self, statistics: list[LayerStatistics]) -> bool:
-        """Whether the (gathered) statistics can enter the EMA: one error for an empty Fisher batch; for a
-        non-finite one, one error, or with a GradScaler False (the batch is skipped, the EMA keeps its
-        value and the next step captures again). Checked after the gather, so every rank decides alike."""
-        if statistics[0].a.shape[0] == 0:
-            raise FimbenchError("the Fisher sub-batch is empty on every rank; call step() with a non-empty batch")
-        if all_finite([tensor for stats in statistics for tensor in (stats.a, stats.g)]):
-            return True
-        if self.grad_scaler is None:
-            raise FimbenchError(
-                "the Fisher statistics of this batch are not finite (the model's outputs or their derivatives "
-                "overflow); lower the learning rate or raise the damping, or pass grad_scaler= to skip such batches"
-            )
-        return False
 
     def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
         """One block's approximation with this preconditioner's method and options: of
@@ -404,13 +291,7 @@ class KroneckerPreconditioner:
                 "empirical_fisher=True takes the data targets: call step(inputs, targets) (an autoencoder's are its inputs)"
             )
         check_still_scaled(self.grad_scaler)
-        for name, layer in zip(self.layer_names, self.layers):
-            parameters = [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
-            label = f"layer {name!r} ({type(layer).__name__})"
-            if not all(parameter.requires_grad for parameter in parameters):
-                raise FimbenchError(f"{label} was frozen after the preconditioner was built; build a new preconditioner")
-            if any(parameter.grad is None for parameter in parameters):
-                raise FimbenchError(f"{label} has no gradient: call loss.backward() on a loss that depends on it before step()")
+        check_gradients(self.layer_names, self.layers)
 
     def _step(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
         """:meth:`step` with autocast off."""
@@ -498,8 +379,6 @@ class KroneckerPreconditioner:
         ``torch.load(weights_only=True)`` (:mod:`fimbench.preconditioner.state`): approximations, counters,
         λ, the latest alignment and τ, diagnostics since the last pop and the sampling generator's state,
         with the method, layer names and shapes and the settings they belong to."""
-        from fimbench.preconditioner.state import preconditioner_state
-
         return preconditioner_state(self)
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
@@ -507,32 +386,4 @@ class KroneckerPreconditioner:
         inverses are rebuilt here. The method, the layers' shapes and the keys must match; ``strict`` also
         requires the same layer names and settings, while ``strict=False`` takes only the state's curvature
         and counters and keeps this preconditioner's settings (:mod:`fimbench.preconditioner.state`)."""
-        from fimbench.preconditioner.state import load_preconditioner_state
-
         load_preconditioner_state(self, state, strict)
-
-
-def _check_quadratic_rule(
-    model: nn.Module,
-    layers: list[KroneckerLayer],
-    grad_scaler: GradScalerLike | None,
-    weight_decay: float,
-    overrides: dict[str, Any],
-) -> None:
-    """One-line errors for what ``step_rule="qmodel"`` cannot do: it takes the whole step, so every trainable
-    parameter needs its Fisher block, and there is no torch optimizer for a GradScaler or a KL-clip."""
-    raw = raw_gradient_modules(model, layers)
-    if raw:
-        raise FimbenchError(
-            f"step_rule='qmodel' takes the whole step, but the quadratic model has no Fisher for the trainable "
-            f"parameters of {', '.join(raw)}; precondition them (layers=), freeze them, or use step_rule='fixed'"
-        )
-    if grad_scaler is not None:
-        raise FimbenchError(
-            "step_rule='qmodel' takes the step itself, without a torch optimizer for a GradScaler to step; "
-            "use bfloat16 autocast without a scaler, or step_rule='fixed'"
-        )
-    if not weight_decay >= 0:
-        raise FimbenchError(f"invalid optimizer setting weight_decay={weight_decay}")
-    if overrides.get("kl_clip") is not None:
-        raise FimbenchError("kl_clip does not apply with step_rule='qmodel': the quadratic model sizes the step; leave it out")

@@ -16,7 +16,7 @@ preconditioner names them, with their types, in one warning at construction.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 
@@ -26,7 +26,7 @@ from fimbench.fisher.capture import KroneckerLayer, candidate_layers, check_supp
 LayerSpec = nn.Module | str
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def without_wrappers(model: nn.Module) -> nn.Module:
     """The user's model inside any ``DistributedDataParallel`` (``.module``) and ``torch.compile``
     (``._orig_mod``) wrappers, in any nesting."""
     while True:
@@ -50,9 +50,9 @@ def _resolve(model: nn.Module, specs: Iterable[LayerSpec], argument: str) -> lis
                 raise FimbenchError(f"{argument}: no module named {spec!r} in the model; its layers are {choices}")
             modules.append(named[spec])
         elif isinstance(spec, nn.Module):
-            if id(unwrap(spec)) not in present:
+            if id(without_wrappers(spec)) not in present:
                 raise FimbenchError(f"{argument}: {spec} is not a module of the model")
-            modules.append(unwrap(spec))
+            modules.append(without_wrappers(spec))
         else:
             raise FimbenchError(f"{argument} takes modules or qualified module names, got {spec!r}")
     return modules
@@ -112,3 +112,15 @@ def warn_raw_gradients(model: nn.Module, layers: list[KroneckerLayer]) -> list[s
             stacklevel=3,
         )
     return raw
+
+
+def check_gradients(names: Sequence[str], layers: Sequence[KroneckerLayer]) -> None:
+    """One error for a selected layer frozen since the preconditioner was built, or without a gradient
+    (``loss.backward()`` not called, or on a loss that does not depend on it)."""
+    for name, layer in zip(names, layers):
+        parameters = [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+        label = f"layer {name!r} ({type(layer).__name__})"
+        if not all(parameter.requires_grad for parameter in parameters):
+            raise FimbenchError(f"{label} was frozen after the preconditioner was built; build a new preconditioner")
+        if any(parameter.grad is None for parameter in parameters):
+            raise FimbenchError(f"{label} has no gradient: call loss.backward() on a loss that depends on it before step()")

@@ -1,4 +1,4 @@
-"""The settings of an optimizer, each default written once here.
+"""The settings of an optimizer, each default written once here, and the check of a preconditioner's.
 
 :class:`PreconditionerSettings` is what :class:`fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner` consumes as-is;
 :class:`FirstOrderSettings` is what the torch optimizer takes. :class:`fimbench.engines.config.OptimizerConfig`
@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT
+from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT, check_damping_form
 from fimbench.curvature.options import ApproximationOptions
+from fimbench.errors import FimbenchError
+from fimbench.methods import BLOCK_METHODS, Method
 from fimbench.names import STEP_RULES
-from fimbench.preconditioner.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, FIXED
-from fimbench.preconditioner.two_level import NO_COARSE
+from fimbench.preconditioner.damping import (
+    ADAPTIVE,
+    DAMPING_SCHEDULES,
+    DEFAULT_ADAPT_EVERY,
+    DEFAULT_DAMPING_MAX,
+    DEFAULT_DAMPING_MIN,
+    FIXED,
+)
+from fimbench.preconditioner.two_level import NO_COARSE, check_coarse
 
 _APPROXIMATION = ApproximationOptions()
 
@@ -61,3 +70,35 @@ class PreconditionerSettings:
     def approximation_options(self) -> ApproximationOptions:
         """The options every block's :func:`~fimbench.curvature.approximate` runs with."""
         return ApproximationOptions(tol=self.tol, max_iterations=self.max_iterations, rank=self.lanczos_rank, krylov_dim=self.krylov_dim)
+
+
+def check_settings(settings: PreconditionerSettings, method: Method) -> None:
+    """One error naming the first setting a preconditioner of ``method`` cannot run with: a value out of
+    range, a coarse space for a method that is not block-diagonal, or an adaptive λ starting outside its
+    bounds."""
+    checks = {
+        "damping": settings.damping > 0,
+        "stats_every": settings.stats_every >= 1,
+        "inverse_every": settings.inverse_every >= 1,
+        "ema_decay": 0.0 <= settings.ema_decay < 1.0,
+        "fisher_fraction": 0.0 < settings.fisher_fraction <= 1.0,
+        "kl_clip": settings.kl_clip is None or settings.kl_clip > 0,
+        "lanczos_rank": settings.lanczos_rank in (1, 2),
+        "damping_schedule": settings.damping_schedule in DAMPING_SCHEDULES,
+        "damping_every": settings.damping_every >= 1,
+        "damping_min": 0 < settings.damping_min <= settings.damping_max,
+        "step_rule": settings.step_rule in STEP_RULES,
+    }
+    for name, valid in checks.items():
+        if not valid:
+            raise FimbenchError(f"invalid optimizer setting {name}={getattr(settings, name)}")
+    check_damping_form(settings.damping_form)
+    if check_coarse(settings.coarse) != NO_COARSE and method not in BLOCK_METHODS:
+        raise FimbenchError(
+            f"coarse={settings.coarse} corrects a block-diagonal method ({', '.join(m.value for m in BLOCK_METHODS)}), not {method.value}"
+        )
+    damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
+    if settings.damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
+        raise FimbenchError(
+            f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], got damping={damping:g}"
+        )

@@ -26,17 +26,19 @@ step. The tensors are cast to this preconditioner's factor dtype
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
 from fimbench.errors import FimbenchError
-from fimbench.fisher.capture import LayerStatistics, weight_of
+from fimbench.fisher.capture import KroneckerLayer, LayerStatistics, weight_of
 from fimbench.fisher.sub_batch import SubBatchFisher
+from fimbench.methods import Method
+from fimbench.preconditioner.blocks import Curvature
+from fimbench.preconditioner.diagnostics import DampingTrial, PreconditionerDiagnostics
 from fimbench.preconditioner.settings import PreconditionerSettings
-
-if TYPE_CHECKING:
-    from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
+from fimbench.preconditioner.step_rule import QuadraticStepRule
 
 STATE_VERSION = 3
 KEYS = (
@@ -47,12 +49,36 @@ KEYS = (
 block-diagonal methods, ``fisher`` and ``inverse`` of the exact references, ``two_level``) come beside them."""
 
 
-def settings_state(preconditioner: KroneckerPreconditioner) -> dict[str, Any]:
+class Stateful(Protocol):
+    """What the state is read from and written into: the attributes of a
+    :class:`~fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner` that the next steps depend on."""
+
+    method: Method
+    layer_names: list[str]
+    layers: list[KroneckerLayer]
+    settings: PreconditionerSettings
+    factor_dtype: torch.dtype
+    curvature: Curvature
+    steps: int
+    updates: int
+    damping: float
+    refresh_due: bool
+    statistics_due: bool
+    _alignment: Tensor | None
+    correction_scale: float | None
+    diagnostics: PreconditionerDiagnostics
+    trial: DampingTrial | None
+    fisher: SubBatchFisher | None
+    quadratic_rule: QuadraticStepRule | None
+    generator: torch.Generator
+
+
+def settings_state(preconditioner: Stateful) -> dict[str, Any]:
     """The :class:`PreconditionerSettings` fields of the preconditioner's settings, as plain data."""
     return {item.name: getattr(preconditioner.settings, item.name) for item in fields(PreconditionerSettings)}
 
 
-def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, Any]:
+def preconditioner_state(preconditioner: Stateful) -> dict[str, Any]:
     """The state of ``preconditioner`` (module docstring); tensors are shared with it, not copied."""
     diagnostics = preconditioner.diagnostics
     trial = preconditioner.trial
@@ -86,11 +112,9 @@ def preconditioner_state(preconditioner: KroneckerPreconditioner) -> dict[str, A
     }
 
 
-def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: dict[str, Any], strict: bool = True) -> None:
+def load_preconditioner_state(preconditioner: Stateful, state: dict[str, Any], strict: bool = True) -> None:
     """Make ``preconditioner`` continue where the one that gave ``state`` was (module docstring for
     ``strict``); one error, before anything is changed, for a state that does not fit."""
-    from fimbench.preconditioner.kronecker_preconditioner import DampingTrial, PreconditionerDiagnostics
-
     _check_compatible(preconditioner, state, strict)
     device = weight_of(preconditioner.layers[0]).device
     dtype = preconditioner.factor_dtype
@@ -127,7 +151,7 @@ def load_preconditioner_state(preconditioner: KroneckerPreconditioner, state: di
         preconditioner.quadratic_rule.load_state_dict(state["quadratic_rule"], device)
 
 
-def _check_compatible(preconditioner: KroneckerPreconditioner, state: dict[str, Any], strict: bool) -> None:
+def _check_compatible(preconditioner: Stateful, state: dict[str, Any], strict: bool) -> None:
     """One-line errors for a state of another version, with missing or unknown keys, of another method or
     layer layout, or (``strict``) of other layer names or settings."""
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:

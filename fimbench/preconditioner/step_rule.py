@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import (
     KroneckerLayer,
     add_to_weight,
@@ -49,6 +50,8 @@ from fimbench.fisher.capture import (
 )
 from fimbench.fisher.sub_batch import SubBatchFisher
 from fimbench.names import STEP_RULES
+from fimbench.preconditioner.amp import GradScalerLike
+from fimbench.preconditioner.selection import raw_gradient_modules
 
 FIXED_STEP, QMODEL = STEP_RULES
 MODEL_DTYPE = torch.float64
@@ -205,3 +208,29 @@ def _symmetric(entries: Tensor) -> Tensor:
         entries = torch.cat([entries, torch.zeros(2, dtype=entries.dtype, device=entries.device)])
     x00, x01, x11 = entries
     return torch.stack([torch.stack([x00, x01]), torch.stack([x01, x11])])
+
+
+def check_quadratic_rule(
+    model: nn.Module,
+    layers: list[KroneckerLayer],
+    grad_scaler: GradScalerLike | None,
+    weight_decay: float,
+    overrides: dict[str, Any],
+) -> None:
+    """One-line errors for what ``step_rule="qmodel"`` cannot do: it takes the whole step, so every trainable
+    parameter needs its Fisher block, and there is no torch optimizer for a GradScaler or a KL-clip."""
+    raw = raw_gradient_modules(model, layers)
+    if raw:
+        raise FimbenchError(
+            f"step_rule='qmodel' takes the whole step, but the quadratic model has no Fisher for the trainable "
+            f"parameters of {', '.join(raw)}; precondition them (layers=), freeze them, or use step_rule='fixed'"
+        )
+    if grad_scaler is not None:
+        raise FimbenchError(
+            "step_rule='qmodel' takes the step itself, without a torch optimizer for a GradScaler to step; "
+            "use bfloat16 autocast without a scaler, or step_rule='fixed'"
+        )
+    if not weight_decay >= 0:
+        raise FimbenchError(f"invalid optimizer setting weight_decay={weight_decay}")
+    if overrides.get("kl_clip") is not None:
+        raise FimbenchError("kl_clip does not apply with step_rule='qmodel': the quadratic model sizes the step; leave it out")

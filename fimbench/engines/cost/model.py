@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fimbench.curvature import EXACT_METHODS, Method
 from fimbench.engines.cost.results import FIT_STATISTIC, AxisFit, CostPoint, ExponentFit, LayerCost
 from fimbench.errors import FimbenchError
+from fimbench.methods import EXACT_METHODS, Method
 
 PHASES: tuple[str, ...] = ("build_cold", "build_warm", "inverse", "apply")
 STEADY_PHASES: tuple[str, ...] = ("build_warm", "inverse", "apply")  # what training repeats every T1 / T2 / step

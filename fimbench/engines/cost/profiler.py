@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method
+from fimbench.curvature import KroneckerSum
 from fimbench.curvature.ekfac import approximate_ekfac
 from fimbench.engines.config import OptimizerConfig, load_config
 from fimbench.engines.cost.model import PHASES, sweep_exponents
@@ -68,6 +68,7 @@ from fimbench.fisher.capture import (
 )
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.fisher.sub_batch import SubBatchFisher
+from fimbench.methods import EXACT_METHODS, Method
 from fimbench.names import DATASETS, check_dataset
 from fimbench.preconditioner.blocks import EigenbasisBlock
 from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner

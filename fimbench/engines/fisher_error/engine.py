@@ -32,10 +32,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from fimbench.curvature import EXACT_METHODS, KroneckerSum, Method, approximate
+from fimbench.curvature import KroneckerSum, approximate
 from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
 from fimbench.curvature.kronecker import kronecker_sum_matvec
-from fimbench.curvature.methods import BLOCK_METHODS
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.engines.config import RunConfig
 from fimbench.engines.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
@@ -60,6 +59,7 @@ from fimbench.fisher.network_error import (
     network_squared_norm,
 )
 from fimbench.fisher.sub_batch import SubBatchFisher
+from fimbench.methods import BLOCK_METHODS, EXACT_METHODS, Method
 from fimbench.names import check_dataset, variant_name
 from fimbench.preconditioner.two_level import NO_COARSE, coarse_vector, two_level_terms
 from fimbench.timing import timed_call

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fimbench.curvature import Method, parse_method
 from fimbench.engines.authors_scale import authors_damping, from_authors_scale, loss_scale
 from fimbench.engines.config import RunConfig, load_config
 from fimbench.engines.models import ARCHITECTURES, Architecture
 from fimbench.engines.toolkit import resolve_architecture
 from fimbench.errors import FimbenchError
+from fimbench.methods import Method, parse_method
 from fimbench.names import STEP_RULES, check_dataset
 from fimbench.preconditioner.step_rule import QMODEL
 

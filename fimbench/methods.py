@@ -1,18 +1,12 @@
 """The methods fimbench trains with, told apart: first-order (SGD, Adam), Kronecker-factored (the five
-approximations of the Fisher block) and the exact natural-gradient references (whole network, per block),
-and the :class:`Approximator` signature every Kronecker method has."""
+approximations of the Fisher block), EKFAC, and the exact natural-gradient references (whole network, per
+block). Importable without torch; :mod:`fimbench.names` derives the command line's choices from it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import Enum
-from typing import Protocol
 
-from torch import Tensor
-
-from fimbench.curvature.kronecker_sum import KroneckerSum
-from fimbench.curvature.options import ApproximationOptions
-from fimbench.curvature.targets import Prior
 from fimbench.errors import FimbenchError
 
 
@@ -88,11 +82,3 @@ def parse_method(name: str | Method, kronecker_only: bool = False, choices: Sequ
         names = ", ".join(m.value for m in choices)
         raise FimbenchError(f"unknown method '{getattr(name, 'value', name)}'; choose from {names}")
     return method
-
-
-class Approximator(Protocol):
-    """One Kronecker method: the approximation of ``ρ F̂_old + (1 − ρ) F`` (``prior.estimate`` = F̂_old,
-    ``prior.decay`` = ρ; without an estimate, of ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ``) from the statistics
-    ``a``, ``g``, iterating from ``prior.warm_start`` (default: the estimate) as far as ``options`` say."""
-
-    def __call__(self, a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum: ...

@@ -1,0 +1,46 @@
+"""What a :class:`~fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner` reports between two
+``pop_diagnostics`` calls, and what a damping adaptation keeps of the step it judges."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass
+class PreconditionerDiagnostics:
+    """What happened since the last :meth:`KroneckerPreconditioner.pop_diagnostics` call."""
+
+    updates: int = 0  # statistics updates (T1 events)
+    refreshes: int = 0  # inversions (T2 events)
+    iterations: list[int] = field(default_factory=list)  # per layer and update
+    residuals: list[float] = field(default_factory=list)
+    clip_sum: Tensor | None = None  # Σ ν over steps, kept on the device
+    steps: int = 0
+    reduction_ratios: list[float] = field(default_factory=list)  # ρ of each damping adaptation
+
+    def summary(self) -> dict[str, float | int | None]:
+        ratios = [rho for rho in self.reduction_ratios if math.isfinite(rho)]
+        return {
+            "statistics_updates": self.updates,
+            "inverse_refreshes": self.refreshes,
+            "iterations_mean": sum(self.iterations) / len(self.iterations) if self.iterations else None,
+            "iterations_max": max(self.iterations) if self.iterations else None,
+            "residual_mean": sum(self.residuals) / len(self.residuals) if self.residuals else None,
+            "residual_max": max(self.residuals) if self.residuals else None,
+            "kl_clip_factor": float(self.clip_sum) / self.steps if self.clip_sum is not None and self.steps else None,
+            "damping_adaptations": len(self.reduction_ratios),
+            "reduction_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
+        }
+
+
+@dataclass
+class DampingTrial:
+    """What an adaptation needs from the step it judges: ``θ`` and ``∇h`` per layer, before the update —
+    or, for a step of the quadratic model, the model's ``M_h(δ)`` of that step (``predicted``)."""
+
+    parameters: list[Tensor]
+    gradients: list[Tensor]
+    predicted: Tensor | None = None
