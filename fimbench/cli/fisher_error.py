@@ -181,15 +181,10 @@ def fisher_error(
         write_run,
     )
 
+    default_methods, choices = ", ".join(m.value for m in DEFAULT_METHODS), (*BLOCK_METHODS, *EXACT_METHODS)
     settings = FisherErrorSettings(
         layers=parse_layers(layer),
-        methods=tuple(
-            parse_methods(
-                split_list(methods),
-                empty="--methods needs at least one of " + ", ".join(m.value for m in DEFAULT_METHODS),
-                choices=(*BLOCK_METHODS, *EXACT_METHODS),
-            )
-        ),
+        methods=tuple(parse_methods(split_list(methods), empty=f"--methods needs at least one of {default_methods}", choices=choices)),
         iterations=iterations,
         every=every,
         lanczos_rank=lanczos_rank,
@@ -217,8 +212,8 @@ def fisher_error(
             if live is not None:
                 live.stop()
         paths = write_run(result, run_dir)
-    title = f"{result.dataset}, layer(s) {', '.join(map(str, result.layers))}: errors over {len({r.iteration for r in result.rows})} measurements"
-    output.summary(summary_table(summarise(result), title))
+    measurements = len({row.iteration for row in result.rows})
+    output.summary(summary_table(summarise(result), f"{result.dataset}, layer(s) {', '.join(map(str, result.layers))}: errors over {measurements} measurements"))
     output.note(f"{result.status} in {result.info['seconds']:.1f} s; {', '.join(str(p) for p in paths.values())}")
     output.document({"run_dir": str(run_dir), "files": {name: str(path) for name, path in paths.items()}, **summary_json(result)})
     if result.status == "interrupted":

@@ -16,7 +16,10 @@ from typing import Any
 
 import yaml
 
+from fimbench.engines.event_log import require_tensorboard
 from fimbench.errors import FimbenchError, did_you_mean
+from fimbench.methods import Method, parse_method
+from fimbench.names import STEP_RULES
 from fimbench.preconditioner.settings import FirstOrderSettings, PreconditionerSettings
 
 
@@ -219,3 +222,25 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
 def dump_config(config: RunConfig) -> str:
     """The fully resolved configuration as YAML (written to every run directory)."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def check_training(config: RunConfig) -> Method:
+    """The configured method, or one error for a training or optimizer setting out of range (the preconditioner
+    checks its own settings when it is built)."""
+    method = parse_method(config.optimizer.method)
+    training, optimizer = config.training, config.optimizer
+    if training.batch_size < 1 or training.epochs < 1:
+        raise FimbenchError("training.batch_size and training.epochs must be at least 1")
+    if training.max_steps is not None and training.max_steps < 1:
+        raise FimbenchError("training.max_steps must be at least 1")
+    if not optimizer.lr > 0:
+        raise FimbenchError(f"optimizer.lr must be positive, got {optimizer.lr}")
+    if optimizer.weight_decay < 0 or not 0 <= optimizer.momentum < 1:
+        raise FimbenchError("optimizer.weight_decay must be ≥ 0 and optimizer.momentum in [0, 1)")
+    if optimizer.nesterov and optimizer.momentum == 0:
+        raise FimbenchError("optimizer.nesterov needs a positive optimizer.momentum")
+    if training.tensorboard:
+        require_tensorboard()
+    if optimizer.step_rule not in STEP_RULES:
+        raise FimbenchError(f"optimizer.step_rule must be one of {', '.join(STEP_RULES)}, got '{optimizer.step_rule}'")
+    return method

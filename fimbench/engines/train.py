@@ -20,10 +20,11 @@ import torch
 
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.engines.checkpoint import Counters, restore_training, training_checkpoint
-from fimbench.engines.config import RunConfig, dump_config, load_config
+from fimbench.engines.config import RunConfig, check_training, dump_config, load_config
 from fimbench.engines.data_parallel import data_parallel, shard
-from fimbench.engines.event_log import EventLog, require_tensorboard
+from fimbench.engines.event_log import EventLog
 from fimbench.engines.models import build_model, evaluate
+from fimbench.engines.run_summary import training_summary
 from fimbench.engines.rundir import (
     CONFIG,
     METRICS,
@@ -39,7 +40,6 @@ from fimbench.engines.rundir import (
 from fimbench.engines.toolkit import (
     check_batch_size,
     configured_preconditioner,
-    environment,
     first_order_optimizer,
     load_configured_dataset,
     resolve_architecture,
@@ -47,9 +47,7 @@ from fimbench.engines.toolkit import (
 )
 from fimbench.errors import DivergedError, FimbenchError
 from fimbench.fisher.likelihood import Likelihood
-from fimbench.methods import Method, parse_method
-from fimbench.names import STEP_RULES, variant_name
-from fimbench.preconditioner.distributed import mean_over_ranks, rank, world_size
+from fimbench.preconditioner.distributed import mean_over_ranks, rank
 from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
 from fimbench.preconditioner.selection import without_wrappers
 from fimbench.preconditioner.step_rule import QMODEL
@@ -83,26 +81,6 @@ class TrainResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     alignment_first_refresh: float | None = None  # cos(F̃⁻¹∇, ∇) after the first refresh (Kronecker methods)
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _validate(config: RunConfig) -> Method:
-    method = parse_method(config.optimizer.method)
-    training, optimizer = config.training, config.optimizer
-    if training.batch_size < 1 or training.epochs < 1:
-        raise FimbenchError("training.batch_size and training.epochs must be at least 1")
-    if training.max_steps is not None and training.max_steps < 1:
-        raise FimbenchError("training.max_steps must be at least 1")
-    if not optimizer.lr > 0:
-        raise FimbenchError(f"optimizer.lr must be positive, got {optimizer.lr}")
-    if optimizer.weight_decay < 0 or not 0 <= optimizer.momentum < 1:
-        raise FimbenchError("optimizer.weight_decay must be ≥ 0 and optimizer.momentum in [0, 1)")
-    if optimizer.nesterov and optimizer.momentum == 0:
-        raise FimbenchError("optimizer.nesterov needs a positive optimizer.momentum")
-    if training.tensorboard:
-        require_tensorboard()
-    if optimizer.step_rule not in STEP_RULES:
-        raise FimbenchError(f"optimizer.step_rule must be one of {', '.join(STEP_RULES)}, got '{optimizer.step_rule}'")
-    return method
 
 
 def run_training(
@@ -174,7 +152,7 @@ def _prepare(
 ) -> _Run:
     """Validate, load the data, build the model and optimizers, and start the run directory (or, with
     ``resume``, put them back into the state of its checkpoint)."""
-    method = _validate(config)
+    method = check_training(config)
     device = resolve_device(config.training.device)
     checkpoint = read_checkpoint(run_dir, device) if resume else None
     training, settings = config.training, config.optimizer
@@ -362,7 +340,7 @@ def _finish(run: _Run, status: str, diverged_at: int | None) -> TrainResult:
     """Write ``summary.json`` with the run's ``status`` and return the result."""
     result = run.result
     result.status = status
-    result.summary = _summary(run.config, run.device, result, run.started, run.train_seconds, run.step, diverged_at)
+    result.summary = training_summary(run.config, run.device, result.status, result.rows, result.alignment_first_refresh, run.started, run.train_seconds, run.step, diverged_at)
     write_summary(result.run_dir, result.summary)
     if run.events is not None:
         run.events.close()
@@ -373,40 +351,6 @@ class _Diverged(Exception):
     def __init__(self, step: int, value: float) -> None:
         super().__init__(step, value)
         self.step, self.value = step, value
-
-
-def _summary(
-    config: RunConfig,
-    device: torch.device,
-    result: TrainResult,
-    started: datetime,
-    train_seconds: float,
-    steps: int,
-    diverged_at: int | None,
-) -> dict[str, Any]:
-    last = result.rows[-1] if result.rows else {}
-    best_val = min((row["val_loss"] for row in result.rows), default=None)
-    return {
-        "status": result.status,
-        "dataset": config.data.dataset,
-        "method": config.optimizer.method,
-        "variant": variant_name(config.optimizer.method, config.optimizer.damping_form, config.optimizer.coarse),
-        "seed": config.training.seed,
-        "epochs": len(result.rows),
-        "steps": steps,
-        "diverged_at_step": diverged_at,
-        "final": {key: value for key, value in last.items() if key != "kind"},
-        "best_val_loss": best_val,
-        "alignment_first_refresh": result.alignment_first_refresh,
-        "train_seconds": train_seconds,
-        "time_per_step": train_seconds / steps if steps else None,
-        "processes": world_size(),  # data-parallel ranks (fimbench.preconditioner.distributed)
-        **environment(device),
-        "started": started.isoformat(timespec="seconds"),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "loss_convention": "train_loss/val_loss: per-example negative log-likelihood summed over pixels "
-        "(mean over examples); *_loss_per_pixel: the paper's mean BCE / MSE",
-    }
 
 
 def run_point(run_dir: str, threads: int) -> str:

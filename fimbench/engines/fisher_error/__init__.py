@@ -2,18 +2,7 @@
 training — :mod:`~fimbench.engines.fisher_error.engine` measures, :mod:`~fimbench.engines.fisher_error.outputs` summarises
 and writes the run directory."""
 
-from fimbench.engines.fisher_error.engine import (
-    CSV_COLUMNS,
-    DEFAULT_METHODS,
-    Entry,
-    ErrorRow,
-    FisherErrorMeter,
-    FisherErrorProgress,
-    FisherErrorResult,
-    FisherErrorSettings,
-    entry_label,
-    run_fisher_error,
-)
+from fimbench.engines.fisher_error.engine import FisherErrorMeter, run_fisher_error
 from fimbench.engines.fisher_error.outputs import (
     FIGURE_PANEL,
     EntrySummary,
@@ -23,6 +12,16 @@ from fimbench.engines.fisher_error.outputs import (
     summarise,
     summary_json,
     write_run,
+)
+from fimbench.engines.fisher_error.records import (
+    CSV_COLUMNS,
+    DEFAULT_METHODS,
+    Entry,
+    ErrorRow,
+    FisherErrorProgress,
+    FisherErrorResult,
+    FisherErrorSettings,
+    entry_label,
 )
 
 __all__ = [

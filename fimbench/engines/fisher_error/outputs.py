@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fimbench.engines.fisher_error.engine import CSV_COLUMNS, Entry, ErrorRow, FisherErrorResult
+from fimbench.engines.fisher_error.records import CSV_COLUMNS, Entry, ErrorRow, FisherErrorResult
 from fimbench.engines.plots import method_color, new_figure, save_png
 from fimbench.files import atomic_write_json, atomic_write_text
 from fimbench.fisher.network_error import NETWORK
