@@ -1,6 +1,6 @@
 """Dense brute-force references for fimbench's fast code, written from the paper's definitions only.
 
-Nothing here imports fimbench's Kronecker algebra or curvature code: per-example gradients come from
+Nothing here imports fimbench's Kronecker algebra or curvature code (only the ``Metric`` result type): per-example gradients come from
 ``torch.func`` (functional_call + vmap(grad)) on the real model, the Fisher block is the average of
 outer products of those gradients, ``Z(F)`` is assembled block by block from the paper's definition
 (§3.1), and the best Kronecker rank-r approximation is read off a dense SVD of ``Z(F)``
@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+
+from fimbench.fisher.block import Metric
 
 DTYPE = torch.float64
 
@@ -170,3 +172,48 @@ def random_symmetric(d: int, generator: torch.Generator) -> Tensor:
     """A random symmetric (generally indefinite) d × d matrix."""
     X = torch.randn(d, d, generator=generator, dtype=DTYPE)
     return 0.5 * (X + X.T)
+
+
+# ------------------------------------------------------------------------------------- dense errors and Z products
+def rearrange(F: Tensor, p: int, q: int) -> Tensor:
+    """Van Loan's zigzag rearrangement ``Z(F)`` by one reshape: ``Z[μ + ν p, i + j q] = F[μ q + i, ν q + j]``
+    (row ``(μ, ν)`` is ``vec(F_{μν})ᵀ``, paper §3.1), checked against :func:`rearrange_ref`."""
+    return F.reshape(p, q, p, q).permute(2, 0, 3, 1).reshape(p * p, q * q)
+
+
+def z_matvec(a: Tensor, g: Tensor, V: Tensor) -> Tensor:
+    """``Z(F) vec(V) = E[(gᵀ V g) vec(ā āᵀ)]`` (Prop. 3.1) as the p×p matrix ``aᵀ diag(w) a / m``, ``w_t = g_tᵀ V g_t``."""
+    weights = ((g @ V) * g).sum(dim=1)
+    return (a.T * weights) @ a / a.shape[0]
+
+
+def z_rmatvec(a: Tensor, g: Tensor, U: Tensor) -> Tensor:
+    """``Z(F)ᵀ vec(U) = E[(āᵀ U ā) vec(g gᵀ)]`` (Prop. 3.1) as the q×q matrix ``gᵀ diag(w) g / m``, ``w_t = ā_tᵀ U ā_t``."""
+    weights = ((a @ U) * a).sum(dim=1)
+    return (g.T * weights) @ g / g.shape[0]
+
+
+def _dense_pair(a: Tensor, g: Tensor, terms: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The dense F of the statistics (2-D, or 3-D with T positions) and F̂ = Σ_k A_k ⊗ G_k, in float64."""
+    a, g = a.to(DTYPE), g.to(DTYPE)
+    if a.ndim == 3:  # F = (1/m) Σ_n vec(Σ_t g_t ā_tᵀ) vec(·)ᵀ
+        per_example = torch.einsum("ntq,ntp->nqp", g, a)
+        F = fisher_from_gradients(per_example)
+    else:
+        F = fisher_from_statistics(a, g)
+    return F, kron_sum([(A.to(DTYPE), G.to(DTYPE)) for A, G in terms])
+
+
+def frobenius_error_dense(a: Tensor, g: Tensor, terms: list[tuple[Tensor, Tensor]]) -> Metric:
+    """Reference Error 1 ``‖F − F̂‖_F / ‖F‖_F`` from the dense F and F̂ (path ``dense``; small layers only)."""
+    F, F_hat = _dense_pair(a, g, terms)
+    return Metric(float(torch.linalg.norm(F - F_hat) / torch.linalg.norm(F)), "dense")
+
+
+def spectral_error_dense(a: Tensor, g: Tensor, terms: list[tuple[Tensor, Tensor]]) -> Metric:
+    """Reference Error 2 ``‖spec F − spec F̂‖₂ / ‖spec F‖₂`` from ``eigvalsh`` of the dense F and F̂, both
+    sorted decreasing (path ``dense``)."""
+    F, F_hat = _dense_pair(a, g, terms)
+    spec_F = torch.linalg.eigvalsh(F).flip(0)
+    spec_F_hat = torch.linalg.eigvalsh(F_hat).flip(0)
+    return Metric(float(torch.linalg.norm(spec_F - spec_F_hat) / torch.linalg.norm(spec_F)), "dense")

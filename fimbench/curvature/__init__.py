@@ -82,15 +82,32 @@ def approximate(
 ) -> KroneckerSum:
     """Approximate the Fisher block ``F = (1/m) Σ_t kron(ā_t ā_tᵀ, g_t g_tᵀ)`` by a Kronecker sum.
 
-    ``a`` (m, p) are augmented activations (bias column last), ``g`` (m, q) pre-activation derivatives.
-    A layer with shared weights gives ``a`` (m, T, p) and ``g`` (m, T, q), T positions per example: the
-    block is then ``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` and K-FAC uses the K-FAC-expand factors
-    (curvature/shared_weights.py); T = 1 is the (m, p) case.
-    With ``prior`` and ``decay = ρ`` the target is the EMA estimate ``ρ F̂_old + (1 − ρ) F`` (K-FAC: EMA
-    of its factors). ``warm_start`` (default: the prior) seeds power SVD / Lanczos with its terms.
-    ``options`` (default :class:`ApproximationOptions`'s, which own every default), with any of its fields
-    given as keywords on top (``tol`` relative to the leading singular value of ``Z(F)``,
-    ``max_iterations``, Lanczos' ``rank`` r and ``krylov_dim`` K), says how far to iterate.
+    A layer with shared weights gives 3-D statistics, T positions per example: the block is then
+    ``F = (1/m) Σ_n vec(G_nᵀ A_n) vec(G_nᵀ A_n)ᵀ`` and K-FAC uses the K-FAC-expand factors
+    (curvature/shared_weights.py); T = 1 is the (m, p) case. With ``prior`` and ``decay = ρ`` the target is
+    the EMA estimate ``ρ F̂_old + (1 − ρ) F`` (K-FAC: EMA of its factors).
+
+    Args:
+        method: The Kronecker method, a :class:`~fimbench.methods.Method` or its name (``"kfac"``,
+            ``"kpsvd"``, ``"deflation"``, ``"lanczos"`` or ``"kfac-corrected"``).
+        a: Augmented activations ``ā_t`` (bias column last), (m, p); or (m, T, p) for a layer with shared
+            weights.
+        g: Pre-activation derivatives ``g_t``, (m, q); or (m, T, q), with the same m (and T) as ``a``.
+        prior: The previous approximation F̂_old, averaged into the target at the rate ``decay``; ``None``
+            (default): the target is ``F`` alone.
+        decay: The EMA rate ρ ∈ [0, 1) of ``prior``; 0 (default) leaves the prior out of the target.
+        warm_start: The approximation whose terms seed power SVD / Lanczos (default: the prior).
+        options: How far to iterate; default :class:`ApproximationOptions`'s, which own every default.
+        **settings: Any of the fields of ``options``, given as keywords on top of it: ``tol`` (relative to the
+            leading singular value of ``Z(F)``), ``max_iterations``, Lanczos' ``rank`` r and ``krylov_dim`` K.
+
+    Returns:
+        ``F̂ = Σ_k kron(A_k, G_k)``, ``A_k`` (p, p) and ``G_k`` (q, q), with the iterative solver's report.
+
+    Raises:
+        FimbenchError: If ``method`` is not a Kronecker method, if ``a`` and ``g`` are neither (m, p) and
+            (m, q) nor (m, T, p) and (m, T, q) with the same m (and T), or if ``decay`` or an option is out of
+            range.
     """
     chosen = parse_method(method, kronecker_only=True)
     if a.ndim == 3 and g.ndim == 3 and a.shape[:2] == g.shape[:2]:

@@ -44,7 +44,14 @@ from fimbench.errors import FimbenchError
 @dataclass
 class EigenbasisDiagonal:
     """``F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ`` (module docstring) and the K-FAC factors ``A``, ``G``
-    its basis is computed from (at the latest new-basis update; they have moved by EMA since)."""
+    its basis is computed from (at the latest new-basis update; they have moved by EMA since).
+
+    Attributes:
+        factors: K-FAC's EMA factors ``(A, G)``, (p, p) and (q, q).
+        bases: Their orthonormal eigenvectors ``(Q_A, Q_G)``, (p, p) and (q, q); the properties ``p``, ``q``.
+        scales: The re-fitted eigenvalues ``S``, (q, p) like the weight gradient: spec(F̂) = {S_ij}.
+        method: ``"ekfac"``.
+    """
 
     factors: tuple[Tensor, Tensor]
     bases: tuple[Tensor, Tensor]
@@ -60,31 +67,66 @@ class EigenbasisDiagonal:
         return self.bases[1].shape[0]
 
     def to_dense(self) -> Tensor:
-        """Dense F̂ (pq × pq) — reference code and small layers only."""
+        """Dense F̂ — reference code and small layers only.
+
+        Returns:
+            The (pq, pq) matrix.
+        """
         Q = kron_dense(*self.bases)
         return Q @ torch.diag(self.scales.transpose(0, 1).reshape(-1)) @ Q.transpose(0, 1)
 
     def matvec(self, V: Tensor) -> Tensor:
-        """``F̂ vec V = vec(Q_G ((Q_Gᵀ V Q_A) ∘ S) Q_Aᵀ)`` for a (q, p) ``V``."""
+        """``F̂ vec V = vec(Q_G ((Q_Gᵀ V Q_A) ∘ S) Q_Aᵀ)`` for a (q, p) ``V``.
+
+        Args:
+            V: The (q, p) matrix.
+
+        Returns:
+            The (q, p) product.
+        """
         Q_A, Q_G = self.bases
         return Q_G @ ((Q_G.transpose(0, 1) @ V @ Q_A) * self.scales) @ Q_A.transpose(0, 1)
 
     def solve(self, V: Tensor, damping: float) -> Tensor:
-        """``(F̂ + λI)⁻¹ vec V = vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``."""
+        """``(F̂ + λI)⁻¹ vec V = vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``.
+
+        Args:
+            V: The (q, p) matrix, e.g. a gradient ``[∇W | ∇b]``.
+            damping: λ > 0.
+
+        Returns:
+            The (q, p) solution.
+
+        Raises:
+            FimbenchError: If ``damping`` is not positive.
+        """
         if not damping > 0:
             raise FimbenchError(f"EKFAC's damped solve needs damping > 0, got {damping}")
         Q_A, Q_G = self.bases
         return Q_G @ ((Q_G.transpose(0, 1) @ V @ Q_A) / (self.scales + damping)) @ Q_A.transpose(0, 1)
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain data (``torch.load(weights_only=True)``)."""
+        """Tensors and plain data (``torch.load(weights_only=True)``).
+
+        Returns:
+            ``{"factors", "bases", "scales"}``, read by :meth:`from_state_dict`.
+        """
         return {"factors": list(self.factors), "bases": list(self.bases), "scales": self.scales}
 
     @classmethod
     def from_state_dict(
         cls, state: dict[str, Any], device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> EigenbasisDiagonal:
-        """The inverse of :meth:`state_dict`, moved to ``device`` and cast to ``dtype`` if given."""
+        """The inverse of :meth:`state_dict`, moved to ``device`` and cast to ``dtype`` if given.
+
+        Args:
+            state: What :meth:`state_dict` returned.
+            device: Where to move the tensors; ``None`` (default) leaves them where they are.
+            dtype: The dtype to cast them to; ``None`` (default) keeps theirs.
+
+        Returns:
+            The EKFAC approximation.
+        """
         factors = tuple(t.to(device, dtype) for t in state["factors"])
         bases = tuple(t.to(device, dtype) for t in state["bases"])
         return cls(factors, bases, state["scales"].to(device, dtype))
@@ -121,6 +163,16 @@ def approximate_ekfac(
     Without a prior: the batch's factors, their eigenbasis and ``S_batch`` in it. With a prior and
     ``decay = ρ``: K-FAC's EMA of the factors and ``S = ρ S_old + (1 − ρ) S_batch`` — in the eigenbasis of the
     new factors with ``new_basis`` (``S_old`` re-based exactly), else in the prior's basis.
+
+    Args:
+        a: Augmented activations (bias column last), (m, p); or (m, T, p) for a layer applied at T positions.
+        g: Pre-activation derivatives, (m, q); or (m, T, q).
+        prior: The previous EKFAC approximation; ``None`` (default): the batch's own EKFAC.
+        decay: The EMA rate ρ ∈ [0, 1) of the factors and of ``S``, used only with a prior (default 0: the batch's).
+        new_basis: Whether to recompute the eigenbasis from the new factors (default), else keep the prior's.
+
+    Returns:
+        The approximation: factors (p, p) and (q, q), their eigenbases, ``S`` (q, p).
     """
     factors = kfac_factors(a, g, None if prior is None else KroneckerSum([prior.factors]), decay)
     if prior is None:

@@ -66,7 +66,17 @@ def check_damping_form(form: object) -> str:
 
 
 def check_damping_split(pi: object) -> DampingSplit:
-    """``"trace"`` or a positive finite number; a one-line error for anything else."""
+    """``"trace"`` or a positive finite number; a one-line error for anything else.
+
+    Args:
+        pi: The split π of the factored damping, as given (an option, a config value).
+
+    Returns:
+        ``"trace"`` (the paper's §2.2 rule), or ``pi`` as a float.
+
+    Raises:
+        FimbenchError: If ``pi`` is neither ``"trace"`` nor a positive finite number (a bool is no number).
+    """
     if pi == TRACE_SPLIT:
         return TRACE_SPLIT
     if isinstance(pi, (int, float)) and not isinstance(pi, bool) and math.isfinite(pi) and pi > 0:
@@ -78,8 +88,12 @@ def check_damping_split(pi: object) -> DampingSplit:
 class KroneckerSum:
     """``F̂ = Σ_k kron(A_k, G_k)`` with ``A_k`` (p×p, activation side) and ``G_k`` (q×q).
 
-    ``iterations`` and ``residual`` report the iterative solver that produced the terms
-    (power SVD / Lanczos matrix-vector pairs; final residual ``‖Z v − σ u‖ / σ₁``).
+    Attributes:
+        terms: The pairs ``(A_k, G_k)``, ``A_k`` (p, p) and ``G_k`` (q, q); the properties ``p``, ``q``, ``rank`` (their number).
+        method: The name of the method that produced them (``""`` if none was given).
+        iterations: The iterative solver's matrix-vector pairs (power SVD / Lanczos; 0 for K-FAC).
+        residual: Its final residual ``‖Z v − σ u‖ / σ₁``.
+        singular_values: The singular values of the rearranged target its terms were read off (if any).
     """
 
     terms: list[tuple[Tensor, Tensor]]
@@ -101,11 +115,19 @@ class KroneckerSum:
         return len(self.terms)
 
     def to_dense(self) -> Tensor:
-        """Dense ``Σ_k A_k ⊗ G_k`` (pq × pq) — reference code and small layers only."""
+        """Dense ``Σ_k A_k ⊗ G_k`` — reference code and small layers only.
+
+        Returns:
+            The (pq, pq) matrix.
+        """
         return sum(kron_dense(A, G) for A, G in self.terms)  # type: ignore[return-value]
 
     def state_dict(self) -> dict[str, Any]:
-        """The terms and the solver's report as tensors and plain data (``torch.load(weights_only=True)``)."""
+        """The terms and the solver's report as tensors and plain data (``torch.load(weights_only=True)``).
+
+        Returns:
+            ``{"terms", "method", "iterations", "residual", "singular_values"}``, read by :meth:`from_state_dict`.
+        """
         return {
             "terms": [[A, G] for A, G in self.terms],
             "method": self.method,
@@ -118,13 +140,31 @@ class KroneckerSum:
     def from_state_dict(
         cls, state: dict[str, Any], device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> KroneckerSum:
-        """The inverse of :meth:`state_dict`, with the terms moved to ``device`` and cast to ``dtype`` if given."""
+        """The inverse of :meth:`state_dict`, with the terms moved to ``device`` and cast to ``dtype`` if given.
+
+        Args:
+            state: What :meth:`state_dict` returned.
+            device: Where to move the terms; ``None`` (default) leaves them where they are.
+            dtype: The dtype to cast the terms to; ``None`` (default) keeps theirs.
+
+        Returns:
+            The Kronecker sum, its solver report included.
+        """
         terms = [(A.to(device, dtype), G.to(device, dtype)) for A, G in state["terms"]]
         return cls(terms, state["method"], state["iterations"], state["residual"], list(state["singular_values"]))
 
     def damping_split(self, pi: DampingSplit = TRACE_SPLIT) -> float:
-        """The π of the damped first term: ``pi`` itself when it is a number, else the trace rule
-        ``π = sqrt((tr A₁ / p) / (tr G₁ / q))`` (§2.2), which falls back to 1 when a trace is not positive."""
+        """The π of the damped first term: ``pi`` itself when it is a number, else the trace rule (§2.2).
+
+        Args:
+            pi: A fixed positive π, or ``"trace"`` (default) for ``π = sqrt((tr A₁ / p) / (tr G₁ / q))``.
+
+        Returns:
+            π; the trace rule falls back to 1 when a trace is not positive.
+
+        Raises:
+            FimbenchError: If ``pi`` is neither ``"trace"`` nor a positive number (:func:`check_damping_split`).
+        """
         if check_damping_split(pi) != TRACE_SPLIT:
             return float(pi)
         A, G = self.terms[0]
@@ -141,8 +181,20 @@ class KroneckerSum:
         pi: DampingSplit = TRACE_SPLIT,
         form: str = FACTORED,
     ) -> KroneckerInverse:
-        """Factorise ``damped(damping, pi)`` (``form="exact"``: the exactly damped operator) once; apply it
-        to many gradients with ``.apply``."""
+        """Factorise ``damped(damping, pi)`` (``form="exact"``: the exactly damped operator) once.
+
+        Args:
+            damping: λ ≥ 0.
+            min_curvature_ratio: δ ∈ (0, 1]; the safeguard shrinks the correction until every eigenvalue ratio is ≥ δ (§3.4).
+            pi: The split π of the factored damping: ``"trace"`` (default, §2.2) or a positive number.
+            form: ``"factored"`` (default) ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)`` or ``"exact"`` ``A₁ ⊗ G₁ + λI``.
+
+        Returns:
+            The inverse; apply it to many gradients with ``.apply``.
+
+        Raises:
+            FimbenchError: For a bad argument, a rank above 2 or a damped first term not positive definite.
+        """
         return KroneckerInverse(self, damping, min_curvature_ratio, pi, form)
 
     def damped(
@@ -152,7 +204,20 @@ class KroneckerSum:
         pi: DampingSplit = TRACE_SPLIT,
         form: str = FACTORED,
     ) -> KroneckerSum:
-        """The operator that :meth:`solve` inverts (module docstring)."""
+        """The operator that :meth:`solve` inverts (module docstring).
+
+        Args:
+            damping: λ ≥ 0.
+            min_curvature_ratio: δ ∈ (0, 1]; the safeguard shrinks the correction until every eigenvalue ratio is ≥ δ (§3.4).
+            pi: The split π of the factored damping: ``"trace"`` (default, §2.2) or a positive number.
+            form: ``"factored"`` (default) ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)`` or ``"exact"`` ``A₁ ⊗ G₁ + λI``.
+
+        Returns:
+            ``damped(λ, π)`` (or ``damped_exact(λ)``), a Kronecker sum of the same rank (exact: one more term).
+
+        Raises:
+            FimbenchError: For a bad argument, a rank above 2 or a damped first term not positive definite.
+        """
         return self.inverse(damping, min_curvature_ratio, pi, form).operator
 
     def solve(
@@ -163,7 +228,21 @@ class KroneckerSum:
         pi: DampingSplit = TRACE_SPLIT,
         form: str = FACTORED,
     ) -> Tensor:
-        """``damped(λ, π)⁻¹ vec(V)`` (or the exactly damped operator's) as a (q, p) matrix."""
+        """``damped(λ, π)⁻¹ vec(V)`` (or the exactly damped operator's) as a (q, p) matrix.
+
+        Args:
+            V: The weight-shaped (q, p) matrix, e.g. a gradient ``[∇W | ∇b]``.
+            damping: λ ≥ 0.
+            min_curvature_ratio: δ ∈ (0, 1]; the safeguard shrinks the correction until every eigenvalue ratio is ≥ δ (§3.4).
+            pi: The split π of the factored damping: ``"trace"`` (default, §2.2) or a positive number.
+            form: ``"factored"`` (default) ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)`` or ``"exact"`` ``A₁ ⊗ G₁ + λI``.
+
+        Returns:
+            The (q, p) solution.
+
+        Raises:
+            FimbenchError: For a bad argument, a rank above 2 or a damped first term not positive definite.
+        """
         return self.inverse(damping, min_curvature_ratio, pi, form).apply(V)
 
 
@@ -213,6 +292,17 @@ class KroneckerInverse:
     ``correction_scale`` is the τ of the safeguard (1 for one term, or when no shrinking was needed).
     ``source``, ``damping`` and ``form`` are what it was built from, so that it can be rebuilt exactly;
     ``operator`` is the operator it inverts (with exact damping its terms include ``I ⊗ λI``).
+
+    Args:
+        approximation: The Kronecker sum of rank 1 or 2 to damp and invert.
+        damping: λ ≥ 0.
+        min_curvature_ratio: δ ∈ (0, 1] of the safeguard (module docstring, §3.4).
+        pi: The split π of the factored damping: ``"trace"`` (default, §2.2) or a positive number.
+        form: ``"factored"`` (default) or ``"exact"`` (module docstring).
+
+    Raises:
+        FimbenchError: If ``damping`` is negative, ``min_curvature_ratio`` is not in (0, 1], the rank is above 2,
+            ``pi`` or ``form`` is not valid, or a damped first-term factor is not positive definite.
     """
 
     def __init__(
@@ -287,7 +377,14 @@ class KroneckerInverse:
         self.operator = KroneckerSum(terms, method=approximation.method)
 
     def apply(self, V: Tensor) -> Tensor:
-        """``damped(λ)⁻¹ vec(V)`` for a weight-shaped (q, p) ``V``."""
+        """``damped(λ)⁻¹ vec(V)`` for a weight-shaped (q, p) ``V``.
+
+        Args:
+            V: The (q, p) matrix, e.g. a gradient ``[∇W | ∇b]``.
+
+        Returns:
+            The (q, p) solution.
+        """
         if self.form == EXACT:
             return self.Q_G @ ((self.Q_G.transpose(0, 1) @ V @ self.Q_A) / self.denominator) @ self.Q_A.transpose(0, 1)
         if self.operator.rank == 1:

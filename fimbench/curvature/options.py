@@ -13,8 +13,18 @@ DEFAULT_KRYLOV_DIM = 10
 
 @dataclass(frozen=True)
 class ApproximationOptions:
-    """``tol``: scale-invariant stopping tolerance (relative to σ₁); ``max_iterations``: products with Z
-    (in pairs) per power SVD or per Lanczos run; ``rank`` and ``krylov_dim``: Lanczos' r and K."""
+    """How far the iterative methods go: stopping tolerance, iteration budget and Lanczos' sizes.
+
+    Attributes:
+        tol: Scale-invariant stopping tolerance, relative to σ₁ (the paper's ε, §4).
+        max_iterations: Products with Z (in pairs) per power SVD or per Lanczos run.
+        rank: Lanczos' r, the Kronecker rank of its approximation.
+        krylov_dim: Lanczos' K, the dimension of its Krylov space.
+
+    Raises:
+        FimbenchError: If ``tol`` is not positive, ``max_iterations`` or ``rank`` is below 1, or ``krylov_dim``
+            is below 2.
+    """
 
     tol: float = DEFAULT_TOL
     max_iterations: int = DEFAULT_MAX_ITERATIONS

@@ -31,32 +31,53 @@ PROCESSED_FORMAT = 1
 
 
 def default_data_dir() -> Path:
-    """``$FIMBENCH_DATA`` if set, else the per-user cache directory (``platformdirs``) of fimbench."""
+    """``$FIMBENCH_DATA`` if set, else the per-user cache directory (``platformdirs``) of fimbench.
+
+    Returns:
+        The data directory's path (it may not exist yet).
+    """
     env = os.environ.get("FIMBENCH_DATA")
     return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("fimbench"))
 
 
 def data_root(data_dir: Path | str | None) -> Path:
+    """``data_dir`` with ``~`` expanded, or :func:`default_data_dir` when it is ``None``."""
     return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
 
 
 def check_downloadable(name: str) -> str:
+    """``name`` if it is a dataset that is downloaded; else a one-line error (unknown, or generated locally)."""
     if check_dataset(name) not in DOWNLOADABLE:
         raise FimbenchError(f"{name} is generated locally; there is nothing to download")
     return name
 
 
 def processed_path(root: Path, name: str) -> Path:
+    """``<root>/<name>.pt``, the processed tensors."""
     return root / f"{name}.pt"
 
 
 def manifest_path(root: Path, name: str) -> Path:
+    """``<root>/<name>.json``, the manifest."""
     return root / f"{name}.json"
 
 
 def read_manifest(name: str, data_dir: Path | None = None) -> dict[str, Any] | None:
-    """The manifest of a downloaded dataset, or ``None`` if it is absent or its processed file is not
-    the one the manifest describes (an interrupted or foreign write)."""
+    """The manifest of a downloaded dataset, or ``None``.
+
+    ``None`` if the manifest is absent or its processed file is not the one the manifest describes (an
+    interrupted or foreign write; checked by size).
+
+    Args:
+        name: A downloadable dataset: ``"curves"``, ``"mnist"`` or ``"faces"``.
+        data_dir: The data directory; ``None`` (default): :func:`default_data_dir`.
+
+    Returns:
+        The manifest (source, sha256 of every raw file and of ``<name>.pt``, shapes, version), or ``None``.
+
+    Raises:
+        FimbenchError: If ``name`` is not a downloadable dataset (unknown, or curves-synth).
+    """
     root = data_root(data_dir)
     try:
         manifest = json.loads(manifest_path(root, check_downloadable(name)).read_text(encoding="utf-8"))
@@ -73,13 +94,34 @@ def read_manifest(name: str, data_dir: Path | None = None) -> dict[str, Any] | N
 
 
 def is_present(name: str, data_dir: Path | None = None) -> bool:
-    """Whether ``name`` is downloaded and processed in ``data_dir`` (curves-synth: always)."""
+    """Whether ``name`` is downloaded and processed in ``data_dir`` (curves-synth: always).
+
+    Args:
+        name: A dataset name (:data:`~fimbench.names.DATASETS`).
+        data_dir: The data directory; ``None`` (default): :func:`default_data_dir`.
+
+    Returns:
+        True for curves-synth, or when :func:`read_manifest` finds a manifest matching its processed file.
+
+    Raises:
+        FimbenchError: If ``name`` is not a known dataset.
+    """
     return check_dataset(name) == "curves-synth" or read_manifest(name, data_dir) is not None
 
 
 def require_present(name: str, data_dir: Path | None = None) -> None:
-    """Raise the one-line error that names the fetch command when ``name`` is not in ``data_dir``; a
-    processed cache that no longer matches its manifest is rebuilt from the raw files first."""
+    """Raise the one-line error that names the fetch command when ``name`` is not in ``data_dir``.
+
+    A processed cache that no longer matches its manifest is rebuilt from the raw files first.
+
+    Args:
+        name: A dataset name (curves-synth is always present).
+        data_dir: The data directory; ``None`` (default): :func:`default_data_dir`.
+
+    Raises:
+        FimbenchError: If ``name`` is unknown, is not in ``data_dir`` (the message names ``fimbench
+            download-data``), or its cache does not match its manifest and cannot be rebuilt.
+    """
     root = data_root(data_dir)
     if is_present(name, root):
         return
@@ -158,6 +200,7 @@ def rebuild(name: str, root: Path, manifest: dict[str, Any], why: str) -> dict[s
 
 
 def file_sha256(path: Path) -> str:
+    """The hex sha256 of the file at ``path``, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):

@@ -39,10 +39,19 @@ class DownloadProgress(Protocol):
     """Receives the progress of each transfer attempt: ``start``, any number of ``advance``, ``finish``."""
 
     def start(self, name: str, total: int | None) -> None:
-        """A transfer of ``name`` begins; ``total`` bytes if the server announced a length."""
+        """A transfer of ``name`` begins; ``total`` bytes if the server announced a length.
+
+        Args:
+            name: The name of the file being transferred.
+            total: Its length in bytes if the server announced one (``Content-Length``), else ``None``.
+        """
 
     def advance(self, n: int) -> None:
-        """``n`` more bytes arrived."""
+        """``n`` more bytes arrived.
+
+        Args:
+            n: The bytes received since the last call.
+        """
 
     def finish(self) -> None:
         """The transfer ended (completed or failed)."""
@@ -67,13 +76,29 @@ def download_dataset(
 ) -> Path:
     """Fetch (or import) ``name``, validate it, and cache its processed tensors; return the ``.pt`` path.
 
-    ``source``: ``None`` (canonical URLs: :data:`MARTENS_URL`, torchvision's MNIST mirrors), a local
-    file (the .mat file; ``mnist_all.mat`` for MNIST), a local folder holding the original file names
-    (MNIST: the four idx ``.gz`` files or ``mnist_all.mat``), an http(s) URL of one ``.mat`` file, or the
-    base URL of a mirror. Downloads go to ``raw/`` via a temporary file renamed only when complete,
-    with ``retries`` retries (exponential backoff) on connection errors and short reads; MNIST idx
-    files are checked against torchvision's MD5s, .mat files by structure. A dataset already present
-    is returned at once unless ``force``.
+    Downloads go to ``raw/`` via a temporary file renamed only when complete, with ``retries`` retries
+    (exponential backoff) on connection errors and short reads; MNIST idx files are checked against
+    torchvision's MD5s, .mat files by structure. The manifest (``<name>.json``) is written last.
+
+    Args:
+        name: A downloadable dataset: ``"curves"``, ``"mnist"`` or ``"faces"``.
+        data_dir: The data directory; ``None`` (default): :func:`~fimbench.data.cache.default_data_dir`.
+        source: ``None`` (canonical URLs: :data:`MARTENS_URL`, torchvision's MNIST mirrors), a local file (the
+            .mat file; ``mnist_all.mat`` for MNIST), a local folder holding the original file names (MNIST: the
+            four idx ``.gz`` files or ``mnist_all.mat``), an http(s) URL of one ``.mat`` file (or of one MNIST
+            idx file: its folder is used), or the base URL of a mirror.
+        force: Fetch and process again a dataset already present (else it is returned at once).
+        progress: Receives the progress of each transfer attempt; ``None`` (default): nothing is reported.
+        retries: Retries of each URL after a failed transfer, waiting :data:`RETRY_BACKOFF` seconds, doubled
+            for each further retry.
+        timeout: Seconds a connection may block (``urllib``'s ``timeout``) before the attempt fails.
+
+    Returns:
+        The path of the processed ``<name>.pt`` in the data directory.
+
+    Raises:
+        FimbenchError: If ``name`` is not downloadable, ``source`` does not exist or lacks the files, every URL
+            fails, or a raw file fails its checks (MD5, structure; a file it downloaded is then removed).
     """
     root = data_root(data_dir)
     target = processed_path(root, check_downloadable(name))

@@ -26,7 +26,16 @@ IMAGE_SHAPE: dict[str, tuple[int, int]] = {
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """Train/val/test matrices of one dataset, one flattened image per row, float32 in [0, 1], on CPU."""
+    """Train/val/test matrices of one dataset, one flattened image per row, float32 in [0, 1], on CPU.
+
+    Attributes:
+        name: The dataset's name.
+        train: The training rows, (n_train, input_dim).
+        val: The validation rows, (n_val, input_dim), drawn from the same pool as ``train``.
+        test: The test rows, (n_test, input_dim).
+        image_shape: ``(height, width)`` of one image: (28, 28), or (25, 25) for FACES.
+        synthetic: Whether the images are generated (curves-synth), not real data.
+    """
 
     name: str
     train: torch.Tensor
@@ -52,7 +61,21 @@ def load_dataset(
 
     ``curves-synth`` is generated (and cached if ``data_dir`` is writable): ``synth_train`` images split
     80/20 into train/val, ``synth_test`` test images. The other sets must have been fetched by
-    :func:`download_dataset` (``fimbench download-data``).
+    :func:`download_dataset` (``fimbench download-data``). Splits: :data:`VAL_FRACTION` of the pool goes to val.
+
+    Args:
+        name: A dataset name (:data:`~fimbench.names.DATASETS`).
+        data_dir: The data directory; ``None`` (default): :func:`~fimbench.data.cache.default_data_dir`.
+        split_seed: The seed of the train/val split (:func:`split_indices`).
+        synth_train: curves-synth only: images in the train/val pool (at least 2).
+        synth_test: curves-synth only: test images (at least 1).
+
+    Returns:
+        The splits, float32 in [0, 1], one flattened image per row, on CPU.
+
+    Raises:
+        FimbenchError: If ``name`` is unknown, the curves-synth sizes are too small, or the dataset is not in
+            ``data_dir`` (or its cache is damaged and cannot be rebuilt from the raw files).
     """
     root = data_root(data_dir)
     if check_dataset(name) == "curves-synth":
@@ -90,6 +113,14 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor,
 
     Same indices as ``torch.utils.data.random_split(range(n), [n_train, n_val],
     generator=torch.Generator().manual_seed(seed))``.
+
+    Args:
+        n: Rows in the pool.
+        val_fraction: The fraction of them that goes to val.
+        seed: The seed of the ``torch.Generator`` the permutation is drawn from.
+
+    Returns:
+        ``(train, val)``: int64 row indices, (n − n_val,) and (n_val,).
     """
     n_val = round(n * val_fraction)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -102,8 +133,23 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device | str) -> Iterator[torch.Tensor]:
-    """One epoch of minibatch indices: a permutation from ``generator`` (drawn on CPU, then moved to
-    ``device``) cut into ``n // batch_size`` batches; the last partial batch is dropped."""
+    """One epoch of minibatch indices: a permutation cut into ``n // batch_size`` batches.
+
+    The permutation is drawn from ``generator`` on CPU, then moved to ``device``; the last partial batch is
+    dropped.
+
+    Args:
+        n: Training examples.
+        batch_size: Examples per batch, between 1 and ``n``.
+        generator: The CPU generator the permutation is drawn from.
+        device: Where the indices are moved.
+
+    Yields:
+        The int64 indices of each batch, (batch_size,), on ``device``.
+
+    Raises:
+        FimbenchError: If ``batch_size`` is not between 1 and ``n`` (on the first ``next``: this is a generator).
+    """
     if not 1 <= batch_size <= n:
         raise FimbenchError(f"batch size {batch_size} must be between 1 and the {n} training examples")
     perm = torch.randperm(n, generator=generator).to(device)

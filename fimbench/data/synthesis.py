@@ -24,6 +24,13 @@ def generate_curves_synth(n: int, seed: int) -> torch.Tensor:
     ``w ∈ [0.5, 1.5]`` px and anti-aliased as the distance field ``clamp(w + 0.5 − d, 0, 1)``, where ``d``
     is the distance from a pixel centre to 48 points sampled on the curve. Synthetic: it imitates the
     look of Martens' CURVES, it is not that data. Deterministic in ``seed``.
+
+    Args:
+        n: How many images.
+        seed: The seed of the ``torch.Generator`` they are drawn from.
+
+    Returns:
+        The images, (n, 784) float32 in [0, 1].
     """
     g = torch.Generator().manual_seed(seed)
     points = torch.rand(n, 3, 2, generator=g) * 22 + 2.5

@@ -69,6 +69,13 @@ def exact_block(a: Tensor, g: Tensor) -> Tensor:
 
     Built as ``Jᵀ J / m`` with rows ``J_t = vec(g_t ā_tᵀ) = ā_t ⊗ g_t`` (the per-example weight gradient).
     Shared weights (``a`` (m, T, p), ``g`` (m, T, q)): ``J_n = vec(G_nᵀ A_n) = Σ_t a_nt ⊗ g_nt``.
+
+    Args:
+        a: Augmented activations ``ā_t`` (bias column last), (m, p); or (m, T, p) for shared weights.
+        g: Pre-activation derivatives ``g_t``, (m, q); or (m, T, q).
+
+    Returns:
+        The dense block F, (pq, pq), in the layout of ``vec`` of a (q, p) weight (``ā_t ⊗ g_t``).
     """
     if a.ndim == 3:
         per_example = _per_example_gradients(a, g).transpose(1, 2).reshape(a.shape[0], -1)  # vec(G_nᵀ A_n)
@@ -85,7 +92,12 @@ def _per_example_gradients(a: Tensor, g: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Metric:
-    """One error value and the path that computed it (``gram``, ``kron``, ``dense`` or ``lanczos``)."""
+    """One error value and the path that computed it (module docstring).
+
+    Attributes:
+        value: The relative error (NaN when F = 0).
+        path: ``gram`` (Error 1); ``kron``, ``dense``, ``lanczos``, ``lanczos-bound`` (an upper bound) or ``diag`` (Error 2).
+    """
 
     value: float
     path: str
@@ -93,28 +105,48 @@ class Metric:
 
 @dataclass(frozen=True)
 class ApproximationErrors:
-    """Error 1 and Error 2 of one approximation; ``path`` is ``"<error 1 path>/<error 2 path>"``."""
+    """Error 1 and Error 2 of one approximation; ``path`` is ``"<error 1 path>/<error 2 path>"``.
+
+    Attributes:
+        error1: ``‖F − F̂‖_F / ‖F‖_F`` and its path.
+        error2: ``‖spec(F) − spec(F̂)‖₂ / ‖spec(F)‖₂`` and its path.
+    """
 
     error1: Metric
     error2: Metric
 
     @property
     def path(self) -> str:
+        """``"<error 1 path>/<error 2 path>"``, e.g. ``"gram/kron"``."""
         return f"{self.error1.path}/{self.error2.path}"
 
 
 class ExactFisher:
     """The exact block ``F`` of statistics ``(ā, g)`` seen through m×m Gram matrices (float64).
 
-    ``squared_norm = ‖F‖²_F = (1/m²) Σ_ts (ā_tᵀ ā_s)² (g_tᵀ g_s)²``; ``spectrum`` holds its c = min(m, pq)
-    largest eigenvalues, those of ``K = (1/m)(ā āᵀ) ∘ (g gᵀ)`` (F is PSD: round-off below 0 is clamped);
-    ``bases`` are orthonormal bases of ``range(āᵀ)`` (p × rank ā) and ``range(gᵀ)`` (:func:`reduce_terms`).
     Cost O(m²(p + q) + m³ + m p min(m, p) + m q min(m, q)); nothing p·q-sized.
 
     Shared weights (``a`` (m, T, p), ``g`` (m, T, q); T positions per example, ``DW_n = G_nᵀ A_n``): the
     rows ``J_n = vec(DW_n)`` give ``K[n, n'] = ⟨DW_n, DW_n'⟩_F / m``, ``⟨F, A ⊗ G⟩ = (1/m) Σ_n ⟨DW_n, G DW_n Aᵀ⟩_F``,
     and the bases span the m T rows ``a_nt`` and ``g_nt`` — every method's factors are
     combinations of ``a_nt a_nt'ᵀ`` (resp. ``g_nt g_nt'ᵀ``). The per-example gradients cost m T p q (m p q stored).
+
+    Args:
+        a: Augmented activations ``ā_t`` (bias column last), (m, p); or (m, T, p) for shared weights; m ≥ 1.
+        g: Pre-activation derivatives ``g_t``, (m, q); or (m, T, q), with the same m (and T).
+
+    Attributes:
+        a: ``a`` in float64.
+        g: ``g`` in float64.
+        gradients: The per-example gradients ``DW_n``, (m, q, p), for shared weights; else ``None``.
+        squared_norm: ``‖F‖²_F = (1/m²) Σ_ts (ā_tᵀ ā_s)² (g_tᵀ g_s)²``.
+        spectrum: F's c = min(m, pq) largest eigenvalues, (c,) decreasing, those of ``K = (1/m)(ā āᵀ) ∘ (g gᵀ)``
+            (F is PSD: round-off below 0 is clamped).
+        bases: Orthonormal bases of ``range(āᵀ)`` (p × rank ā) and ``range(gᵀ)`` (:func:`reduce_terms`).
+
+    Raises:
+        FimbenchError: If ``a`` and ``g`` are neither (m, p) and (m, q) nor (m, T, p) and (m, T, q) with the
+            same m ≥ 1 (and T).
     """
 
     def __init__(self, a: Tensor, g: Tensor) -> None:
@@ -142,14 +174,17 @@ class ExactFisher:
 
     @property
     def m(self) -> int:
+        """Examples in the batch."""
         return self.a.shape[0]
 
     @property
     def p(self) -> int:
+        """Size of the activation side (bias included)."""
         return self.a.shape[-1]
 
     @property
     def q(self) -> int:
+        """Size of the derivative side."""
         return self.g.shape[-1]
 
     @property
@@ -158,8 +193,18 @@ class ExactFisher:
         return min(self.m, self.p * self.q)
 
     def inner(self, A: Tensor, G: Tensor) -> float:
-        """``⟨F, A ⊗ G⟩_F = (1/m) Σ_t (ā_tᵀ A ā_t)(g_tᵀ G g_t)`` — O(m(p² + q²)); shared weights:
-        ``(1/m) Σ_n ⟨DW_n, G DW_n Aᵀ⟩_F`` — O(m p q (p + q))."""
+        """The Frobenius inner product ``⟨F, A ⊗ G⟩_F``, with no p·q-sized matrix.
+
+        ``⟨F, A ⊗ G⟩_F = (1/m) Σ_t (ā_tᵀ A ā_t)(g_tᵀ G g_t)`` — O(m(p² + q²)); shared weights:
+        ``(1/m) Σ_n ⟨DW_n, G DW_n Aᵀ⟩_F`` — O(m p q (p + q)).
+
+        Args:
+            A: The activation-side factor, (p, p).
+            G: The derivative-side factor, (q, q).
+
+        Returns:
+            ``⟨F, A ⊗ G⟩_F``, computed in float64.
+        """
         A, G = A.to(METRIC_DTYPE), G.to(METRIC_DTYPE)
         if self.gradients is not None:
             return float(((G @ self.gradients @ A.transpose(0, 1)) * self.gradients).sum() / self.m)
@@ -280,7 +325,17 @@ def spectral_error(fisher: ExactFisher, terms: Terms, dense_limit: int = DENSE_S
 
 
 def approximation_errors(fisher: ExactFisher, terms: Terms, dense_limit: int = DENSE_SPECTRUM_LIMIT) -> ApproximationErrors:
-    """Error 1 and Error 2 of ``F̂ = Σ_k A_k ⊗ G_k`` against ``fisher`` by the fast paths."""
+    """Error 1 and Error 2 of ``F̂ = Σ_k A_k ⊗ G_k`` against ``fisher`` by the fast paths.
+
+    Args:
+        fisher: The exact block F of the batch's statistics.
+        terms: The pairs ``(A_k, G_k)`` of F̂, ``A_k`` (p, p) and ``G_k`` (q, q), e.g. a ``KroneckerSum``'s ``terms``.
+        dense_limit: Reduced sizes n up to which F̂'s spectrum comes from a dense ``eigvalsh``; above
+            ``max(dense_limit, 4c)``, block Lanczos (default :data:`DENSE_SPECTRUM_LIMIT`).
+
+    Returns:
+        ``‖F − F̂‖_F / ‖F‖_F`` and ``‖spec(F) − spec(F̂)‖₂ / ‖spec(F)‖₂``, each with its path; NaN when F = 0.
+    """
     return ApproximationErrors(frobenius_error(fisher, terms), spectral_error(fisher, terms, dense_limit))
 
 

@@ -37,8 +37,13 @@ KroneckerLayer = nn.Linear | nn.Conv2d
 
 @dataclass
 class LayerStatistics:
-    """``a``: (m, p) augmented activations ``ā_t = (a_t, 1)`` (bias last); ``g``: (m, q) derivatives —
-    or (m, T, p) and (m, T, q) for a layer applied at T positions (module docstring)."""
+    """The Fisher statistics ``(ā, g)`` of one layer on one mini-batch (module docstring).
+
+    Attributes:
+        a: Augmented activations ``ā_t = (a_t, 1)`` (bias last), (m, p); or (m, T, p) for a layer applied at
+            T positions.
+        g: Pre-activation derivatives ``g_t = ∂ℓ_t/∂s_t``, (m, q); or (m, T, q).
+    """
 
     a: Tensor
     g: Tensor
@@ -118,8 +123,24 @@ def capture_statistics(
 ) -> list[LayerStatistics]:
     """``(ā, g)`` for every layer in ``layers`` (nn.Linear or nn.Conv2d) on ``inputs``.
 
-    ``targets=None`` samples ``y ~ P(y | x, θ)`` (true Fisher); pass the data targets for the empirical
-    Fisher. Works unchanged on CPU and CUDA (``generator`` must live on the inputs' device).
+    One extra forward/backward pass that leaves the model, its parameter gradients and the user's random
+    streams as they were (:func:`statistics_pass`, :func:`forked_rng`). Works unchanged on CPU and CUDA.
+
+    Args:
+        model: The network; its forward must call each of ``layers`` exactly once.
+        inputs: One mini-batch of inputs, (m, …).
+        likelihood: The model's predictive distribution ``P(y | x, θ)``; its ``nll`` is the per-example loss.
+        layers: The layers to capture, nn.Linear or nn.Conv2d (e.g. :func:`kronecker_layers`).
+        targets: ``None`` (default) samples ``y ~ P(y | x, θ)`` (true Fisher); pass the data targets for the
+            empirical Fisher.
+        generator: The generator the targets are sampled from; it must live on the inputs' device.
+
+    Returns:
+        One :class:`LayerStatistics` per layer, in the order of ``layers``: ``a`` (m, p), ``g`` (m, q), or
+        (m, T, p) and (m, T, q) for a layer applied at T positions (module docstring).
+
+    Raises:
+        FimbenchError: If the forward calls one of ``layers`` more than once, or does not call one of them.
     """
     recorded: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 

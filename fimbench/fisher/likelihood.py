@@ -30,6 +30,11 @@ class Likelihood(str, Enum):
     are Bernoulli or Gaussian): ``P(y = c | x) = softmax(z)_c`` over the last dimension, targets are class
     indices, ``ℓ = −log softmax(z)_y``, and ``g = ∂ℓ/∂z = softmax(z) − e_y``, so the true Fisher's output
     factor is ``E_y[g gᵀ] = diag(p) − p pᵀ``.
+
+    Attributes:
+        BERNOULLI: ``y ~ Bernoulli(sigmoid(z))`` (CURVES, MNIST).
+        GAUSSIAN: ``y ~ N(z, I)`` (FACES).
+        CATEGORICAL: ``y ~ Categorical(softmax(z))`` over the last dimension (classifiers).
     """
 
     BERNOULLI = "bernoulli"
@@ -40,7 +45,18 @@ class Likelihood(str, Enum):
         """Per-example negative log-likelihood ``ℓ_t``, summed over pixels (outputs): shape (m,).
 
         Categorical: the classes are the last dimension, as in :meth:`sample`; outputs (m, …, C) with
-        targets (m, …) give ``ℓ_t = Σ_positions −log softmax(z)_y``, one class per position (tokens)."""
+        targets (m, …) give ``ℓ_t = Σ_positions −log softmax(z)_y``, one class per position (tokens).
+
+        Args:
+            output: The network's outputs z (Bernoulli, categorical: logits), (m, …); categorical (m, …, C).
+            target: The targets, shaped like ``output``; categorical: class indices, (m, …).
+
+        Returns:
+            ``ℓ_t`` of each example, (m,).
+
+        Raises:
+            FimbenchError: If categorical targets are not of shape ``output.shape[:-1]``.
+        """
         if self is Likelihood.BERNOULLI:
             return functional.binary_cross_entropy_with_logits(output, target, reduction="none").flatten(1).sum(dim=1)
         if self is Likelihood.CATEGORICAL:
@@ -54,14 +70,30 @@ class Likelihood(str, Enum):
         return 0.5 * (output - target).square().flatten(1).sum(dim=1)
 
     def mean(self, output: Tensor) -> Tensor:
-        """The prediction ``E[y | x]``: sigmoid of the logits, the Gaussian mean, or the class probabilities."""
+        """The prediction ``E[y | x]``: sigmoid of the logits, the Gaussian mean, or the class probabilities.
+
+        Args:
+            output: The network's outputs z (Bernoulli, categorical: logits), (m, …); categorical (m, …, C).
+
+        Returns:
+            ``E[y | x]``, shaped like ``output``.
+        """
         if self is Likelihood.CATEGORICAL:
             return torch.softmax(output, dim=-1)
         return torch.sigmoid(output) if self is Likelihood.BERNOULLI else output
 
     def sample(self, output: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Targets drawn from the model: ``y ~ Bernoulli(sigmoid(z))``, ``y ~ N(z, I)`` or
-        ``y ~ Categorical(softmax(z))`` (class indices) — the true Fisher's targets."""
+        """Targets drawn from the model — the true Fisher's targets.
+
+        ``y ~ Bernoulli(sigmoid(z))``, ``y ~ N(z, I)`` or ``y ~ Categorical(softmax(z))`` (class indices).
+
+        Args:
+            output: The network's outputs z (Bernoulli, categorical: logits), (m, …); categorical (m, …, C).
+            generator: The random stream to draw from, on ``output``'s device; ``None``: torch's global one.
+
+        Returns:
+            Targets shaped like ``output`` (Bernoulli: 0/1 in its dtype); categorical: int64 class indices, (m, …).
+        """
         if self is Likelihood.BERNOULLI:
             uniform = torch.rand(output.shape, generator=generator, device=output.device, dtype=output.dtype)
             return (uniform < torch.sigmoid(output)).to(output.dtype)
@@ -72,8 +104,17 @@ class Likelihood(str, Enum):
         return output + noise
 
     def loss_per_pixel(self, output: Tensor, target: Tensor) -> Tensor:
-        """The paper's metric (mean over pixels and examples): BCE, or the squared error ``(y − z)²``;
-        for a classifier the mean cross-entropy over examples and positions (classes last)."""
+        """The paper's metric (mean over pixels and examples): BCE, or the squared error ``(y − z)²``.
+
+        For a classifier: the mean cross-entropy over examples and positions (classes last).
+
+        Args:
+            output: The network's outputs z (Bernoulli, categorical: logits), (m, …); categorical (m, …, C).
+            target: The targets, shaped like ``output``; categorical: class indices, (m, …).
+
+        Returns:
+            The mean loss, a scalar (0-dim) tensor.
+        """
         if self is Likelihood.BERNOULLI:
             return functional.binary_cross_entropy_with_logits(output, target)
         if self is Likelihood.CATEGORICAL:

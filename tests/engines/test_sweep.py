@@ -38,7 +38,7 @@ from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.methods import Method
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 KAPPA = 1 / 784  # curves-synth: Bernoulli over 784 pixels
 
 

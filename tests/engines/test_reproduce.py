@@ -17,7 +17,7 @@ from fimbench.engines.protocol import Figure2Plan, plan_figure2, run_figure2, se
 from fimbench.engines.sweep import PointState, SubmititRunner, SweepPlan
 from fimbench.engines.train import run_point
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 GRID = {"lr": [1e-3, 1e-5], "damping": [600.0], "clip": [1e-2]}
 
 

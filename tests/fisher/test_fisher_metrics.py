@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dense_helpers import frobenius_error_dense, spectral_error_dense
-from reference import DTYPE, random_spd, random_symmetric
+from reference import DTYPE, frobenius_error_dense, random_spd, random_symmetric, spectral_error_dense
 
 from fimbench.curvature import approximate
 from fimbench.fisher import block as fisher

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dense_helpers import rearrange, z_matvec, z_rmatvec
 from reference import (
     DTYPE,
     fisher_from_statistics,
     mat_ref,
+    rearrange,
     rearrange_ref,
     vec_ref,
+    z_matvec,
+    z_rmatvec,
 )
 
 from fimbench.curvature.kronecker import (

@@ -165,7 +165,7 @@ def test_training_logs_damping_alignment_and_tau(tmp_path: Path, schedule: str) 
     assert result.summary["final"]["alignment"] == rows[-1]["alignment"]
 
 
-MNIST_PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+MNIST_PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
 
 
 @pytest.fixture(scope="module")

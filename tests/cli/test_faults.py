@@ -25,7 +25,7 @@ from typer.testing import CliRunner, Result
 from fimbench import exit_codes
 from fimbench.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 runner = CliRunner()
 

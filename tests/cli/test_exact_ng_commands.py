@@ -15,7 +15,7 @@ from fimbench.engines.authors_scale import from_authors_scale
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.methods import Method
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 EXACT = ["exact-ng", "exact-ng-block"]
 runner = CliRunner()
 

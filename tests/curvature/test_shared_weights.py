@@ -19,17 +19,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as functional
-from dense_helpers import frobenius_error_dense, spectral_error_dense
 from reference import (
     DTYPE,
     best_kronecker,
     fisher_from_gradients,
+    frobenius_error_dense,
     kron_sum,
     mat_ref,
     random_spd,
     random_symmetric,
     rearrange_ref,
     relative_error,
+    spectral_error_dense,
     vec_ref,
 )
 from torch import Tensor, nn
@@ -391,7 +392,7 @@ def test_bad_shapes_and_layers_are_user_errors(make_statistics):
 
 
 # ----------------------------------------------------------------------------- the convolutional preset
-CONV_PRESET = Path(__file__).resolve().parents[1] / "configs" / "curves-conv.yaml"
+CONV_PRESET = Path(__file__).resolve().parents[2] / "configs" / "curves-conv.yaml"
 PRESET_STEPS = 6
 METHODS = ["sgd", "adam", "kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]
 

@@ -22,7 +22,7 @@ from fimbench.engines.models import build_model, evaluate
 from fimbench.engines.toolkit import resolve_architecture
 from fimbench.engines.train import run_training
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 METHODS = ["sgd", "adam", "kfac", "kpsvd", "deflation", "lanczos", "kfac-corrected"]
 STEPS = 24
 LR_FOR_SHORT_RUN = {"sgd": 0.003}  # preset: 3.8e-4 (tuned for 200 epochs)

@@ -13,7 +13,7 @@ from fimbench.engines.config import load_config
 from fimbench.engines.models import ARCHITECTURES
 from fimbench.methods import PAPER_METHODS, Method
 
-PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
 BATCH = {"curves": 256, "mnist": 512, "faces": 1024}
 # Authors' scale: (lr, damping) per method and dataset; SGD lr 0.3 and Adam lr 1e-3 everywhere.
 TUNED: dict[str, dict[str, tuple[float, float | None]]] = {

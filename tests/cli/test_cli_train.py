@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from fimbench import __version__
 from fimbench.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 runner = CliRunner()
 
