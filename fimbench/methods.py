@@ -71,8 +71,19 @@ PAPER_METHODS: tuple[Method, ...] = KRONECKER_METHODS + FIRST_ORDER_METHODS
 
 
 def parse_method(name: str | Method, kronecker_only: bool = False, choices: Sequence[Method] | None = None) -> Method:
-    """``"deflation"`` -> ``Method.DEFLATION``; a clear error for anything else, or anything not among
-    ``choices`` (default: every method, or the Kronecker ones with ``kronecker_only``)."""
+    """``"deflation"`` -> ``Method.DEFLATION``, or one clear error.
+
+    Args:
+        name: a method's name (or a :class:`Method`).
+        kronecker_only: offer only the five Kronecker methods (when ``choices`` is not given).
+        choices: the methods accepted (default: every method, or the Kronecker ones with ``kronecker_only``).
+
+    Returns:
+        The :class:`Method`.
+
+    Raises:
+        FimbenchError: for a name that is no method, or not among the choices (the choices are listed).
+    """
     choices = list(choices) if choices is not None else list(KRONECKER_METHODS) if kronecker_only else list(Method)
     try:
         method = Method(name)
@@ -82,3 +93,14 @@ def parse_method(name: str | Method, kronecker_only: bool = False, choices: Sequ
         names = ", ".join(m.value for m in choices)
         raise FimbenchError(f"unknown method '{getattr(name, 'value', name)}'; choose from {names}")
     return method
+
+__all__ = [
+    "BLOCK_METHODS",
+    "EXACT_METHODS",
+    "FIRST_ORDER_METHODS",
+    "KRONECKER_METHODS",
+    "PAPER_METHODS",
+    "PRECONDITIONED_METHODS",
+    "Method",
+    "parse_method",
+]

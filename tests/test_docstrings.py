@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-PUBLIC_MODULES = ("fimbench.curvature", "fimbench.fisher", "fimbench.data")
+PUBLIC_MODULES = ("fimbench.curvature", "fimbench.fisher", "fimbench.data", "fimbench.methods", "fimbench.optim")
 
 SECTION_NAMES = (
     "Args", "Arguments", "Attributes", "Example", "Examples", "Note", "Notes", "Raises", "References",

@@ -36,8 +36,8 @@ from fimbench.curvature.options import (
     DEFAULT_TOL,
     ApproximationOptions,
 )
-from fimbench.curvature.targets import Prior
-from fimbench.errors import FimbenchError
+from fimbench.curvature.targets import Prior, checked_statistics
+from fimbench.errors import FimbenchError, did_you_mean
 from fimbench.methods import Method, parse_method
 
 __all__ = [
@@ -107,16 +107,13 @@ def approximate(
     Raises:
         FimbenchError: If ``method`` is not a Kronecker method, if ``a`` and ``g`` are neither (m, p) and
             (m, q) nor (m, T, p) and (m, T, q) with the same m (and T), or if ``decay`` or an option is out of
-            range.
+            range, or an option is unknown (the message suggests the closest).
     """
     chosen = parse_method(method, kronecker_only=True)
-    if a.ndim == 3 and g.ndim == 3 and a.shape[:2] == g.shape[:2]:
-        if a.shape[1] == 1:
-            a, g = a[:, 0], g[:, 0]
-    elif a.ndim != 2 or g.ndim != 2 or a.shape[0] != g.shape[0]:
-        raise FimbenchError(
-            "a and g must be (m, p) and (m, q), or (m, T, p) and (m, T, q), with the same m (and T), "
-            f"got {tuple(a.shape)} and {tuple(g.shape)}"
-        )
+    a, g = checked_statistics(a, g)
+    known = [item.name for item in dataclasses.fields(ApproximationOptions)]
+    for key in settings:
+        if key not in known:
+            raise FimbenchError(f"unknown approximation option '{key}'{did_you_mean(key, known)}; the options are {', '.join(known)}")
     chosen_options = dataclasses.replace(options or ApproximationOptions(), **settings)
     return APPROXIMATIONS[chosen](a, g, chosen_options, Prior(prior, decay, warm_start))

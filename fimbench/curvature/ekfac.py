@@ -38,6 +38,7 @@ from torch import Tensor
 from fimbench.curvature.kfac import kfac_factors
 from fimbench.curvature.kronecker import kron_dense
 from fimbench.curvature.kronecker_sum import KroneckerSum, robust_eigh
+from fimbench.curvature.targets import checked_statistics
 from fimbench.errors import FimbenchError
 
 
@@ -117,12 +118,12 @@ class EigenbasisDiagonal:
     def from_state_dict(
         cls, state: dict[str, Any], device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> EigenbasisDiagonal:
-        """The inverse of :meth:`state_dict`, moved to ``device`` and cast to ``dtype`` if given.
+        """An approximation rebuilt from :meth:`state_dict`'s output.
 
         Args:
-            state: What :meth:`state_dict` returned.
-            device: Where to move the tensors; ``None`` (default) leaves them where they are.
-            dtype: The dtype to cast them to; ``None`` (default) keeps theirs.
+            state: the ``factors``, ``bases`` and ``scales`` saved.
+            device: the device of the rebuilt tensors (default: as saved).
+            dtype: their dtype (default: as saved).
 
         Returns:
             The EKFAC approximation.
@@ -173,7 +174,13 @@ def approximate_ekfac(
 
     Returns:
         The approximation: factors (p, p) and (q, q), their eigenbases, ``S`` (q, p).
+
+    Raises:
+        FimbenchError: for statistics of mismatched shapes, or ``decay`` outside [0, 1).
     """
+    a, g = checked_statistics(a, g)
+    if not 0.0 <= decay < 1.0:
+        raise FimbenchError(f"the EMA decay must be in [0, 1), got {decay}")
     factors = kfac_factors(a, g, None if prior is None else KroneckerSum([prior.factors]), decay)
     if prior is None:
         bases = eigenbases(*factors)

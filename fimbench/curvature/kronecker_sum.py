@@ -198,25 +198,21 @@ class KroneckerSum:
         return KroneckerInverse(self, damping, min_curvature_ratio, pi, form)
 
     def damped(
-        self,
-        damping: float,
-        min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
-        pi: DampingSplit = TRACE_SPLIT,
-        form: str = FACTORED,
+        self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO, pi: DampingSplit = TRACE_SPLIT, form: str = FACTORED
     ) -> KroneckerSum:
-        """The operator that :meth:`solve` inverts (module docstring).
+        """The operator that :meth:`solve` inverts (module docstring): ``inverse(...).operator``.
 
         Args:
-            damping: λ ≥ 0.
-            min_curvature_ratio: δ ∈ (0, 1]; the safeguard shrinks the correction until every eigenvalue ratio is ≥ δ (§3.4).
-            pi: The split π of the factored damping: ``"trace"`` (default, §2.2) or a positive number.
-            form: ``"factored"`` (default) ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)`` or ``"exact"`` ``A₁ ⊗ G₁ + λI``.
+            damping: λ, as for :meth:`inverse`.
+            min_curvature_ratio: δ of the rank-2 safeguard, as for :meth:`inverse`.
+            pi: the damping split, as for :meth:`inverse`.
+            form: factored or exact damping, as for :meth:`inverse`.
 
         Returns:
             ``damped(λ, π)`` (or ``damped_exact(λ)``), a Kronecker sum of the same rank (exact: one more term).
 
         Raises:
-            FimbenchError: For a bad argument, a rank above 2 or a damped first term not positive definite.
+            FimbenchError: where :meth:`inverse` raises it.
         """
         return self.inverse(damping, min_curvature_ratio, pi, form).operator
 

@@ -141,6 +141,19 @@ class Prior:
         return self.estimate if self.estimate is not None and self.decay > 0.0 else None
 
 
+def checked_statistics(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """``a``, ``g`` as an approximation takes them: (m, p) and (m, q), or (m, T, p) and (m, T, q) with T > 1
+    (T = 1 is squeezed to the 2-D case); one error for any other shapes."""
+    if a.ndim == 3 and g.ndim == 3 and a.shape[:2] == g.shape[:2]:
+        return (a[:, 0], g[:, 0]) if a.shape[1] == 1 else (a, g)
+    if a.ndim != 2 or g.ndim != 2 or a.shape[0] != g.shape[0]:
+        raise FimbenchError(
+            "a and g must be (m, p) and (m, q), or (m, T, p) and (m, T, q), with the same m (and T), "
+            f"got {tuple(a.shape)} and {tuple(g.shape)}"
+        )
+    return a, g
+
+
 def ema_target(a: Tensor, g: Tensor, prior: Prior) -> Target | SharedTarget:
     """The rearranged EMA estimate ``ρ Z(F̂_old) + (1 − ρ) Z(F_batch)`` with ``ρ = prior.decay`` (§2.2), for
     2-D statistics (m, p), (m, q) in Gram coordinates, for 3-D ones (m, T, p), (m, T, q) on the factors.

@@ -1,5 +1,6 @@
-"""Which :class:`~fimbench.preconditioner.blocks.Curvature` each method preconditions with, and its per-layer
-blocks.
+"""Which :class:`~fimbench.preconditioner.blocks.Curvature` each method preconditions with, and the access to
+its per-layer blocks that :class:`~fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner`
+offers (:class:`BlockAccess`).
 
 * K-FAC, KPSVD, Deflation, Lanczos, KFAC-corrected: ``F̃ = blockdiag(F̂_l)``, one
   :class:`~fimbench.preconditioner.blocks.KroneckerBlock` (``F̂_l = Σ_k A_k ⊗ G_k``) per layer;
@@ -12,8 +13,13 @@ blocks.
 
 from __future__ import annotations
 
-from fimbench.curvature import DampingSplit
+from collections.abc import Callable, Sequence
+
+from torch import Tensor
+
+from fimbench.curvature import ApproximationOptions, DampingSplit, KroneckerInverse, KroneckerSum, approximate
 from fimbench.errors import FimbenchError
+from fimbench.fisher.capture import KroneckerLayer
 from fimbench.methods import Method
 from fimbench.preconditioner.blocks import Approximate, BlockDiagonal, Curvature, CurvatureBlock, EigenbasisBlock, KroneckerBlock
 from fimbench.preconditioner.exact_natural_gradient import ExactNaturalGradient
@@ -43,3 +49,67 @@ def layer_blocks(curvature: Curvature, method: Method) -> list[CurvatureBlock]:
     if not isinstance(inner, BlockDiagonal):
         raise FimbenchError(f"method {method.value} has no per-layer blocks")
     return inner.blocks
+
+
+class BlockAccess:
+    """The per-layer blocks of a preconditioner's curvature, and their Kronecker approximations, for users and
+    benchmarks that read or set them (a part of
+    :class:`~fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner`)."""
+
+    method: Method
+    curvature: Curvature
+    layers: list[KroneckerLayer]
+    options: ApproximationOptions
+    refresh_inverses: Callable[[], None]  # the preconditioner's: factorise the damped curvature
+
+    @property
+    def blocks(self) -> list[CurvatureBlock]:
+        """The per-layer blocks of a block-diagonal method; a clear error for the exact natural gradient."""
+        return layer_blocks(self.curvature, self.method)
+
+    @property
+    def kronecker_blocks(self) -> list[KroneckerBlock]:
+        """The Kronecker-sum blocks, one per layer (a Kronecker method's); a clear error otherwise."""
+        blocks = self.blocks
+        if not all(isinstance(block, KroneckerBlock) for block in blocks):
+            raise FimbenchError(f"method {self.method.value} has no Kronecker-sum blocks")
+        return blocks  # type: ignore[return-value]
+
+    @property
+    def approximations(self) -> list[KroneckerSum | None]:
+        """Every layer's Kronecker approximation (in :attr:`layers` order; None before the first update)."""
+        return [block.approximation for block in self.kronecker_blocks]
+
+    @property
+    def inverses(self) -> list[KroneckerInverse | None]:
+        """Every layer's factorised damped block (None before the first refresh)."""
+        return [block.inverse for block in self.kronecker_blocks]
+
+    def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
+        """One block's approximation with this preconditioner's method and options.
+
+        Args:
+            a: augmented activations ``ā``, (m, p) or (m, T, p).
+            g: pre-activation derivatives, (m, q) or (m, T, q).
+            prior: the previous approximation F̂_old (also the warm start), or None.
+            decay: ρ of the target ``ρ F̂_old + (1 − ρ) F_batch``.
+
+        Returns:
+            The :class:`~fimbench.curvature.KroneckerSum` of ``F_batch`` (without a prior) or of the EMA target.
+        """
+        return approximate(self.method, a, g, prior=prior, decay=decay, warm_start=prior, options=self.options)
+
+    def load_approximations(self, approximations: Sequence[KroneckerSum]) -> None:
+        """Use ``approximations`` as the blocks and factorise them.
+
+        Args:
+            approximations: one :class:`~fimbench.curvature.KroneckerSum` per layer, in :attr:`layers` order.
+
+        Raises:
+            FimbenchError: when their number is not the number of layers.
+        """
+        if len(approximations) != len(self.layers):
+            raise FimbenchError(f"expected {len(self.layers)} approximations (one per layer), got {len(approximations)}")
+        for block, approximation in zip(self.kronecker_blocks, approximations):
+            block.approximation = approximation
+        self.refresh_inverses()

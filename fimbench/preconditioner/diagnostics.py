@@ -22,6 +22,13 @@ class PreconditionerDiagnostics:
     reduction_ratios: list[float] = field(default_factory=list)  # ρ of each damping adaptation
 
     def summary(self) -> dict[str, float | int | None]:
+        """The counts, and the means and maxima over updates, as plain numbers.
+
+        Returns:
+            ``statistics_updates``, ``inverse_refreshes``, ``iterations_mean``/``_max``, ``residual_mean``/``_max``,
+            ``kl_clip_factor`` (mean ν), ``damping_adaptations`` and ``reduction_ratio_mean`` (None where
+            there was nothing to average).
+        """
         ratios = [rho for rho in self.reduction_ratios if math.isfinite(rho)]
         return {
             "statistics_updates": self.updates,

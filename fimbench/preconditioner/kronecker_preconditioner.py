@@ -1,40 +1,7 @@
-"""Natural-gradient preconditioning with Kronecker-factored Fisher blocks (§2.2, App. E).
-
-Usage in a plain PyTorch loop::
-
-    preconditioner = KroneckerPreconditioner(model, Likelihood.BERNOULLI, "deflation", damping=1e-3)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
-    for x in batches:
-        optimizer.zero_grad()
-        model.likelihood.nll(model(x), x).mean().backward()
-        preconditioner.step(x)          # statistics every T1, inverses every T2, grad ← ν F̃⁻¹ grad
-        optimizer.step()                # momentum SGD on the preconditioned gradient
-
-Per layer, every step: ``P = F̃⁻¹ ∇_W h`` — ``G_inv @ grad @ A_inv`` for one term, §3.4's solve for two.
-Then KL-clipping (App. E): ``ν = min(1, sqrt(c / Σ_i |⟨P_i, ∇_{W_i} h⟩|))`` and ``grad ← ν P``.
-Every T1 steps the statistics ``(ā, g)`` are captured on a Fisher sub-batch with targets sampled from
-the model, and each block's approximation is refreshed towards the EMA estimate
-``ρ F̂_old + (1 − ρ) F_batch`` (K-FAC: its factors), ``ρ = min(1 − 1/k, α)`` for the k-th update,
-warm-started from the previous solution. Every T2 steps the damped blocks are re-factorised.
-Weight decay and momentum are those of the torch optimizer, applied to ``ν P`` as in the authors' code.
-
-Damping: ``damped(λ, π)`` (:mod:`fimbench.curvature.kronecker_sum`; ``damping_form="exact"``: ``A₁ ⊗ G₁ + λI``
-in the first term's eigenbasis; EKFAC is always damped exactly), λ fixed or adapted every T3 steps by
-Levenberg–Marquardt (:mod:`~fimbench.preconditioner.damping`, ``adapt_damping``). Two-level (``coarse=``):
-``F̃⁻¹ ∇`` gets the cross-layer correction ``R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ ∇`` before KL-clipping
-(:mod:`~fimbench.preconditioner.two_level`). ``step_rule="qmodel"``: ``step()`` itself sets
-``θ ← θ + α Δ + μ δ₀``, Δ = −F̃⁻¹(∇h + η θ), α and μ minimising ``M(δ)`` with the exact Fisher :attr:`fisher`
-of this step's Fisher sub-batch, with no torch optimizer, KL-clip, lr or momentum on top
-(:mod:`~fimbench.preconditioner.step_rule`).
-
-``step`` touches the selected layers' ``.grad`` and its own state; the statistics pass leaves the model's
-buffers, dropout modes and the user's random streams as they were (:mod:`fimbench.fisher.capture`), and the
-targets come from the preconditioner's own generator (:func:`~fimbench.preconditioner.distributed.sampling_generator`).
-What cannot be done right is refused with one ``FimbenchError``.
-
-Diagnostics at every refresh: ``alignment``, the mean over layers of ``cos(F̃⁻¹∇, ∇)`` (1.0 means the
-preconditioned direction is the gradient's: the damping swamps the curvature), and ``correction_scale``,
-the smallest safeguard τ over the layers of a rank-2 method (near 0: it fell back to about rank 1).
+"""The natural-gradient preconditioner :class:`KroneckerPreconditioner`: every T1 steps the statistics
+``(ā, g)`` of a Fisher sub-batch move the curvature's estimate towards ``ρ F̂_old + (1 − ρ) F_batch``, every
+T2 steps the damped curvature is re-factorised, and every step each gradient becomes ``ν F̃⁻¹ ∇`` (the
+usage and the whole step: the package docstring, :mod:`fimbench.preconditioner`).
 """
 
 from __future__ import annotations
@@ -47,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fimbench.curvature import KroneckerInverse, KroneckerSum, approximate, check_damping_split
+from fimbench.curvature import check_damping_split
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import (
     LayerStatistics,
@@ -68,11 +35,11 @@ from fimbench.preconditioner.amp import (
     resolve_factor_dtype,
     usable_statistics,
 )
-from fimbench.preconditioner.blocks import CurvatureBlock, KroneckerBlock
-from fimbench.preconditioner.curvatures import layer_blocks, method_curvature
+from fimbench.preconditioner.curvatures import BlockAccess, method_curvature
 from fimbench.preconditioner.damping import ADAPTIVE, LevenbergMarquardt, reduction_ratio
 from fimbench.preconditioner.diagnostics import DampingTrial, PreconditionerDiagnostics
 from fimbench.preconditioner.distributed import gather_statistics, mean_over_ranks, sampling_generator
+from fimbench.preconditioner.kl_clip import kl_clip_factor, mean_alignment
 from fimbench.preconditioner.selection import LayerSpec, check_gradients, select_layers, warn_raw_gradients, without_wrappers
 from fimbench.preconditioner.settings import PreconditionerSettings, check_settings
 from fimbench.preconditioner.state import load_preconditioner_state, preconditioner_state
@@ -80,9 +47,32 @@ from fimbench.preconditioner.step_rule import QMODEL, QuadraticStepRule, check_q
 from fimbench.timing import PhaseTimer
 
 
-class KroneckerPreconditioner:
-    """Replaces each ``nn.Linear`` and ``nn.Conv2d`` gradient by its Kronecker-factored natural gradient
-    (module docstring; a convolution's gradient as the (out, C·k_h·k_w + 1) matrix of capture.py)."""
+class KroneckerPreconditioner(BlockAccess):
+    """Replaces each ``nn.Linear`` and ``nn.Conv2d`` gradient by its natural gradient ``ν F̃⁻¹ ∇`` (module
+    docstring; a convolution's gradient as the (out, C·k_h·k_w + 1) matrix of capture.py).
+
+    Args:
+        model: the network; compiled or DDP-wrapped is fine (the wrappers are looked through).
+        likelihood: its predictive distribution (:class:`~fimbench.fisher.likelihood.Likelihood` or its name).
+        method: one of :data:`~fimbench.methods.PRECONDITIONED_METHODS` (``"kfac"``, ``"deflation"``, ``"exact-ng"``, ...).
+        settings: the :class:`PreconditionerSettings` (default: its defaults, which own every default).
+        generator: the generator the Fisher targets are sampled from (default: one seeded from torch's seed;
+            per rank under a process group, :func:`~fimbench.preconditioner.distributed.sampling_generator`).
+        timer: a :class:`~fimbench.timing.PhaseTimer` that times the phases, or None.
+        layers: the layers to precondition (modules or qualified names; default: every trainable supported one).
+        skip_layers: layers to leave out (:mod:`~fimbench.preconditioner.selection`).
+        grad_scaler: the AMP GradScaler whose scaled gradients ``step`` sees (:mod:`~fimbench.preconditioner.amp`).
+        factor_dtype: the dtype of the statistics, approximations and solves (default: the model's, float32 for
+            a half-precision model).
+        weight_decay: η, only with ``step_rule="qmodel"``, which takes the step itself; with the fixed rule
+            weight decay is the torch optimizer's.
+        **overrides: any :class:`PreconditionerSettings` field on top of ``settings``
+            (``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``).
+
+    Raises:
+        FimbenchError: for a setting out of range, a model without a layer to precondition, or what the chosen
+            step rule cannot do (each named in the message).
+    """
 
     def __init__(
         self,
@@ -100,14 +90,6 @@ class KroneckerPreconditioner:
         weight_decay: float = 0.0,
         **overrides: Any,
     ) -> None:
-        """``settings`` (default: :class:`PreconditionerSettings`', which own every default), with any of its
-        fields given as keywords on top: ``KroneckerPreconditioner(model, likelihood, "kfac", damping=1e-2)``.
-
-        ``model`` may be compiled or DDP-wrapped; ``layers`` / ``skip_layers`` select the blocks
-        (:mod:`fimbench.preconditioner.selection`). ``grad_scaler`` and ``factor_dtype``: :mod:`fimbench.preconditioner.amp`. Under an
-        initialised process group the statistics of all ranks are gathered (:mod:`fimbench.preconditioner.distributed`).
-        ``weight_decay`` η: only with ``step_rule="qmodel"`` (:mod:`fimbench.preconditioner.step_rule`), which takes the
-        step itself; with the fixed rule weight decay is the torch optimizer's."""
         self.method = parse_method(method, choices=PRECONDITIONED_METHODS)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         check_settings(settings, self.method)
@@ -158,38 +140,28 @@ class KroneckerPreconditioner:
         self._alignment: Tensor | None = None  # at the latest refresh, kept on the device
         self.correction_scale: float | None = None  # smallest τ over layers at the latest refresh (rank 2)
 
-    @property
-    def blocks(self) -> list[CurvatureBlock]:
-        """The per-layer blocks of a block-diagonal method; a clear error for the exact natural gradient."""
-        return layer_blocks(self.curvature, self.method)
-
-    @property
-    def kronecker_blocks(self) -> list[KroneckerBlock]:
-        """The Kronecker-sum blocks, one per layer (a Kronecker method's); a clear error otherwise."""
-        blocks = self.blocks
-        if not all(isinstance(block, KroneckerBlock) for block in blocks):
-            raise FimbenchError(f"method {self.method.value} has no Kronecker-sum blocks")
-        return blocks  # type: ignore[return-value]
-
-    @property
-    def approximations(self) -> list[KroneckerSum | None]:
-        """Every layer's Kronecker approximation (in :attr:`layers` order; None before the first update)."""
-        return [block.approximation for block in self.kronecker_blocks]
-
-    @property
-    def inverses(self) -> list[KroneckerInverse | None]:
-        """Every layer's factorised damped block (None before the first refresh)."""
-        return [block.inverse for block in self.kronecker_blocks]
-
     def _phase(self, name: str) -> AbstractContextManager[None]:
         return self.timer.phase(name) if self.timer is not None else nullcontext()
 
     def fisher_batch_size(self, batch_size: int) -> int:
+        """The Fisher sub-batch of a mini-batch: ``max(1, round(batch_size · fisher_fraction))`` examples.
+
+        Args:
+            batch_size: the mini-batch's number of examples.
+
+        Returns:
+            The number of examples the statistics are captured on.
+        """
         return max(1, round(batch_size * self.fisher_fraction))
 
     def update_statistics(self, inputs: Tensor, targets: Tensor | None = None) -> None:
         """Capture ``(ā, g)`` on a Fisher sub-batch and move the curvature's estimate towards its Fisher
-        (T1 event); a skipped batch (:meth:`capture_fisher`) leaves the estimate and is captured again."""
+        (T1 event); a skipped batch (:meth:`capture_fisher`) leaves the estimate and is captured again.
+
+        Args:
+            inputs: the mini-batch (its first :meth:`fisher_batch_size` examples are the Fisher sub-batch).
+            targets: the data targets, used only with ``empirical_fisher`` (default: sampled from the model).
+        """
         statistics = self.capture_fisher(inputs, targets)
         self.statistics_due = statistics is None
         if statistics is None:
@@ -204,8 +176,19 @@ class KroneckerPreconditioner:
 
     def capture_fisher(self, inputs: Tensor, targets: Tensor | None = None) -> list[LayerStatistics] | None:
         """``(ā, g)`` of every layer on the Fisher sub-batch of ``inputs`` (gathered over ranks); they
-        become :attr:`fisher`, the exact Fisher ``JᵀJ/m`` of that sub-batch. None for a non-finite batch
-        skipped under a GradScaler (:func:`~fimbench.preconditioner.amp.usable_statistics`)."""
+        become :attr:`fisher`, the exact Fisher ``JᵀJ/m`` of that sub-batch.
+
+        Args:
+            inputs: the mini-batch.
+            targets: the data targets, used only with ``empirical_fisher``.
+
+        Returns:
+            One :class:`~fimbench.fisher.capture.LayerStatistics` per layer, or None for a non-finite batch
+            skipped under a GradScaler (:func:`~fimbench.preconditioner.amp.usable_statistics`).
+
+        Raises:
+            FimbenchError: for an empty Fisher sub-batch, or non-finite statistics without a GradScaler.
+        """
         m = self.fisher_batch_size(inputs.shape[0])
         sub_targets = None
         if self.empirical_fisher:
@@ -222,20 +205,6 @@ class KroneckerPreconditioner:
         self.fisher = SubBatchFisher(statistics)
         return statistics
 
-    def approximate_block(self, a: Tensor, g: Tensor, prior: KroneckerSum | None = None, decay: float = 0.0) -> KroneckerSum:
-        """One block's approximation with this preconditioner's method and options: of
-        ``decay · prior + (1 − decay) · F_batch`` (``F_batch`` from the statistics ``(ā, g)``), warm-started
-        from ``prior``; without a prior, of ``F_batch`` alone."""
-        return approximate(self.method, a, g, prior=prior, decay=decay, warm_start=prior, options=self.options)
-
-    def load_approximations(self, approximations: Sequence[KroneckerSum]) -> None:
-        """Use ``approximations`` (one per layer, in :attr:`layers` order) as the blocks and factorise them."""
-        if len(approximations) != len(self.layers):
-            raise FimbenchError(f"expected {len(self.layers)} approximations (one per layer), got {len(approximations)}")
-        for block, approximation in zip(self.kronecker_blocks, approximations):
-            block.approximation = approximation
-        self.refresh_inverses()
-
     def refresh_inverses(self) -> None:
         """Factorise the damped curvature (T2 event, or the step after λ moved)."""
         with self._phase("invert"):
@@ -250,7 +219,14 @@ class KroneckerPreconditioner:
         return None if self._alignment is None else float(self._alignment)
 
     def precondition(self, measure_alignment: bool = False) -> Tensor:
-        """``grad ← ν F̃⁻¹ grad`` for every layer; returns ν (a 0-d tensor on the device, no sync)."""
+        """``grad ← ν F̃⁻¹ grad`` for every layer, ``ν`` the KL-clip factor (1 without a clip).
+
+        Args:
+            measure_alignment: also record the mean ``cos(F̃⁻¹∇, ∇)`` over layers (:attr:`alignment`).
+
+        Returns:
+            ν, a 0-d tensor on the device (no host sync).
+        """
         with self._phase("precondition"):
             scale = gradient_scale(self.grad_scaler)
             gradients = [weight_gradient(layer).to(self.factor_dtype) / scale for layer in self.layers]
@@ -258,28 +234,29 @@ class KroneckerPreconditioner:
                 return torch.ones((), device=gradients[0].device)
             directions = self.curvature.apply(gradients)
             if measure_alignment:
-                cosines = [
-                    torch.vdot(d.reshape(-1), grad.reshape(-1)) / (torch.linalg.vector_norm(d) * torch.linalg.vector_norm(grad) + 1e-30)
-                    for d, grad in zip(directions, gradients)
-                ]
-                self._alignment = torch.stack(cosines).mean()
-            if self.kl_clip is None:
-                nu = torch.ones((), device=gradients[0].device)
-            else:
-                inner = torch.stack(
-                    [torch.vdot(d.reshape(-1), grad.reshape(-1)).abs() for d, grad in zip(directions, gradients)]
-                ).sum()
-                nu = torch.clamp(torch.sqrt(self.kl_clip / (inner + 1e-30)), max=1.0)
+                self._alignment = mean_alignment(directions, gradients)
+            nu = kl_clip_factor(directions, gradients, self.kl_clip)
             for layer, direction in zip(self.layers, directions):
                 set_weight_gradient(layer, direction, scale=nu * scale)
         return nu
 
     def step(self, inputs: Tensor, targets: Tensor | None = None) -> Tensor:
-        """One preconditioning step after ``loss.backward()``; returns the KL-clip factor ν.
+        """One preconditioning step after ``loss.backward()`` (module docstring).
 
         With adaptive damping, on every T3-th step ``awaiting_loss`` becomes true: after
         ``optimizer.step()`` the loop evaluates the loss again on the same batch and calls
         :meth:`adapt_damping`.
+
+        Args:
+            inputs: the mini-batch the gradients are of (its Fisher sub-batch gives the statistics).
+            targets: the data targets, needed with ``empirical_fisher`` (an autoencoder's are its inputs).
+
+        Returns:
+            The KL-clip factor ν, a 0-d tensor on the device.
+
+        Raises:
+            FimbenchError: for a layer without a gradient or frozen since, a missing ``targets`` with the
+                empirical Fisher, or a first statistics batch that is not finite while the gradients are.
         """
         with autocast_off(self.layers[0].weight.device):
             return self._step(inputs, targets)
@@ -336,7 +313,14 @@ class KroneckerPreconditioner:
 
     def predicted_change(self, trial: DampingTrial) -> Tensor:
         """``M(δ) = ⟨∇, δ⟩ + ½ δᵀ F̃ δ`` for the update ``δ`` applied since ``trial``, with ``F̃`` the damped
-        operator that produced it (block-diagonal: ``Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩``; 0-d tensor on the device)."""
+        operator that produced it (block-diagonal: ``Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩``).
+
+        Args:
+            trial: θ and ∇h per layer before the update.
+
+        Returns:
+            ``M(δ)``, a 0-d tensor on the device.
+        """
         deltas = [weight_of(layer).detach() - before for layer, before in zip(self.layers, trial.parameters)]
         linear = torch.stack([(gradient * delta).sum() for gradient, delta in zip(trial.gradients, deltas)]).sum()
         return linear + 0.5 * self.curvature.quadratic(deltas)
@@ -347,7 +331,18 @@ class KroneckerPreconditioner:
 
         Under a process group the two losses are first averaged over the ranks (a collective; every rank
         calls it, since ``awaiting_loss`` is true on all of them at once): ρ is then that of the objective
-        whose gradient DDP averages, the mean of the ranks' losses, and λ stays the same on every rank."""
+        whose gradient DDP averages, the mean of the ranks' losses, and λ stays the same on every rank.
+
+        Args:
+            loss_before: ``h(θ)`` on the batch of the judged step.
+            loss_after: ``h(θ + δ)`` on the same batch, after the update.
+
+        Returns:
+            ρ = (h(θ + δ) − h(θ)) / M(δ).
+
+        Raises:
+            FimbenchError: when no step is awaiting its loss (call it once after each such step).
+        """
         if self.trial is None or self.schedule is None:
             raise FimbenchError("adapt_damping is called once after each step whose awaiting_loss is true")
         predicted = float(self.trial.predicted if self.trial.predicted is not None else self.predicted_change(self.trial))
@@ -366,7 +361,11 @@ class KroneckerPreconditioner:
     def pop_diagnostics(self) -> dict[str, float | int | None]:
         """Summary since the last call (iterations, residuals, ν, adaptations, and under ``qmodel`` the
         means of α, μ and the predicted decrease; resets them) and the state now: λ, and ``alignment`` and
-        ``correction_scale`` at the latest refresh."""
+        ``correction_scale`` at the latest refresh.
+
+        Returns:
+            The summary, as plain numbers (None where there was nothing to average).
+        """
         summary = self.diagnostics.summary()
         summary.update(damping=self.damping, alignment=self.alignment, correction_scale=self.correction_scale)
         if self.quadratic_rule is not None:
@@ -378,12 +377,24 @@ class KroneckerPreconditioner:
         """Everything the next steps depend on, as tensors and plain data that load with
         ``torch.load(weights_only=True)`` (:mod:`fimbench.preconditioner.state`): approximations, counters,
         λ, the latest alignment and τ, diagnostics since the last pop and the sampling generator's state,
-        with the method, layer names and shapes and the settings they belong to."""
+        with the method, layer names and shapes and the settings they belong to.
+
+        Returns:
+            The state, whose tensors are shared with the preconditioner (not copied).
+        """
         return preconditioner_state(self)
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Continue exactly where the preconditioner that gave ``state`` (:meth:`state_dict`) was; its
         inverses are rebuilt here. The method, the layers' shapes and the keys must match; ``strict`` also
         requires the same layer names and settings, while ``strict=False`` takes only the state's curvature
-        and counters and keeps this preconditioner's settings (:mod:`fimbench.preconditioner.state`)."""
+        and counters and keeps this preconditioner's settings (:mod:`fimbench.preconditioner.state`).
+
+        Args:
+            state: what :meth:`state_dict` returned (possibly through ``torch.save`` / ``torch.load``).
+            strict: require the same layer names and settings too.
+
+        Raises:
+            FimbenchError: for a state of another version, method, layer layout, keys or (strict) settings.
+        """
         load_preconditioner_state(self, state, strict)

@@ -68,7 +68,11 @@ class PreconditionerSettings:
     min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO  # δ of the rank-2 safeguard (curvature/kronecker_sum.py)
 
     def approximation_options(self) -> ApproximationOptions:
-        """The options every block's :func:`~fimbench.curvature.approximate` runs with."""
+        """The options every block's :func:`~fimbench.curvature.approximate` runs with.
+
+        Returns:
+            ``tol``, ``max_iterations``, Lanczos' ``rank`` and ``krylov_dim`` of these settings.
+        """
         return ApproximationOptions(tol=self.tol, max_iterations=self.max_iterations, rank=self.lanczos_rank, krylov_dim=self.krylov_dim)
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli_train import one_line_error, runner, tiny_config
+from helpers import one_line_error, runner, tiny_config
 
 from fimbench.cli import app
 

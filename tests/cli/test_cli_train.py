@@ -7,33 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from helpers import one_line_error, runner, tiny_config
 
 from fimbench import __version__
 from fimbench.cli import app
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
-runner = CliRunner()
-
-
-def tiny_config(tmp_path: Path, **optimizer: object) -> Path:
-    """The smoke config on a very small curves-synth set and a narrow autoencoder."""
-    config = yaml.safe_load(SMOKE.read_text())
-    config["data"].update({"synth_train": 640, "synth_test": 128, "data_dir": str(tmp_path / "data")})
-    config["model"] = {"layers": [784, 32, 8, 32, 784]}
-    config["training"].update({"batch_size": 64, "epochs": 2})
-    config["optimizer"].update(optimizer)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def one_line_error(result, status: int = 2) -> str:  # type: ignore[no-untyped-def]
-    assert result.exit_code == status, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_version() -> None:

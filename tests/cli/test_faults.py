@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import FIMBENCH, QUIET_ENV, wait_for
 from typer.testing import CliRunner, Result
 
 from fimbench import exit_codes
@@ -468,7 +467,7 @@ def test_damaged_curves_synth_cache_is_generated_again(tmp_path: Path) -> None:
 
 
 def test_report_finds_runs_and_sweeps_below_a_folder(tmp_path: Path) -> None:
-    from test_report import make_run
+    from helpers import make_run
 
     folder = tmp_path / "runs"
     make_run(folder / "loop" / "seed0-kfac", "kfac", [0.30, 0.20], 2.0)
@@ -524,17 +523,6 @@ def test_tables_stay_whole_when_output_is_not_a_terminal(tmp_path: Path) -> None
 
 # ----------------------------------------------------------------------------------------------- processes and signals
 
-FIMBENCH = Path(sys.executable).with_name("fimbench")  # the console script installed beside this interpreter
-QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-
-
-def _wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
 
 def _logged_epochs(run: Path) -> int:
     try:
@@ -580,7 +568,7 @@ def _start_training(tmp_path: Path, out: Path) -> subprocess.Popen[str]:
 def test_sigint_during_a_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = _start_training(tmp_path, out)
-    _wait_for(lambda: _logged_epochs(out) >= 2, process)
+    wait_for(lambda: _logged_epochs(out) >= 2, process)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     line = error_line(stderr, stdout, exit_codes.INTERRUPTED, process.returncode)
@@ -594,7 +582,7 @@ def test_sigint_during_a_run(tmp_path: Path) -> None:
 def test_sigkill_during_a_run_leaves_whole_files(tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = _start_training(tmp_path, out)
-    _wait_for(lambda: _logged_epochs(out) >= 2, process)
+    wait_for(lambda: _logged_epochs(out) >= 2, process)
     process.kill()
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL and "Traceback" not in stderr
@@ -612,7 +600,7 @@ def test_sweep_interrupted_and_resumed(tmp_path: Path) -> None:
                                  "--grid", "lr=1e-3,1e-4", "-j", "1", "--out", out, "--json"]]
     first = out / "sgd-lr_1e-3"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=QUIET_ENV)
-    _wait_for(lambda: (first / "summary.json").is_file(), process)
+    wait_for(lambda: (first / "summary.json").is_file(), process)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     line = error_line(stderr, stdout, exit_codes.INTERRUPTED, process.returncode)

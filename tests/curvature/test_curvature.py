@@ -24,7 +24,7 @@ from reference import (
     vec_ref,
 )
 
-from fimbench.curvature import KroneckerSum, approximate
+from fimbench.curvature import KroneckerSum, approximate, approximate_ekfac
 from fimbench.curvature.kfac_corrected import SCALE_TOLERANCE
 from fimbench.curvature.rearranged import RearrangedOperator
 from fimbench.errors import FimbenchError
@@ -468,6 +468,16 @@ def test_invalid_arguments_raise_fimbench_error():
         approximate("lanczos", a, g, krylov_dim=1)
     with pytest.raises(FimbenchError):
         approximate("kpsvd", a, g, max_iterations=0)
+    with pytest.raises(FimbenchError, match="unknown approximation option 'tolerance'; the options are tol, "):
+        approximate("kpsvd", a, g, tolerance=1e-3)
+    with pytest.raises(FimbenchError, match="'max_iteration'; did you mean 'max_iterations'"):
+        approximate("kpsvd", a, g, max_iteration=5)
+    with pytest.raises(FimbenchError, match="decay must be in"):
+        approximate("kfac", a, g, prior=approximate("kfac", a, g), decay=1.0)  # K-FAC refuses it too
+    with pytest.raises(FimbenchError, match="a and g must be"):
+        approximate_ekfac(a, g[:4])
+    with pytest.raises(FimbenchError, match="decay must be in"):
+        approximate_ekfac(a, g, prior=approximate_ekfac(a, g), decay=1.5)
 
 
 @pytest.mark.parametrize("method", ITERATIVE_METHODS)

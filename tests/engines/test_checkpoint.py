@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from test_cli_train import one_line_error, runner, tiny_config
+from helpers import mlp, one_line_error, runner, tiny_config, train_steps
 from torch import nn
 
 from fimbench.cli import app
@@ -25,11 +25,6 @@ from fimbench.optim import KroneckerPreconditioner
 TIMING_KEYS = ("wall_time", "time_per_step")  # and every seconds_* key
 
 
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 12))
-
-
 def make_preconditioner(model: nn.Module, generator_seed: int) -> KroneckerPreconditioner:
     """Deflation (rank 2, sampled targets) with statistics every step and inverses every third (so the
     inverses lag the approximations at a save) and adaptive damping every fourth step."""
@@ -37,20 +32,6 @@ def make_preconditioner(model: nn.Module, generator_seed: int) -> KroneckerPreco
         model, Likelihood.BERNOULLI, "deflation", damping=1e-2, stats_every=1, inverse_every=3, fisher_fraction=0.5,
         damping_schedule="adaptive", damping_every=4, generator=torch.Generator().manual_seed(generator_seed),
     )
-
-
-def train_steps(model: nn.Module, preconditioner: KroneckerPreconditioner, optimizer: torch.optim.Optimizer,
-                batches: list[torch.Tensor]) -> None:
-    likelihood = Likelihood.BERNOULLI
-    for x in batches:
-        optimizer.zero_grad()
-        loss = likelihood.nll(model(x), x).mean()
-        loss.backward()
-        preconditioner.step(x)
-        optimizer.step()
-        if preconditioner.awaiting_loss:
-            with torch.no_grad():
-                preconditioner.adapt_damping(loss.detach(), likelihood.nll(model(x), x).mean())
 
 
 def test_state_dict_round_trip_reproduces_the_next_steps() -> None:
@@ -255,7 +236,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(
 def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     """A ``fimbench train`` process SIGKILLed after its second epoch, then resumed: the same parameters and
     rows as a run never stopped (this test process and the killed one each on one thread)."""
-    from test_faults import FIMBENCH, QUIET_ENV, _wait_for
+    from helpers import FIMBENCH, QUIET_ENV, wait_for
 
     config = str(tiny_config(tmp_path, method="kfac", stats_every=2, inverse_every=3))
     common = ["train", "--config", config, "--epochs", "6", "--log-every", "2", "--quiet"]
@@ -264,7 +245,7 @@ def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path: Path) -> N
     process = subprocess.Popen([str(FIMBENCH), *common, "--out", str(killed)], env=QUIET_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     logged = killed / "metrics.jsonl"
-    _wait_for(lambda: logged.is_file() and logged.read_text().count('"kind": "epoch"') >= 2, process)  # type: ignore[arg-type]
+    wait_for(lambda: logged.is_file() and logged.read_text().count('"kind": "epoch"') >= 2, process)  # type: ignore[arg-type]
     process.kill()
     process.wait(timeout=60)
     assert not (killed / "summary.json").exists()  # it was killed mid-run

@@ -10,6 +10,7 @@ from typing import Any
 import matplotlib.image
 import pytest
 import typer
+from helpers import make_run
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -20,47 +21,6 @@ from fimbench.engines.rundir import read_metrics
 from fimbench.errors import FimbenchError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def make_run(
-    path: Path,
-    method: str,
-    train: list[float],
-    seconds_per_epoch: float,
-    dataset: str = "curves-synth",
-    status: str | None = "completed",
-    device: str = "NVIDIA A100",
-    lr: float = 0.1,
-    seed: int | None = None,
-) -> Path:
-    """A run directory as ``fimbench train`` writes it, with train losses per pixel ``train`` (val = 1.1 × train);
-    runs that differ only in ``seed`` form one group."""
-    path.mkdir(parents=True)
-    rows = [
-        {
-            "kind": "epoch",
-            "epoch": epoch,
-            "step": 10 * epoch,
-            "train_loss": loss * 784,
-            "train_loss_per_pixel": loss,
-            "train_reconstruction_error": loss * 100,
-            "val_loss": loss * 1.1 * 784,
-            "val_loss_per_pixel": loss * 1.1,
-            "val_reconstruction_error": loss * 110,
-            "wall_time": seconds_per_epoch * epoch,
-            "time_per_step": seconds_per_epoch / 10,
-        }
-        for epoch, loss in enumerate(train, start=1)
-    ]
-    lines = [json.dumps(row) for row in rows]
-    lines.insert(1, json.dumps({"kind": "step", "step": 5, "epoch": 1, "train_loss": 1.0, "wall_time": 0.1}))
-    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    training = "" if seed is None else f"training:\n  seed: {seed}\n"
-    (path / "config.yaml").write_text(f"data:\n  dataset: {dataset}\noptimizer:\n  method: {method}\n  lr: {lr}\n{training}")
-    if status is not None:
-        summary = {"status": status, "dataset": dataset, "method": method, "device": device, "final": rows[-1]}
-        (path / "summary.json").write_text(json.dumps(summary))
-    return path
 
 
 @pytest.fixture

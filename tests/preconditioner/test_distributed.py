@@ -79,7 +79,7 @@ def test_two_ranks_are_identical_and_equal_one_process_on_the_full_batch(tmp_pat
 def test_train_nproc_2_matches_one_process(tmp_path):
     """``fimbench train --nproc 2``: rank 0's epoch rows equal the one-process run's (same exactness
     argument as above: empirical Fisher, Fisher fraction 1, the global batch split in two)."""
-    from test_cli_train import runner, tiny_config
+    from helpers import runner, tiny_config
 
     from fimbench.cli import app
     from fimbench.engines.rundir import read_metrics

@@ -8,7 +8,7 @@ import io
 
 import pytest
 import torch
-from test_checkpoint import mlp, train_steps
+from helpers import mlp, train_steps
 
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import weight_gradient

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_line_error, runner, tiny_config
 from reference import DTYPE, mat_ref, per_example_weight_gradients, vec_ref
-from test_cli_train import one_line_error, runner, tiny_config
 from torch import nn
 
 from fimbench.cli import app
@@ -241,6 +241,23 @@ def test_cli_trains_with_the_qmodel_rule(tmp_path: Path, method: str) -> None:
     assert "−M(δ)" in result.output and "KL clip" not in result.output
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["optimizer"] is None and checkpoint["preconditioner"]["settings"]["step_rule"] == "qmodel"
+
+
+def test_cli_warns_of_the_qmodel_rule_under_a_fixed_damping(tmp_path: Path) -> None:
+    """The rule trains under a fixed λ as asked, with one warning naming the protocol it belongs to; under
+    adaptive damping (the test above) there is no warning."""
+    config = tiny_config(tmp_path, method="kfac")
+    result = runner.invoke(app, [
+        "train", "--config", str(config), "--step-rule", "qmodel", "--damping", "150", "--max-steps", "2", "--out", str(tmp_path / "run"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "warning: step rule qmodel with a fixed damping λ = 150" in result.output
+    assert "--damping-schedule adaptive" in result.output
+    adaptive = runner.invoke(app, [
+        "train", "--config", str(config), "--step-rule", "qmodel", "--damping", "150", "--damping-schedule", "adaptive",
+        "--max-steps", "2", "--out", str(tmp_path / "adaptive"),
+    ])
+    assert adaptive.exit_code == 0 and "warning: step rule qmodel" not in adaptive.output
 
 
 def test_cli_refuses_options_the_quadratic_model_replaces(tmp_path: Path) -> None:
