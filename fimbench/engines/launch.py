@@ -4,7 +4,8 @@ The command writes the resolved ``config.yaml`` into the run directory and start
 ``python -m torch.distributed.run --standalone --nproc-per-node N -m fimbench.engines.launch RUN_DIR``. Each
 worker joins the process group (nccl when the config's device is CUDA, one GPU per local rank; gloo on
 CPU) and trains the same config: the same seed gives every rank the same initial model and data order,
-each rank takes its contiguous 1/N of every global mini-batch (``training.batch_size``),
+each rank takes its contiguous part of every global mini-batch (``training.batch_size``; uneven or
+empty shards are exact, :mod:`fimbench.engines.data_parallel`),
 ``DistributedDataParallel`` averages the gradients and the preconditioner gathers the statistics
 (:mod:`fimbench.preconditioner.distributed`). Rank 0 writes the run directory; the other ranks log into a scratch
 directory that is deleted.
@@ -30,8 +31,8 @@ from fimbench.errors import FimbenchError
 def launch_training(config: RunConfig, run_dir: Path, nproc: int) -> None:
     """Train ``config`` in ``run_dir`` on ``nproc`` local workers (module docstring)."""
     batch_size = config.training.batch_size
-    if nproc < 1 or batch_size % nproc:
-        raise FimbenchError(f"--nproc must be a positive divisor of the batch size {batch_size}, got {nproc}")
+    if nproc < 1:
+        raise FimbenchError(f"--nproc must be at least 1, got {nproc}")
     load_configured_dataset(config, batch_size)  # a missing data set is one error line, and a synthetic one is made once
     write_config(run_dir, dump_config(config))
     command = [

@@ -21,7 +21,7 @@ import torch
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.engines.checkpoint import Counters, restore_training, training_checkpoint
 from fimbench.engines.config import OptimizerConfig, RunConfig, check_training, dump_config, load_config
-from fimbench.engines.data_parallel import data_parallel, shard
+from fimbench.engines.data_parallel import batch_share, data_parallel, rank_mean, shard
 from fimbench.engines.event_log import EventLog
 from fimbench.engines.models import build_model, evaluate
 from fimbench.engines.run_summary import training_summary
@@ -254,7 +254,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     for index in batch_indices(run.dataset.train.shape[0], training.batch_size, run.order_generator, run.device):
         if run.step >= run.total_steps:
             break
-        _train_step(run, epoch, run.train_x[shard(index)], sums, epoch_start)
+        _train_step(run, epoch, run.train_x[shard(index)], sums, epoch_start, batch_share(index.shape[0]))
         epoch_steps += 1
     _read_window(run)
     sums = mean_over_ranks(sums)
@@ -269,11 +269,13 @@ def _train_epoch(run: _Run, epoch: int) -> None:
         run.progress.epoch(row)
 
 
-def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoch_start: float) -> None:
-    """One optimizer step on the mini-batch ``x``; adds (loss, loss per pixel, reconstruction error) to ``sums``."""
+def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoch_start: float, share: float | None) -> None:
+    """One optimizer step on this rank's shard ``x`` of the mini-batch; adds (loss, loss per pixel,
+    reconstruction error) to ``sums``. Every mean is this rank's term of the global batch's mean
+    (:func:`rank_mean` with ``share``), so that the ranks' average is the mean over the whole mini-batch."""
     model, likelihood, preconditioner, progress = run.model, run.likelihood, run.preconditioner, run.progress
     output = model(x)
-    loss = likelihood.nll(output, x).mean()
+    loss = rank_mean(likelihood.nll(output, x), share)
     (run.model if run.optimizer is None else run.optimizer).zero_grad(set_to_none=False)
     loss.backward()
     run.step += 1
@@ -296,13 +298,13 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
         run.optimizer.step()
     if preconditioner is not None and preconditioner.awaiting_loss:
         with torch.no_grad():
-            preconditioner.adapt_damping(loss.detach(), likelihood.nll(model(x), x).mean())
+            preconditioner.adapt_damping(loss.detach(), rank_mean(likelihood.nll(model(x), x), share))
     with torch.no_grad():
         sums += torch.stack(
             [
                 loss.detach().double(),
-                likelihood.loss_per_pixel(output.detach(), x).double(),
-                (likelihood.mean(output.detach()) - x).square().sum(dim=1).mean().double(),
+                _loss_per_pixel(likelihood, output.detach(), x, share).double(),
+                rank_mean((likelihood.mean(output.detach()) - x).square().sum(dim=1), share).double(),
             ]
         )
     log_every = run.config.training.log_every
@@ -360,6 +362,15 @@ def _finish(run: _Run, status: str, diverged_at: int | None) -> TrainResult:
     if run.events is not None:
         run.events.close()
     return result
+
+
+def _loss_per_pixel(likelihood: Likelihood, output: torch.Tensor, x: torch.Tensor, share: float | None) -> torch.Tensor:
+    """The paper's loss per pixel (a mean over examples and pixels) as this rank's term of the batch mean."""
+    if share is None:
+        return likelihood.loss_per_pixel(output, x)
+    if x.shape[0] == 0:  # an empty shard adds nothing
+        return torch.zeros((), dtype=output.dtype, device=output.device)
+    return likelihood.loss_per_pixel(output, x) * (x.shape[0] * share)
 
 
 class _Diverged(Exception):

@@ -8,6 +8,7 @@ loss is the full batch's gradient: the two runs compute the same quantities, up 
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 
@@ -97,6 +98,35 @@ def test_train_nproc_2_matches_one_process(tmp_path):
         for key in ("train_loss", "val_loss", "val_reconstruction_error"):
             assert abs(parallel[key] - single[key]) <= 1e-4 * abs(single[key]), key
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["processes"] == 2
+
+
+@pytest.mark.parametrize("batch_size", [3, 1])
+def test_train_nproc_2_with_an_uneven_or_empty_shard_matches_one_process(tmp_path, batch_size):
+    """A mini-batch of 3 splits 2 + 1 over two ranks, one of 1 leaves rank 1 empty at every step: each rank's
+    loss is its term ``(R/B) Σ ℓ_t`` of the batch mean, so the gradients DDP averages, the logged losses and
+    adaptive damping's ρ are the one-process run's (a rank's own mean would weight the short shard twice, and
+    an empty shard's would be NaN)."""
+    from helpers import runner, tiny_config
+
+    from fimbench.cli import app
+    from fimbench.engines.rundir import read_metrics
+
+    config = tiny_config(
+        tmp_path, method="kfac", empirical_fisher=True, fisher_fraction=1.0, stats_every=2, inverse_every=2,
+        damping_schedule="adaptive", damping_every=2, damping=1.0,
+    )
+    rows = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"run{nproc}"
+        args = ["train", "--config", str(config), "--set", f"training.batch_size={batch_size}", "--set", "training.epochs=1",
+                "--max-steps", "6", "--nproc", str(nproc), "--out", str(out), "--quiet"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        rows[nproc], _ = read_metrics(out / "metrics.jsonl")
+    single, parallel = rows[1][-1], rows[2][-1]
+    assert math.isfinite(parallel["train_loss"]) and parallel["damping_adaptations"] == single["damping_adaptations"] >= 1
+    for key in ("train_loss", "train_loss_per_pixel", "train_reconstruction_error", "val_loss", "damping"):
+        assert abs(parallel[key] - single[key]) <= 1e-4 * abs(single[key]), key
 
 
 # ------------------------------------------------- uneven and empty shards, sampled targets, adaptive damping
