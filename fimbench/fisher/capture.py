@@ -65,9 +65,18 @@ def check_supported(layer: KroneckerLayer, name: str = "") -> KroneckerLayer:
     """``layer`` itself, or one error for a layer whose Fisher block the capture cannot form (a grouped or
     non-zero-padded convolution, a bias frozen while its weight trains); ``name`` is its qualified name."""
     label = f"layer {name!r} ({type(layer).__name__})" if name else str(layer)
-    leave_out = "; leave it out with skip_layers= (or layers=)" if name else ""
     if layer.bias is not None and not layer.bias.requires_grad:
         raise FimbenchError(f"{label} trains its weight but not its bias; freeze or train both")
+    return check_capturable(layer, name)
+
+
+def check_capturable(layer: nn.Module, name: str = "") -> KroneckerLayer:
+    """``layer`` itself, or one error for a module whose statistics ``(ā, g)`` the capture cannot form: not an
+    ``nn.Linear`` or ``nn.Conv2d``, or a grouped or non-zero-padded convolution; ``name`` is its qualified name."""
+    label = f"layer {name!r} ({type(layer).__name__})" if name else str(layer)
+    leave_out = "; leave it out with skip_layers= (or layers=)" if name else ""
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        raise FimbenchError(f"{label} is neither nn.Linear nor nn.Conv2d; its Fisher statistics cannot be captured")
     if isinstance(layer, nn.Conv2d):
         if layer.groups != 1:
             raise FimbenchError(f"{label}: Conv2d with groups={layer.groups} is not supported (only groups=1){leave_out}")
@@ -140,8 +149,11 @@ def capture_statistics(
         (m, T, p) and (m, T, q) for a layer applied at T positions (module docstring).
 
     Raises:
-        FimbenchError: If the forward calls one of ``layers`` more than once, or does not call one of them.
+        FimbenchError: If one of ``layers`` is no layer the capture supports (:func:`check_capturable`), or the
+            forward calls one of them more than once, or does not call one of them.
     """
+    for layer in layers:
+        check_capturable(layer)
     recorded: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 
     def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:

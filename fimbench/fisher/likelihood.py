@@ -60,11 +60,7 @@ class Likelihood(str, Enum):
         if self is Likelihood.BERNOULLI:
             return functional.binary_cross_entropy_with_logits(output, target, reduction="none").flatten(1).sum(dim=1)
         if self is Likelihood.CATEGORICAL:
-            if target.shape != output.shape[:-1]:
-                raise FimbenchError(
-                    f"categorical targets are class indices of shape {tuple(output.shape[:-1])} for outputs "
-                    f"{tuple(output.shape)} (classes last), got {tuple(target.shape)}"
-                )
+            _check_class_indices(output, target)
             tokens = functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1), reduction="none")
             return tokens.reshape(output.shape[0], math.prod(output.shape[1:-1])).sum(dim=1)
         return 0.5 * (output - target).square().flatten(1).sum(dim=1)
@@ -114,12 +110,25 @@ class Likelihood(str, Enum):
 
         Returns:
             The mean loss, a scalar (0-dim) tensor.
+
+        Raises:
+            FimbenchError: For categorical targets that are not one class index per position.
         """
         if self is Likelihood.BERNOULLI:
             return functional.binary_cross_entropy_with_logits(output, target)
         if self is Likelihood.CATEGORICAL:
+            _check_class_indices(output, target)
             return functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
         return functional.mse_loss(output, target)
+
+
+def _check_class_indices(output: Tensor, target: Tensor) -> None:
+    """One error unless ``target`` holds one class index per position of ``output`` (m, …, C): shape (m, …)."""
+    if target.shape != output.shape[:-1]:
+        raise FimbenchError(
+            f"categorical targets are class indices of shape {tuple(output.shape[:-1])} for outputs "
+            f"{tuple(output.shape)} (classes last), got {tuple(target.shape)}"
+        )
 
 
 def parse_likelihood(likelihood: object) -> Likelihood:

@@ -212,3 +212,18 @@ def test_a_layer_called_twice_is_refused():
     x = torch.randn(5, 4, dtype=DTYPE)
     with pytest.raises(FimbenchError, match="more than once"):
         capture_statistics(model, x, Likelihood.GAUSSIAN, [shared])
+
+
+def test_layers_the_capture_cannot_form_are_refused_when_passed_directly():
+    """A grouped or same-padded convolution, or a module that is no layer, given to capture_statistics itself
+    (not through kronecker_layers or the preconditioner's selection): one error, nothing captured."""
+    x = torch.randn(3, 4, 6, 6, dtype=DTYPE)
+    for layer, named in (
+        (nn.Conv2d(4, 4, 3, groups=2).double(), "groups=2"),
+        (nn.Conv2d(4, 4, 3, padding="same").double(), "padding='same'"),
+    ):
+        with pytest.raises(FimbenchError, match=named):
+            capture_statistics(nn.Sequential(layer), x, Likelihood.GAUSSIAN, [layer])
+    activation = nn.Tanh()
+    with pytest.raises(FimbenchError, match="neither nn.Linear nor nn.Conv2d"):
+        capture_statistics(nn.Sequential(nn.Flatten(), activation), x, Likelihood.GAUSSIAN, [activation])  # type: ignore[list-item]

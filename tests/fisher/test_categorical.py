@@ -119,13 +119,15 @@ def test_sequence_outputs_take_classes_from_the_last_dimension(tokens: int) -> N
     assert likelihood.sample(z, torch.Generator().manual_seed(3)).shape == (16, tokens)
     with pytest.raises(FimbenchError, match=rf"class indices of shape \(16, {tokens}\)"):
         likelihood.nll(z, y[:, 0])
+    with pytest.raises(FimbenchError, match=rf"class indices of shape \(16, {tokens}\)"):
+        likelihood.loss_per_pixel(z, y[:, 0])
+    before = float(likelihood.nll(model(x), y).detach().mean())
     preconditioner = KroneckerPreconditioner(model, likelihood, "deflation", damping=1e-2, stats_every=1, fisher_fraction=1.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    before = float(likelihood.nll(model(x), y).mean())
     for _ in range(3):
         optimizer.zero_grad()
         likelihood.nll(model(x), y).mean().backward()
         preconditioner.step(x)
         optimizer.step()
     assert preconditioner.approximations[-1].terms[0][1].shape == (CLASSES, CLASSES)
-    assert float(likelihood.nll(model(x), y).mean()) < before
+    assert float(likelihood.nll(model(x), y).detach().mean()) < before
