@@ -11,11 +11,10 @@ from collections.abc import Sequence
 
 from fimbench import methods
 from fimbench.errors import FimbenchError
-from fimbench.methods import Method
 
 DATASETS: tuple[str, ...] = ("curves", "mnist", "faces", "curves-synth")
 DOWNLOADABLE: tuple[str, ...] = ("curves", "mnist", "faces")
-METHODS: tuple[str, ...] = tuple(method.value for method in Method)
+METHODS: tuple[str, ...] = tuple(method.value for method in methods.Method)
 """Every optimizer, in :class:`~fimbench.methods.Method`'s order."""
 KRONECKER_METHODS: tuple[str, ...] = tuple(method.value for method in methods.KRONECKER_METHODS)
 """The methods that precondition with a Kronecker approximation."""
