@@ -10,6 +10,9 @@ DIVERGED = 3
 """A training run stopped on a non-finite loss (what it logged is kept)."""
 SWEEP_FAILED = 4
 """A sweep finished, but some of its points failed (rerunning the same command retries them)."""
+INTERNAL_ERROR = 5
+"""An unexpected exception: a bug. One ``error:`` line names it and the crash log holding its traceback
+(``crash.log`` in the run directory, else a temporary file); what was logged is kept."""
 INTERRUPTED = 130
 """Interrupted (Ctrl-C or SIGINT); what was logged is kept."""
 
@@ -18,6 +21,7 @@ MEANINGS: dict[int, str] = {
     USAGE: "usage error or bad input",
     DIVERGED: "run diverged (non-finite loss)",
     SWEEP_FAILED: "a sweep finished with failed points",
+    INTERNAL_ERROR: "internal error (a bug: the traceback is in crash.log)",
     INTERRUPTED: "interrupted",
 }
 

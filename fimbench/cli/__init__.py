@@ -3,7 +3,8 @@
 User mistakes raise :class:`fimbench.errors.FimbenchError`; every command is wrapped by
 :func:`fimbench.cli.common.user_errors`, which prints them as one line on stderr and exits with the
 error's status (:mod:`fimbench.exit_codes`), never with a traceback. Usage errors found while parsing the
-command line (an unknown option, a value not among the choices) are one ``error:`` line too.
+command line (an unknown option, a value not among the choices) are one ``error:`` line too, and so is any
+other exception, a bug (:class:`OneLineErrors`): its traceback goes to a crash log.
 
 Nothing is imported here or by the command modules at import time that pulls in torch, matplotlib or
 scipy: ``fimbench --help``, ``--version`` and every ``--help`` stay fast; each command imports its engine
@@ -20,6 +21,8 @@ import typer
 from typer.core import TyperGroup
 
 from fimbench import __version__, exit_codes
+from fimbench.cli.options import record_out, recorded_out
+from fimbench.errors import report_crash
 
 ClickException: type[Exception] = next(
     base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException"
@@ -28,7 +31,13 @@ ClickException: type[Exception] = next(
 
 
 class OneLineErrors(TyperGroup):
-    """Prints a parsing error as ``error: <message>`` on one line (exit status 2), like every other error."""
+    """Prints a parsing error as ``error: <message>`` on one line (exit status 2), like every other error.
+
+    An exception that no command turned into a :class:`~fimbench.errors.FimbenchError` is a bug: its traceback
+    goes to ``crash.log`` in the command's run directory (:func:`fimbench.cli.options.record_out`), else to a
+    temporary file, and one line names it and that file (exit status 5,
+    :data:`fimbench.exit_codes.INTERNAL_ERROR`). What the command logged is kept.
+    """
 
     def main(  # type: ignore[override]
         self,
@@ -41,6 +50,7 @@ class OneLineErrors(TyperGroup):
         arguments = list(sys.argv[1:] if args is None else args)
         if not standalone_mode or not arguments:  # no arguments: the help, as no_args_is_help asks
             return super().main(arguments, prog_name, complete_var, standalone_mode, **extra)
+        record_out(None)  # the command records its run directory once it knows it
         try:
             status = super().main(arguments, prog_name, complete_var, standalone_mode=False, **extra)
         except ClickException as error:
@@ -49,7 +59,26 @@ class OneLineErrors(TyperGroup):
             hint = f" (see: {context.command_path} --help)" if context is not None else ""
             typer.echo(f"error: {message}{hint}", err=True)
             sys.exit(getattr(error, "exit_code", exit_codes.USAGE))
+        except typer.Abort:  # Ctrl-C before a command ran (in one, user_errors reports it)
+            typer.echo("error: interrupted", err=True)
+            sys.exit(exit_codes.INTERRUPTED)
+        except Exception as error:  # a bug
+            crash = report_crash(_command_path(self, arguments), error, recorded_out())
+            typer.echo(f"error: {crash}", err=True)
+            sys.exit(crash.exit_code)
         sys.exit(status if isinstance(status, int) else exit_codes.OK)
+
+
+def _command_path(group: Any, arguments: Sequence[str]) -> str:
+    """The names of the (sub)commands ``arguments`` begin with: ``train``, ``reproduce figure2``."""
+    names: list[str] = []
+    for argument in arguments:
+        command = getattr(group, "commands", {}).get(argument)
+        if command is None:
+            break
+        names.append(argument)
+        group = command
+    return " ".join(names) or "fimbench"
 
 
 app = typer.Typer(

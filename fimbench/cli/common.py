@@ -20,7 +20,8 @@ F = TypeVar("F", bound=Callable[..., object])
 def user_errors(command: F) -> F:
     """Turn a :class:`FimbenchError` into ``error: <message>`` on stderr and its exit status
     (:mod:`fimbench.exit_codes`); an unhandled Ctrl-C and an operating-system error (a file that cannot be
-    written, say) likewise end with one ``error:`` line, never a traceback."""
+    written, say) likewise end with one ``error:`` line, never a traceback. Any other exception is a bug, left
+    to :class:`fimbench.cli.OneLineErrors` (one line, the traceback in a crash log)."""
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> object:

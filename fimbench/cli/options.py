@@ -79,7 +79,8 @@ def step_rule_option() -> Any:
         "--step-rule",
         help="Kronecker methods: fixed (the lr and momentum of the torch optimizer, KL-clipped) or qmodel (step size "
         "and momentum minimise the quadratic model with the exact sub-batch Fisher at every step; lr, momentum and "
-        "KL-clip are not used).",
+        "KL-clip are not used; unless a λ or a damping schedule is given, the damping is configs/<dataset>-qmodel.yaml's: "
+        "adaptive from λ₀ = 150).",
     )
 
 
@@ -187,15 +188,33 @@ def _first_missing(path: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+_out: Path | None = None  # the running command's run or output directory, once known
+
+
+def record_out(path: Path | None) -> None:
+    """Record ``path`` as the running command's run (or output) directory, where an internal error leaves its
+    ``crash.log`` (:func:`fimbench.errors.report_crash`); ``None``: it has none (yet). :func:`check_out` and
+    :func:`run_directory` record theirs."""
+    global _out
+    _out = None if path is None else Path(path)
+
+
+def recorded_out() -> Path | None:
+    """The directory :func:`record_out` recorded last (``None``: none)."""
+    return _out
+
+
 def check_out(path: Path) -> None:
-    """Fail early, with one line, if ``path`` cannot be a directory (a file on its way, say)."""
+    """Fail early, with one line, if ``path`` cannot be a directory (a file on its way, say); record it as the
+    command's output directory (:func:`record_out`)."""
     _first_missing(Path(path))
+    record_out(path)
 
 
 @contextmanager
 def run_directory(path: Path, refuse_existing: bool = False, replace: Sequence[str] = ()) -> Iterator[Path]:
-    """Create the run directory ``path`` and yield it; if the command fails before writing anything
-    there, remove the directories this created, so bad input leaves no trace.
+    """Create the run directory ``path``, record it as the command's (:func:`record_out`) and yield it; if the
+    command fails before writing anything there, remove the directories this created, so bad input leaves no trace.
 
     ``refuse_existing``: a directory that already holds files is an error. ``replace``: file names removed
     from it first (the run that ``--overwrite`` replaces).
@@ -213,6 +232,7 @@ def run_directory(path: Path, refuse_existing: bool = False, replace: Sequence[s
         raise FimbenchError(f"cannot create --out {path}: {error.strerror or error}") from None
     for name in replace:
         (path / name).unlink(missing_ok=True)
+    record_out(path)
     try:
         yield path
     except BaseException:

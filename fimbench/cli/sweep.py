@@ -74,7 +74,7 @@ def sweep(
         "-g",
         help="KEY=V1,V2,... with KEY lr, damping or clip; repeat per key. Keys not given take the default grid: "
         "Kronecker methods lr ∈ {1, 0.3, 0.1, 0.03}, damping ∈ {1, 0.1, 0.01, 0.001} (fimbench's scale, the config's π), "
-        "clip ∈ {1e-2, 1e-3} (with --step-rule qmodel: damping only); with --authors-scale the paper's lr, damping ∈ {3e-1 … 1e-4}, converted with the authors' "
+        "clip ∈ {1e-2, 1e-3} (with --step-rule qmodel: damping only, a fixed λ unless --set optimizer.damping_schedule=adaptive); with --authors-scale the paper's lr, damping ∈ {3e-1 … 1e-4}, converted with the authors' "
         "damping split. SGD/Adam tune lr only (the paper's grid, converted).",
     ),
     authors_scale: bool = typer.Option(

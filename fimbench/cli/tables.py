@@ -48,12 +48,14 @@ def curvature_table(rows: list[dict[str, Any]], title: str) -> Table:
     damping λ, alignment ``cos(F̃⁻¹∇, ∇)`` and safeguard τ at the latest refresh, and seconds spent in
     statistics (extra pass), refresh (power SVD / Lanczos + inversion) and preconditioning during each epoch.
     Under the qmodel step rule, the epoch's mean step size α, momentum μ and predicted decrease ``−M(δ)``
-    instead of ν, and the seconds of the step rule (the Jacobian products and the 2 × 2 model)."""
+    instead of ν, and the seconds of the step rule (the Jacobian products and the 2 × 2 model). When the refresh
+    guard dropped an update or a refresh in some epoch, a ``guard`` column counts them and names the layers."""
     quadratic = any(row.get("step_size") is not None for row in rows)
+    guarded = any(row.get("guard_activations") for row in rows)
     table = Table(title=title, header_style="bold")
     step_headers = ("α", "μ", "−M(δ)") if quadratic else ("KL clip ν",)
     headers = ("epoch", "iters mean/max", "resid. max", *step_headers, "λ", "alignment", "τ", "stats s", "refresh s", "precond s",
-               *(("step rule s",) if quadratic else ()))
+               *(("step rule s",) if quadratic else ()), *(("guard",) if guarded else ()))
     for header in headers:
         table.add_column(header, justify="right")
     for row in rows:
@@ -74,8 +76,18 @@ def curvature_table(rows: list[dict[str, Any]], title: str) -> Table:
             _fmt(row.get("seconds_refresh"), ".2f"),
             _fmt(row.get("seconds_precondition"), ".2f"),
             *((_fmt(row.get("seconds_step_rule"), ".2f"),) if quadratic else ()),
+            *((_guard_cell(row),) if guarded else ()),
         )
     return table
+
+
+def _guard_cell(row: dict[str, Any]) -> str:
+    """``"2: decoder.3 refresh, …"``: the epoch's guard activations and where they were, or ``–``."""
+    events = row.get("guard_events") or []
+    if not events:
+        return "–"
+    places = sorted({f"{event['layer']} {event['phase']}" for event in events})
+    return f"{len(events)}: {', '.join(places)}"
 
 
 def _mean_sd(stat: Spread | None, spec: str = ".4g") -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +71,16 @@ class RichTrainProgress:
         self.progress.stop()
 
 
+DAMPING_HELP = (
+    "Tikhonov damping λ (Kronecker methods; the initial λ if adaptive; with --step-rule qmodel a fixed λ unless "
+    "--damping-schedule adaptive is given too)."
+)
+DAMPING_SCHEDULE_HELP = (
+    "fixed, or adaptive (Levenberg–Marquardt rule every T3 = optimizer.damping_every steps); default: the config's, "
+    "with --step-rule qmodel adaptive (configs/<dataset>-qmodel.yaml)."
+)
+
+
 def _damping_split(text: str | None) -> float | str | None:
     """``--pi``: ``trace`` or a number (validated with the other optimizer settings)."""
     if text is None or text == "trace":
@@ -95,7 +104,7 @@ def train(
     momentum: float | None = typer.Option(None, help="SGD momentum (also on the preconditioned gradient)."),
     nesterov: bool | None = typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."),
     weight_decay: float | None = typer.Option(None, help="Weight decay."),
-    damping: float | None = typer.Option(None, help="Tikhonov damping λ (Kronecker methods; the initial λ if adaptive)."),
+    damping: float | None = typer.Option(None, help=DAMPING_HELP),
     pi: str | None = typer.Option(
         None, "--pi", help="Damping split π: 'trace' (the paper's §2.2 rule) or a fixed positive number."
     ),
@@ -107,9 +116,7 @@ def train(
         None, "--coarse",
         help="Two-level cross-layer correction for a block method: none (default), nicolaides, spectral or residual.",
     ),
-    damping_schedule: str | None = typer.Option(
-        None, "--damping-schedule", help="fixed, or adaptive (Levenberg–Marquardt rule every T3 = optimizer.damping_every steps)."
-    ),
+    damping_schedule: str | None = typer.Option(None, "--damping-schedule", help=DAMPING_SCHEDULE_HELP),
     kl_clip: float | None = typer.Option(None, help="KL-clipping constant c (Kronecker methods)."),
     step_rule: str | None = step_rule_option(),
     stats_every: int | None = typer.Option(None, "--stats-every", help="T1: steps between statistics updates."),
@@ -270,11 +277,7 @@ def _run(resolved: RunConfig, run_dir: Path, overwrite: bool, resume: bool) -> T
 
     output = current()
     progress = RichTrainProgress() if output.progress else None
-    directory = (
-        nullcontext(run_dir) if resume
-        else run_directory(run_dir, refuse_existing=not overwrite, replace=RUN_FILES if overwrite else ())
-    )
-    with directory:
+    with run_directory(run_dir, refuse_existing=not (overwrite or resume), replace=RUN_FILES if overwrite else ()):
         try:
             return run_training(resolved, run_dir, progress, resume=resume)
         except DivergedError:
@@ -283,6 +286,11 @@ def _run(resolved: RunConfig, run_dir: Path, overwrite: bool, resume: bool) -> T
         except KeyboardInterrupt:
             output.document(_summary_document(run_dir))
             raise Interrupted(f"interrupted; what was logged is kept in {run_dir}") from None
+        except (FimbenchError, OSError):
+            raise
+        except Exception:  # a bug, reported by fimbench.cli.OneLineErrors
+            output.document(_summary_document(run_dir, "crashed"))
+            raise
         finally:
             if progress is not None:
                 progress.stop()
@@ -323,8 +331,9 @@ def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table:
     return {"run_dir": str(run_dir), **result.summary}
 
 
-def _summary_document(run_dir: Path) -> dict[str, Any]:
-    """The JSON document of a run that stopped early: its ``summary.json`` (if written) and where it is."""
+def _summary_document(run_dir: Path, status: str = "interrupted") -> dict[str, Any]:
+    """The JSON document of a run that stopped early: its ``summary.json`` (if written, else just ``status``) and
+    where it is."""
     from fimbench.engines.rundir import read_summary
 
-    return {"run_dir": str(run_dir), **(read_summary(run_dir) or {"status": "interrupted"})}
+    return {"run_dir": str(run_dir), **(read_summary(run_dir) or {"status": status})}

@@ -9,6 +9,7 @@ chasing relative accuracy in round-off.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,29 +52,46 @@ def power_svd(
     The check reuses the next iteration's ``Z v``, so an iteration costs one pair of products.
     """
     n = operator.size
-    zero = torch.zeros(n, 1, dtype=start.dtype, device=start.device)
     size = scale if scale is not None else operator.frobenius_norm()
+    vanished = SingularTriplets(
+        torch.zeros(1, dtype=start.dtype, device=start.device),
+        torch.zeros(n, 1, dtype=start.dtype, device=start.device),
+        torch.zeros(n, 1, dtype=start.dtype, device=start.device),
+        0,
+        0.0,
+    )
     if size <= 0.0:
-        return SingularTriplets(torch.zeros(1, dtype=start.dtype, device=start.device), zero, zero, 0, 0.0)
+        return vanished
     y = _normalised(start, operator.norm_right(start))
     w = operator.matvec(y)
-    if float(operator.norm_left(w)) <= BREAKDOWN * size:  # Z v = 0: the (deflated) operator vanishes here
-        return SingularTriplets(torch.zeros(1, dtype=start.dtype, device=start.device), zero, zero, 1, 0.0)
     sigma = torch.zeros((), dtype=start.dtype, device=start.device)
     x = torch.zeros_like(w)
     residual = float("inf")
     iterations = 0
-    while iterations < max_iterations:  # after the first step σ > 0, so ‖Z v‖ ≥ σ never vanishes
+    while iterations < max_iterations:
+        # In exact arithmetic ‖Z v‖ ≥ σ > 0 after the first step; in floating point a (deflated) operator
+        # whose singular values lie below the round-off of its norms can return a zero or NaN norm.
+        # Either way Z vanishes on this iterate to working precision: its leading pair is zero.
+        length = operator.norm_left(w)
+        if _vanishes(length, size):
+            return dataclasses.replace(vanished, iterations=iterations + 1)
         iterations += 1
-        x = w / operator.norm_left(w)
+        x = w / length
         z = operator.rmatvec(x)
         sigma = operator.norm_right(z)
+        if _vanishes(sigma, size):
+            return dataclasses.replace(vanished, iterations=iterations)
         y = z / sigma
         w = operator.matvec(y)
         residual = float(operator.norm_left(w - sigma * x) / (scale if scale is not None else sigma))
         if residual <= tol:
             break
     return SingularTriplets(sigma.reshape(1), x.reshape(n, 1), y.reshape(n, 1), iterations, residual)
+
+
+def _vanishes(norm: Tensor, size: float) -> bool:
+    """Whether a norm is negligible against ``size`` (σ_ref or ‖Z‖_F): ≤ :data:`BREAKDOWN` · size, or NaN."""
+    return not float(norm) > BREAKDOWN * size
 
 
 def _orthogonalise(vector: Tensor, basis: list[Tensor], gram: Tensor) -> Tensor:

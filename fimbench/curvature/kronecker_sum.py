@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from fimbench.curvature.kronecker import kron_dense
-from fimbench.errors import FimbenchError
+from fimbench.errors import FactorisationError, FimbenchError
 
 DEFAULT_MIN_CURVATURE_RATIO = 0.1
 TRACE_SPLIT: Literal["trace"] = "trace"
@@ -245,7 +245,7 @@ class KroneckerSum:
 def _cholesky(matrix: Tensor, side: str) -> Tensor:
     factor, info = torch.linalg.cholesky_ex(matrix)
     if int(info) != 0:
-        raise FimbenchError(
+        raise FactorisationError(
             f"the damped {side} factor is not positive definite (size {matrix.shape[0]}); increase the damping"
         )
     return factor
@@ -355,7 +355,7 @@ class KroneckerInverse:
         eye_q = torch.eye(G1.shape[0], dtype=G1.dtype, device=G1.device)
         first = torch.outer(gamma, alpha) + damping  # (q, p): γ_i α_j + λ
         if float(first.min()) <= 0.0:
-            raise FimbenchError("the exactly damped first term is not positive definite; increase the damping")
+            raise FactorisationError("the exactly damped first term is not positive definite; increase the damping")
         terms = [(A1, G1), (eye_p, damping * eye_q)]
         self.denominator = first
         if approximation.rank == 2:

@@ -46,26 +46,34 @@ class FactorBasis:
     matrices: list[Tensor]  # R_k (d×d) or S_k
 
     def gram(self) -> Tensor:
-        """``M`` with ``M[i, j] = ⟨vec(basis_i), vec(basis_j)⟩`` (n × n, float64)."""
-        rows = self.rows
+        """``M`` with ``M[i, j] = ⟨vec(basis_i), vec(basis_j)⟩`` (n × n), computed in float64.
+
+        The solvers' norms are ``sqrt(xᵀ M x)``, whose absolute error is about ``sqrt(ε ‖M‖)``: from float32
+        entries (ε ≈ 6e-8) that is 2.4e-4 σ₁, above the second singular value of a layer whose g has one
+        live coordinate, where power SVD then chases round-off into a zero norm and 0/0. In float64 the
+        floor is 1.5e-8 σ₁.
+        """
+        rows = self.rows.to(ITERATION_DTYPE)
         blocks = [(rows @ rows.transpose(0, 1)).square()]
         if self.matrices:
-            cross = torch.stack([quadratic_forms(rows, R) for R in self.matrices], dim=1)  # (m, r)
-            stacked = torch.stack(self.matrices)  # (r, d, d)
+            matrices = [R.to(ITERATION_DTYPE) for R in self.matrices]
+            cross = torch.stack([quadratic_forms(rows, R) for R in matrices], dim=1)  # (m, r)
+            stacked = torch.stack(matrices)  # (r, d, d)
             inner = torch.einsum("iab,jab->ij", stacked, stacked)
             top = torch.cat([blocks[0], cross], dim=1)
             bottom = torch.cat([cross.transpose(0, 1), inner], dim=1)
-            return torch.cat([top, bottom], dim=0).to(ITERATION_DTYPE)
-        return blocks[0].to(ITERATION_DTYPE)
+            return torch.cat([top, bottom], dim=0)
+        return blocks[0]
 
     def materialise(self, coefficients: Tensor) -> Tensor:
-        """``MAT(Φ x) = Σ_t x_t ā_t ā_tᵀ + Σ_k x_k R_k`` (symmetric d×d, O(m d²))."""
+        """``MAT(Φ x) = Σ_t x_t ā_t ā_tᵀ + Σ_k x_k R_k`` (symmetric d×d, O(m d²)), summed in float64 and
+        returned in the statistics' dtype: a deflated pair's coefficients cancel, as its norms do."""
         m = self.rows.shape[0]
-        coefficients = coefficients.to(self.rows.dtype)
-        result = weighted_gram(self.rows, coefficients[:m])
+        coefficients = coefficients.to(ITERATION_DTYPE)
+        result = weighted_gram(self.rows.to(ITERATION_DTYPE), coefficients[:m])
         for weight, matrix in zip(coefficients[m:], self.matrices):
-            result = result + weight * matrix
-        return 0.5 * (result + result.transpose(0, 1))
+            result = result + weight * matrix.to(ITERATION_DTYPE)
+        return (0.5 * (result + result.transpose(0, 1))).to(self.rows.dtype)
 
 
 class RearrangedOperator:
@@ -157,7 +165,10 @@ class RearrangedOperator:
         vector = self.unit(index)
         for _ in range(2):
             vector = vector - stacked @ (stacked.transpose(0, 1) @ (self.gram_g @ vector))
-        return vector / self.norm_right(vector)
+        length = self.norm_right(vector)  # the distance above cancels: a basis of parallel elements (repeated
+        if not float(length) ** 2 > FRESH_FLOOR * float(torch.diagonal(self.gram_g).max()):  # examples) leaves ~0 here
+            return None
+        return vector / length
 
     def unit(self, index: int) -> Tensor:
         """Coefficients of the basis element ``index`` (a warm-start direction)."""

@@ -1,7 +1,20 @@
 """Run configuration: frozen dataclasses, loaded from YAML with strict key and type checking.
 
-Resolution order (later wins): the dataset's preset ``configs/<dataset>.yaml``, its ``methods.<method>``
-section, the user's ``--config`` file, that file's ``methods.<method>`` section, then CLI options.
+Resolution order (later wins), all in :func:`load_config`:
+
+1. the dataset's preset ``configs/<dataset>.yaml``, then its ``methods.<method>`` section;
+2. with step rule qmodel and a preconditioned method, the rule's defaults: the ``optimizer`` section of
+   ``configs/<dataset>-qmodel.yaml`` less its ``method`` (adaptive damping from λ₀ = 150, floor 0.01);
+3. the user's ``--config`` file, then that file's ``methods.<method>`` section;
+4. the command line: named options and ``--set`` (``overrides``).
+
+What "the user set" is the keys of layers 3 and 4, each of which wins over layer 2. The presets (1) are not
+the user's choice: their λ, chosen for the fixed step rule, makes the qmodel rule diverge. One exception: a
+λ the user gives without a damping schedule is a fixed λ, as under the fixed rule, so layer 2 then leaves
+the schedule to the presets (fixed), and the run warns (:func:`fimbench.engines.train.step_rule_warning`).
+So ``--damping 0.01`` trains at a fixed λ = 0.01, ``--damping-schedule fixed`` at the rule's λ = 150, and
+``--damping-schedule adaptive --damping 10`` adapts λ from 10 with the floor 0.01. A run directory's
+``config.yaml`` sets every key, so a resumed run or a sweep's best config resolves as written.
 """
 
 from __future__ import annotations
@@ -18,9 +31,10 @@ import yaml
 
 from fimbench.engines.event_log import require_tensorboard
 from fimbench.errors import FimbenchError, did_you_mean
-from fimbench.methods import Method, parse_method
+from fimbench.methods import PRECONDITIONED_METHODS, Method, parse_method
 from fimbench.names import STEP_RULES
 from fimbench.preconditioner.settings import FirstOrderSettings, PreconditionerSettings
+from fimbench.preconditioner.step_rule import QMODEL
 
 
 @dataclass(frozen=True)
@@ -89,9 +103,10 @@ NULL = _Null()
 PRESET_ALIASES = {"curves-synth": "curves"}  # the synthetic set trains the CURVES autoencoder
 
 
-def preset_path(dataset: str) -> Path | None:
-    """``configs/<dataset>.yaml`` shipped with fimbench, if any."""
-    name = PRESET_ALIASES.get(dataset, dataset)
+def preset_path(dataset: str, variant: str = "") -> Path | None:
+    """``configs/<dataset>.yaml`` shipped with fimbench, if any; with ``variant``, ``configs/<dataset>-<variant>.yaml``
+    (``qmodel``: the step rule's defaults)."""
+    name = PRESET_ALIASES.get(dataset, dataset) + (f"-{variant}" if variant else "")
     candidate = resources.files("fimbench.configs") / f"{name}.yaml"
     return Path(str(candidate)) if candidate.is_file() else None
 
@@ -188,8 +203,45 @@ def _method_section(mapping: dict[str, Any], method: str, origin: str) -> dict[s
     return {"optimizer": overrides}
 
 
+Layer = tuple[dict[str, Any], str]
+"""A mapping of config sections and where it comes from (for error messages)."""
+
+
+def _merge_all(config: RunConfig, layers: list[Layer]) -> RunConfig:
+    for mapping, origin in layers:
+        config = _merge(config, mapping, origin)
+    return config
+
+
+def _with_step_rule_defaults(config: RunConfig, resolved: RunConfig, chosen: set[str]) -> RunConfig:
+    """``config`` (the presets merged) with the qmodel defaults on top where they apply (module docstring):
+    ``resolved`` is the run's config without them, ``chosen`` the optimizer keys the user set."""
+    optimizer = resolved.optimizer
+    if optimizer.step_rule != QMODEL or optimizer.method not in {method.value for method in PRECONDITIONED_METHODS}:
+        return config
+    path = preset_path(resolved.data.dataset, QMODEL)
+    if path is None:
+        return config
+    fixed_damping = "damping" in chosen and "damping_schedule" not in chosen  # a λ given alone is a fixed λ
+    left_out = {"method", "damping_schedule"} if fixed_damping else {"method"}
+    defaults = {key: value for key, value in (read_yaml(path).get("optimizer") or {}).items() if key not in left_out}
+    return _merge(config, {"optimizer": defaults}, f"{path} (the {QMODEL} step rule's defaults)")
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Resolve a run configuration (module docstring). ``overrides`` uses dotted keys: ``optimizer.lr``."""
+    """Resolve a run configuration: the one place every command's runs are resolved (module docstring).
+
+    Args:
+        path: the user's ``--config`` file, if any.
+        overrides: the command line's values by dotted key (``optimizer.lr``); ``None`` means not given and
+            :data:`NULL` sets a key to ``null``.
+
+    Returns:
+        The resolved configuration.
+
+    Raises:
+        FimbenchError: a missing or malformed file, an unknown section or key, or a value of the wrong type.
+    """
     overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
     user = read_yaml(path) if path is not None else {}
     nested_overrides: dict[str, dict[str, Any]] = {}
@@ -209,14 +261,20 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         return str(method)
 
     method = method_of(preset, user, nested_overrides)
-    config = RunConfig()
-    config = _merge(config, preset, str(preset_file))
-    config = _merge(config, _method_section(preset, method, str(preset_file)), f"{preset_file} (methods.{method})")
     origin = str(path) if path is not None else "the config"
-    config = _merge(config, user, origin)
-    config = _merge(config, _method_section(user, method, origin), f"{origin} (methods.{method})")
-    config = _merge(config, nested_overrides, "the command line")
-    return config
+    presets: list[Layer] = [
+        (preset, str(preset_file)),
+        (_method_section(preset, method, str(preset_file)), f"{preset_file} (methods.{method})"),
+    ]
+    users: list[Layer] = [
+        (user, origin),
+        (_method_section(user, method, origin), f"{origin} (methods.{method})"),
+        (nested_overrides, "the command line"),
+    ]
+    config = _merge_all(RunConfig(), presets)
+    resolved = _merge_all(config, users)
+    chosen = {key for mapping, _ in users for key in mapping.get("optimizer") or {}}
+    return _merge_all(_with_step_rule_defaults(config, resolved, chosen), users)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -25,7 +25,7 @@ def training_summary(
     diverged_at: int | None,
 ) -> dict[str, Any]:
     """``summary.json`` of a training run: its status, what it trained, its final epoch row, the best validation
-    loss, the alignment after the first refresh, the training seconds per step and the environment."""
+    loss, the alignment after the first refresh, the refresh guard's activations and events (every epoch's), the training seconds per step and the environment."""
     last = rows[-1] if rows else {}
     best_val = min((row["val_loss"] for row in rows), default=None)
     return {
@@ -40,6 +40,8 @@ def training_summary(
         "final": {key: value for key, value in last.items() if key != "kind"},
         "best_val_loss": best_val,
         "alignment_first_refresh": alignment_first_refresh,
+        "guard_activations": sum(row.get("guard_activations", 0) for row in rows),
+        "guard_events": [event for row in rows for event in row.get("guard_events", [])],
         "train_seconds": train_seconds,
         "time_per_step": train_seconds / steps if steps else None,
         "processes": world_size(),  # data-parallel ranks (fimbench.preconditioner.distributed)

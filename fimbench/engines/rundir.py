@@ -2,7 +2,8 @@
 
 A run directory (what :func:`fimbench.engines.train.run_training` writes) holds ``config.yaml`` (the fully
 resolved config), ``metrics.jsonl`` (one JSON row per epoch, and per ``log_every`` steps if asked),
-``checkpoint.pt`` (the state after the latest epoch, :mod:`fimbench.engines.checkpoint`) and ``summary.json``; a sweep directory (what :mod:`fimbench.engines.sweep` writes) holds ``sweep.json`` naming each
+``checkpoint.pt`` (the state after the latest epoch, :mod:`fimbench.engines.checkpoint`), ``summary.json`` and, after
+an internal error (a bug), ``crash.log`` (:func:`fimbench.errors.report_crash`); a sweep directory (what :mod:`fimbench.engines.sweep` writes) holds ``sweep.json`` naming each
 method's grid points, each an ordinary run directory.
 
 Reading is forgiving: an unparsable line of ``metrics.jsonl`` (a write cut short by a kill) becomes a
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import yaml
 
-from fimbench.errors import FimbenchError
+from fimbench.errors import CRASH_LOG, FimbenchError
 from fimbench.files import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "fimbench-checkpoint-1"
-RUN_FILES = (SUMMARY, CHECKPOINT, METRICS, CONFIG)
+RUN_FILES = (SUMMARY, CHECKPOINT, METRICS, CONFIG, CRASH_LOG)
 """What a run writes into its directory; ``fimbench train --overwrite`` removes them first (summary first)."""
 SWEEP_MANIFEST = "sweep.json"
 """File naming a sweep directory's methods and points (schema: :mod:`fimbench.engines.sweep`)."""
@@ -47,7 +48,7 @@ class RunRecord:
     path: Path
     dataset: str
     method: str
-    status: str  # completed | interrupted | diverged | incomplete (no summary.json)
+    status: str  # completed | interrupted | diverged | crashed | incomplete (no summary.json)
     device: str
     rows: list[dict[str, Any]]  # the valid epoch rows of metrics.jsonl
     summary: dict[str, Any]
@@ -195,8 +196,9 @@ def reopen_run(run_dir: Path, metrics_bytes: int, epochs: int) -> list[dict[str,
 
 
 def clear_results(run_dir: Path) -> None:
-    """Remove ``summary.json``, ``checkpoint.pt`` and ``metrics.jsonl`` (a run about to start again from scratch)."""
-    for name in (SUMMARY, CHECKPOINT, METRICS):
+    """Remove ``summary.json``, ``checkpoint.pt``, ``metrics.jsonl`` and ``crash.log`` (a run about to start again from
+    scratch)."""
+    for name in (SUMMARY, CHECKPOINT, METRICS, CRASH_LOG):
         (run_dir / name).unlink(missing_ok=True)
 
 

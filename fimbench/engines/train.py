@@ -9,7 +9,6 @@ epoch (:mod:`fimbench.engines.checkpoint`) and ``summary.json`` — but never pr
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +44,7 @@ from fimbench.engines.toolkit import (
     resolve_architecture,
     resolve_device,
 )
-from fimbench.errors import DivergedError, FimbenchError
+from fimbench.errors import CurvatureFailedError, DivergedError, FimbenchError
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.preconditioner.damping import ADAPTIVE
 from fimbench.preconditioner.distributed import mean_over_ranks, rank
@@ -76,21 +75,20 @@ def damping_warning(alignment: float | None) -> str | None:
 
 
 def step_rule_warning(optimizer: OptimizerConfig) -> str | None:
-    """The one-line warning for the quadratic-model step rule under a fixed λ, if it applies: Martens & Grosse
-    pair it with adaptive damping, since with a small fixed λ the model ``M(δ)`` trusts ``F + λI`` far outside
-    the region where it holds (K-FAC diverged at step 3 on curves-synth with the presets' λ = 0.01)."""
+    """The one-line warning for qmodel under a fixed λ (the user's: unset, λ adapts, :mod:`fimbench.engines.config`): with a small
+    fixed λ the model ``M(δ)`` trusts ``F + λI`` far outside the region where it holds (K-FAC diverged at step 3 with λ = 0.01)."""
     if optimizer.step_rule != QMODEL or optimizer.damping_schedule == ADAPTIVE:
         return None
     return (
         f"step rule qmodel with a fixed damping λ = {optimizer.damping:g}: its steps may leave the region where the "
-        "quadratic model holds; use --damping-schedule adaptive with a large initial --damping, as configs/<dataset>-qmodel.yaml do"
+        "quadratic model holds; use --damping-schedule adaptive, or leave λ unset for configs/<dataset>-qmodel.yaml's adaptive one"
     )
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
-    status: str  # completed | interrupted | diverged
+    status: str  # completed | interrupted | diverged | crashed (an unexpected exception: a bug)
     rows: list[dict[str, Any]] = field(default_factory=list)
     alignment_first_refresh: float | None = None  # cos(F̃⁻¹∇, ∇) after the first refresh (Kronecker methods)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -123,8 +121,12 @@ def run_training(
             f"non-finite loss ({diverged.value}) at step {diverged.step}; stopped, "
             f"{len(run.result.rows)} epoch(s) kept in {run_dir}"
         ) from None
-    except KeyboardInterrupt:
-        _finish(run, "interrupted", None)
+    except CurvatureFailedError as failure:  # a refresh guard with no earlier inverse to keep
+        _finish(run, "diverged", failure.step)
+        raise DivergedError(f"{failure}; stopped, {len(run.result.rows)} epoch(s) kept in {run_dir}") from None
+    except (KeyboardInterrupt, Exception) as stopped:  # Ctrl-C, or a bug (not a FimbenchError or OSError: the user's)
+        if not isinstance(stopped, (FimbenchError, OSError)):
+            _finish(run, "interrupted" if isinstance(stopped, KeyboardInterrupt) else "crashed", None)
         raise
     return _finish(run, "completed", None)
 
@@ -392,7 +394,3 @@ def run_point(run_dir: str, threads: int) -> str:
         if read_summary(path).get("status") == "diverged":
             return "diverged"
         raise
-
-
-if __name__ == "__main__":  # a sweep worker: python -m fimbench.engines.train RUN_DIR THREADS
-    run_point(sys.argv[1], int(sys.argv[2]))

@@ -27,6 +27,7 @@ from fimbench.curvature.kronecker_sum import FACTORED, DampingSplit, check_dampi
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.methods import Method
+from fimbench.preconditioner.guard import REFRESH, UPDATE, Failure, guarded
 
 
 class SolverReport(NamedTuple):
@@ -54,6 +55,10 @@ class Curvature(Protocol):
 
     def quadratic(self, deltas: Sequence[Tensor]) -> Tensor:
         """``δᵀ F̃(λ) δ`` with the operator of the latest factorisation (a 0-d tensor)."""
+        ...
+
+    def pop_failures(self) -> list[Failure]:
+        """The updates and refreshes the guard dropped since the last call (:mod:`~fimbench.preconditioner.guard`)."""
         ...
 
     @property
@@ -225,18 +230,37 @@ class EigenbasisBlock:
 
 
 class BlockDiagonal:
-    """``F̃ = blockdiag(F̃_1, …, F̃_L)``: each layer's block updated, inverted and applied on its own."""
+    """``F̃ = blockdiag(F̃_1, …, F̃_L)``: each layer's block updated, inverted and applied on its own, each update
+    and refresh through the guard (:mod:`~fimbench.preconditioner.guard`): a failed block keeps its previous
+    estimate or inverse."""
 
     def __init__(self, blocks: Sequence[CurvatureBlock]) -> None:
         self.blocks = list(blocks)
+        self.failures: list[Failure] = []
 
     def update(self, statistics: Sequence[LayerStatistics], decay: float) -> list[SolverReport]:
-        reports = [block.update(stats, decay) for block, stats in zip(self.blocks, statistics)]
-        return [report for report in reports if report is not None]
+        reports = []
+        for index, (block, stats) in enumerate(zip(self.blocks, statistics)):
+            had_estimate = block.state_dict()["approximation"] is not None
+            outcome: list[SolverReport | None] = []
+            reason = guarded(block, lambda: outcome.append(block.update(stats, decay)))
+            if reason is not None:
+                self.failures.append(Failure(index, UPDATE, reason, fatal=not had_estimate))
+            elif outcome[0] is not None:
+                reports.append(outcome[0])
+        return reports
 
     def refresh(self, damping: float) -> None:
-        for block in self.blocks:
-            block.refresh(damping)
+        for index, block in enumerate(self.blocks):
+            had_inverse = block.state_dict()["inverse"] is not None
+            reason = guarded(block, lambda: block.refresh(damping))
+            if reason is not None:
+                self.failures.append(Failure(index, REFRESH, reason, fatal=not had_inverse))
+
+    def pop_failures(self) -> list[Failure]:
+        """The guard's failures since the last call."""
+        failures, self.failures = self.failures, []
+        return failures
 
     def apply(self, gradients: Sequence[Tensor]) -> list[Tensor]:
         return [block.apply(gradient) for block, gradient in zip(self.blocks, gradients)]

@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import Tensor
+
+from fimbench.preconditioner.guard import GuardEvent
 
 
 @dataclass
@@ -20,14 +25,15 @@ class PreconditionerDiagnostics:
     clip_sum: Tensor | None = None  # Σ ν over steps, kept on the device
     steps: int = 0
     reduction_ratios: list[float] = field(default_factory=list)  # ρ of each damping adaptation
+    guard_events: list[GuardEvent] = field(default_factory=list)  # updates and refreshes the guard dropped
 
-    def summary(self) -> dict[str, float | int | None]:
+    def summary(self) -> dict[str, Any]:
         """The counts, and the means and maxima over updates, as plain numbers.
 
         Returns:
             ``statistics_updates``, ``inverse_refreshes``, ``iterations_mean``/``_max``, ``residual_mean``/``_max``,
             ``kl_clip_factor`` (mean ν), ``damping_adaptations`` and ``reduction_ratio_mean`` (None where
-            there was nothing to average).
+            there was nothing to average), ``guard_activations`` and ``guard_events`` (each as a plain dict).
         """
         ratios = [rho for rho in self.reduction_ratios if math.isfinite(rho)]
         return {
@@ -40,6 +46,8 @@ class PreconditionerDiagnostics:
             "kl_clip_factor": float(self.clip_sum) / self.steps if self.clip_sum is not None and self.steps else None,
             "damping_adaptations": len(self.reduction_ratios),
             "reduction_ratio_mean": sum(ratios) / len(ratios) if ratios else None,
+            "guard_activations": len(self.guard_events),
+            "guard_events": [event.as_dict() for event in self.guard_events],
         }
 
 
@@ -51,3 +59,18 @@ class DampingTrial:
     parameters: list[Tensor]
     gradients: list[Tensor]
     predicted: Tensor | None = None
+
+    def model_change(self, parameters: Sequence[Tensor], quadratic: Callable[[Sequence[Tensor]], Tensor]) -> Tensor:
+        """``M(δ) = ⟨∇, δ⟩ + ½ δᵀ F̃ δ`` for the update ``δ`` from the trial's θ to ``parameters``, with ``F̃`` the
+        damped operator that produced it (block-diagonal: ``Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩``).
+
+        Args:
+            parameters: θ + δ per layer, now.
+            quadratic: ``δ ↦ δᵀ F̃ δ`` (the curvature's ``quadratic``).
+
+        Returns:
+            ``M(δ)``, a 0-d tensor on the device.
+        """
+        deltas = [after - before for after, before in zip(parameters, self.parameters)]
+        linear = torch.stack([(gradient * delta).sum() for gradient, delta in zip(self.gradients, deltas)]).sum()
+        return linear + 0.5 * quadratic(deltas)

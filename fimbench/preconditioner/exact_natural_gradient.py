@@ -27,6 +27,7 @@ from torch import Tensor
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.sub_batch import SubBatchFisher, SubBatchInverse
 from fimbench.preconditioner.blocks import SolverReport
+from fimbench.preconditioner.guard import NETWORK, REFRESH, Failure, guarded
 
 
 class ExactNaturalGradient:
@@ -37,6 +38,7 @@ class ExactNaturalGradient:
         self.per_layer = per_layer
         self.fisher: SubBatchFisher | None = None
         self.inverse: SubBatchInverse | None = None
+        self.failures: list[Failure] = []
 
     def update(self, statistics: Sequence[LayerStatistics], decay: float) -> list[SolverReport]:
         """Take the sub-batch's statistics as ``F_m`` (``decay`` does not apply); no iterative solver runs."""
@@ -44,7 +46,16 @@ class ExactNaturalGradient:
         return []
 
     def refresh(self, damping: float) -> None:
-        self.inverse = self.fisher.inverse(damping, self.per_layer)  # type: ignore[union-attr]
+        """Factorise ``m λ I + K`` of the latest sub-batch, through the guard (a failure keeps the previous one)."""
+        had_inverse = self.inverse is not None
+        reason = guarded(self, lambda: setattr(self, "inverse", self.fisher.inverse(damping, self.per_layer)))  # type: ignore[union-attr]
+        if reason is not None:
+            self.failures.append(Failure(NETWORK, REFRESH, reason, fatal=not had_inverse))
+
+    def pop_failures(self) -> list[Failure]:
+        """The guard's failures since the last call."""
+        failures, self.failures = self.failures, []
+        return failures
 
     def apply(self, gradients: Sequence[Tensor]) -> list[Tensor]:
         return self.inverse.apply(gradients)  # type: ignore[union-attr]

@@ -16,13 +16,7 @@ from torch import Tensor, nn
 
 from fimbench.curvature import check_damping_split
 from fimbench.errors import FimbenchError
-from fimbench.fisher.capture import (
-    LayerStatistics,
-    capture_statistics,
-    set_weight_gradient,
-    weight_gradient,
-    weight_of,
-)
+from fimbench.fisher.capture import LayerStatistics, capture_statistics, set_weight_gradient, weight_gradient, weight_of
 from fimbench.fisher.likelihood import Likelihood, parse_likelihood
 from fimbench.fisher.sub_batch import SubBatchFisher
 from fimbench.methods import PRECONDITIONED_METHODS, Method, parse_method
@@ -39,6 +33,7 @@ from fimbench.preconditioner.curvatures import BlockAccess, method_curvature
 from fimbench.preconditioner.damping import ADAPTIVE, LevenbergMarquardt, reduction_ratio
 from fimbench.preconditioner.diagnostics import DampingTrial, PreconditionerDiagnostics
 from fimbench.preconditioner.distributed import gather_statistics, mean_over_ranks, sampling_generator
+from fimbench.preconditioner.guard import GuardEvent, guard_events
 from fimbench.preconditioner.kl_clip import kl_clip_factor, mean_alignment
 from fimbench.preconditioner.selection import LayerSpec, check_gradients, select_layers, warn_raw_gradients, without_wrappers
 from fimbench.preconditioner.settings import PreconditionerSettings, check_settings
@@ -119,12 +114,9 @@ class KroneckerPreconditioner(BlockAccess):
         )
         self.kl_clip = None if self.quadratic_rule is not None else settings.kl_clip  # the model sizes the step
         self.stats_every = settings.stats_every
-        self.inverse_every = settings.inverse_every
         self.ema_decay = settings.ema_decay
         self.fisher_fraction = settings.fisher_fraction
         self.empirical_fisher = settings.empirical_fisher
-        self.min_curvature_ratio = settings.min_curvature_ratio
-        self.damping_form = settings.damping_form
         self.coarse = settings.coarse
         self.options = settings.approximation_options()
         self.generator = sampling_generator(generator, self.layers[0].weight.device)
@@ -134,6 +126,7 @@ class KroneckerPreconditioner(BlockAccess):
         self.curvature = method_curvature(self.method, len(self.layers), settings, self.pi, self.approximate_block)
         self.fisher: SubBatchFisher | None = None  # the exact Fisher of the latest Fisher sub-batch
         self.diagnostics = PreconditionerDiagnostics()
+        self.guard_events: list[GuardEvent] = []  # every update or refresh the guard dropped, in order
         self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
         self.statistics_due = False  # the last statistics batch was not finite and skipped: capture again
         self.trial: DampingTrial | None = None
@@ -172,7 +165,15 @@ class KroneckerPreconditioner(BlockAccess):
             for report in self.curvature.update(statistics, decay):
                 self.diagnostics.iterations.append(report.iterations)
                 self.diagnostics.residuals.append(report.residual)
+        self._record_guard()
         self.diagnostics.updates += 1
+
+    def _record_guard(self) -> None:
+        """Keep the curvature's dropped updates and refreshes as :attr:`guard_events`; raises CurvatureFailedError
+        when a part had no earlier estimate or inverse to keep (:mod:`~fimbench.preconditioner.guard`)."""
+        events = guard_events(self.curvature.pop_failures(), self.layer_names, self.method.value, self.steps + 1)
+        self.guard_events.extend(events)
+        self.diagnostics.guard_events.extend(events)
 
     def capture_fisher(self, inputs: Tensor, targets: Tensor | None = None) -> list[LayerStatistics] | None:
         """``(ā, g)`` of every layer on the Fisher sub-batch of ``inputs`` (gathered over ranks); they
@@ -209,6 +210,7 @@ class KroneckerPreconditioner(BlockAccess):
         """Factorise the damped curvature (T2 event, or the step after λ moved)."""
         with self._phase("invert"):
             self.curvature.refresh(self.damping)
+        self._record_guard()
         self.correction_scale = self.curvature.correction_scale
         self.refresh_due = False
         self.diagnostics.refreshes += 1
@@ -233,6 +235,7 @@ class KroneckerPreconditioner(BlockAccess):
             if self.grad_scaler is not None and not all_finite(gradients):  # left for the scaler to skip
                 return torch.ones((), device=gradients[0].device)
             directions = self.curvature.apply(gradients)
+            self._record_guard()  # the two-level correction rebuilds its coarse level here
             if measure_alignment:
                 self._alignment = mean_alignment(directions, gradients)
             nu = kl_clip_factor(directions, gradients, self.kl_clip)
@@ -282,7 +285,7 @@ class KroneckerPreconditioner(BlockAccess):
             if all_finite(gradients):
                 raise FimbenchError("the first Fisher statistics batch is not finite while the gradients are; lower the learning rate")
             return torch.ones((), device=gradients[0].device)  # the scaler skips this step
-        refresh = self.steps % self.inverse_every == 0 or self.refresh_due
+        refresh = self.steps % self.settings.inverse_every == 0 or self.refresh_due
         if refresh:
             self.refresh_inverses()
         judged = self.schedule is not None and self.steps % self.schedule.every == 0
@@ -312,8 +315,7 @@ class KroneckerPreconditioner(BlockAccess):
         return self.trial is not None
 
     def predicted_change(self, trial: DampingTrial) -> Tensor:
-        """``M(δ) = ⟨∇, δ⟩ + ½ δᵀ F̃ δ`` for the update ``δ`` applied since ``trial``, with ``F̃`` the damped
-        operator that produced it (block-diagonal: ``Σ_i ⟨∇_i, δ_i⟩ + ½ ⟨δ_i, F̃_i δ_i⟩``).
+        """``M(δ)`` of the update applied since ``trial`` (:meth:`DampingTrial.model_change`).
 
         Args:
             trial: θ and ∇h per layer before the update.
@@ -321,9 +323,7 @@ class KroneckerPreconditioner(BlockAccess):
         Returns:
             ``M(δ)``, a 0-d tensor on the device.
         """
-        deltas = [weight_of(layer).detach() - before for layer, before in zip(self.layers, trial.parameters)]
-        linear = torch.stack([(gradient * delta).sum() for gradient, delta in zip(trial.gradients, deltas)]).sum()
-        return linear + 0.5 * self.curvature.quadratic(deltas)
+        return trial.model_change([weight_of(layer).detach() for layer in self.layers], self.curvature.quadratic)
 
     def adapt_damping(self, loss_before: Tensor | float, loss_after: Tensor | float) -> float:
         """One Levenberg–Marquardt update of λ (:mod:`fimbench.preconditioner.damping`) from ``h(θ)`` and ``h(θ + δ)``
@@ -358,13 +358,13 @@ class KroneckerPreconditioner(BlockAccess):
         self.diagnostics.reduction_ratios.append(rho)
         return rho
 
-    def pop_diagnostics(self) -> dict[str, float | int | None]:
-        """Summary since the last call (iterations, residuals, ν, adaptations, and under ``qmodel`` the
-        means of α, μ and the predicted decrease; resets them) and the state now: λ, and ``alignment`` and
+    def pop_diagnostics(self) -> dict[str, Any]:
+        """Summary since the last call (iterations, residuals, ν, adaptations, guard events, and under ``qmodel``
+        the means of α, μ and the predicted decrease; resets them) and the state now: λ, and ``alignment`` and
         ``correction_scale`` at the latest refresh.
 
         Returns:
-            The summary, as plain numbers (None where there was nothing to average).
+            The summary, as plain data (None where there was nothing to average).
         """
         summary = self.diagnostics.summary()
         summary.update(damping=self.damping, alignment=self.alignment, correction_scale=self.correction_scale)

@@ -53,6 +53,7 @@ from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.network_error import NetworkTerms
 from fimbench.fisher.sub_batch import GRAM_DTYPE, SubBatchFisher
 from fimbench.preconditioner.blocks import BlockDiagonal, SolverReport
+from fimbench.preconditioner.guard import COARSE, REFRESH, Failure, guarded
 
 NO_COARSE = "none"
 NICOLAIDES = "nicolaides"
@@ -143,6 +144,7 @@ class TwoLevel:
         self.coarse_matrix: Tensor | None = None  # C, the EMA of R₀ᵀ F R₀ (L × L, float64)
         self.damping: float | None = None
         self.factor: Tensor | None = None  # Cholesky factor of C + λI
+        self.failures: list[Failure] = []
 
     def update(self, statistics: Sequence[LayerStatistics], decay: float) -> list[SolverReport]:
         """The blocks' update; the sub-batch and ρ are kept for the coarse rebuild of the next :meth:`apply`."""
@@ -154,10 +156,25 @@ class TwoLevel:
         """The blocks' factorisation, and ``C + λI``'s when λ moved."""
         self.inner.refresh(damping)
         if damping != self.damping:
-            self.damping = damping
-            self._factorise()
+            self._guarded_coarse(lambda: self._factorise(damping))
 
-    def _factorise(self) -> None:
+    def _guarded_coarse(self, operation: Callable[[], None]) -> None:
+        """Run a change of the coarse level through the guard: on failure the previous coarse vectors, C and
+        factor stay, and the pending sub-batch is dropped."""
+        had_factor = self.factor is not None
+        reason = guarded(self, operation)
+        if reason is not None:
+            self.fisher = None
+            self.failures.append(Failure(COARSE, REFRESH, reason, fatal=not had_factor))
+
+    def pop_failures(self) -> list[Failure]:
+        """The guard's failures since the last call, the blocks' included."""
+        failures, self.failures = self.inner.pop_failures() + self.failures, []
+        return failures
+
+    def _factorise(self, damping: float | None) -> None:
+        """``C + λI``'s Cholesky factor, for λ = ``damping`` (none before C or λ is known)."""
+        self.damping = damping
         if self.coarse_matrix is None or self.damping is None:
             return
         eye = torch.eye(self.coarse_matrix.shape[0], dtype=GRAM_DTYPE, device=self.coarse_matrix.device)
@@ -187,13 +204,15 @@ class TwoLevel:
         else:
             self.coarse_matrix = self.decay * self.coarse_matrix + (1.0 - self.decay) * batch
         self.fisher = None
-        self._factorise()
+        self._factorise(self.damping)
 
     def apply(self, gradients: Sequence[Tensor]) -> list[Tensor]:
         """``P ∇ = F̃⁻¹ ∇ + R₀ (C + λI)⁻¹ R₀ᵀ ∇``; rebuilds the coarse space first after a statistics update."""
         directions = self.inner.apply(gradients)
         if self.fisher is not None:
-            self._rebuild(gradients, directions)
+            self._guarded_coarse(lambda: self._rebuild(gradients, directions))
+            if self.factor is None and self.failures:  # the first coarse level failed: the preconditioner stops
+                return directions
         if self.factor is None or self.vectors is None:
             raise FimbenchError("the two-level curvature is applied before its first statistics update and refresh")
         projections = torch.stack([(r.to(GRAM_DTYPE) * g.to(GRAM_DTYPE)).sum() for r, g in zip(self.vectors, gradients)])
@@ -251,4 +270,4 @@ class TwoLevel:
         pending = state["pending"]
         self.fisher = None if pending is None else SubBatchFisher([LayerStatistics(a.to(device, dtype), g.to(device, dtype)) for a, g in pending])
         self.factor = None
-        self._factorise()
+        self._factorise(self.damping)

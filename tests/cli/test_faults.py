@@ -149,7 +149,7 @@ def test_exit_statuses_are_in_the_help() -> None:
     for args in (["--help"], ["train", "--help"], ["sweep", "--help"]):
         text = " ".join(invoke(args).stdout.split())
         assert "Exit status: 0 success; 2 usage error or bad input; 3 run diverged" in text
-        assert "4 a sweep finished with failed points; 130 interrupted" in text
+        assert "4 a sweep finished with failed points; 5 internal error (a bug: the traceback is in crash.log); 130 interrupted" in text
 
 
 # ----------------------------------------------------------------------------------------------- --json and --quiet

@@ -189,7 +189,7 @@ def profile_model(
             warm = partial(preconditioner.approximate_block, now.a, now.g, prior=prior, decay=preconditioner.ema_decay)
             cold_result, warm_result = cold(), warm()
             invert = partial(
-                warm_result.inverse, preconditioner.damping, preconditioner.min_curvature_ratio, preconditioner.pi, preconditioner.damping_form
+                warm_result.inverse, preconditioner.damping, preconditioner.settings.min_curvature_ratio, preconditioner.pi, preconditioner.settings.damping_form
             )
             apply = partial(invert().apply, gradient)
             calls: dict[str, Callable[[], Any]] = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": apply}

@@ -11,7 +11,9 @@ acts; SGD and Adam keep the paper's learning rates, converted (their conversion 
 SGD and Adam tune ``lr`` only; the Kronecker methods tune ``lr``, ``damping`` and ``clip`` (the KL-clip c,
 invariant under the conversion) — or, with ``optimizer.step_rule: qmodel``, ``damping`` only, since the
 quadratic model chooses the step size and there is no KL-clip (:mod:`fimbench.preconditioner.step_rule`). The step rule
-applies to the Kronecker methods; SGD and Adam keep their learning rates.
+applies to the Kronecker methods; SGD and Adam keep their learning rates. Every point resolves through
+:func:`fimbench.engines.config.load_config`, its grid values as the user's: under qmodel a point's damping is therefore
+a fixed λ, unless the schedule is set adaptive (``--set optimizer.damping_schedule=adaptive``), when it is λ₀.
 """
 
 from __future__ import annotations

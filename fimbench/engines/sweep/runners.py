@@ -2,8 +2,10 @@
 :class:`SubmititRunner` (submitit: SLURM on a cluster, or its local and debug executors).
 
 Both run a :data:`Worker`, ``worker(run_dir, threads) -> status``, which the caller supplies
-(``fimbench sweep`` passes :func:`fimbench.engines.train.run_point`): the local runner starts
-``python -m <worker's module> RUN_DIR THREADS`` per point, submitit pickles the function itself.
+(``fimbench sweep`` passes :func:`fimbench.engines.train.run_point`), through :func:`run_worker`: the local
+runner starts ``python -m fimbench.engines.sweep.worker MODULE:FUNCTION RUN_DIR THREADS`` per point
+(:mod:`fimbench.engines.sweep.worker`), submitit pickles the functions themselves. An unexpected exception in
+a point (a bug) leaves its traceback in the point's ``crash.log``, and the point fails with one line naming it.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from typing import Protocol
 import submitit
 
 from fimbench.engines.sweep.state import PointState
-from fimbench.errors import FimbenchError
+from fimbench.errors import FimbenchError, report_crash
 
 WORKER_LOG = "worker.log"
+WORKER_MODULE = "fimbench.engines.sweep.worker"
+"""What the local runner runs per point: ``python -m WORKER_MODULE MODULE:FUNCTION RUN_DIR THREADS``."""
 CLOSE_GRACE_SECONDS = 30.0  # after Ctrl-C, time for workers to record "interrupted" before they are killed
 
 Worker = Callable[[str, int], str]
 """Trains the point whose resolved config is ``run_dir/config.yaml`` with ``threads`` torch threads; returns
-its status. Its module must run it as ``python -m MODULE RUN_DIR THREADS``."""
+its status. A module-level function: the local runner's process imports it by name."""
 
 
 class Runner(Protocol):
@@ -46,6 +50,30 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def run_worker(worker: Worker, run_dir: str, threads: int) -> str:
+    """Run ``worker`` on the point in ``run_dir`` with ``threads`` torch threads, as both runners do.
+
+    Args:
+        worker: The :data:`Worker`.
+        run_dir: The point's run directory.
+        threads: Torch threads.
+
+    Returns:
+        The point's status, as ``worker`` returns it.
+
+    Raises:
+        FimbenchError: What ``worker`` raises (an ``OSError`` passes through too); any other exception, a bug,
+            becomes an :class:`~fimbench.errors.InternalError` naming it and the point's ``crash.log``, which holds
+            its traceback.
+    """
+    try:
+        return worker(run_dir, threads)
+    except (FimbenchError, OSError):
+        raise
+    except Exception as error:
+        raise report_crash(f"sweep point {Path(run_dir).name}", error, Path(run_dir)) from None
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
@@ -59,7 +87,7 @@ class LocalRunner:
             raise FimbenchError(f"--jobs must be at least 1, got {jobs}")
         self.jobs = jobs
         self.threads = max(1, available_cores() // jobs)
-        self.module = worker.__module__
+        self.worker = f"{worker.__module__}:{worker.__qualname__}"
         self._queue: deque[PointState] = deque()
         self._running: list[tuple[subprocess.Popen[bytes], PointState]] = []
 
@@ -72,7 +100,7 @@ class LocalRunner:
             state = self._queue.popleft()
             with open(state.run_dir / WORKER_LOG, "wb") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", self.module, str(state.run_dir.absolute()), str(self.threads)],
+                    [sys.executable, "-m", WORKER_MODULE, self.worker, str(state.run_dir.absolute()), str(self.threads)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -147,7 +175,9 @@ class SubmititRunner:
             return
         try:
             with self.executor.batch():
-                jobs = [self.executor.submit(self.worker, str(state.run_dir.absolute()), self.threads) for state in states]
+                jobs = [
+                    self.executor.submit(run_worker, self.worker, str(state.run_dir.absolute()), self.threads) for state in states
+                ]
         except Exception as error:  # sbatch missing or refusing: whatever submitit raises, one clear line
             raise FimbenchError(
                 f"submitting {len(states)} job(s) through submitit ({self.executor.cluster}) failed: {_last_line(str(error))}"
