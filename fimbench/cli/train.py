@@ -71,6 +71,7 @@ class RichTrainProgress:
         self.progress.stop()
 
 
+METHOD_HELP = "Optimizer (default: the config's, else sgd; bare `fimbench train` runs the quick start, configs/quickstart.yaml: kfac)."
 DAMPING_HELP = (
     "Tikhonov damping λ (Kronecker methods; the initial λ if adaptive; with --step-rule qmodel a fixed λ unless "
     "--damping-schedule adaptive is given too)."
@@ -94,7 +95,7 @@ def _damping_split(text: str | None) -> float | str | None:
 @user_errors
 @with_output
 def train(
-    method: MethodName | None = typer.Option(None, "--method", "-m", help="Optimizer (default: the config's, else sgd)."),
+    method: MethodName | None = typer.Option(None, "--method", "-m", help=METHOD_HELP),
     dataset: DatasetName | None = dataset_option(),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config; CLI options override it."),
     lr: float | None = typer.Option(None, help="Learning rate."),
@@ -152,8 +153,9 @@ def train(
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
 ) -> None:
-    """Train an autoencoder with sgd, adam, kfac, kpsvd, deflation, lanczos or kfac-corrected.
+    """Train an autoencoder with any method: sgd, adam, kfac, kpsvd, deflation, lanczos, kfac-corrected, ekfac, exact-ng or exact-ng-block.
 
+    Bare, it runs the quick start (configs/quickstart.yaml): kfac with tuning-free steps, 5 epochs of curves-synth.
     Example: fimbench train --method deflation --dataset curves-synth --epochs 2
     """
     options = dict(locals())  # the arguments, named after the config fields they override
@@ -195,9 +197,29 @@ def _train_seeds(options: dict[str, Any], seeds: list[int]) -> None:
     current().document({"out": str(out), "seeds": seeds, "runs": documents})
 
 
+QUICK_START = "quickstart.yaml"
+"""What bare ``fimbench train`` runs: the shipped ``configs/quickstart.yaml``, as if given as ``--config``."""
+
+QUICK_START_OPTIONS = ("out", "overwrite", "device", "data_dir", "nproc", "log_every", "tensorboard", "full_table", "json_output", "quiet")
+"""What bare ``fimbench train`` may be given and still run the quick start: where and how it runs and is watched.
+Any other option (``--method``, ``--epochs``, ``--lr``, ``--seed``, ``--set``, ...) says what to train, and the run is
+resolved as always: the dataset's preset, then the options."""
+
+
+def _quick_start(options: dict[str, Any]) -> Path | None:
+    """The quick start's config when ``options`` say nothing about what to train, else ``None``."""
+    from importlib import resources
+
+    if any(value is not None and value != [] for name, value in options.items() if name not in QUICK_START_OPTIONS):
+        return None
+    return Path(str(resources.files("fimbench.configs") / QUICK_START))
+
+
 def _resolve(options: dict[str, Any], config: Path | None, sets: list[str] | None) -> RunConfig:
-    """The run's config: ``config`` (or the preset), then the options, then ``--set``."""
+    """The run's config: ``config`` (or the preset; bare: the quick start), then the options, then ``--set``."""
     from fimbench.engines.config import load_config
+
+    config = config or _quick_start(options)
 
     method, data_dir = options["method"], options["data_dir"]
     overrides = {

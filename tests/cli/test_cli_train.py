@@ -222,3 +222,49 @@ def test_tensorboard_without_the_extra_is_one_error_line(tmp_path: Path, monkeyp
     result = runner.invoke(app, ["train", "--config", str(tiny_config(tmp_path)), "--tensorboard", "--out", str(tmp_path / "run")])
     assert "pip install 'fimbench[tensorboard]'" in one_line_error(result)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------- bare train
+
+
+def _resolved_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arguments: list[str]) -> dict[str, dict[str, object]]:
+    """The config ``fimbench train ARGUMENTS`` would train with (the run itself is stopped before it starts)."""
+    from fimbench.errors import FimbenchError
+
+    seen = []
+
+    def stop(resolved, run_dir, overwrite, resume):  # type: ignore[no-untyped-def]
+        seen.append(resolved.to_dict())
+        raise FimbenchError("stopped by the test")
+
+    monkeypatch.setattr("fimbench.cli.train._run", stop)
+    result = runner.invoke(app, ["train", *arguments, "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data")])
+    assert "stopped by the test" in one_line_error(result)
+    return seen[0]
+
+
+def test_bare_train_runs_the_quick_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Bare ``fimbench train`` (where and how it runs may be given) is configs/quickstart.yaml: K-FAC with the
+    quadratic-model steps, 5 epochs of curves-synth, the qmodel rule's adaptive damping from λ₀ = 150."""
+    for extra in ([], ["--quiet", "--json", "--device", "cpu", "--log-every", "10", "--full-table"]):
+        config = _resolved_run(monkeypatch, tmp_path, extra)
+        assert config["data"]["dataset"] == "curves-synth" and config["training"]["epochs"] == 5
+        optimizer = config["optimizer"]
+        assert (optimizer["method"], optimizer["step_rule"], optimizer["damping_schedule"], optimizer["damping"]) == (
+            "kfac", "qmodel", "adaptive", 150.0
+        )
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--method", "sgd"], ["--method", "kfac"], ["--epochs", "3"], ["--lr", "0.2"], ["--seed", "1"], ["--set", "optimizer.momentum=0.5"],
+     ["--dataset", "curves-synth"]],
+)
+def test_an_option_that_says_what_to_train_leaves_the_quick_start_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arguments: list[str]
+) -> None:
+    """Such a run resolves as before the quick start existed: the dataset's preset (CURVES: SGD, 200 epochs), then the options."""
+    config = _resolved_run(monkeypatch, tmp_path, arguments)
+    method = arguments[1] if arguments[0] == "--method" else "sgd"
+    epochs = int(arguments[1]) if arguments[0] == "--epochs" else 200
+    assert (config["optimizer"]["method"], config["training"]["epochs"], config["optimizer"]["step_rule"]) == (method, epochs, "fixed")

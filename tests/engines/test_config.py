@@ -24,8 +24,8 @@ CHOSEN = {"kfac": (0.3, 0.01), "kpsvd": (0.3, 0.1), "deflation": (0.3, 0.01), "l
 @pytest.mark.parametrize("dataset", sorted(GEOMETRY))
 def test_presets(dataset: str) -> None:
     """Kronecker methods: on CURVES and MNIST each its own setting chosen by the protocol (trace π), on
-    FACES the shared recommendation (λ = 0.01, lr = 0.1; README "Damping"); SGD and Adam: the authors'
-    learning rates converted (SGD lr 0.3, Adam lr 1e-3), no weight decay."""
+    FACES the shared recommendation (λ = 0.01, lr = 0.1; benchmarks/RESULTS.md "Damping"); SGD and Adam: the
+    authors' learning rates converted (SGD lr 0.3, Adam lr 1e-3), no weight decay."""
     likelihood, pixels, batch = GEOMETRY[dataset]
     kappa = loss_scale(likelihood, pixels)
     for method in KRONECKER:
