@@ -24,6 +24,8 @@ BLOCK_METHODS: tuple[str, ...] = tuple(method.value for method in methods.BLOCK_
 """The block-diagonal approximations (the Kronecker methods and EKFAC)."""
 PRECONDITIONED_METHODS: tuple[str, ...] = tuple(method.value for method in methods.PRECONDITIONED_METHODS)
 """The methods of the natural-gradient preconditioner."""
+PAPER_METHODS: tuple[str, ...] = tuple(method.value for method in methods.PAPER_METHODS)
+"""The paper's seven: the Kronecker methods, SGD and Adam."""
 
 
 def variant_name(method: str, damping_form: str = "factored", coarse: str = "none") -> str:

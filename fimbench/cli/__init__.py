@@ -84,8 +84,9 @@ def _command_path(group: Any, arguments: Sequence[str]) -> str:
 app = typer.Typer(
     name="fimbench",
     cls=OneLineErrors,
-    help="Kronecker-factored Fisher approximations (K-FAC, KPSVD, Deflation, Lanczos, KFAC-corrected): "
-    "train, measure their error against the exact Fisher, and profile their cost.",
+    help="Kronecker-factored Fisher approximations (K-FAC, KPSVD, Deflation, Lanczos, KFAC-corrected, EKFAC), "
+    "with SGD, Adam and the exact natural gradient as references: train, measure their error against the exact "
+    "Fisher, and profile their cost.",
     epilog=exit_codes.help_text(),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -30,6 +30,7 @@ from fimbench.cli.output import current, with_output
 from fimbench.cli.report import print_comparison
 from fimbench.cli.sweep import make_runner
 from fimbench.errors import Interrupted, SweepFailedError
+from fimbench.names import METHODS, PAPER_METHODS
 
 if TYPE_CHECKING:
     from fimbench.engines.sweep import PointState, Runner, SweepPlan
@@ -38,6 +39,11 @@ DEFAULT_SEEDS = "3"
 """``--seeds`` of ``reproduce figure2``: seeds 0, 1, 2."""
 DEFAULT_SWEEP_EPOCHS = 20
 """``--sweep-epochs`` of ``reproduce figure2``: each grid point's epochs."""
+FIGURE2_METHODS_HELP = (
+    f"Comma-separated methods (default: the paper's seven ({', '.join(PAPER_METHODS)}); "
+    f"{', '.join(name for name in METHODS if name not in PAPER_METHODS)} only when named)."
+)
+"""``--methods`` of ``reproduce figure2``: the paper's methods by default, the others on request."""
 RUNS = executor_options("runs")
 PROGRESS_EVERY_SECONDS = 60.0  # a progress line at least this often while runs go on
 
@@ -87,7 +93,7 @@ def _duration(seconds: float) -> str:
 @with_output
 def figure2(
     dataset: DatasetName | None = dataset_option(),
-    methods: str | None = methods_option(None, "Comma-separated methods (default: the paper's seven; the references exact-ng, exact-ng-block and ekfac when named)."),
+    methods: str | None = methods_option(None, FIGURE2_METHODS_HELP),
     grid: list[str] | None = typer.Option(
         None, "--grid", "-g", help="The sweep's KEY=V1,V2,... (lr, damping, clip), as in fimbench sweep --grid; default: its grid."
     ),

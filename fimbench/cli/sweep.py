@@ -31,6 +31,7 @@ from fimbench.cli.options import (
 )
 from fimbench.cli.output import current, with_output
 from fimbench.errors import Interrupted, SweepFailedError
+from fimbench.names import METHODS
 
 if TYPE_CHECKING:
     from fimbench.engines.sweep import PointState, Runner, SweepPlan
@@ -67,7 +68,7 @@ def _default_sweep_dir(config: Path | None, dataset: str | None) -> Path:
 @with_output
 def sweep(
     dataset: DatasetName | None = dataset_option(),
-    methods: str | None = methods_option(None, "Comma-separated methods (default: all seven)."),
+    methods: str | None = methods_option(None, f"Comma-separated methods (default: all of {', '.join(METHODS)})."),
     grid: list[str] | None = typer.Option(
         None,
         "--grid",

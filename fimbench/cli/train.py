@@ -1,4 +1,4 @@
-"""``fimbench train``: train an autoencoder with one of the seven optimizers."""
+"""``fimbench train``: train an autoencoder with any :class:`~fimbench.methods.Method`."""
 
 from __future__ import annotations
 

@@ -17,4 +17,6 @@ class Approximator(Protocol):
     ``prior.decay`` = ρ; without an estimate, of ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ``) from the statistics
     ``a``, ``g``, iterating from ``prior.warm_start`` (default: the estimate) as far as ``options`` say."""
 
-    def __call__(self, a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum: ...
+    def __call__(self, a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum:
+        """The approximation (class docstring)."""
+        ...

@@ -11,19 +11,26 @@ from fimbench.curvature.shared_weights import kfac_expand_factors
 from fimbench.curvature.targets import Prior
 
 
-def kfac_factors(a: Tensor, g: Tensor, prior: KroneckerSum | None, decay: float) -> tuple[Tensor, Tensor]:
-    """``A = aᵀ a / m`` and ``G = gᵀ g / m``, averaged with the prior's first term at rate ``decay``; for
-    3-D statistics (T > 1 positions) K-FAC-expand's factors (:func:`kfac_expand_factors`)."""
-    if a.ndim == 3:
-        return kfac_expand_factors(a, g, prior, decay)
-    m = a.shape[0]
-    A = a.transpose(0, 1) @ a / m
-    G = g.transpose(0, 1) @ g / m
+def factor_ema(A: Tensor, G: Tensor, prior: KroneckerSum | None, decay: float) -> tuple[Tensor, Tensor]:
+    """The K-FAC factors' EMA: ``A ← ρ A_old + (1 − ρ) A_batch`` and ``G ← ρ G_old + (1 − ρ) G_batch``, with
+    ``ρ = decay`` and ``(A_old, G_old)`` the prior's first term; the batch factors unchanged when there is
+    no prior or ``decay`` is 0."""
     if prior is not None and decay > 0.0:
         A_old, G_old = prior.terms[0]
-        A = decay * A_old + (1.0 - decay) * A
-        G = decay * G_old + (1.0 - decay) * G
+        return decay * A_old + (1.0 - decay) * A, decay * G_old + (1.0 - decay) * G
     return A, G
+
+
+def kfac_factors(a: Tensor, g: Tensor, prior: KroneckerSum | None, decay: float) -> tuple[Tensor, Tensor]:
+    """``A = aᵀ a / m`` and ``G = gᵀ g / m`` — for 3-D statistics (T > 1 positions) K-FAC-expand's factors
+    (:func:`kfac_expand_factors`) — averaged with the prior's first term at rate ``decay`` (:func:`factor_ema`)."""
+    if a.ndim == 3:
+        A, G = kfac_expand_factors(a, g)
+    else:
+        m = a.shape[0]
+        A = a.transpose(0, 1) @ a / m
+        G = g.transpose(0, 1) @ g / m
+    return factor_ema(A, G, prior, decay)
 
 
 def approximate_kfac(a: Tensor, g: Tensor, options: ApproximationOptions, prior: Prior) -> KroneckerSum:

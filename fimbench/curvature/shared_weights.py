@@ -55,7 +55,6 @@ import torch
 from torch import Tensor
 
 from fimbench.curvature.kronecker import unvec, vec
-from fimbench.curvature.kronecker_sum import KroneckerSum
 from fimbench.curvature.rearranged import FRESH_FLOOR, ITERATION_DTYPE, WeightedTerms
 from fimbench.errors import FimbenchError
 
@@ -241,9 +240,11 @@ class SharedWeightOperator:
         return self.batch_weight * batch + low_rank
 
     def norm_left(self, x: Tensor) -> Tensor:
+        """``‖x‖₂``: the coordinates are the matrix's zero-padded vec (class docstring)."""
         return torch.linalg.vector_norm(x)
 
     def norm_right(self, y: Tensor) -> Tensor:
+        """``‖y‖₂``, as :meth:`norm_left`."""
         return torch.linalg.vector_norm(y)
 
     def frobenius_norm(self) -> float:
@@ -285,15 +286,9 @@ class SharedWeightOperator:
         return self.derivatives.coordinates(g.transpose(0, 1) @ g / self.batch.m)
 
 
-def kfac_expand_factors(a: Tensor, g: Tensor, prior: KroneckerSum | None, decay: float) -> tuple[Tensor, Tensor]:
-    """K-FAC-expand: ``A = (1/(mT)) Σ_{n,t} a_nt a_ntᵀ``, ``G = (1/m) Σ_{n,t} g_nt g_ntᵀ`` (module docstring),
-    averaged with the prior's first term at rate ``decay``."""
+def kfac_expand_factors(a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """K-FAC-expand's batch factors: ``A = (1/(mT)) Σ_{n,t} a_nt a_ntᵀ``, ``G = (1/m) Σ_{n,t} g_nt g_ntᵀ``
+    (module docstring); :func:`fimbench.curvature.kfac.kfac_factors` averages them with the prior."""
     m, T, p = a.shape
     flat_a, flat_g = a.reshape(-1, p), g.reshape(-1, g.shape[2])
-    A = flat_a.transpose(0, 1) @ flat_a / (m * T)
-    G = flat_g.transpose(0, 1) @ flat_g / m
-    if prior is not None and decay > 0.0:
-        A_old, G_old = prior.terms[0]
-        A = decay * A_old + (1.0 - decay) * A
-        G = decay * G_old + (1.0 - decay) * G
-    return A, G
+    return flat_a.transpose(0, 1) @ flat_a / (m * T), flat_g.transpose(0, 1) @ flat_g / m

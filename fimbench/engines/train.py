@@ -1,4 +1,4 @@
-"""Training engine: one run of any of the seven optimizers on an autoencoder benchmark.
+"""Training engine: one run of any :class:`~fimbench.methods.Method` on an autoencoder benchmark.
 
 Returns a :class:`TrainResult` and writes a run directory — ``config.yaml`` (fully resolved),
 ``metrics.jsonl`` (one row per epoch, and per ``log_every`` steps if asked), ``checkpoint.pt`` after each

@@ -196,6 +196,7 @@ class QuadraticStepRule:
         return {"weight_decay": self.weight_decay, "previous": self.previous, "sums": self.sums, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        """Continue from :meth:`state_dict`'s ``state``, its tensors moved to ``device``."""
         self.weight_decay = state["weight_decay"]
         self.previous = None if state["previous"] is None else [tensor.to(device) for tensor in state["previous"]]
         self.sums = None if state["sums"] is None else state["sums"].to(device)

@@ -289,7 +289,7 @@ def test_kfac_uses_the_expand_factors(problem):
 def test_kfac_corrected_is_kfac_plus_the_best_correction(problem):
     *_, a, g, F = problem
     p, q = a.shape[2], g.shape[2]
-    A, G = kfac_expand_factors(a, g, None, 0.0)
+    A, G = kfac_expand_factors(a, g)
     (correction,) = best_symmetric_kronecker(F - torch.kron(A, G), p, q, 1)
     approximation = approximate("kfac-corrected", a, g, **solver_options())
     torch.testing.assert_close(approximation.terms[0][0], A)

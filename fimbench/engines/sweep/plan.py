@@ -146,7 +146,7 @@ def plan_sweep(
 ) -> SweepPlan:
     """Expand each method's grid into points (module docstring).
 
-    ``methods``: default all seven. ``grid``: values per key (:func:`parse_grid`); keys left out take the
+    ``methods``: default every :class:`~fimbench.methods.Method`. ``grid``: values per key (:func:`parse_grid`); keys left out take the
     default grid (module docstring). ``config_path`` and dotted ``overrides`` (``data.dataset``, ``training.epochs``, ...) are
     resolved as by ``fimbench train`` for every point, before the point's own values. ``seeds``: each
     setting runs once per seed (``training.seed``, named ``…-seed_S``); by default once, with the config's seed.
