@@ -283,7 +283,7 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
     run.step += 1
     step = run.step
     run.window.append(loss.detach())
-    due = preconditioner is not None and preconditioner.steps % preconditioner.stats_every == 0
+    due = preconditioner is not None and preconditioner.steps % preconditioner.settings.stats_every == 0
     if run.device.type == "cpu" or step % CHECK_EVERY == 0 or due:
         values = _read_window(run)
         if progress is not None and values:

@@ -38,7 +38,7 @@ from fimbench.preconditioner.kl_clip import kl_clip_factor, mean_alignment
 from fimbench.preconditioner.selection import LayerSpec, check_gradients, select_layers, warn_raw_gradients, without_wrappers
 from fimbench.preconditioner.settings import PreconditionerSettings, check_settings
 from fimbench.preconditioner.state import load_preconditioner_state, preconditioner_state
-from fimbench.preconditioner.step_rule import QMODEL, QuadraticStepRule, check_quadratic_rule
+from fimbench.preconditioner.step_rule import QMODEL, QuadraticStepRule, check_quadratic_rule, model_batch
 from fimbench.timing import PhaseTimer
 
 
@@ -113,7 +113,6 @@ class KroneckerPreconditioner(BlockAccess):
             LevenbergMarquardt(settings.damping_every, damping_min, damping_max) if settings.damping_schedule == ADAPTIVE else None
         )
         self.kl_clip = None if self.quadratic_rule is not None else settings.kl_clip  # the model sizes the step
-        self.stats_every = settings.stats_every
         self.ema_decay = settings.ema_decay
         self.fisher_fraction = settings.fisher_fraction
         self.empirical_fisher = settings.empirical_fisher
@@ -175,13 +174,14 @@ class KroneckerPreconditioner(BlockAccess):
         self.guard_events.extend(events)
         self.diagnostics.guard_events.extend(events)
 
-    def capture_fisher(self, inputs: Tensor, targets: Tensor | None = None) -> list[LayerStatistics] | None:
+    def capture_fisher(self, inputs: Tensor, targets: Tensor | None = None, size: int | None = None) -> list[LayerStatistics] | None:
         """``(ā, g)`` of every layer on the Fisher sub-batch of ``inputs`` (gathered over ranks); they
         become :attr:`fisher`, the exact Fisher ``JᵀJ/m`` of that sub-batch.
 
         Args:
             inputs: the mini-batch.
             targets: the data targets, used only with ``empirical_fisher``.
+            size: how many of its first examples (default: :meth:`fisher_batch_size` of the mini-batch).
 
         Returns:
             One :class:`~fimbench.fisher.capture.LayerStatistics` per layer, or None for a non-finite batch
@@ -190,14 +190,12 @@ class KroneckerPreconditioner(BlockAccess):
         Raises:
             FimbenchError: for an empty Fisher sub-batch, or non-finite statistics without a GradScaler.
         """
-        m = self.fisher_batch_size(inputs.shape[0])
+        m = size or self.fisher_batch_size(inputs.shape[0])
         sub_targets = None
         if self.empirical_fisher:
             sub_targets = (targets if targets is not None else inputs)[:m]
         with self._phase("statistics"):
-            statistics = capture_statistics(
-                self.model, inputs[:m], self.likelihood, self.layers, sub_targets, self.generator
-            )
+            statistics = capture_statistics(self.model, inputs[:m], self.likelihood, self.layers, sub_targets, self.generator)
             statistics = gather_statistics(
                 [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
             )
@@ -276,10 +274,11 @@ class KroneckerPreconditioner(BlockAccess):
     def _step(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
         """:meth:`step` with autocast off."""
         self._check_step(targets)
-        if self.steps % self.stats_every == 0 or self.statistics_due:
+        if self.steps % self.settings.stats_every == 0 or self.statistics_due:
             self.update_statistics(inputs, targets)
-        elif self.quadratic_rule is not None:  # the model's F is the current batch's
-            self.capture_fisher(inputs, targets)
+        if self.quadratic_rule is not None:  # the model's F: this batch's, not the statistics' sub-batch
+            m = self.fisher_batch_size(inputs.shape[0])
+            self.capture_fisher(*model_batch(inputs, targets, m), size=m)
         if self.updates == 0:  # the first statistics batch was skipped: nothing to precondition with
             gradients = [weight_gradient(layer) for layer in self.layers]
             if all_finite(gradients):

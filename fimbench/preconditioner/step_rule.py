@@ -17,6 +17,12 @@ with ``uᵀFv = (J u)·(J v)/m``: two Jacobian products per step, no P × P matr
 collinear in the C inner product to within ε, :func:`singular_tolerance`), the step is α-only:
 ``α = −gᵀΔ / ΔᵀCΔ``, ``μ = 0``.
 
+Which examples F is of: the current mini-batch's, the ``m`` after the Fisher sub-batch of the statistics
+(``inputs[m:2m]``, :func:`model_batch`) when the batch holds ``2m``. Taken from the statistics' own sub-batch,
+at a statistics update F would be the Fisher that built F̃: in the directions that m-example sub-batch does
+not span both see only λ, and the model trusts a step of ``‖g‖/λ`` there (exact-ng and EKFAC diverged at
+the first update after step 0 in every seed on curves-synth, benchmarks/RESULTS.md "Stability").
+
 Why F and not F̃: Δ solves ``F̃_λ Δ = −g``, so with ``C = F̃_λ`` the α-only model would give
 ``α = −gᵀΔ / ΔᵀF̃_λΔ = 1`` whatever the approximation — it cannot see how wrong F̃ is. The exact F of
 the sub-batch measures the curvature along Δ and δ₀, which is what sizes the step. The ℓ2 term's
@@ -56,6 +62,23 @@ from fimbench.preconditioner.selection import raw_gradient_modules
 FIXED_STEP, QMODEL = STEP_RULES
 MODEL_DTYPE = torch.float64
 """The 2 × 2 system is formed and solved in float64 (its entries are inner products of the factor dtype)."""
+
+
+def model_batch(inputs: Tensor, targets: Tensor | None, statistics_size: int) -> tuple[Tensor, Tensor | None]:
+    """The examples whose Fisher the quadratic model uses: the mini-batch after the statistics' Fisher
+    sub-batch (its first ``statistics_size`` examples) when it holds twice that many, else the whole batch.
+
+    Args:
+        inputs: The mini-batch.
+        targets: Its data targets (empirical Fisher), or None.
+        statistics_size: m, the size of the statistics' Fisher sub-batch.
+
+    Returns:
+        ``(inputs, targets)`` from which the model's Fisher sub-batch (their first m examples) is captured.
+    """
+    if inputs.shape[0] < 2 * statistics_size:
+        return inputs, targets
+    return inputs[statistics_size:], None if targets is None else targets[statistics_size:]
 
 
 def singular_tolerance(dtype: torch.dtype) -> float:

@@ -69,8 +69,8 @@ def test_span_minimiser_is_the_closed_form() -> None:
 @pytest.mark.parametrize("method", ["kfac", "deflation", "exact-ng"])
 def test_steps_minimise_the_quadratic_model_with_the_exact_fisher(make_mlp, method: str) -> None:
     """Three steps with weight decay η and adaptive damping judged every step: each update equals the
-    dense minimiser of the 2 × 2 model with F = JᵀJ/m of that step's sub-batch (α-only on the first
-    step), the trial holds M_h(δ) = M(δ) − η(θᵀδ + ½‖δ‖²), and the epoch means are those of α, μ, −M."""
+    dense minimiser of the 2 × 2 model with F = JᵀJ/m of the half of the batch that the statistics did not
+    see (α-only on the first step), the trial holds M_h(δ) = M(δ) − η(θᵀδ + ½‖δ‖²), and the epoch means are those of α, μ, −M."""
     model = make_mlp(WIDTHS, LIKELIHOOD, seed=1)
     eta, damping = 0.05, 0.3
     preconditioner = preconditioner_for(
@@ -90,7 +90,9 @@ def test_steps_minimise_the_quadratic_model_with_the_exact_fisher(make_mlp, meth
         preconditioner.step(x, x)
         assert all(layer.weight.grad is None and layer.bias.grad is None for layer in layers)
         delta = flat([weight_of(layer).detach() for layer in layers]) - flat(theta)
-        fisher = dense_fisher(model_at(model, layers, theta), x[: x.shape[0] // 2])
+        half = x.shape[0] // 2
+        fisher = dense_fisher(model_at(model, layers, theta), x[:half])  # the statistics' sub-batch
+        model_fisher = dense_fisher(model_at(model, layers, theta), x[half:])  # the model's: the other half
         if method == "exact-ng":  # F̃ = F_m + λI of this step's sub-batch (T1 = 1)
             direction = -torch.linalg.solve(fisher + damping * torch.eye(fisher.shape[0], dtype=DTYPE), flat(g))
         else:
@@ -98,7 +100,7 @@ def test_steps_minimise_the_quadratic_model_with_the_exact_fisher(make_mlp, meth
                 -mat_ref(torch.linalg.solve(inverse.operator.to_dense(), vec_ref(gradient)), *gradient.shape)
                 for inverse, gradient in zip(preconditioner.inverses, g)
             ])
-        curvature = fisher + (damping + eta) * torch.eye(fisher.shape[0], dtype=DTYPE)
+        curvature = model_fisher + (damping + eta) * torch.eye(fisher.shape[0], dtype=DTYPE)
         gradient = flat(g)
         basis = [direction] if previous is None else [direction, previous]
         A = torch.stack([torch.stack([u @ curvature @ v for v in basis]) for u in basis])
