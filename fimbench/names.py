@@ -28,6 +28,12 @@ PAPER_METHODS: tuple[str, ...] = tuple(method.value for method in methods.PAPER_
 """The paper's seven: the Kronecker methods, SGD and Adam."""
 
 
+def command_methods(command: methods.Command) -> tuple[str, ...]:
+    """The names of the methods ``command`` accepts (their registry records' ``commands``), in
+    :class:`~fimbench.methods.Method`'s order."""
+    return tuple(method.value for method in methods.methods_of(command=command))
+
+
 def variant_name(method: str, damping_form: str = "factored", coarse: str = "none") -> str:
     """The name a run is compared under: the method, ``+exact`` for exact damping of a Kronecker method,
     ``+<coarse space>`` for a two-level correction (``kfac+exact+nicolaides``); first-order methods have

@@ -13,7 +13,7 @@ from fimbench.cli.options import DatasetName, dataset_value, default_run_dir, js
 from fimbench.cli.output import current, with_output
 from fimbench.cli.parsers import parse_methods, parse_sizes
 from fimbench.errors import FimbenchError
-from fimbench.names import PRECONDITIONED_METHODS
+from fimbench.methods import Command, Family, methods_of
 
 if TYPE_CHECKING:
     from fimbench.engines.cost import SweepCost
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 DEFAULT_WIDTHS = "128,256,512,1024"
 DEFAULT_BATCHES = "64,256,1024"
 NO_METHOD = "no method to profile; pass --methods all or a list such as kfac,deflation"
+
+PROFILED: tuple[str, ...] = tuple(method.value for method in methods_of(*Family, command=Command.COST_PROFILE))
+"""What ``--methods all`` profiles, family by family (the Kronecker methods, EKFAC, the exact references)."""
 
 
 @user_errors
@@ -54,7 +57,7 @@ def cost_profile(
         raise FimbenchError("choose either --dataset or --widths/--batches, not both")
     if config is not None and dataset is None:
         raise FimbenchError("--config needs --dataset (the sweep profiles synthetic layers)")
-    chosen = parse_methods(split_list(methods), empty=NO_METHOD, repeats=True, allow_all=True, choices=PRECONDITIONED_METHODS)
+    chosen = parse_methods(split_list(methods), empty=NO_METHOD, repeats=True, allow_all=True, choices=PROFILED)
     if repeats < 1:
         raise FimbenchError(f"--repeats must be at least 1, got {repeats}")
     grid: tuple[list[int], list[int]] = ([], []) if dataset is not None else (

@@ -26,7 +26,8 @@ from fimbench.cli.options import (
 from fimbench.cli.output import current, with_output
 from fimbench.cli.parsers import parse_layers, parse_methods
 from fimbench.errors import FimbenchError, Interrupted
-from fimbench.names import BLOCK_METHODS, EXACT_METHODS, KRONECKER_METHODS
+from fimbench.methods import Command
+from fimbench.names import EXACT_METHODS, KRONECKER_METHODS, command_methods
 
 if TYPE_CHECKING:
     from fimbench.engines.fisher_error import EntrySummary, ErrorRow, FisherErrorResult
@@ -181,7 +182,7 @@ def fisher_error(
         write_run,
     )
 
-    default_methods, choices = ", ".join(m.value for m in DEFAULT_METHODS), (*BLOCK_METHODS, *EXACT_METHODS)
+    default_methods, choices = ", ".join(m.value for m in DEFAULT_METHODS), command_methods(Command.FISHER_ERROR)
     settings = FisherErrorSettings(
         layers=parse_layers(layer),
         methods=tuple(parse_methods(split_list(methods), empty=f"--methods needs at least one of {default_methods}", choices=choices)),

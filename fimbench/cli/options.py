@@ -16,12 +16,13 @@ from typing import Any
 import typer
 
 from fimbench.errors import FimbenchError, did_you_mean
-from fimbench.names import DATASETS, METHODS
+from fimbench.methods import Command
+from fimbench.names import DATASETS, command_methods
 
 DatasetName = Enum("DatasetName", {name.upper().replace("-", "_"): name for name in DATASETS}, type=str)  # type: ignore[misc]
 """``--dataset`` choices (every dataset fimbench knows)."""
-MethodName = Enum("MethodName", {name.upper().replace("-", "_"): name for name in METHODS}, type=str)  # type: ignore[misc]
-"""``--method`` choices (every optimizer)."""
+MethodName = Enum("MethodName", {name.upper().replace("-", "_"): name for name in command_methods(Command.TRAIN)}, type=str)  # type: ignore[misc]
+"""``--method`` choices (every method ``train`` accepts)."""
 
 SET_HELP = (
     "SECTION.KEY=VALUE, repeatable: set any config key (sections data, model, optimizer, training), e.g. "

@@ -16,11 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from fimbench.curvature.approximator import Approximator
-from fimbench.curvature.deflation import approximate_deflation
 from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
-from fimbench.curvature.kfac import approximate_kfac
-from fimbench.curvature.kfac_corrected import approximate_kfac_corrected
-from fimbench.curvature.kpsvd import approximate_kpsvd
 from fimbench.curvature.kronecker_sum import (
     DEFAULT_MIN_CURVATURE_RATIO,
     TRACE_SPLIT,
@@ -29,7 +25,6 @@ from fimbench.curvature.kronecker_sum import (
     KroneckerSum,
     check_damping_split,
 )
-from fimbench.curvature.lanczos import approximate_lanczos
 from fimbench.curvature.options import (
     DEFAULT_KRYLOV_DIM,
     DEFAULT_MAX_ITERATIONS,
@@ -38,7 +33,7 @@ from fimbench.curvature.options import (
 )
 from fimbench.curvature.targets import Prior, checked_statistics
 from fimbench.errors import FimbenchError, did_you_mean
-from fimbench.methods import Method, parse_method
+from fimbench.methods import KRONECKER_METHODS, Method, implementation, parse_method
 
 __all__ = [
     "APPROXIMATIONS",
@@ -60,13 +55,10 @@ __all__ = [
 
 
 APPROXIMATIONS: dict[Method, Approximator] = {
-    Method.KFAC: approximate_kfac,
-    Method.KPSVD: approximate_kpsvd,
-    Method.DEFLATION: approximate_deflation,
-    Method.LANCZOS: approximate_lanczos,
-    Method.KFAC_CORRECTED: approximate_kfac_corrected,
+    method: implementation(method.record.approximation)  # type: ignore[arg-type]
+    for method in KRONECKER_METHODS
 }
-
+"""Each Kronecker method's approximation, the function its registry record names (:mod:`fimbench.methods`)."""
 
 
 def approximate(

@@ -44,8 +44,9 @@ rank-2 solve takes ``abs()`` of the whitened eigenvalues where fimbench shrinks 
 
 from __future__ import annotations
 
+from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
-from fimbench.methods import EXACT_METHODS, Method
+from fimbench.methods import SCALAR_DAMPING, AuthorsDamping, Method
 
 AUTHORS_WEIGHT_DECAY = 1e-3
 """Every optimizer of the authors' runs (SGD with Nesterov momentum, Adam, the Kronecker methods)."""
@@ -57,15 +58,20 @@ def loss_scale(likelihood: Likelihood, pixels: int) -> float:
 
 
 def authors_damping(method: Method, damping: float, kappa: float) -> tuple[float, float]:
-    """fimbench's ``(λ, π)`` whose damped operator is ``1/κ²`` times the authors' (module table; the exact
-    methods: ``F_a + λ_a I = κ² (F + λ_a/κ² I)``, π unused)."""
-    if method in EXACT_METHODS or method is Method.EKFAC:  # EKFAC: F̂_a + λ_a I = κ² (F̂ + λ_a/κ² I) too
+    """fimbench's ``(λ, π)`` whose damped operator is ``1/κ²`` times the authors' (module table), from the
+    method's registry record (:class:`~fimbench.methods.AuthorsDamping`); ``F̂ + λ_a I`` (EKFAC, the exact
+    methods): ``F̂_a + λ_a I = κ² (F̂ + λ_a/κ² I)``, π unused.
+
+    Raises:
+        FimbenchError: for a method that is not damped (first-order).
+    """
+    conversion = method.record.authors_damping
+    if conversion == SCALAR_DAMPING:
         return damping / kappa**2, 1.0
-    if method in (Method.KFAC, Method.KPSVD):
-        added_a = added_g = damping**0.5  # their rank-1 solve adds √λ_a to both factors
-    else:
-        added_a = added_g = damping  # their rank-2 solve adds λ_a to both factors of the first term
-    if method in (Method.KFAC, Method.KFAC_CORRECTED):
+    if not isinstance(conversion, AuthorsDamping):
+        raise FimbenchError(f"method {method.value} is not damped: it has no damping to convert")
+    added_a = added_g = damping**0.5 if conversion.square_root else damping
+    if conversion.kfac_factors:
         alpha_a, alpha_g = added_a, added_g / kappa**2  # A_a = A, G_a = κ² G
     else:
         alpha_a, alpha_g = added_a / kappa, added_g / kappa  # R_a = κ R, S_a = κ S
@@ -83,11 +89,10 @@ def from_authors_scale(
     """fimbench's ``lr``, ``weight_decay`` and (Kronecker methods, given ``damping``) ``damping`` and ``pi``
     equivalent to the authors' settings (module docstring)."""
     kappa = loss_scale(likelihood, pixels)
-    if method.is_preconditioned:
-        converted = {"lr": lr / kappa, "weight_decay": weight_decay * kappa}
-        if damping is not None:
-            converted["damping"], converted["pi"] = authors_damping(method, damping, kappa)
-        return converted
-    if method is Method.SGD:
-        return {"lr": lr * kappa, "weight_decay": weight_decay / kappa}
-    return {"lr": lr, "weight_decay": weight_decay / kappa}
+    lr = lr * kappa**method.record.authors_lr_exponent
+    if not method.is_preconditioned:
+        return {"lr": lr, "weight_decay": weight_decay / kappa}
+    converted = {"lr": lr, "weight_decay": weight_decay * kappa}
+    if damping is not None:
+        converted["damping"], converted["pi"] = authors_damping(method, damping, kappa)
+    return converted

@@ -31,7 +31,7 @@ import yaml
 
 from fimbench.engines.event_log import require_tensorboard
 from fimbench.errors import FimbenchError, did_you_mean
-from fimbench.methods import PRECONDITIONED_METHODS, Method, parse_method
+from fimbench.methods import PRECONDITIONED_METHODS, Command, Method, methods_of, parse_method
 from fimbench.names import STEP_RULES
 from fimbench.preconditioner.settings import FirstOrderSettings, PreconditionerSettings
 from fimbench.preconditioner.step_rule import QMODEL
@@ -197,6 +197,10 @@ def _method_section(mapping: dict[str, Any], method: str, origin: str) -> dict[s
     methods = mapping.get("methods") or {}
     if not isinstance(methods, dict):
         raise FimbenchError(f"'methods' in {origin} must map method names to optimizer settings")
+    names = [known.value for known in Method]
+    for name in methods:
+        if name not in names:
+            raise FimbenchError(f"unknown method 'methods.{name}' in {origin}{did_you_mean(str(name), names)}; the methods are {', '.join(names)}")
     overrides = methods.get(method) or {}
     if not isinstance(overrides, dict):
         raise FimbenchError(f"'methods.{method}' in {origin} must be a mapping of optimizer keys")
@@ -285,7 +289,7 @@ def dump_config(config: RunConfig) -> str:
 def check_training(config: RunConfig) -> Method:
     """The configured method, or one error for a training or optimizer setting out of range (the preconditioner
     checks its own settings when it is built)."""
-    method = parse_method(config.optimizer.method)
+    method = parse_method(config.optimizer.method, choices=methods_of(command=Command.TRAIN))
     training, optimizer = config.training, config.optimizer
     if training.batch_size < 1 or training.epochs < 1:
         raise FimbenchError("training.batch_size and training.epochs must be at least 1")

@@ -14,31 +14,12 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from fimbench.files import atomic_write_bytes
+from fimbench.methods import RECORDS
 
-METHOD_COLORS: dict[str, str] = {
-    "kfac": "#1f77b4",
-    "kpsvd": "#ff7f0e",
-    "deflation": "#2ca02c",
-    "lanczos": "#d62728",
-    "kfac-corrected": "#9467bd",
-    "sgd": "#7f7f7f",
-    "adam": "#8c564b",
-    "exact-ng": "#000000",
-    "exact-ng-block": "#e377c2",
-    "ekfac": "#bcbd22",
-}
-METHOD_LABELS: dict[str, str] = {
-    "kfac": "KFAC",
-    "kpsvd": "KPSVD",
-    "deflation": "Deflation",
-    "lanczos": "Lanczos",
-    "kfac-corrected": "KFAC-corrected",
-    "sgd": "SGD",
-    "adam": "Adam",
-    "exact-ng": "exact NG",
-    "exact-ng-block": "exact NG (blocks)",
-    "ekfac": "EKFAC",
-}
+METHOD_COLORS: dict[str, str] = {method.value: record.colour for method, record in RECORDS.items()}
+"""Each method's colour (its registry record's)."""
+METHOD_LABELS: dict[str, str] = {method.value: record.label for method, record in RECORDS.items()}
+"""Each method's label in tables and legends (its registry record's)."""
 
 
 def method_color(method: str) -> str:

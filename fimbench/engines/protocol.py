@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from fimbench.engines.comparison import Comparison
 from fimbench.engines.sweep import PointState, Runner, SweepPlan, SweepPoint, SweepResult, plan_best_runs, plan_sweep, run_sweep
 from fimbench.errors import FimbenchError
-from fimbench.methods import PAPER_METHODS, parse_method
+from fimbench.methods import PAPER_METHODS, Command, methods_of, parse_method
 
 SWEEP, RUNS, REPORT = "sweep", "runs", "report"
 STAGES: tuple[str, ...] = (SWEEP, RUNS, REPORT)
@@ -72,7 +72,8 @@ def plan_figure2(
         if value is not None and value < 1:
             raise FimbenchError(f"{name} must be at least 1, got {value}")
     sweep_overrides = {**overrides, "training.seed": seeds[0], "training.epochs": sweep_epochs}
-    chosen = list(dict.fromkeys(parse_method(name) for name in methods)) or list(PAPER_METHODS)
+    accepted = methods_of(command=Command.REPRODUCE)
+    chosen = list(dict.fromkeys(parse_method(name, choices=accepted) for name in methods)) or list(PAPER_METHODS)
     kronecker = [method.value for method in chosen if method.is_preconditioned]
     baselines = [method.value for method in chosen if not method.is_preconditioned]
     if grid and not kronecker:

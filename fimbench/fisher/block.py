@@ -117,8 +117,8 @@ class ApproximationErrors:
 
     @property
     def path(self) -> str:
-        """``"<error 1 path>/<error 2 path>"``, e.g. ``"gram/kron"``."""
-        return f"{self.error1.path}/{self.error2.path}"
+        """``"<error 1 path>/<error 2 path>"``, e.g. ``"gram/kron"``; one word when both are the same (``"exact"``)."""
+        return self.error1.path if self.error1.path == self.error2.path else f"{self.error1.path}/{self.error2.path}"
 
 
 class ExactFisher:

@@ -1,32 +1,41 @@
-"""The curvature a preconditioner inverts, behind two small interfaces (docs/design.md, "Curvature blocks").
+"""The curvature a preconditioner inverts, and the one per-layer block interface (docs/design.md, "Curvature blocks").
 
 A :class:`Curvature` is the network-level operator ``F̃`` of :class:`~fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner`:
 every T1 steps it takes the captured statistics ``(ā_l, g_l)`` of all layers and the EMA decay ρ, every
 T2 steps (or when λ moved) it re-factorises ``F̃(λ)``, every step it maps the layers' (q_l, p_l) gradients
 to ``F̃(λ)⁻¹ ∇``, and adaptive damping's predicted change ``M(δ)`` needs ``δᵀ F̃(λ) δ`` from it.
 
-The block-diagonal curvatures (``F̃ = blockdiag(F̃_l)``: every Kronecker method) are a :class:`BlockDiagonal`
-of one :class:`CurvatureBlock` per layer; :class:`KroneckerBlock` is the Kronecker-sum block and
-:class:`EigenbasisBlock` EKFAC's. A curvature that couples layers (the exact
-natural gradient, :mod:`fimbench.preconditioner.exact_natural_gradient`; the two-level correction on top of a block-diagonal
-one, :mod:`fimbench.preconditioner.two_level`) implements :class:`Curvature` directly.
+A :class:`CurvatureBlock` is one layer's block ``F̃_l``, the unit a method implements. Its three consumers
+call the same methods:
+
+* the preconditioner: :meth:`~CurvatureBlock.update` (EMA towards the batch), :meth:`~CurvatureBlock.refresh`
+  (factorise the damped block), :meth:`~CurvatureBlock.apply` and :meth:`~CurvatureBlock.quadratic`;
+* ``fisher-error``: :meth:`~CurvatureBlock.fit` (the batch's own approximation, warm-started where the method
+  iterates) and :meth:`~CurvatureBlock.errors` against the exact block;
+* ``cost-profile``: ``update`` cold and warm, ``refresh`` and ``apply``, timed.
+
+Each method's registry record (:mod:`fimbench.methods`) names its block class; :func:`new_block` builds one.
+The block-diagonal methods precondition with a :class:`BlockDiagonal` of their blocks; the exact references
+with :class:`~fimbench.preconditioner.exact_natural_gradient.ExactNaturalGradient` (``exact-ng`` couples the
+layers), the two-level correction wraps a block-diagonal curvature (:mod:`fimbench.preconditioner.two_level`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from fimbench.curvature import KroneckerInverse, KroneckerSum
-from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
-from fimbench.curvature.kronecker import kron_matvec
-from fimbench.curvature.kronecker_sum import FACTORED, DampingSplit, check_damping_form
+from fimbench.curvature import ApproximationOptions, DampingSplit
+from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT
 from fimbench.errors import FimbenchError
+from fimbench.fisher.block import ApproximationErrors, ExactFisher
 from fimbench.fisher.capture import LayerStatistics
-from fimbench.methods import Method
+from fimbench.fisher.network_error import NetworkTerms
+from fimbench.methods import Method, implementation
 from fimbench.preconditioner.guard import REFRESH, UPDATE, Failure, guarded
 
 
@@ -35,6 +44,25 @@ class SolverReport(NamedTuple):
 
     iterations: int
     residual: float
+
+
+class BlockErrors(NamedTuple):
+    """A block's estimate against the exact block ``F_ll``: Error 1 and Error 2, and its network terms
+    ``⟨F_ll, F̂_l⟩`` and ``‖F̂_l‖²`` (:mod:`fimbench.fisher.network_error`)."""
+
+    errors: ApproximationErrors
+    terms: NetworkTerms
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """What a block is built with: the approximation options (tol, iterations, Lanczos' rank and Krylov
+    dimension), the rank-2 safeguard δ, and the damping split π and form of a Kronecker block."""
+
+    options: ApproximationOptions = field(default_factory=ApproximationOptions)
+    min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO
+    pi: DampingSplit = TRACE_SPLIT
+    damping_form: str = FACTORED
 
 
 class Curvature(Protocol):
@@ -77,156 +105,71 @@ class Curvature(Protocol):
 
 
 class CurvatureBlock(Protocol):
-    """One layer's block ``F̃_l(λ)`` of a block-diagonal curvature: :class:`Curvature` for one layer.
-
-    Its state has two entries: ``"approximation"`` (the estimate) and ``"inverse"`` (what the latest
-    factorisation was built from), which :class:`BlockDiagonal` keeps as two per-layer lists.
-    """
-
-    def update(self, statistics: LayerStatistics, decay: float) -> SolverReport | None: ...
-
-    def refresh(self, damping: float) -> None: ...
-
-    def apply(self, gradient: Tensor) -> Tensor: ...
-
-    def quadratic(self, delta: Tensor) -> Tensor: ...
-
-    @property
-    def correction_scale(self) -> float | None: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None: ...
-
-
-Approximate = Callable[..., KroneckerSum]
-"""``approximate(a, g, prior=F̂_old, decay=ρ) -> KroneckerSum`` (the preconditioner's ``approximate_block``)."""
-
-
-class KroneckerBlock:
-    """A Kronecker-sum block ``F̂ = Σ_k A_k ⊗ G_k`` (one of the five methods), damped and inverted by
-    :class:`~fimbench.curvature.KroneckerInverse`: ``damped(λ, π)`` and §3.4's solve."""
-
-    def __init__(self, approximate: Approximate, min_curvature_ratio: float, pi: DampingSplit, form: str = FACTORED) -> None:
-        self.approximate = approximate
-        self.min_curvature_ratio = min_curvature_ratio
-        self.pi = pi
-        self.form = check_damping_form(form)
-        self.approximation: KroneckerSum | None = None
-        self.inverse: KroneckerInverse | None = None
+    """One layer's block ``F̃_l(λ)`` (module docstring). Its state has two entries: ``"approximation"`` (the
+    estimate) and ``"inverse"`` (what the latest factorisation was built from), which :class:`BlockDiagonal`
+    keeps as two per-layer lists."""
 
     def update(self, statistics: LayerStatistics, decay: float) -> SolverReport | None:
-        """``approximate(ā, g, prior=F̂_old, decay=ρ)``, warm-started from ``F̂_old``; K-FAC reports nothing."""
-        self.approximation = self.approximate(statistics.a, statistics.g, prior=self.approximation, decay=decay)
-        if self.approximation.method == Method.KFAC.value:
-            return None
-        return SolverReport(self.approximation.iterations, self.approximation.residual)
+        """Move the estimate towards ``ρ F̂_old + (1 − ρ) F_batch`` (ρ = ``decay``); the solver's report, if
+        an iterative one ran."""
+        ...
+
+    def fit(self, statistics: LayerStatistics) -> SolverReport | None:
+        """Replace the estimate by the approximation of ``F_batch`` alone (no EMA), warm-started from the
+        current estimate where the method iterates; the solver's report, if one ran."""
+        ...
 
     def refresh(self, damping: float) -> None:
-        self.inverse = self.approximation.inverse(damping, self.min_curvature_ratio, self.pi, self.form)  # type: ignore[union-attr]
+        """Factorise the damped block of the current estimate for λ = ``damping``."""
+        ...
 
     def apply(self, gradient: Tensor) -> Tensor:
-        return self.inverse.apply(gradient)  # type: ignore[union-attr]
+        """``F̃_l(λ)⁻¹ ∇_l`` with the latest factorisation."""
+        ...
 
     def quadratic(self, delta: Tensor) -> Tensor:
-        """``vec(δ)ᵀ damped(λ, π) vec(δ) = Σ_k ⟨δ, G_k δ A_kᵀ⟩_F``."""
-        curvature = sum(kron_matvec(A, G, delta) for A, G in self.inverse.operator.terms)  # type: ignore[union-attr, misc]
-        return (delta * curvature).sum()
+        """``vec(δ)ᵀ F̃_l(λ) vec(δ)`` with the latest factorisation's operator (a 0-d tensor)."""
+        ...
+
+    def errors(self, fisher: ExactFisher) -> BlockErrors:
+        """The current estimate against the exact block ``fisher`` of the same statistics."""
+        ...
+
+    def operator(self) -> tuple[Callable[[Tensor], Tensor], tuple[Tensor, Tensor]]:
+        """The undamped estimate as a float64 matvec ``V ↦ F̂_l V`` on (q, p) matrices, and its first Kronecker
+        term ``(A₁, G₁)`` (the coarse spaces of the two-level correction read it)."""
+        ...
 
     @property
-    def first_term(self) -> tuple[Tensor, Tensor]:
-        """``(A₁, G₁)`` of the current approximation (the spectral coarse space reads it)."""
-        return self.approximation.terms[0]  # type: ignore[union-attr]
+    def rank(self) -> int:
+        """Kronecker rank of the current estimate (0 where it is no Kronecker sum)."""
+        ...
 
     @property
     def correction_scale(self) -> float | None:
-        if self.inverse is None or self.inverse.source.rank == 1:
-            return None
-        return self.inverse.correction_scale
+        """The safeguard τ of the latest factorisation (rank-2 blocks), None where none applies."""
+        ...
 
     def state_dict(self) -> dict[str, Any]:
-        """The approximation, and the λ of the inverse with its source when that is an older approximation."""
-        inverse = None
-        if self.inverse is not None:
-            source = None if self.inverse.source is self.approximation else self.inverse.source.state_dict()
-            inverse = {"damping": self.inverse.damping, "source": source}
-        return {"approximation": None if self.approximation is None else self.approximation.state_dict(), "inverse": inverse}
+        """The estimate and what the latest factorisation was built from, as tensors and plain data."""
+        ...
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
-        entry = state["approximation"]
-        self.approximation = None if entry is None else KroneckerSum.from_state_dict(entry, device, dtype)
-        inverse = state["inverse"]
-        if inverse is None:
-            self.inverse = None
-            return
-        source = self.approximation if inverse["source"] is None else KroneckerSum.from_state_dict(inverse["source"], device, dtype)
-        self.inverse = source.inverse(inverse["damping"], self.min_curvature_ratio, self.pi, self.form)  # type: ignore[union-attr]
+        """Continue from :meth:`state_dict`'s ``state`` on ``device``, the estimate in ``dtype``."""
+        ...
 
 
-class EigenbasisBlock:
-    """EKFAC's :class:`~fimbench.preconditioner.blocks.CurvatureBlock`: ``F̂ + λI`` of :class:`EigenbasisDiagonal`,
-    the basis recomputed at the first update after each refresh (module docstring)."""
+def new_block(method: Method, settings: BlockSettings | None = None) -> CurvatureBlock:
+    """A fresh block of ``method`` (the class its registry record names), built with ``settings``.
 
-    def __init__(self) -> None:
-        self.approximation: EigenbasisDiagonal | None = None
-        self.source: EigenbasisDiagonal | None = None  # the approximation of the latest refresh
-        self.damping = 0.0
-        self.denominator: Tensor | None = None  # S + λ of the latest refresh
-        self.basis_due = True
-
-    def update(self, statistics: LayerStatistics, decay: float) -> None:
-        """Factors and eigenvalues towards ``ρ F̂_old + (1 − ρ) F_batch``; no iterative solver runs."""
-        self.approximation = approximate_ekfac(statistics.a, statistics.g, self.approximation, decay, self.basis_due)
-        self.basis_due = False
-
-    def refresh(self, damping: float) -> None:
-        """``S + λ`` of the current approximation (``(F̂ + λI)⁻¹`` is diagonal in its eigenbasis); the next
-        update takes a new basis."""
-        if not damping > 0:
-            raise FimbenchError(f"EKFAC's damped solve needs damping > 0, got {damping}")
-        self.source, self.damping, self.basis_due = self.approximation, damping, True
-        self.denominator = self.source.scales + damping  # type: ignore[union-attr]
-
-    def apply(self, gradient: Tensor) -> Tensor:
-        """``vec(Q_G ((Q_Gᵀ V Q_A) ⊘ (S + λ)) Q_Aᵀ)``."""
-        assert self.source is not None and self.denominator is not None, "apply before refresh"
-        Q_A, Q_G = self.source.bases
-        return Q_G @ ((Q_G.transpose(0, 1) @ gradient @ Q_A) / self.denominator) @ Q_A.transpose(0, 1)
-
-    def quadratic(self, delta: Tensor) -> Tensor:
-        """``vec(δ)ᵀ (F̂ + λI) vec(δ)``."""
-        return (delta * self.source.matvec(delta)).sum() + self.damping * delta.square().sum()  # type: ignore[union-attr]
-
-    @property
-    def first_term(self) -> tuple[Tensor, Tensor]:
-        """K-FAC's factors ``A``, ``G`` (the spectral coarse space reads them)."""
-        return self.approximation.factors  # type: ignore[union-attr]
-
-    @property
-    def correction_scale(self) -> float | None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """The approximation and, once refreshed, the refresh's λ, its approximation when that is older, and
-        whether a new basis is due (before a refresh it is due exactly when there is no approximation yet)."""
-        inverse = None
-        if self.source is not None:
-            source = None if self.source is self.approximation else self.source.state_dict()
-            inverse = {"damping": self.damping, "source": source, "basis_due": self.basis_due}
-        return {"approximation": None if self.approximation is None else self.approximation.state_dict(), "inverse": inverse}
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
-        entry = state["approximation"]
-        self.approximation = None if entry is None else EigenbasisDiagonal.from_state_dict(entry, device, dtype)
-        inverse = state["inverse"]
-        if inverse is None:
-            self.source, self.damping, self.basis_due, self.denominator = None, 0.0, self.approximation is None, None
-            return
-        source = inverse["source"]
-        self.source = self.approximation if source is None else EigenbasisDiagonal.from_state_dict(source, device, dtype)
-        self.damping, self.basis_due = inverse["damping"], inverse["basis_due"]
-        assert self.source is not None, "a state with an inverse has an approximation"
-        self.denominator = self.source.scales + self.damping
+    Raises:
+        FimbenchError: for a method without per-layer blocks (first-order).
+    """
+    path = method.record.block
+    if path is None:
+        raise FimbenchError(f"method {method.value} has no curvature block")
+    block: CurvatureBlock = implementation(path)(method, settings or BlockSettings())
+    return block
 
 
 class BlockDiagonal:

@@ -2,9 +2,9 @@
 its per-layer blocks that :class:`~fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner`
 offers (:class:`BlockAccess`).
 
-* K-FAC, KPSVD, Deflation, Lanczos, KFAC-corrected: ``F̃ = blockdiag(F̂_l)``, one
-  :class:`~fimbench.preconditioner.blocks.KroneckerBlock` (``F̂_l = Σ_k A_k ⊗ G_k``) per layer;
-* EKFAC: one :class:`~fimbench.preconditioner.blocks.EigenbasisBlock` per layer;
+* a block-diagonal method: ``F̃ = blockdiag(F̂_l)``, one block of the class its registry record names per
+  layer (a Kronecker method's :class:`~fimbench.preconditioner.kronecker_block.KroneckerBlock`,
+  ``F̂_l = Σ_k A_k ⊗ G_k``; EKFAC's :class:`~fimbench.preconditioner.eigenbasis_block.EigenbasisBlock`);
 * either of them with a coarse space: the two-level correction on top
   (:class:`~fimbench.preconditioner.two_level.TwoLevel`);
 * ``exact-ng`` / ``exact-ng-block``: the exact Fisher of the Fisher sub-batch, whole network or per block
@@ -17,28 +17,24 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from fimbench.curvature import ApproximationOptions, DampingSplit, KroneckerInverse, KroneckerSum, approximate
+from fimbench.curvature import ApproximationOptions, KroneckerInverse, KroneckerSum, approximate
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import KroneckerLayer
-from fimbench.methods import Method
-from fimbench.preconditioner.blocks import Approximate, BlockDiagonal, Curvature, CurvatureBlock, EigenbasisBlock, KroneckerBlock
+from fimbench.methods import Family, Method
+from fimbench.preconditioner.blocks import BlockDiagonal, Curvature, CurvatureBlock, new_block
 from fimbench.preconditioner.exact_natural_gradient import ExactNaturalGradient
+from fimbench.preconditioner.kronecker_block import KroneckerBlock
 from fimbench.preconditioner.settings import PreconditionerSettings
 from fimbench.preconditioner.two_level import NO_COARSE, TwoLevel
 
 
-def method_curvature(method: Method, layer_count: int, settings: PreconditionerSettings, pi: DampingSplit, approximate: Approximate) -> Curvature:
-    """The curvature of ``method`` over ``layer_count`` layers (module docstring); a Kronecker block
-    approximates with ``approximate`` and is damped with ``pi``, ``settings.min_curvature_ratio`` and
-    ``settings.damping_form``; ``settings.coarse`` adds the two-level correction."""
-    if method in (Method.EXACT_NG, Method.EXACT_NG_BLOCK):
-        return ExactNaturalGradient(per_layer=method is Method.EXACT_NG_BLOCK)
-    if method is Method.EKFAC:
-        blocks = BlockDiagonal([EigenbasisBlock() for _ in range(layer_count)])
-    else:
-        blocks = BlockDiagonal(
-            [KroneckerBlock(approximate, settings.min_curvature_ratio, pi, settings.damping_form) for _ in range(layer_count)]
-        )
+def method_curvature(method: Method, layer_count: int, settings: PreconditionerSettings) -> Curvature:
+    """The curvature of ``method`` over ``layer_count`` layers (module docstring): a block-diagonal method's
+    :class:`BlockDiagonal` of its registry block, built with :meth:`PreconditionerSettings.block_settings`;
+    ``settings.coarse`` adds the two-level correction."""
+    if method.record.family is Family.EXACT:
+        return ExactNaturalGradient(per_layer=not method.record.couples_layers)
+    blocks = BlockDiagonal([new_block(method, settings.block_settings()) for _ in range(layer_count)])
     return blocks if settings.coarse == NO_COARSE else TwoLevel(blocks, settings.coarse)
 
 

@@ -122,7 +122,7 @@ class KroneckerPreconditioner(BlockAccess):
         self.timer = timer
         self.steps = 0
         self.updates = 0
-        self.curvature = method_curvature(self.method, len(self.layers), settings, self.pi, self.approximate_block)
+        self.curvature = method_curvature(self.method, len(self.layers), settings)
         self.fisher: SubBatchFisher | None = None  # the exact Fisher of the latest Fisher sub-batch
         self.diagnostics = PreconditionerDiagnostics()
         self.guard_events: list[GuardEvent] = []  # every update or refresh the guard dropped, in order

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT, check_damping_form
+from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT, check_damping_form, check_damping_split
 from fimbench.curvature.options import ApproximationOptions
 from fimbench.errors import FimbenchError
 from fimbench.methods import BLOCK_METHODS, Method
 from fimbench.names import STEP_RULES
+from fimbench.preconditioner.blocks import BlockSettings
 from fimbench.preconditioner.damping import (
     ADAPTIVE,
     DAMPING_SCHEDULES,
@@ -74,6 +75,14 @@ class PreconditionerSettings:
             ``tol``, ``max_iterations``, Lanczos' ``rank`` and ``krylov_dim`` of these settings.
         """
         return ApproximationOptions(tol=self.tol, max_iterations=self.max_iterations, rank=self.lanczos_rank, krylov_dim=self.krylov_dim)
+
+    def block_settings(self) -> BlockSettings:
+        """What every per-layer block is built with (:class:`~fimbench.preconditioner.blocks.BlockSettings`).
+
+        Returns:
+            The approximation options, δ, the damping split π and the damping form of these settings.
+        """
+        return BlockSettings(self.approximation_options(), self.min_curvature_ratio, check_damping_split(self.pi), self.damping_form)
 
 
 def check_settings(settings: PreconditionerSettings, method: Method) -> None:

@@ -82,10 +82,12 @@ def test_unknown_damping_form_is_one_clear_error():
 def test_adaptive_damping_quadratic_uses_the_exactly_damped_operator():
     """KroneckerBlock's ``δᵀ F̃ δ`` (adaptive damping's M(δ)) is ``vec(δ)ᵀ (A ⊗ G + λI) vec(δ)`` with exact damping."""
     from fimbench.fisher.capture import LayerStatistics
-    from fimbench.preconditioner.blocks import KroneckerBlock
+    from fimbench.methods import Method
+    from fimbench.preconditioner.blocks import BlockSettings
+    from fimbench.preconditioner.kronecker_block import KroneckerBlock
 
     a, g = random_statistics(8, 5, 4, torch.Generator().manual_seed(0))
-    block = KroneckerBlock(lambda a, g, prior=None, decay=0.0: approximate("kfac", a, g), 0.1, "trace", "exact")
+    block = KroneckerBlock(Method.KFAC, BlockSettings(min_curvature_ratio=0.1, damping_form="exact"))
     block.update(LayerStatistics(a, g), 0.0)
     block.refresh(0.05)
     delta = torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=DTYPE)

@@ -92,3 +92,11 @@ def test_strict_errors(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text)
     with pytest.raises(FimbenchError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(path)
+
+
+def test_a_method_section_for_no_method_is_an_error(tmp_path):
+    """A typo in ``methods.<name>`` would leave the preset silently unused."""
+    path = tmp_path / "typo.yaml"
+    path.write_text("methods:\n  kfca:\n    lr: 0.5\n", encoding="utf-8")
+    with pytest.raises(FimbenchError, match="unknown method 'methods.kfca'.*kfac"):
+        load_config(path, {"optimizer.method": "kfac"})

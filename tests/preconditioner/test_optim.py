@@ -15,7 +15,6 @@ import pytest
 import torch
 from reference import DTYPE, mat_ref, vec_ref
 
-import fimbench.preconditioner.curvatures as curvatures_module
 from fimbench.curvature import KroneckerSum, approximate
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import capture_statistics, weight_gradient
@@ -198,14 +197,17 @@ def test_ema_decay_schedule(make_mlp, monkeypatch, method):
         fisher_fraction=1.0, generator=torch.Generator().manual_seed(0),
     )
     calls = []
-    real_approximate = curvatures_module.approximate
 
-    def spy(method_name, a, g, **kwargs):
-        result = real_approximate(method_name, a, g, **kwargs)
-        calls.append({"a": a, "g": g, "result": result, **kwargs})
-        return result
+    def spy(real):
+        def approximator(a, g, options, prior):
+            result = real(a, g, options, prior)
+            calls.append({"a": a, "g": g, "result": result, "decay": prior.decay, "prior": prior.estimate, "warm_start": prior.warm_start})
+            return result
 
-    monkeypatch.setattr(curvatures_module, "approximate", spy)
+        return approximator
+
+    for block in preconditioner.kronecker_blocks:
+        monkeypatch.setattr(block, "approximator", spy(block.approximator))
     layers = len(model.linear_layers())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for step in range(5):

@@ -14,7 +14,7 @@ from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import weight_gradient
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
-from fimbench.preconditioner.blocks import EigenbasisBlock
+from fimbench.preconditioner.eigenbasis_block import EigenbasisBlock
 from fimbench.preconditioner.two_level import TwoLevel
 
 

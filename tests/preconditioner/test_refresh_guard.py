@@ -88,11 +88,11 @@ def test_a_non_finite_approximation_keeps_the_previous_estimate(method: str) -> 
     preconditioner, x = preconditioned(method, {})
     kept = list(preconditioner.approximations)
 
-    def poisoned(a: torch.Tensor, g: torch.Tensor, **_: object) -> KroneckerSum:
+    def poisoned(a: torch.Tensor, g: torch.Tensor, *_: object) -> KroneckerSum:
         nan = torch.full((a.shape[-1], a.shape[-1]), float("nan"), dtype=a.dtype)
         return KroneckerSum([(nan, torch.eye(g.shape[-1], dtype=g.dtype))], method=method)
 
-    preconditioner.kronecker_blocks[1].approximate = poisoned
+    preconditioner.kronecker_blocks[1].approximator = poisoned
     preconditioner.update_statistics(x)
     assert preconditioner.approximations[0] is not kept[0]  # the healthy layer moved on
     assert preconditioner.approximations[1] is kept[1]

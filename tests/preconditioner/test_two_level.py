@@ -8,10 +8,12 @@ import pytest
 import torch
 from reference import DTYPE
 
-from fimbench.curvature import approximate
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import LayerStatistics
-from fimbench.preconditioner.blocks import BlockDiagonal, EigenbasisBlock, KroneckerBlock
+from fimbench.methods import Method
+from fimbench.preconditioner.blocks import BlockDiagonal, BlockSettings
+from fimbench.preconditioner.eigenbasis_block import EigenbasisBlock
+from fimbench.preconditioner.kronecker_block import KroneckerBlock
 from fimbench.preconditioner.two_level import TwoLevel
 
 SHAPES = [(5, 4), (4, 3), (3, 6)]  # (p_l, q_l): the bias column included in p_l
@@ -41,11 +43,7 @@ def dense_network_fisher(statistics: list[LayerStatistics]) -> torch.Tensor:
 def make_blocks(method: str) -> list:
     if method == "ekfac":
         return [EigenbasisBlock() for _ in SHAPES]
-
-    def approximate_block(a, g, prior=None, decay=0.0):
-        return approximate(method, a, g, prior=prior, decay=decay, warm_start=prior)
-
-    return [KroneckerBlock(approximate_block, 0.1, "trace") for _ in SHAPES]
+    return [KroneckerBlock(Method(method), BlockSettings(min_curvature_ratio=0.1)) for _ in SHAPES]
 
 
 def dense_block(block) -> torch.Tensor:
@@ -156,28 +154,21 @@ def test_two_level_needs_a_coarse_space():
 def test_two_level_network_error_equals_the_dense_one(method, coarse):
     """fisher-error's two-level row: ``F̂₂ = (F̂⁻¹ + R₀ (R₀ᵀ F R₀)⁻¹ R₀ᵀ)⁻¹`` (undamped, F̂ = blockdiag(F̂_l)
     invertible here: m = 30 examples), its ‖F − F̂₂‖ / ‖F‖ from m × L quantities equals the dense one."""
-    from fimbench.curvature.ekfac import approximate_ekfac
     from fimbench.engines.fisher_error.engine import two_level_network_terms
-    from fimbench.fisher.block import ExactFisher, eigenbasis_terms
-    from fimbench.fisher.network_error import NetworkTerms, kronecker_block_terms, network_error, network_squared_norm
+    from fimbench.fisher.block import ExactFisher
+    from fimbench.fisher.network_error import network_error, network_squared_norm
 
     generator = torch.Generator().manual_seed(3)
     statistics = [
         LayerStatistics(torch.randn(30, p, generator=generator, dtype=DTYPE), torch.randn(30, q, generator=generator, dtype=DTYPE))
         for p, q in SHAPES
     ]
-    approximations, terms, dense_blocks = [], [], []
-    for stats in statistics:
-        fisher = ExactFisher(stats.a, stats.g)
-        if method == "ekfac":
-            approximation = approximate_ekfac(stats.a, stats.g)
-            terms.append(NetworkTerms(*eigenbasis_terms(fisher, approximation)))
-        else:
-            approximation = approximate(method, stats.a, stats.g)
-            terms.append(kronecker_block_terms(fisher, approximation.terms))
-        approximations.append(approximation)
-        dense_blocks.append(approximation.to_dense())
-    measured = network_error(network_squared_norm(statistics), two_level_network_terms(statistics, approximations, coarse, sum(terms[1:], terms[0])))
+    blocks, terms, dense_blocks = make_blocks(method), [], []
+    for block, stats in zip(blocks, statistics):
+        block.fit(stats)
+        terms.append(block.errors(ExactFisher(stats.a, stats.g)).terms)
+        dense_blocks.append(block.approximation.to_dense())
+    measured = network_error(network_squared_norm(statistics), two_level_network_terms(statistics, blocks, coarse, sum(terms[1:], terms[0])))
 
     F = torch.cat([torch.einsum("nq,np->npq", s.g, s.a).reshape(30, -1) for s in statistics], dim=1)
     F = F.T @ F / 30
@@ -185,11 +176,11 @@ def test_two_level_network_error_equals_the_dense_one(method, coarse):
     sizes = [p * q for p, q in SHAPES]
     R0 = torch.zeros(sum(sizes), len(sizes), dtype=DTYPE)
     start = 0
-    for index, ((p, q), approximation) in enumerate(zip(SHAPES, approximations)):
+    for index, ((p, q), block) in enumerate(zip(SHAPES, blocks)):
         if coarse == "nicolaides":
             piece = torch.ones(p * q, dtype=DTYPE)
         else:
-            A, G = approximation.factors if method == "ekfac" else approximation.terms[0]
+            A, G = block.approximation.factors if method == "ekfac" else block.approximation.terms[0]
             piece = vec(torch.outer(torch.linalg.eigh(G)[1][:, 0], torch.linalg.eigh(A)[1][:, 0]))
         R0[start : start + p * q, index] = piece / torch.linalg.norm(piece)
         start += p * q

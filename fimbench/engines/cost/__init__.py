@@ -4,8 +4,6 @@ measured and :mod:`~fimbench.engines.cost.outputs` writes ``cost.json`` and ``co
 
 from fimbench.engines.cost.model import (
     EXPONENT_TOLERANCE,
-    MODEL_BUILD,
-    PAPER_BUILD,
     PHASES,
     STEADY_PHASES,
     fit_exponents,
@@ -41,8 +39,6 @@ __all__ = [
     "COST_DATASETS",
     "EXPONENT_TOLERANCE",
     "FIT_STATISTIC",
-    "MODEL_BUILD",
-    "PAPER_BUILD",
     "PHASES",
     "STEADY_PHASES",
     "SWEEP_LIKELIHOOD",

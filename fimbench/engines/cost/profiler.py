@@ -1,13 +1,14 @@
 """Cost profile engine: the paper's Table 1 (App. C), measured on the code paths ``train`` runs.
 
-Per method and per layer it times, with a :class:`KroneckerPreconditioner`'s own settings,
+Per method and per layer it times the method's own block (:mod:`fimbench.preconditioner.blocks`, the one
+training uses), built with a :class:`KroneckerPreconditioner`'s settings (:class:`LayerTimer`):
 
-* ``build_cold`` / ``build_warm`` — ``F̂`` from the statistics ``(ā, g)`` of the Fisher sub-batch by
-  :func:`fimbench.curvature.approximate`, incl. the power-SVD / Lanczos iterations (count k₁ / k₂):
-  cold = the first update (no prior), warm = the steady state of training (EMA prior = the previous
-  solution on another sub-batch, ρ = ``ema_decay``, warm-started from it), as in ``update_statistics``;
-* ``inverse`` — :meth:`KroneckerSum.inverse`: the damped factorisation of ``refresh_inverses`` (§2.2, §3.4);
-* ``apply`` — :meth:`KroneckerInverse.apply` on the layer's gradient, ``F̂⁻¹ ∇h``;
+* ``build_cold`` / ``build_warm`` — the block's ``update`` from the statistics ``(ā, g)`` of the Fisher
+  sub-batch, incl. the power-SVD / Lanczos iterations (count k₁ / k₂): cold = the first update (no prior),
+  warm = the steady state of training (EMA prior = the previous solution on another sub-batch,
+  ρ = ``ema_decay``, warm-started from it), as in ``update_statistics``;
+* ``inverse`` — the block's ``refresh``: the damped factorisation of ``refresh_inverses`` (§2.2, §3.4);
+* ``apply`` — the block's ``apply`` on the layer's gradient, ``F̂⁻¹ ∇h``;
 
 The exact references (``exact-ng``, ``exact-ng-block``) build no approximation: per layer, ``build`` is its
 Gram term ``K_l = (Ā_l Ā_lᵀ) ∘ (G_l G_lᵀ)`` (the EMA does not apply, so cold = warm), ``inverse`` the
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -50,8 +51,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fimbench.curvature import KroneckerSum
-from fimbench.curvature.ekfac import approximate_ekfac
 from fimbench.engines.config import OptimizerConfig, load_config
 from fimbench.engines.cost.model import PHASES, sweep_exponents
 from fimbench.engines.cost.results import CostPoint, DatasetCost, LayerCost, MethodCost, ModelProfile, SweepCost, Timing
@@ -67,12 +66,10 @@ from fimbench.fisher.capture import (
     weight_gradient,
 )
 from fimbench.fisher.likelihood import Likelihood
-from fimbench.fisher.sub_batch import SubBatchFisher
-from fimbench.methods import EXACT_METHODS, Method
+from fimbench.methods import Method
 from fimbench.names import DATASETS, check_dataset
-from fimbench.preconditioner.blocks import EigenbasisBlock
+from fimbench.preconditioner.blocks import BlockSettings, CurvatureBlock, new_block
 from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
-from fimbench.preconditioner.two_level import NO_COARSE
 from fimbench.timing import measure
 
 COST_DATASETS: tuple[str, ...] = DATASETS  # every dataset: a profile needs only its architecture
@@ -166,64 +163,22 @@ def profile_model(
         preconditioner = configured_preconditioner(model, model.likelihood, config, generator)
         current = capture_statistics(model, inputs[:fisher_batch], model.likelihood, layers, None, generator)
         previous = capture_statistics(model, inputs[-fisher_batch:], model.likelihood, layers, None, generator)
-        if method in EXACT_METHODS:
-            layer_costs = [_exact_layer_cost(index, now, gradient, preconditioner.damping, repeats, warmup)
-                           for index, (now, gradient) in enumerate(zip(current, gradients))]
-            preconditioner.curvature.update(current, 0.0)
-            preconditioner.refresh_inverses()
-            restore = partial(_restore_gradients, layers, gradients)
-            step = Timing.of(measure(preconditioner.precondition, device, repeats, warmup, setup=restore))
-            restore()
-            costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
-            continue
-        if method is Method.EKFAC:
-            layer_costs = [_ekfac_layer_cost(index, now, before, gradient, preconditioner, repeats, warmup)
-                           for index, (now, before, gradient) in enumerate(zip(current, previous, gradients))]
-            costs.append(MethodCost(method.value, asdict(config), layer_costs, _step_time(preconditioner, current, gradients, repeats, warmup)))
-            continue
-        layer_costs = []
-        warm_results: list[KroneckerSum] = []
-        for index, (now, before, gradient) in enumerate(zip(current, previous, gradients)):
-            cold = partial(preconditioner.approximate_block, now.a, now.g)
-            prior = preconditioner.approximate_block(before.a, before.g)
-            warm = partial(preconditioner.approximate_block, now.a, now.g, prior=prior, decay=preconditioner.ema_decay)
-            cold_result, warm_result = cold(), warm()
-            invert = partial(
-                warm_result.inverse, preconditioner.damping, preconditioner.settings.min_curvature_ratio, preconditioner.pi, preconditioner.settings.damping_form
-            )
-            apply = partial(invert().apply, gradient)
-            calls: dict[str, Callable[[], Any]] = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": apply}
-            iterative = method is not Method.KFAC
-            layer_costs.append(
-                LayerCost(
-                    index=index,
-                    p=now.a.shape[-1],
-                    q=now.g.shape[-1],
-                    rank=warm_result.rank,
-                    iterations_cold=cold_result.iterations if iterative else None,
-                    iterations_warm=warm_result.iterations if iterative else None,
-                    times={phase: Timing.of(measure(calls[phase], device, repeats, warmup)) for phase in PHASES},
-                )
-            )
-            warm_results.append(warm_result)
-        if preconditioner.coarse == NO_COARSE:
-            preconditioner.load_approximations(warm_results)
-            step = _step_time(preconditioner, None, gradients, repeats, warmup)
-        else:
-            step = _step_time(preconditioner, current, gradients, repeats, warmup)
+        timer = LayerTimer(method, config.block_settings(), preconditioner.damping, preconditioner.ema_decay, repeats, warmup)
+        layer_costs = [timer.layer_cost(index, now, before, gradient)
+                       for index, (now, before, gradient) in enumerate(zip(current, previous, gradients))]
+        step = _step_time(preconditioner, current, gradients, repeats, warmup)
         costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
     return ModelProfile(batch, fisher_batch, yardsticks, costs)
 
 
 def _step_time(
-    preconditioner: KroneckerPreconditioner, statistics: list[LayerStatistics] | None, gradients: list[Tensor], repeats: int, warmup: int
+    preconditioner: KroneckerPreconditioner, statistics: list[LayerStatistics], gradients: list[Tensor], repeats: int, warmup: int
 ) -> Timing:
     """The precondition step (every layer, the coarse correction if any, KL clip) on ``gradients``, after
-    an update from ``statistics`` (None: the blocks are loaded already) and one untimed step."""
+    an update from ``statistics`` and one untimed step."""
     layers = preconditioner.layers
-    if statistics is not None:
-        preconditioner.curvature.update(statistics, 0.0)
-        preconditioner.refresh_inverses()
+    preconditioner.curvature.update(statistics, 0.0)
+    preconditioner.refresh_inverses()
     restore = partial(_restore_gradients, layers, gradients)
     restore()
     preconditioner.precondition()
@@ -232,49 +187,64 @@ def _step_time(
     return step
 
 
-def _ekfac_layer_cost(
-    index: int, now: LayerStatistics, before: LayerStatistics, gradient: Tensor, preconditioner: KroneckerPreconditioner, repeats: int, warmup: int
-) -> LayerCost:
-    """One layer's EKFAC phases (module docstring): cold and warm builds, the refresh and the apply."""
-    block = EigenbasisBlock()
-    prior = approximate_ekfac(before.a, before.g)
-    cold = partial(approximate_ekfac, now.a, now.g)
-    warm = partial(approximate_ekfac, now.a, now.g, prior, preconditioner.ema_decay, True)
-    block.approximation = warm()
-    invert = partial(block.refresh, preconditioner.damping)
-    invert()
-    calls: dict[str, Callable[[], Any]] = {"build_cold": cold, "build_warm": warm, "inverse": invert, "apply": partial(block.apply, gradient)}
-    return _non_kronecker_layer_cost(index, now, calls, gradient.device, repeats, warmup)
+@dataclass(frozen=True)
+class LayerTimer:
+    """Times one layer's phases through its method's block (:class:`~fimbench.preconditioner.blocks.CurvatureBlock`):
+
+    * ``build_cold``: :meth:`update` of a fresh block, ρ = 0;
+    * ``build_warm``: :meth:`update` with ρ = ``decay`` of a block whose estimate is the previous
+      sub-batch's (and refreshed once, so that EKFAC takes a new basis as in training);
+    * ``inverse``: :meth:`refresh` with λ = ``damping``; ``apply``: :meth:`apply` on the layer's gradient.
+
+    Each timed update starts from the same state (restored untimed before every call).
+    """
+
+    method: Method
+    settings: BlockSettings
+    damping: float
+    decay: float
+    repeats: int
+    warmup: int
+
+    def layer_cost(self, index: int, now: LayerStatistics, before: LayerStatistics, gradient: Tensor) -> LayerCost:
+        """The phases of layer ``index``: statistics ``now`` (the prior's: ``before``), its gradient ``gradient``."""
+        device = gradient.device
+        block = new_block(self.method, self.settings)
+        empty = dict(vars(block))
+        cold_report = block.update(now, 0.0)
+        cold = partial(block.update, now, 0.0)
+        cold_time = Timing.of(measure(cold, device, self.repeats, self.warmup, setup=partial(_restore, block, empty)))
+        _restore(block, empty)
+        block.update(before, 0.0)
+        block.refresh(self.damping)
+        prior = dict(vars(block))
+        warm = partial(block.update, now, self.decay)
+        warm_time = Timing.of(measure(warm, device, self.repeats, self.warmup, setup=partial(_restore, block, prior)))
+        _restore(block, prior)
+        warm_report = warm()
+        invert = partial(block.refresh, self.damping)
+        invert()
+        times = {
+            "build_cold": cold_time,
+            "build_warm": warm_time,
+            "inverse": Timing.of(measure(invert, device, self.repeats, self.warmup)),
+            "apply": Timing.of(measure(partial(block.apply, gradient), device, self.repeats, self.warmup)),
+        }
+        return LayerCost(
+            index=index,
+            p=now.a.shape[-1],
+            q=now.g.shape[-1],
+            rank=block.rank,
+            iterations_cold=None if cold_report is None else cold_report.iterations,
+            iterations_warm=None if warm_report is None else warm_report.iterations,
+            times={phase: times[phase] for phase in PHASES},
+        )
 
 
-def _non_kronecker_layer_cost(
-    index: int, statistics: LayerStatistics, calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int
-) -> LayerCost:
-    """The timed ``calls`` of a layer whose block is no Kronecker sum (rank 0) and runs no iterative solver."""
-    return LayerCost(
-        index=index,
-        p=statistics.a.shape[-1],
-        q=statistics.g.shape[-1],
-        rank=0,
-        iterations_cold=None,
-        iterations_warm=None,
-        times={phase: Timing.of(measure(calls[phase], device, repeats, warmup)) for phase in PHASES},
-    )
-
-
-def _exact_layer_cost(index: int, statistics: LayerStatistics, gradient: Tensor, damping: float, repeats: int, warmup: int) -> LayerCost:
-    """One layer's phases of the exact references (module docstring): its Gram term, the Cholesky factor of
-    its damped Gram (Gram cached) and its Woodbury apply."""
-    device = gradient.device
-    fisher = SubBatchFisher([statistics])
-
-    def build() -> Tensor:
-        return SubBatchFisher([statistics]).layer_gram(0)
-
-    invert = partial(fisher.inverse, damping, True)
-    apply = partial(invert().apply, [gradient])
-    calls: dict[str, Callable[[], Any]] = {"build_cold": build, "build_warm": build, "inverse": invert, "apply": apply}
-    return _non_kronecker_layer_cost(index, statistics, calls, device, repeats, warmup)
+def _restore(block: CurvatureBlock, state: dict[str, Any]) -> None:
+    """Put back the attributes ``dict(vars(block))`` gave (every update replaces them, never mutates them)."""
+    vars(block).clear()
+    vars(block).update(state)
 
 
 def _random_inputs(batch: int, width: int, device: torch.device, seed: int) -> Tensor:

@@ -4,11 +4,12 @@ An independent optimizer (Adam by default, or SGD) trains the dataset's autoenco
 every i divisible by ``every`` (and once more after the last step), the current mini-batch is drawn,
 targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
 captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
-these same statistics — no EMA, each warm-started from its own previous result (§4) — then
-:mod:`fimbench.fisher.block` measures Error 1 and Error 2 without building a p·q-sized matrix (EKFAC: the batch's
-own eigenbasis and eigenvalues, :func:`fimbench.fisher.block.eigenbasis_errors`). The exact-NG
-references take the exact blocks themselves (``exact-ng-block``: ``F̂_l = F_ll``; ``exact-ng``: ``F̂ = F``), so
-their per-block errors are 0 by definition (path ``exact``). Each measurement also gives one row per
+these same statistics — no EMA, each warm-started from its own previous result (§4): each method's
+per-layer block (:mod:`fimbench.preconditioner.blocks`) is fitted to the batch and measured against the exact
+block by :mod:`fimbench.fisher.block`, without building a p·q-sized matrix (EKFAC: the batch's own eigenbasis
+and eigenvalues). The exact-NG references take the exact blocks themselves (``exact-ng-block``:
+``F̂_l = F_ll``; ``exact-ng``, which couples the layers: ``F̂ = F``), so their per-block errors are 0 by
+definition (path ``exact``). Each measurement also gives one row per
 entry whose ``layer`` is ``network``: the cross-layer Error 1 ``‖F − F̂‖_F / ‖F‖_F`` of the multi-layer
 Fisher over the chosen layers (:mod:`fimbench.fisher.network_error`; Error 2 is NaN there) — block-diagonality's
 share of the error beside the Kronecker structure's. Layers are the
@@ -30,9 +31,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from fimbench.curvature import KroneckerSum, approximate
-from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
-from fimbench.curvature.kronecker import kronecker_sum_matvec
+from fimbench.curvature import ApproximationOptions
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.engines.config import RunConfig
 from fimbench.engines.fisher_error.records import (
@@ -53,19 +52,13 @@ from fimbench.engines.toolkit import (
     resolve_device,
 )
 from fimbench.errors import FimbenchError
-from fimbench.fisher.block import METRIC_DTYPE, ExactFisher, approximation_errors, eigenbasis_errors, eigenbasis_terms
+from fimbench.fisher.block import METRIC_DTYPE, ExactFisher
 from fimbench.fisher.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape
-from fimbench.fisher.network_error import (
-    NETWORK,
-    NetworkTerms,
-    exact_block_terms,
-    kronecker_block_terms,
-    network_error,
-    network_squared_norm,
-)
+from fimbench.fisher.network_error import NETWORK, NetworkTerms, network_error, network_squared_norm
 from fimbench.fisher.sub_batch import SubBatchFisher
-from fimbench.methods import EXACT_METHODS, Method
+from fimbench.methods import Method
 from fimbench.names import check_dataset
+from fimbench.preconditioner.blocks import BlockSettings, CurvatureBlock, new_block
 from fimbench.preconditioner.two_level import NO_COARSE, coarse_vector, two_level_terms
 from fimbench.timing import timed_call
 
@@ -105,7 +98,8 @@ class FisherErrorMeter:
     """Measures every entry on the chosen layers of ``model`` from one mini-batch, keeping warm starts.
 
     ``measure`` = one capture pass (sampled or data targets), then per layer the exact block's Gram
-    quantities and, per entry, ``approximate(method, ā, g, warm_start=previous)`` (timed) and both errors.
+    quantities and, per entry, its layer's block :meth:`~fimbench.preconditioner.blocks.CurvatureBlock.fit`
+    to the batch (timed; warm-started from its previous fit) and :meth:`~fimbench.preconditioner.blocks.CurvatureBlock.errors`.
     """
 
     def __init__(
@@ -118,16 +112,21 @@ class FisherErrorMeter:
         empirical: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        blocks = kronecker_layers(model)
+        modules = kronecker_layers(model)
         self.model = model
         self.layers = layers
-        self.modules = [blocks[layer - 1] for layer in layers]
+        self.modules = [modules[layer - 1] for layer in layers]
         self.entries = entries
-        self.options = config.optimizer
         self.device = device
         self.empirical = empirical
         self.generator = generator
-        self.previous: dict[tuple[int, Entry], KroneckerSum] = {}
+        options = config.optimizer
+        self.blocks: dict[Entry, list[CurvatureBlock]] = {}
+        for entry in entries:
+            if entry.coarse == NO_COARSE:
+                rank = entry.rank if entry.method.record.adjustable_rank else options.lanczos_rank
+                settings = BlockSettings(ApproximationOptions(options.tol, options.max_iterations, rank, options.krylov_dim))
+                self.blocks[entry] = [new_block(entry.method, settings) for _ in layers]
 
     def measure(self, iteration: int, x: Tensor) -> list[ErrorRow]:
         """One row per (layer, entry) and one network row per entry for the mini-batch ``x`` (module docstring)."""
@@ -135,44 +134,14 @@ class FisherErrorMeter:
             self.model, x, self.model.likelihood, self.modules, targets=x if self.empirical else None, generator=self.generator
         )
         rows: list[ErrorRow] = []
-        blocks: dict[Entry, list[NetworkTerms]] = {entry: [] for entry in self.entries}
-        built_blocks: dict[Entry, list[KroneckerSum | EigenbasisDiagonal]] = {entry: [] for entry in self.entries}
-        for layer, stats in zip(self.layers, captured):
+        terms: dict[Entry, list[NetworkTerms]] = {entry: [] for entry in self.entries}
+        for index, (layer, stats) in enumerate(zip(self.layers, captured)):
             fisher = ExactFisher(stats.a, stats.g)
-            for entry in self.entries:
-                if entry.coarse != NO_COARSE:
-                    continue  # network row only, from its method's blocks
-                if entry.method in EXACT_METHODS:
-                    blocks[entry].append(exact_block_terms(fisher))
-                    rows.append(ErrorRow(iteration, layer, entry.method.value, entry.rank, 0.0, 0.0, 0, 0.0, "exact"))
-                    continue
-                if entry.method is Method.EKFAC:
-                    seconds, ekfac = timed_call(lambda: approximate_ekfac(stats.a, stats.g), self.device)
-                    built_blocks[entry].append(ekfac)
-                    terms, errors = eigenbasis_terms(fisher, ekfac), eigenbasis_errors(fisher, ekfac)
-                    blocks[entry].append(NetworkTerms(*terms))
-                    rows.append(
-                        ErrorRow(iteration, layer, entry.method.value, entry.rank, errors.error1.value, errors.error2.value, 0, seconds, errors.path)
-                    )
-                    continue
-                seconds, built = timed_call(
-                    lambda: approximate(
-                        entry.method,
-                        stats.a,
-                        stats.g,
-                        warm_start=self.previous.get((layer, entry)),
-                        tol=self.options.tol,
-                        max_iterations=self.options.max_iterations,
-                        rank=entry.rank,
-                        krylov_dim=self.options.krylov_dim,
-                    ),
-                    self.device,
-                )
-                approximation = built
-                self.previous[(layer, entry)] = approximation
-                built_blocks[entry].append(approximation)
-                blocks[entry].append(kronecker_block_terms(fisher, approximation.terms))
-                errors = approximation_errors(fisher, approximation.terms)
+            for entry, blocks in self.blocks.items():
+                seconds, report = timed_call(partial(blocks[index].fit, stats), self.device)
+                measured = blocks[index].errors(fisher)
+                terms[entry].append(measured.terms)
+                errors = measured.errors
                 rows.append(
                     ErrorRow(
                         iteration=iteration,
@@ -181,7 +150,7 @@ class FisherErrorMeter:
                         rank=entry.rank,
                         error1=errors.error1.value,
                         error2=errors.error2.value,
-                        iterations=approximation.iterations,
+                        iterations=0 if report is None else report.iterations,
                         seconds=seconds,
                         path=errors.path,
                     )
@@ -190,16 +159,19 @@ class FisherErrorMeter:
         for entry in self.entries:
             if entry.coarse != NO_COARSE:
                 one_level = Entry(entry.method, entry.rank)
-                blocks[entry] = [two_level_network_terms(captured, built_blocks[one_level], entry.coarse, sum(blocks[one_level][1:], blocks[one_level][0]))]
-        return rows + self.network_rows(iteration, squared_norm, blocks, rows)
+                whole = sum(terms[one_level][1:], terms[one_level][0])
+                terms[entry] = [two_level_network_terms(captured, self.blocks[one_level], entry.coarse, whole)]
+        return rows + self.network_rows(iteration, squared_norm, terms, rows)
 
     def network_rows(
         self, iteration: int, squared_norm: float, blocks: dict[Entry, list[NetworkTerms]], rows: list[ErrorRow]
     ) -> list[ErrorRow]:
-        """Per entry, the network error of ``blockdiag(F̂_l)`` from its blocks' terms (``exact-ng``: ``F̂ = F``)."""
+        """Per entry, the network error of ``blockdiag(F̂_l)`` from its blocks' terms (a method that couples the
+        layers, ``exact-ng``: ``F̂ = F``)."""
         network = []
         for entry, terms in blocks.items():
-            whole = NetworkTerms(squared_norm, squared_norm) if entry.method is Method.EXACT_NG else sum(terms[1:], terms[0])
+            couples = entry.method.record.couples_layers
+            whole = NetworkTerms(squared_norm, squared_norm) if couples else sum(terms[1:], terms[0])
             own = [row for row in rows if row.method == entry.method.value and row.rank == entry.rank]  # the blocks
             network.append(
                 ErrorRow(
@@ -218,28 +190,19 @@ class FisherErrorMeter:
 
 
 def two_level_network_terms(
-    statistics: list[LayerStatistics], approximations: list[KroneckerSum | EigenbasisDiagonal], coarse: str, blocks: NetworkTerms
+    statistics: list[LayerStatistics], blocks: list[CurvatureBlock], coarse: str, one_level: NetworkTerms
 ) -> NetworkTerms:
-    """The network terms of the two-level approximation ``P⁻¹`` of the blocks ``approximations`` (undamped;
-    :func:`fimbench.preconditioner.two_level.two_level_terms`) with the coarse space ``coarse`` (nicolaides or spectral)."""
+    """The network terms of the two-level approximation ``P⁻¹`` of the fitted ``blocks`` (undamped;
+    :func:`fimbench.preconditioner.two_level.two_level_terms`) with the coarse space ``coarse`` (nicolaides or
+    spectral); ``one_level`` are the blocks' own terms."""
     fisher = SubBatchFisher(statistics)
     matvecs, vectors = [], []
-    for approximation, stats in zip(approximations, statistics):
+    for block, stats in zip(blocks, statistics):
         like = torch.zeros(stats.g.shape[-1], stats.a.shape[-1], dtype=METRIC_DTYPE, device=stats.a.device)
-        if isinstance(approximation, EigenbasisDiagonal):
-            ekfac = EigenbasisDiagonal(
-                tuple(t.to(METRIC_DTYPE) for t in approximation.factors),  # type: ignore[arg-type]
-                tuple(t.to(METRIC_DTYPE) for t in approximation.bases),  # type: ignore[arg-type]
-                approximation.scales.to(METRIC_DTYPE),
-            )
-            matvecs.append(ekfac.matvec)
-            first = ekfac.factors
-        else:
-            terms = [(A.to(METRIC_DTYPE), G.to(METRIC_DTYPE)) for A, G in approximation.terms]
-            matvecs.append(partial(kronecker_sum_matvec, terms))
-            first = terms[0]
+        matvec, first = block.operator()
+        matvecs.append(matvec)
         vectors.append(coarse_vector(coarse, first, like))
-    return two_level_terms(fisher, matvecs, vectors, blocks)
+    return two_level_terms(fisher, matvecs, vectors, one_level)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:

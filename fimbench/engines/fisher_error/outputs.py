@@ -15,7 +15,7 @@ from fimbench.engines.fisher_error.records import CSV_COLUMNS, Entry, ErrorRow, 
 from fimbench.engines.plots import method_color, new_figure, save_png
 from fimbench.files import atomic_write_json, atomic_write_text
 from fimbench.fisher.network_error import NETWORK
-from fimbench.methods import Method
+from fimbench.methods import REFERENCE_METHOD
 from fimbench.preconditioner.two_level import NO_COARSE
 
 
@@ -55,7 +55,7 @@ def _stats(values: list[float]) -> tuple[float, float, float]:
 def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySummary]:
     """One :class:`EntrySummary` per entry (over all layers' blocks, with the network error beside), or per
     (layer, entry) with ``by_layer``, the ``network`` rows last as a layer of their own."""
-    kfac = {(row.iteration, row.layer): row for row in result.rows if row.method == Method.KFAC.value}
+    kfac = {(row.iteration, row.layer): row for row in result.rows if row.method == REFERENCE_METHOD.value}
     layers: list[int | str] = [*result.layers, NETWORK]
     groups = [(layer, entry) for layer in layers for entry in result.entries] if by_layer else [
         (None, entry) for entry in result.entries
@@ -72,7 +72,7 @@ def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySu
         ] if layer is None else []
         if not rows and not network:
             continue
-        compared = [] if entry.name == Method.KFAC.value else [
+        compared = [] if entry.name == REFERENCE_METHOD.value else [
             (row, kfac[(row.iteration, row.layer)]) for row in rows if (row.iteration, row.layer) in kfac
         ]
         e1, e2 = _stats([row.error1 for row in rows]), _stats([row.error2 for row in rows])
@@ -160,22 +160,9 @@ def _panel(index: int, metric: int, layers: int) -> tuple[int, int]:
     return metric * block + index // GRID_COLUMNS, index % GRID_COLUMNS
 
 
-MARKERS: dict[Method, str] = {
-    Method.KFAC: "o",
-    Method.KPSVD: "s",
-    Method.DEFLATION: "^",
-    Method.LANCZOS: "v",
-    Method.KFAC_CORRECTED: "D",
-    Method.EXACT_NG: "*",
-    Method.EXACT_NG_BLOCK: "P",
-    Method.EKFAC: "X",
-}
-"""Deflation and Lanczos (rank 2) reach the same optimum (eq. 5): markers keep both curves visible."""
-
-
 def _line_style(entry: Entry) -> str:
-    """Solid for the paper's methods; Lanczos at other ranks dotted (r = 1) or dashed (r > 2)."""
-    if entry.method is not Method.LANCZOS or entry.rank == 2:
+    """Solid at the method's own rank; Lanczos at other ranks dotted (r = 1) or dashed (r > its 2)."""
+    if entry.rank == entry.method.rank:
         return "-"
     return ":" if entry.rank == 1 else "--"
 
@@ -211,7 +198,7 @@ def plot_figure1(result: FisherErrorResult, path: Path) -> None:
                     color=method_color(entry.method.value),
                     label=entry.label,
                     linewidth=1.4,
-                    marker=MARKERS[entry.method],
+                    marker=entry.method.record.marker,  # Deflation's and Lanczos' curves coincide (eq. 5): markers keep both visible
                     markersize=4,
                     markevery=max(1, len(selected) // 12),
                     fillstyle="none",

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fimbench.engines.plots import METHOD_LABELS
-from fimbench.methods import BLOCK_METHODS, Method
+from fimbench.methods import BLOCK_METHODS, KRONECKER_METHODS, Method
 from fimbench.names import variant_name
 from fimbench.preconditioner.two_level import NO_COARSE
 
 OPTIMIZERS = ("adam", "sgd")
-DEFAULT_METHODS: tuple[Method, ...] = (Method.KFAC, Method.KPSVD, Method.DEFLATION, Method.LANCZOS, Method.KFAC_CORRECTED)
+DEFAULT_METHODS: tuple[Method, ...] = KRONECKER_METHODS
 CSV_COLUMNS = ("iteration", "layer", "method", "rank", "error1", "error2", "iterations", "seconds", "path")
 
 
@@ -62,7 +62,7 @@ def entry_label(method: str, rank: int) -> str:
     entry as ``KFAC + nicolaides``."""
     base, _, coarse = method.partition("+")
     name = METHOD_LABELS.get(base, base)
-    name = f"{name} r={rank}" if base == Method.LANCZOS.value and rank != 2 else name
+    name = f"{name} r={rank}" if base in METHOD_LABELS and rank != Method(base).rank else name
     return f"{name} + {coarse}" if coarse else name
 
 
@@ -83,12 +83,11 @@ class FisherErrorSettings:
         """Methods in the order given; Lanczos at rank 2, or at ranks 1..R with ``lanczos_rank``; then each
         block method's two-level entry per coarse space."""
         entries: list[Entry] = []
+        ranked = [method for method in Method if method.record.adjustable_rank] if self.lanczos_rank is not None else []
         for method in self.methods:
-            if method is Method.LANCZOS and self.lanczos_rank is not None:
-                continue
-            entries.append(Entry(method, method.rank))
-        if self.lanczos_rank is not None:
-            entries += [Entry(Method.LANCZOS, rank) for rank in range(1, self.lanczos_rank + 1)]
+            if method not in ranked:
+                entries.append(Entry(method, method.rank))
+        entries += [Entry(method, rank) for method in ranked for rank in range(1, self.lanczos_rank + 1)]  # type: ignore[operator]
         two_level = [Entry(e.method, e.rank, coarse) for coarse in self.coarse for e in entries if e.method in BLOCK_METHODS]
         return entries + two_level
 

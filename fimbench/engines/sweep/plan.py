@@ -30,7 +30,7 @@ from fimbench.engines.config import RunConfig, load_config
 from fimbench.engines.models import ARCHITECTURES, Architecture
 from fimbench.engines.toolkit import resolve_architecture
 from fimbench.errors import FimbenchError
-from fimbench.methods import Method, parse_method
+from fimbench.methods import Command, Method, methods_of, parse_method
 from fimbench.names import STEP_RULES, check_dataset
 from fimbench.preconditioner.step_rule import QMODEL
 
@@ -153,7 +153,8 @@ def plan_sweep(
     """
     grid = dict(grid or {})
     overrides = dict(overrides or {})
-    chosen = list(dict.fromkeys(parse_method(name) for name in methods)) or list(Method)
+    accepted = methods_of(command=Command.SWEEP)
+    chosen = list(dict.fromkeys(parse_method(name, choices=accepted) for name in methods)) or list(accepted)
     unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
         raise FimbenchError(f"unknown grid key(s) {', '.join(unknown)}; use {', '.join(GRID_KEYS)}")
