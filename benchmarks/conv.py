@@ -37,15 +37,10 @@ from fimbench.curvature.kronecker import vec
 from fimbench.curvature.shared_weights import per_example_gradients
 from fimbench.data import DatasetSplits, load_dataset
 from fimbench.engines.config import RunConfig, load_config
+from fimbench.engines.device import device_description, resolve_device
 from fimbench.engines.fisher_error import FisherErrorSettings, run_fisher_error, write_run
-from fimbench.engines.models import build_model
-from fimbench.engines.toolkit import (
-    configured_preconditioner,
-    device_description,
-    first_order_optimizer,
-    resolve_architecture,
-    resolve_device,
-)
+from fimbench.engines.models import build_model, resolve_architecture
+from fimbench.engines.optimizers import configured_preconditioner, first_order_optimizer
 from fimbench.fisher.capture import capture_statistics, kronecker_layers, layer_shape
 from fimbench.methods import Method
 from fimbench.timing import PhaseTimer, time_training_steps

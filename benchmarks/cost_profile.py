@@ -26,7 +26,7 @@ from rich.console import Console
 from fimbench.cli.tables import dataset_tables, sweep_tables
 from fimbench.curvature import APPROXIMATIONS
 from fimbench.engines.cost import profile_dataset, profile_sweep, write_outputs
-from fimbench.engines.toolkit import resolve_device
+from fimbench.engines.device import resolve_device
 
 console = Console()
 

@@ -30,9 +30,9 @@ from rich.table import Table
 
 from fimbench.data import DatasetSplits
 from fimbench.engines.config import load_config
+from fimbench.engines.device import device_description, resolve_device
 from fimbench.engines.fisher_error import FisherErrorMeter, FisherErrorSettings, run_fisher_error
 from fimbench.engines.models import ARCHITECTURES, build_model
-from fimbench.engines.toolkit import device_description, resolve_device
 from fimbench.timing import synchronize
 
 GIB = 1024**3

@@ -61,8 +61,9 @@ from step_time import time_method
 from fimbench.cli import app
 from fimbench.data import MNIST_MAT_FILE, DatasetSplits
 from fimbench.engines.config import RunConfig, load_config
+from fimbench.engines.device import device_description, environment
 from fimbench.engines.models import ARCHITECTURES, Architecture, build_model
-from fimbench.engines.toolkit import device_description, environment, first_order_optimizer
+from fimbench.engines.optimizers import first_order_optimizer
 from fimbench.engines.train import run_training
 from fimbench.files import atomic_write_json, atomic_write_text
 from fimbench.methods import Method

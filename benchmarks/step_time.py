@@ -17,8 +17,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from fimbench.engines.device import device_description, resolve_device
 from fimbench.engines.models import ARCHITECTURES, Architecture, build_model
-from fimbench.engines.toolkit import device_description, resolve_device
 from fimbench.methods import PRECONDITIONED_METHODS, Method
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.timing import PhaseTimer, synchronize, time_training_steps

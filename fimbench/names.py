@@ -8,6 +8,7 @@ the datasets (the test suite checks that these tuples match it).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 
 from fimbench import methods
 from fimbench.errors import FimbenchError
@@ -44,9 +45,16 @@ def variant_name(method: str, damping_form: str = "factored", coarse: str = "non
     return method + ("+exact" if exact else "") + ("" if coarse == "none" else f"+{coarse}")
 
 
-STEP_RULES: tuple[str, ...] = ("fixed", "qmodel")
-"""How a preconditioned method's step is sized: the torch optimizer's lr and momentum, or the quadratic model
-(:mod:`fimbench.preconditioner.step_rule`)."""
+class StepRule(StrEnum):
+    """How a preconditioned method's step is sized: the torch optimizer's lr and momentum, or the quadratic
+    model (:mod:`fimbench.preconditioner.step_rule`)."""
+
+    FIXED = "fixed"
+    QMODEL = "qmodel"
+
+
+STEP_RULES: tuple[str, ...] = tuple(rule.value for rule in StepRule)
+"""``step_rule`` choices."""
 
 
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:

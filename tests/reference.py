@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from fimbench.fisher.block import Metric
+from fimbench.fisher.block_errors import Metric
 
 DTYPE = torch.float64
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fimbench.cli import app
 from fimbench.cost_orders import PHASES
 from fimbench.engines.authors_scale import authors_damping, from_authors_scale
-from fimbench.engines.protocol import plan_figure2
+from fimbench.engines.figure2 import plan_figure2
 from fimbench.engines.sweep.plan import plan_sweep
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import LayerStatistics
@@ -80,7 +80,7 @@ def test_the_implementations_a_record_names_exist_in_their_layer(method: Method)
 @pytest.mark.parametrize("method", CURVATURE, ids=lambda method: method.value)
 def test_a_new_block_updates_refreshes_applies_and_fits(method: Method) -> None:
     """The block interface on random float64 statistics: finite direction, ``δᵀ F̃ δ > 0``, errors in [0, ∞)."""
-    from fimbench.fisher.block import ExactFisher
+    from fimbench.fisher.block_errors import ExactFisher
 
     generator = torch.Generator().manual_seed(0)
     stats = LayerStatistics(torch.randn(12, 5, generator=generator, dtype=torch.float64), torch.randn(12, 4, generator=generator, dtype=torch.float64))

@@ -35,7 +35,7 @@ def cost_profile(
     ),
     widths: str | None = typer.Option(None, help=f"Sweep: layer widths d (default {DEFAULT_WIDTHS})."),
     batches: str | None = typer.Option(None, help=f"Sweep: Fisher batch sizes m (default {DEFAULT_BATCHES})."),
-    methods: str = methods_option("all", "all, or a comma-separated list of Kronecker methods, ekfac and exact references (exact-ng, exact-ng-block)."),
+    methods: str = methods_option("all", f"all, or a comma-separated list of {', '.join(PROFILED)}."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     repeats: int = typer.Option(5, help="Timed repeats of every measurement (after one warm-up call)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/cost-<time>)."),
@@ -51,7 +51,7 @@ def cost_profile(
     """
     from fimbench.cli.tables import dataset_tables, sweep_tables
     from fimbench.engines.cost import DatasetCost, profile_dataset, profile_sweep, write_outputs
-    from fimbench.engines.toolkit import resolve_device
+    from fimbench.engines.device import resolve_device
 
     if dataset is not None and (widths is not None or batches is not None):
         raise FimbenchError("choose either --dataset or --widths/--batches, not both")

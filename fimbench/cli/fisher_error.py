@@ -27,7 +27,7 @@ from fimbench.cli.output import current, with_output
 from fimbench.cli.parsers import parse_layers, parse_methods
 from fimbench.errors import FimbenchError, Interrupted
 from fimbench.methods import Command
-from fimbench.names import EXACT_METHODS, KRONECKER_METHODS, command_methods
+from fimbench.names import KRONECKER_METHODS, command_methods
 
 if TYPE_CHECKING:
     from fimbench.engines.fisher_error import EntrySummary, ErrorRow, FisherErrorResult
@@ -147,7 +147,7 @@ def fisher_error(
     dataset: DatasetName | None = dataset_option(),
     layer: str = typer.Option("5", "--layer", help="Linear layer(s), 1-based as in the paper: 5, a list 1,5,9, or all."),
     methods: str = methods_option(
-        ",".join(KRONECKER_METHODS), f"Comma-separated methods to measure: Kronecker ones, ekfac and the exact references {', '.join(EXACT_METHODS)}."
+        ",".join(KRONECKER_METHODS), f"Comma-separated methods to measure, of {', '.join(command_methods(Command.FISHER_ERROR))}."
     ),
     coarse: str | None = typer.Option(
         None, "--coarse",
@@ -172,7 +172,7 @@ def fisher_error(
 
     Example: fimbench fisher-error --dataset curves-synth --iterations 200 --every 20
     """
-    from fimbench.engines.config import load_config
+    from fimbench.engines.config import resolve_config
     from fimbench.engines.fisher_error import (
         DEFAULT_METHODS,
         FisherErrorSettings,
@@ -192,7 +192,7 @@ def fisher_error(
         empirical=empirical,
         coarse=_coarse_spaces(coarse),
     )
-    resolved = load_config(
+    resolved = resolve_config(
         config,
         {
             "data.dataset": dataset_value(dataset),

@@ -132,7 +132,7 @@ def dataset_value(dataset: Enum | None) -> str | None:
 
 def parse_sets(specs: Sequence[str] | None) -> dict[str, Any]:
     """``["model.layers=[784,64,784]", "optimizer.kl_clip=null"]`` -> dotted overrides for
-    :func:`fimbench.engines.config.load_config` (``null`` becomes :data:`fimbench.engines.config.NULL`).
+    :func:`fimbench.engines.config.resolve_config` (``null`` becomes :data:`fimbench.engines.config.NULL`).
 
     Sections come from :data:`fimbench.engines.config.SECTIONS` and keys are checked, with their types, by the
     config loader itself, so every key of the config dataclasses can be set and nothing else.

@@ -61,7 +61,7 @@ class ProgressLines:
         self.printed = 0.0
 
     def stage(self, name: str, plan: SweepPlan | None) -> None:
-        from fimbench.engines.protocol import STAGES
+        from fimbench.engines.figure2 import STAGES
 
         self.name, self.last = name, None
         where = f": {len(plan.points)} runs in {plan.out}" if plan is not None else ""
@@ -127,8 +127,8 @@ def figure2(
     Example: fimbench reproduce figure2 -d curves-synth --sweep-epochs 5 --epochs 20 --seeds 3 -j 2
     """
     from fimbench.cli.parsers import parse_seeds
-    from fimbench.engines.config import load_config
-    from fimbench.engines.protocol import plan_figure2, run_figure2
+    from fimbench.engines.config import resolve_config
+    from fimbench.engines.figure2 import plan_figure2, run_figure2
     from fimbench.engines.sweep import parse_grid
 
     overrides = {
@@ -138,7 +138,7 @@ def figure2(
         "training.tensorboard": tensorboard,
     }
     overrides = with_sets(overrides, sets)
-    target_dir = out or Path("reproduce") / f"figure2-{load_config(config, {'data.dataset': dataset_value(dataset)}).data.dataset}"
+    target_dir = out or Path("reproduce") / f"figure2-{resolve_config(config, {'data.dataset': dataset_value(dataset)}).data.dataset}"
     check_out(target_dir)
     plan = plan_figure2(
         target_dir, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides,

@@ -59,9 +59,9 @@ class LiveSweepTable:
 
 def _default_sweep_dir(config: Path | None, dataset: str | None) -> Path:
     """``sweeps/<dataset>``: a fixed name, so rerunning the same command resumes."""
-    from fimbench.engines.config import load_config
+    from fimbench.engines.config import resolve_config
 
-    return Path("sweeps") / load_config(config, {"data.dataset": dataset}).data.dataset
+    return Path("sweeps") / resolve_config(config, {"data.dataset": dataset}).data.dataset
 
 
 @user_errors

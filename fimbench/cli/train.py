@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,10 +14,8 @@ from fimbench.cli.common import console, user_errors
 from fimbench.cli.options import (
     DatasetName,
     MethodName,
-    config_overrides,
     data_dir_option,
     dataset_option,
-    dataset_value,
     default_run_dir,
     empirical_fisher_option,
     json_option,
@@ -26,10 +25,10 @@ from fimbench.cli.options import (
     set_option,
     step_rule_option,
     tensorboard_option,
-    with_sets,
 )
 from fimbench.cli.output import current, thin_rows, with_output
 from fimbench.cli.parsers import parse_seeds
+from fimbench.cli.train_options import TrainOptions, resume_config, run_config
 from fimbench.errors import DivergedError, FimbenchError, Interrupted
 
 if TYPE_CHECKING:
@@ -80,16 +79,6 @@ DAMPING_SCHEDULE_HELP = (
     "fixed, or adaptive (Levenberg–Marquardt rule every T3 = optimizer.damping_every steps); default: the config's, "
     "with --step-rule qmodel adaptive (configs/<dataset>-qmodel.yaml)."
 )
-
-
-def _damping_split(text: str | None) -> float | str | None:
-    """``--pi``: ``trace`` or a number (validated with the other optimizer settings)."""
-    if text is None or text == "trace":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise FimbenchError(f"--pi must be 'trace' or a positive number, got '{text}'") from None
 
 
 @user_errors
@@ -153,142 +142,48 @@ def train(
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
 ) -> None:
-    """Train an autoencoder with any method: sgd, adam, kfac, kpsvd, deflation, lanczos, kfac-corrected, ekfac, exact-ng or exact-ng-block.
+    """Train an autoencoder with any of fimbench's methods (--method lists them).
 
     Bare, it runs the quick start (configs/quickstart.yaml): kfac with tuning-free steps, 5 epochs of curves-synth.
     Example: fimbench train --method deflation --dataset curves-synth --epochs 2
     """
-    options = dict(locals())  # the arguments, named after the config fields they override
-    if seeds is not None:
-        _train_seeds(options, parse_seeds(seeds))
+    options = TrainOptions(**locals())
+    if options.seeds is not None:
+        _train_seeds(options, parse_seeds(options.seeds))
         return
-    if resume is not None:
-        resolved, run_dir = _resume_config(options, resume), resume
+    if options.resume is not None:
+        resolved, run_dir = resume_config(options, options.resume), options.resume
     else:
-        resolved = _resolve(options, config, sets)
-        run_dir = out or default_run_dir(resolved.data.dataset, resolved.optimizer.method)
+        resolved = run_config(options)
+        run_dir = options.out or default_run_dir(resolved.data.dataset, resolved.optimizer.method)
     started = time.perf_counter()
-    if nproc is None or nproc == 1:
-        result = _run(resolved, run_dir, overwrite, resume is not None)
+    if options.nproc is None or options.nproc == 1:
+        result = _run(resolved, run_dir, options.overwrite, options.resume is not None)
     else:
-        result = _run_parallel(resolved, run_dir, overwrite, nproc)
-    current().document(_report(result, resolved, run_dir, full_table, time.perf_counter() - started))
+        result = _run_parallel(resolved, run_dir, options.overwrite, options.nproc)
+    current().document(_report(result, resolved, run_dir, options.full_table, time.perf_counter() - started))
 
 
-def _train_seeds(options: dict[str, Any], seeds: list[int]) -> None:
+def _train_seeds(options: TrainOptions, seeds: list[int]) -> None:
     """``--seeds``: the same run once per seed, each in ``<out>/seed_<S>``; one JSON document lists them all."""
-    if options["resume"] is not None:
+    if options.resume is not None:
         raise FimbenchError("--seeds cannot be given with --resume; resume each seed's run directory on its own")
-    if options["seed"] is not None:
+    if options.seed is not None:
         raise FimbenchError("give either --seed or --seeds, not both")
-    nproc = options["nproc"]
-    configs = [_resolve({**options, "seed": seed}, options["config"], options["sets"]) for seed in seeds]
-    out = options["out"] or default_run_dir(configs[0].data.dataset, configs[0].optimizer.method)
+    nproc = options.nproc
+    configs = [run_config(dataclasses.replace(options, seed=seed)) for seed in seeds]
+    out = options.out or default_run_dir(configs[0].data.dataset, configs[0].optimizer.method)
     documents = []
     for seed, resolved in zip(seeds, configs):
         run_dir = out / f"seed_{seed}"
         started = time.perf_counter()
         if nproc is None or nproc == 1:
-            result = _run(resolved, run_dir, options["overwrite"], False)
+            result = _run(resolved, run_dir, options.overwrite, False)
         else:
-            result = _run_parallel(resolved, run_dir, options["overwrite"], nproc)
-        documents.append(_report(result, resolved, run_dir, options["full_table"], time.perf_counter() - started))
+            result = _run_parallel(resolved, run_dir, options.overwrite, nproc)
+        documents.append(_report(result, resolved, run_dir, options.full_table, time.perf_counter() - started))
     current().note(f"{len(seeds)} seeds in [bold]{out}[/bold]; compare them with fimbench report {out}")
     current().document({"out": str(out), "seeds": seeds, "runs": documents})
-
-
-QUICK_START = "quickstart.yaml"
-"""What bare ``fimbench train`` runs: the shipped ``configs/quickstart.yaml``, as if given as ``--config``."""
-
-QUICK_START_OPTIONS = ("out", "overwrite", "device", "data_dir", "nproc", "log_every", "tensorboard", "full_table", "json_output", "quiet")
-"""What bare ``fimbench train`` may be given and still run the quick start: where and how it runs and is watched.
-Any other option (``--method``, ``--epochs``, ``--lr``, ``--seed``, ``--set``, ...) says what to train, and the run is
-resolved as always: the dataset's preset, then the options."""
-
-
-def _quick_start(options: dict[str, Any]) -> Path | None:
-    """The quick start's config when ``options`` say nothing about what to train, else ``None``."""
-    from importlib import resources
-
-    if any(value is not None and value != [] for name, value in options.items() if name not in QUICK_START_OPTIONS):
-        return None
-    return Path(str(resources.files("fimbench.configs") / QUICK_START))
-
-
-def _resolve(options: dict[str, Any], config: Path | None, sets: list[str] | None) -> RunConfig:
-    """The run's config: ``config`` (or the preset; bare: the quick start), then the options, then ``--set``."""
-    from fimbench.engines.config import load_config
-
-    config = config or _quick_start(options)
-
-    method, data_dir = options["method"], options["data_dir"]
-    overrides = {
-        "optimizer.method": method.value if method is not None else None,
-        "data.dataset": dataset_value(options["dataset"]),
-        "data.data_dir": str(data_dir) if data_dir is not None else None,
-        "optimizer.pi": _damping_split(options["pi"]),
-        **config_overrides(options, ("optimizer", "training"), skip=("method", "pi")),
-    }
-    resolved = load_config(config, with_sets(overrides, sets))
-    _check_step_rule(resolved, options, sets)
-    return resolved
-
-
-STEP_OPTIONS = ("lr", "momentum", "nesterov", "kl_clip")
-"""What the quadratic model replaces: with ``step_rule: qmodel`` these are not used, so giving one is refused."""
-
-
-def _check_step_rule(resolved: RunConfig, options: dict[str, Any], sets: list[str] | None) -> None:
-    """With ``step_rule: qmodel`` the step's length and momentum come from the quadratic model: an explicit
-    --lr, --momentum, --nesterov or --kl-clip (option or --set) would not be applied, and is refused; so is
-    an explicit qmodel for SGD or Adam. (Values from config files are not used.)"""
-    from fimbench.methods import parse_method
-    from fimbench.preconditioner.step_rule import QMODEL
-
-    if resolved.optimizer.step_rule != QMODEL:
-        return
-    given_sets = {spec.partition("=")[0].strip() for spec in sets or []}
-    given = [name for name in STEP_OPTIONS if options[name] is not None or f"optimizer.{name}" in given_sets]
-    if given:
-        spelled = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise FimbenchError(
-            f"{spelled} cannot be given with step rule qmodel: the quadratic model chooses the step size and the "
-            "momentum, and there is no KL-clip on top; drop it, or use --step-rule fixed"
-        )
-    explicit = options["step_rule"] is not None or "optimizer.step_rule" in given_sets
-    if explicit and not parse_method(resolved.optimizer.method).is_preconditioned:
-        raise FimbenchError(f"step rule qmodel is for the preconditioned methods; {resolved.optimizer.method} has lr and momentum of its own")
-
-
-RESUME_OPTIONS = ("resume", "device", "data_dir", "tensorboard", "full_table", "json_output", "quiet")
-"""What may be given with ``--resume``: where and how it runs and is watched, and where the data is — not what it computes."""
-
-
-def _resume_config(options: dict[str, Any], run_dir: Path) -> RunConfig:
-    """The config of the run ``--resume`` continues: its ``config.yaml``, with ``--device`` and ``--data-dir``
-    on top; any other option would change the run (or its directory) and is refused."""
-    from fimbench.engines.config import load_config
-    from fimbench.engines.rundir import CONFIG
-
-    given = [
-        name for name, value in options.items()
-        if name not in RESUME_OPTIONS and value is not None and value is not False  # --no-nesterov is given as False
-    ]
-    if given:
-        spelled = sorted({"--set" if name == "sets" else "--" + name.replace("_", "-") for name in given})
-        raise FimbenchError(
-            f"{', '.join(spelled)} cannot be given with --resume: it continues {run_dir} as its config.yaml says "
-            "(with it only --device, --data-dir, --tensorboard, --quiet, --json and --full-table may be given)"
-        )
-    if not (run_dir / CONFIG).is_file():
-        raise FimbenchError(f"--resume {run_dir}: no config.yaml there, so it is not a run directory")
-    data_dir = options["data_dir"]
-    overrides = {
-        "training.device": options["device"],
-        "training.tensorboard": options["tensorboard"],
-        "data.data_dir": str(data_dir) if data_dir is not None else None,
-    }
-    return load_config(run_dir / CONFIG, overrides)
 
 
 def _run(resolved: RunConfig, run_dir: Path, overwrite: bool, resume: bool) -> TrainResult:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 import torch
@@ -49,20 +50,24 @@ from fimbench.errors import FactorisationError, FimbenchError
 
 DEFAULT_MIN_CURVATURE_RATIO = 0.1
 TRACE_SPLIT: Literal["trace"] = "trace"
-FACTORED = "factored"
-EXACT = "exact"
-DAMPING_FORMS = (FACTORED, EXACT)
-"""How λ enters the first term: ``factored`` ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)``, or ``exact`` ``A₁ ⊗ G₁ + λI``."""
+
+
+class DampingForm(StrEnum):
+    """How λ enters the first term: ``factored`` ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)``, or ``exact`` ``A₁ ⊗ G₁ + λI``."""
+
+    FACTORED = "factored"
+    EXACT = "exact"
+
 
 DampingSplit = float | Literal["trace"]
 """π of the factored damping: ``"trace"`` (the paper's rule) or a fixed positive number."""
 
 
-def check_damping_form(form: object) -> str:
-    """``"factored"`` or ``"exact"``; a one-line error for anything else."""
-    if form not in DAMPING_FORMS:
-        raise FimbenchError(f"the damping form must be one of {', '.join(DAMPING_FORMS)}, got {form!r}")
-    return str(form)
+def check_damping_form(form: object) -> DampingForm:
+    """``"factored"`` or ``"exact"`` as a :class:`DampingForm`; a one-line error for anything else."""
+    if form not in tuple(DampingForm):
+        raise FimbenchError(f"the damping form must be one of {', '.join(DampingForm)}, got {form!r}")
+    return DampingForm(str(form))
 
 
 def check_damping_split(pi: object) -> DampingSplit:
@@ -179,7 +184,7 @@ class KroneckerSum:
         damping: float,
         min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
         pi: DampingSplit = TRACE_SPLIT,
-        form: str = FACTORED,
+        form: str = DampingForm.FACTORED,
     ) -> KroneckerInverse:
         """Factorise ``damped(damping, pi)`` (``form="exact"``: the exactly damped operator) once.
 
@@ -198,7 +203,7 @@ class KroneckerSum:
         return KroneckerInverse(self, damping, min_curvature_ratio, pi, form)
 
     def damped(
-        self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO, pi: DampingSplit = TRACE_SPLIT, form: str = FACTORED
+        self, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO, pi: DampingSplit = TRACE_SPLIT, form: str = DampingForm.FACTORED
     ) -> KroneckerSum:
         """The operator that :meth:`solve` inverts (module docstring): ``inverse(...).operator``.
 
@@ -217,21 +222,16 @@ class KroneckerSum:
         return self.inverse(damping, min_curvature_ratio, pi, form).operator
 
     def solve(
-        self,
-        V: Tensor,
-        damping: float,
-        min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO,
-        pi: DampingSplit = TRACE_SPLIT,
-        form: str = FACTORED,
+        self, V: Tensor, damping: float, min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO, pi: DampingSplit = TRACE_SPLIT, form: str = DampingForm.FACTORED
     ) -> Tensor:
         """``damped(λ, π)⁻¹ vec(V)`` (or the exactly damped operator's) as a (q, p) matrix.
 
         Args:
             V: The weight-shaped (q, p) matrix, e.g. a gradient ``[∇W | ∇b]``.
-            damping: λ ≥ 0.
-            min_curvature_ratio: δ ∈ (0, 1]; the safeguard shrinks the correction until every eigenvalue ratio is ≥ δ (§3.4).
-            pi: The split π of the factored damping: ``"trace"`` (default, §2.2) or a positive number.
-            form: ``"factored"`` (default) ``(A₁ + π√λ I) ⊗ (G₁ + √λ/π I)`` or ``"exact"`` ``A₁ ⊗ G₁ + λI``.
+            damping: λ ≥ 0, as for :meth:`inverse`.
+            min_curvature_ratio: δ of the rank-2 safeguard, as for :meth:`inverse`.
+            pi: the damping split, as for :meth:`inverse`.
+            form: factored or exact damping, as for :meth:`inverse`.
 
         Returns:
             The (q, p) solution.
@@ -307,7 +307,7 @@ class KroneckerInverse:
         damping: float,
         min_curvature_ratio: float,
         pi: DampingSplit = TRACE_SPLIT,
-        form: str = FACTORED,
+        form: str = DampingForm.FACTORED,
     ) -> None:
         if damping < 0:
             raise FimbenchError(f"damping must be non-negative, got {damping}")
@@ -320,7 +320,7 @@ class KroneckerInverse:
             )
         self.source, self.damping, self.form = approximation, damping, check_damping_form(form)
         self.correction_scale = 1.0
-        if self.form == EXACT:
+        if self.form == DampingForm.EXACT:
             self._exact(approximation, damping, min_curvature_ratio)
             return
         A1, G1 = approximation.terms[0]
@@ -381,7 +381,7 @@ class KroneckerInverse:
         Returns:
             The (q, p) solution.
         """
-        if self.form == EXACT:
+        if self.form == DampingForm.EXACT:
             return self.Q_G @ ((self.Q_G.transpose(0, 1) @ V @ self.Q_A) / self.denominator) @ self.Q_A.transpose(0, 1)
         if self.operator.rank == 1:
             return self.G_inv @ V @ self.A_inv

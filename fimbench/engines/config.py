@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses, loaded from YAML with strict key and type checking.
 
-Resolution order (later wins), all in :func:`load_config`:
+Resolution order (later wins), all in :func:`resolve_config`:
 
 1. the dataset's preset ``configs/<dataset>.yaml``, then its ``methods.<method>`` section;
 2. with step rule qmodel and a preconditioned method, the rule's defaults: the ``optimizer`` section of
@@ -15,6 +15,10 @@ the schedule to the presets (fixed), and the run warns (:func:`fimbench.engines.
 So ``--damping 0.01`` trains at a fixed λ = 0.01, ``--damping-schedule fixed`` at the rule's λ = 150, and
 ``--damping-schedule adaptive --damping 10`` adapts λ from 10 with the floor 0.01. A run directory's
 ``config.yaml`` sets every key, so a resumed run or a sweep's best config resolves as written.
+
+A run is configured by :func:`load_config`: the resolution, then the one check of its settings (the method
+parsed, the training and optimizer settings in range), so that the command line and the engines read
+:attr:`RunConfig.method` and trust the rest. The preconditioner still checks its own settings when it is built.
 """
 
 from __future__ import annotations
@@ -32,9 +36,8 @@ import yaml
 from fimbench.engines.event_log import require_tensorboard
 from fimbench.errors import FimbenchError, did_you_mean
 from fimbench.methods import PRECONDITIONED_METHODS, Command, Method, methods_of, parse_method
-from fimbench.names import STEP_RULES
+from fimbench.names import STEP_RULES, StepRule
 from fimbench.preconditioner.settings import FirstOrderSettings, PreconditionerSettings
-from fimbench.preconditioner.step_rule import QMODEL
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,11 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @property
+    def method(self) -> Method:
+        """The configured method, ``optimizer.method`` (:func:`load_config` has checked the name)."""
+        return Method(self.optimizer.method)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -221,19 +229,43 @@ def _with_step_rule_defaults(config: RunConfig, resolved: RunConfig, chosen: set
     """``config`` (the presets merged) with the qmodel defaults on top where they apply (module docstring):
     ``resolved`` is the run's config without them, ``chosen`` the optimizer keys the user set."""
     optimizer = resolved.optimizer
-    if optimizer.step_rule != QMODEL or optimizer.method not in {method.value for method in PRECONDITIONED_METHODS}:
+    if optimizer.step_rule != StepRule.QMODEL or optimizer.method not in {method.value for method in PRECONDITIONED_METHODS}:
         return config
-    path = preset_path(resolved.data.dataset, QMODEL)
+    path = preset_path(resolved.data.dataset, StepRule.QMODEL)
     if path is None:
         return config
     fixed_damping = "damping" in chosen and "damping_schedule" not in chosen  # a λ given alone is a fixed λ
     left_out = {"method", "damping_schedule"} if fixed_damping else {"method"}
     defaults = {key: value for key, value in (read_yaml(path).get("optimizer") or {}).items() if key not in left_out}
-    return _merge(config, {"optimizer": defaults}, f"{path} (the {QMODEL} step rule's defaults)")
+    return _merge(config, {"optimizer": defaults}, f"{path} (the {StepRule.QMODEL} step rule's defaults)")
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Resolve a run configuration: the one place every command's runs are resolved (module docstring).
+    """The configuration of a run: resolved (:func:`resolve_config`), then checked once (:func:`_check_run`).
+
+    Args:
+        path: the user's ``--config`` file, if any.
+        overrides: the command line's values by dotted key (``optimizer.lr``); ``None`` means not given and
+            :data:`NULL` sets a key to ``null``.
+
+    Returns:
+        The resolved configuration, whose :attr:`RunConfig.method` is a method that trains.
+
+    Raises:
+        FimbenchError: what :func:`resolve_config` raises, an unknown method, or a training or optimizer
+            setting out of range.
+    """
+    config = resolve_config(path, overrides)
+    _check_run(config)
+    return config
+
+
+def resolve_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Resolve a configuration: the one place every command's configurations are resolved (module docstring).
+
+    Only keys and types are checked: a run is loaded with :func:`load_config`, which checks its values; a
+    command that reads only part of a configuration (its dataset), or checks what it uses itself
+    (``fisher-error``), or plans runs that are checked when they run (a sweep), resolves it here.
 
     Args:
         path: the user's ``--config`` file, if any.
@@ -286,10 +318,10 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
-def check_training(config: RunConfig) -> Method:
-    """The configured method, or one error for a training or optimizer setting out of range (the preconditioner
+def _check_run(config: RunConfig) -> None:
+    """One error for an unknown method or a training or optimizer setting out of range (the preconditioner
     checks its own settings when it is built)."""
-    method = parse_method(config.optimizer.method, choices=methods_of(command=Command.TRAIN))
+    parse_method(config.optimizer.method, choices=methods_of(command=Command.TRAIN))
     training, optimizer = config.training, config.optimizer
     if training.batch_size < 1 or training.epochs < 1:
         raise FimbenchError("training.batch_size and training.epochs must be at least 1")
@@ -305,4 +337,3 @@ def check_training(config: RunConfig) -> Method:
         require_tensorboard()
     if optimizer.step_rule not in STEP_RULES:
         raise FimbenchError(f"optimizer.step_rule must be one of {', '.join(STEP_RULES)}, got '{optimizer.step_rule}'")
-    return method

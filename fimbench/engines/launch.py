@@ -23,8 +23,9 @@ import torch
 import torch.distributed as dist
 
 from fimbench.engines.config import RunConfig, dump_config, load_config
+from fimbench.engines.dataset import load_configured_dataset
+from fimbench.engines.device import resolve_device
 from fimbench.engines.rundir import CONFIG, write_config
-from fimbench.engines.toolkit import load_configured_dataset, resolve_device
 from fimbench.errors import FimbenchError
 
 

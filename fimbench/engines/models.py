@@ -1,6 +1,5 @@
 """The deep autoencoders of the paper's App. D and a convolutional autoencoder for square images, each
-with its likelihood (:class:`~fimbench.fisher.likelihood.Likelihood`).
-
+with its likelihood (:class:`~fimbench.fisher.likelihood.Likelihood`), and the architecture a run configuration names.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fimbench.engines.config import RunConfig
 from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
 
@@ -60,6 +60,21 @@ def default_architecture(dataset: str, kind: str = "mlp") -> Architecture:
     pixels = mlp.layers[0]
     layers = (pixels, *CONV_CHANNELS, CONV_BOTTLENECK, *reversed(CONV_CHANNELS), pixels)
     return Architecture(layers, mlp.likelihood, mlp.activation, "conv")
+
+
+def resolve_architecture(config: RunConfig, input_dim: int) -> Architecture:
+    """The dataset's App. D autoencoder (or ``model.architecture``'s default), or the layers / likelihood the config names."""
+    default = default_architecture(config.data.dataset, config.model.architecture)
+    layers = tuple(config.model.layers) if config.model.layers else default.layers
+    try:
+        likelihood = Likelihood(config.model.likelihood) if config.model.likelihood else default.likelihood
+    except ValueError:
+        raise FimbenchError(f"unknown likelihood '{config.model.likelihood}'; choose bernoulli or gaussian") from None
+    if layers[0] != input_dim or layers[-1] != input_dim:
+        raise FimbenchError(
+            f"model.layers must start and end with the data width {input_dim}, got {list(layers)}"
+        )
+    return Architecture(layers, likelihood, config.model.activation, default.kind)
 
 
 class Autoencoder(nn.Module):

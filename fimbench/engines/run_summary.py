@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from fimbench.engines.config import RunConfig
-from fimbench.engines.toolkit import environment
+from fimbench.engines.device import environment
 from fimbench.names import variant_name
 from fimbench.preconditioner.distributed import world_size
 

@@ -19,10 +19,13 @@ import torch
 
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.engines.checkpoint import Counters, restore_training, training_checkpoint
-from fimbench.engines.config import OptimizerConfig, RunConfig, check_training, dump_config, load_config
+from fimbench.engines.config import OptimizerConfig, RunConfig, dump_config, load_config
 from fimbench.engines.data_parallel import batch_share, data_parallel, rank_mean, shard
+from fimbench.engines.dataset import check_batch_size, load_configured_dataset
+from fimbench.engines.device import resolve_device
 from fimbench.engines.event_log import EventLog
-from fimbench.engines.models import build_model, evaluate
+from fimbench.engines.models import build_model, evaluate, resolve_architecture
+from fimbench.engines.optimizers import configured_preconditioner, first_order_optimizer
 from fimbench.engines.run_summary import training_summary
 from fimbench.engines.rundir import (
     CONFIG,
@@ -36,21 +39,13 @@ from fimbench.engines.rundir import (
     write_config,
     write_summary,
 )
-from fimbench.engines.toolkit import (
-    check_batch_size,
-    configured_preconditioner,
-    first_order_optimizer,
-    load_configured_dataset,
-    resolve_architecture,
-    resolve_device,
-)
 from fimbench.errors import CurvatureFailedError, DivergedError, FimbenchError
 from fimbench.fisher.likelihood import Likelihood
-from fimbench.preconditioner.damping import ADAPTIVE
+from fimbench.names import StepRule
+from fimbench.preconditioner.damping import DampingSchedule
 from fimbench.preconditioner.distributed import mean_over_ranks, rank
 from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
 from fimbench.preconditioner.selection import without_wrappers
-from fimbench.preconditioner.step_rule import QMODEL
 from fimbench.timing import PhaseTimer, synchronize
 
 CHECK_EVERY = 10  # steps between host reads of the loss on an accelerator (progress + finiteness)
@@ -77,7 +72,7 @@ def damping_warning(alignment: float | None) -> str | None:
 def step_rule_warning(optimizer: OptimizerConfig) -> str | None:
     """The one-line warning for qmodel under a fixed λ (the user's: unset, λ adapts, :mod:`fimbench.engines.config`): with a small
     fixed λ the model ``M(δ)`` trusts ``F + λI`` far outside the region where it holds (K-FAC diverged at step 3 with λ = 0.01)."""
-    if optimizer.step_rule != QMODEL or optimizer.damping_schedule == ADAPTIVE:
+    if optimizer.step_rule != StepRule.QMODEL or optimizer.damping_schedule == DampingSchedule.ADAPTIVE:
         return None
     return (
         f"step rule qmodel with a fixed damping λ = {optimizer.damping:g}: its steps may leave the region where the "
@@ -101,7 +96,8 @@ def run_training(
     dataset: DatasetSplits | None = None,
     resume: bool = False,
 ) -> TrainResult:
-    """Train ``config`` and log into ``run_dir`` (module docstring).
+    """Train ``config`` (from :func:`~fimbench.engines.config.load_config`, which checked it) and log into
+    ``run_dir`` (module docstring).
 
     ``dataset`` replaces the one ``config.data`` names (e.g. random data of a benchmark's shape); the
     architecture is still the one of ``config.data.dataset`` unless ``config.model.layers`` is set.
@@ -167,9 +163,9 @@ class _Run:
 def _prepare(
     config: RunConfig, run_dir: Path, progress: TrainProgress | None, dataset: DatasetSplits | None, resume: bool
 ) -> _Run:
-    """Validate, load the data, build the model and optimizers, and start the run directory (or, with
-    ``resume``, put them back into the state of its checkpoint)."""
-    method = check_training(config)
+    """Load the data, build the model and optimizers, and start the run directory (or, with ``resume``, put
+    them back into the state of its checkpoint)."""
+    method = config.method
     device = resolve_device(config.training.device)
     checkpoint = read_checkpoint(run_dir, device) if resume else None
     training, settings = config.training, config.optimizer
@@ -186,7 +182,7 @@ def _prepare(
     fisher_generator = torch.Generator(device=device).manual_seed(training.seed + 2 + rank())
     timer = PhaseTimer(device)
 
-    takes_step = method.is_preconditioned and settings.step_rule == QMODEL
+    takes_step = method.is_preconditioned and settings.step_rule == StepRule.QMODEL
     optimizer = None if takes_step else first_order_optimizer(model.parameters(), method, settings)
     preconditioner: KroneckerPreconditioner | None = None
     if method.is_preconditioned:
@@ -294,7 +290,8 @@ def _train_step(run: _Run, epoch: int, x: torch.Tensor, sums: torch.Tensor, epoc
         if step == 1:
             run.result.alignment_first_refresh = preconditioner.alignment
             warning = damping_warning(run.result.alignment_first_refresh)
-            if warning is not None and progress is not None and preconditioner.schedule is None:  # an adaptive λ moves on
+            adaptive = run.config.optimizer.damping_schedule == DampingSchedule.ADAPTIVE  # an adaptive λ moves on
+            if warning is not None and progress is not None and not adaptive:
                 progress.warn(warning)
     if run.optimizer is not None:  # else the preconditioner took the step (step_rule qmodel)
         run.optimizer.step()

@@ -5,7 +5,7 @@ Fisher sub-batch over several layers, and the cross-layer error.
 >>> from fimbench.fisher import exact_block      # (a, g) -> dense (p·q, p·q) F, reference only
 """
 
-from fimbench.fisher.block import ApproximationErrors, ExactFisher, approximation_errors, exact_block
+from fimbench.fisher.block_errors import ApproximationErrors, ExactFisher, approximation_errors, exact_block
 from fimbench.fisher.capture import LayerStatistics, capture_statistics
 from fimbench.fisher.likelihood import Likelihood
 

@@ -2,7 +2,7 @@
 
 Over layers l = 1..L (the chosen ones, or the whole network) with per-example gradients ``DW_{l,n}``, the
 exact Fisher is ``F = JᵀJ/m`` (:class:`~fimbench.fisher.sub_batch.SubBatchFisher`): its diagonal blocks
-``F_ll`` are the per-layer blocks of :class:`~fimbench.fisher.block.ExactFisher`, its off-diagonal blocks
+``F_ll`` are the per-layer blocks of :class:`~fimbench.fisher.block_errors.ExactFisher`, its off-diagonal blocks
 ``F_lk`` the cross-layer curvature that every block-diagonal method drops. For an approximation ``F̂``,
 
     network error = ‖F − F̂‖_F / ‖F‖_F,   ‖F − F̂‖² = ‖F‖² − 2 ⟨F, F̂⟩ + ‖F̂‖²,
@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fimbench.fisher.block import ExactFisher, Metric, Terms, kronecker_squared_norm
+from fimbench.fisher.block_errors import ExactFisher, Metric, Terms, kronecker_squared_norm
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.sub_batch import SubBatchFisher
 
@@ -51,7 +51,7 @@ def network_squared_norm(statistics: Sequence[LayerStatistics]) -> float:
 
 def kronecker_block_terms(block: ExactFisher, terms: Terms) -> NetworkTerms:
     """A Kronecker sum ``F̂_l = Σ_k A_k ⊗ G_k`` on layer l's diagonal block: ``⟨F_ll, F̂_l⟩ = Σ_k ⟨F_ll, A_k ⊗ G_k⟩``
-    and ``‖F̂_l‖²`` (:mod:`fimbench.fisher.block`'s Gram identities)."""
+    and ``‖F̂_l‖²`` (:mod:`fimbench.fisher.block_errors`'s Gram identities)."""
     return NetworkTerms(sum(block.inner(A, G) for A, G in terms), kronecker_squared_norm(terms))
 
 

@@ -19,7 +19,7 @@ Nothing P × P (or even p_l q_l × p_l q_l) is formed; every product goes throug
   ``(F + λI)⁻¹ v = (v − Jᵀ (m λ I + K)⁻¹ J v) / λ`` — one m × m Cholesky factorisation.
 
 Restricting the sums to one layer gives that layer's diagonal block ``F_ll``; so ``solve(…, per_layer=True)``
-is the block-diagonal exact natural gradient. The scale matches :class:`fimbench.fisher.block.ExactFisher`:
+is the block-diagonal exact natural gradient. The scale matches :class:`fimbench.fisher.block_errors.ExactFisher`:
 ``g`` holds per-example derivatives with no 1/m factor.
 """
 

@@ -94,3 +94,11 @@ def usable_statistics(statistics: list[LayerStatistics], grad_scaler: GradScaler
             "overflow); lower the learning rate or raise the damping, or pass grad_scaler= to skip such batches"
         )
     return False
+
+
+def skipped_step(gradients: list[Tensor]) -> Tensor:
+    """ν = 1 for a step before any statistics: the first Fisher batch was skipped as non-finite, which under a
+    GradScaler comes with non-finite gradients the scaler skips too; one error when the gradients are finite."""
+    if all_finite(gradients):
+        raise FimbenchError("the first Fisher statistics batch is not finite while the gradients are; lower the learning rate")
+    return torch.ones((), device=gradients[0].device)

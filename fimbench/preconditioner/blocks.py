@@ -1,11 +1,6 @@
-"""The curvature a preconditioner inverts, and the one per-layer block interface (docs/design.md, "Curvature blocks").
+"""The per-layer block interface, the unit a method implements (docs/design.md §13).
 
-A :class:`Curvature` is the network-level operator ``F̃`` of :class:`~fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner`:
-every T1 steps it takes the captured statistics ``(ā_l, g_l)`` of all layers and the EMA decay ρ, every
-T2 steps (or when λ moved) it re-factorises ``F̃(λ)``, every step it maps the layers' (q_l, p_l) gradients
-to ``F̃(λ)⁻¹ ∇``, and adaptive damping's predicted change ``M(δ)`` needs ``δᵀ F̃(λ) δ`` from it.
-
-A :class:`CurvatureBlock` is one layer's block ``F̃_l``, the unit a method implements. Its three consumers
+A :class:`CurvatureBlock` is one layer's block ``F̃_l`` of a block-diagonal approximation of the Fisher. Its three consumers
 call the same methods:
 
 * the preconditioner: :meth:`~CurvatureBlock.update` (EMA towards the batch), :meth:`~CurvatureBlock.refresh`
@@ -15,9 +10,8 @@ call the same methods:
 * ``cost-profile``: ``update`` cold and warm, ``refresh`` and ``apply``, timed.
 
 Each method's registry record (:mod:`fimbench.methods`) names its block class; :func:`new_block` builds one.
-The block-diagonal methods precondition with a :class:`BlockDiagonal` of their blocks; the exact references
-with :class:`~fimbench.preconditioner.exact_natural_gradient.ExactNaturalGradient` (``exact-ng`` couples the
-layers), the two-level correction wraps a block-diagonal curvature (:mod:`fimbench.preconditioner.two_level`).
+The block-diagonal methods precondition with a :class:`BlockDiagonal` of their blocks, a
+:class:`~fimbench.preconditioner.damped_fisher.DampedFisher`.
 """
 
 from __future__ import annotations
@@ -30,9 +24,9 @@ import torch
 from torch import Tensor
 
 from fimbench.curvature import ApproximationOptions, DampingSplit
-from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT
+from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, TRACE_SPLIT, DampingForm, check_damping_form, check_damping_split
 from fimbench.errors import FimbenchError
-from fimbench.fisher.block import ApproximationErrors, ExactFisher
+from fimbench.fisher.block_errors import ApproximationErrors, ExactFisher
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.network_error import NetworkTerms
 from fimbench.methods import Method, implementation
@@ -62,46 +56,12 @@ class BlockSettings:
     options: ApproximationOptions = field(default_factory=ApproximationOptions)
     min_curvature_ratio: float = DEFAULT_MIN_CURVATURE_RATIO
     pi: DampingSplit = TRACE_SPLIT
-    damping_form: str = FACTORED
+    damping_form: str = DampingForm.FACTORED.value
 
-
-class Curvature(Protocol):
-    """The network-level damped curvature ``F̃(λ)`` over the preconditioned layers (module docstring)."""
-
-    def update(self, statistics: Sequence[LayerStatistics], decay: float) -> list[SolverReport]:
-        """Move the estimate towards the statistics' Fisher: ``ρ F̂_old + (1 − ρ) F_batch`` with ρ = ``decay``
-        (or as the curvature documents); returns the reports of the iterative solvers that ran."""
-        ...
-
-    def refresh(self, damping: float) -> None:
-        """Factorise ``F̃(λ)`` of the current estimate for λ = ``damping``."""
-        ...
-
-    def apply(self, gradients: Sequence[Tensor]) -> list[Tensor]:
-        """``F̃(λ)⁻¹ ∇`` with the latest factorisation, one (q_l, p_l) matrix per layer."""
-        ...
-
-    def quadratic(self, deltas: Sequence[Tensor]) -> Tensor:
-        """``δᵀ F̃(λ) δ`` with the operator of the latest factorisation (a 0-d tensor)."""
-        ...
-
-    def pop_failures(self) -> list[Failure]:
-        """The updates and refreshes the guard dropped since the last call (:mod:`~fimbench.preconditioner.guard`)."""
-        ...
-
-    @property
-    def correction_scale(self) -> float | None:
-        """The smallest safeguard τ of the latest factorisation (rank-2 blocks), None where none applies."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """The estimate and what the latest factorisation was built from, as tensors and plain data."""
-        ...
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
-        """Continue from :meth:`state_dict`'s ``state``, rebuilding the factorisation on ``device``; the
-        estimate is cast to the factor dtype ``dtype`` (float64 Gram quantities stay float64)."""
-        ...
+    def __post_init__(self) -> None:
+        """Check π and the damping form once, here (one error line for a bad value)."""
+        object.__setattr__(self, "pi", check_damping_split(self.pi))
+        object.__setattr__(self, "damping_form", check_damping_form(self.damping_form))
 
 
 class CurvatureBlock(Protocol):

@@ -19,10 +19,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
-FIXED = "fixed"
-ADAPTIVE = "adaptive"
-DAMPING_SCHEDULES = (FIXED, ADAPTIVE)
+import torch
+from torch import Tensor
+
+from fimbench.preconditioner.diagnostics import DampingTrial
+from fimbench.preconditioner.distributed import mean_over_ranks
+
+
+class DampingSchedule(StrEnum):
+    """``damping_schedule`` choices: λ fixed, or adapted by the Levenberg–Marquardt rule (module docstring)."""
+
+    FIXED = "fixed"
+    ADAPTIVE = "adaptive"
+
+
 
 DEFAULT_ADAPT_EVERY = 5  # T3, as in Martens & Grosse
 DEFAULT_DAMPING_MIN = 1e-8
@@ -60,3 +72,38 @@ class LevenbergMarquardt:
         elif rho < DISTRUSTED:
             damping = damping / self.omega
         return min(max(damping, self.minimum), self.maximum)
+
+
+@dataclass
+class Damping:
+    """λ now, and how it moves: fixed (``rule`` None) or adapted every T3 = ``rule.every`` steps by the
+    Levenberg–Marquardt ``rule`` from the :class:`~fimbench.preconditioner.diagnostics.DampingTrial` of the
+    judged step (``trial``, pending until its loss after the update is known)."""
+
+    value: float
+    rule: LevenbergMarquardt | None = None
+    trial: DampingTrial | None = None
+
+    @classmethod
+    def of(cls, damping: float, schedule: str, every: int, minimum: float, maximum: float) -> Damping:
+        """λ = ``damping``, fixed or (``schedule`` adaptive) adapted every ``every`` steps within ``[minimum, maximum]``."""
+        return cls(damping, LevenbergMarquardt(every, minimum, maximum) if schedule == DampingSchedule.ADAPTIVE else None)
+
+    def judges(self, step: int) -> bool:
+        """Whether step number ``step`` (counted from 0) is judged (adaptive λ, every T3 steps)."""
+        return self.rule is not None and step % self.rule.every == 0
+
+    def adapt(self, loss_before: Tensor | float, loss_after: Tensor | float, predicted_change: float, device: torch.device) -> float:
+        """Close the pending trial: ρ = (h(θ + δ) − h(θ)) / M(δ) and λ ← the rule's next λ; returns ρ.
+
+        Under a process group the two losses are first averaged over the ranks (a collective: every rank calls
+        it, its trial pending at the same step): ρ is that of the mean of the ranks' objectives, whose
+        gradient DDP averages, and λ stays the same on every rank.
+        """
+        assert self.rule is not None, "adapt with a fixed λ"
+        losses = mean_over_ranks(torch.tensor([float(loss_before), float(loss_after)], dtype=torch.float64, device=device))
+        mean_before, mean_after = losses.tolist()
+        rho = reduction_ratio(mean_after - mean_before, predicted_change)
+        self.value = self.rule.update(self.value, rho)
+        self.trial = None
+        return rho

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fimbench.fisher.capture import KroneckerLayer, weight_gradient, weight_of
 from fimbench.preconditioner.guard import GuardEvent
 
 
@@ -59,6 +60,23 @@ class DampingTrial:
     parameters: list[Tensor]
     gradients: list[Tensor]
     predicted: Tensor | None = None
+
+    @classmethod
+    def before_update(cls, layers: Sequence[KroneckerLayer], dtype: torch.dtype, scale: Tensor | float) -> DampingTrial:
+        """The trial of the step about to be taken: θ and ``∇h`` of ``layers`` now.
+
+        Args:
+            layers: the preconditioned layers.
+            dtype: the factor dtype the trial is kept in.
+            scale: the GradScaler's scale the gradients carry (1 without one).
+
+        Returns:
+            θ (copied, not a view) and the unscaled gradients per layer.
+        """
+        return cls(
+            [weight_of(layer).detach().to(dtype, copy=True) for layer in layers],
+            [weight_gradient(layer).to(dtype) / scale for layer in layers],
+        )
 
     def model_change(self, parameters: Sequence[Tensor], quadratic: Callable[[Sequence[Tensor]], Tensor]) -> Tensor:
         """``M(δ) = ⟨∇, δ⟩ + ½ δᵀ F̃ δ`` for the update ``δ`` from the trial's θ to ``parameters``, with ``F̃`` the

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
 from fimbench.errors import FimbenchError
-from fimbench.fisher.block import METRIC_DTYPE, ExactFisher, eigenbasis_errors, eigenbasis_terms
+from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher, eigenbasis_errors, eigenbasis_terms
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.network_error import NetworkTerms
 from fimbench.methods import Method

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from fimbench.errors import FimbenchError
-from fimbench.fisher.block import ApproximationErrors, ExactFisher, Metric
+from fimbench.fisher.block_errors import ApproximationErrors, ExactFisher, Metric
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.network_error import exact_block_terms
 from fimbench.fisher.sub_batch import SubBatchFisher, SubBatchInverse

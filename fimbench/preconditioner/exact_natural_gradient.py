@@ -31,7 +31,7 @@ from fimbench.preconditioner.guard import NETWORK, REFRESH, Failure, guarded
 
 
 class ExactNaturalGradient:
-    """:class:`~fimbench.preconditioner.blocks.Curvature` ``F_m + λI`` of the latest Fisher sub-batch (module
+    """:class:`~fimbench.preconditioner.damped_fisher.DampedFisher` ``F_m + λI`` of the latest Fisher sub-batch (module
     docstring); ``per_layer`` keeps only its diagonal blocks (``exact-ng-block``)."""
 
     def __init__(self, per_layer: bool) -> None:

@@ -1,7 +1,7 @@
 """The Kronecker-sum block ``F̂_l = Σ_k A_k ⊗ G_k`` of the five Kronecker methods (K-FAC, KPSVD, Deflation,
 Lanczos, KFAC-corrected): built by the method's :class:`~fimbench.curvature.Approximator` (its registry
 record's), damped and inverted by :class:`~fimbench.curvature.KroneckerInverse` (``damped(λ, π)`` and §3.4's
-solve), measured against the exact block by :func:`~fimbench.fisher.block.approximation_errors`."""
+solve), measured against the exact block by :func:`~fimbench.fisher.block_errors.approximation_errors`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from torch import Tensor
 
 from fimbench.curvature import KroneckerInverse, KroneckerSum
 from fimbench.curvature.kronecker import kron_matvec, kronecker_sum_matvec
-from fimbench.curvature.kronecker_sum import check_damping_form
 from fimbench.curvature.targets import Prior, checked_statistics
-from fimbench.fisher.block import METRIC_DTYPE, ExactFisher, approximation_errors
+from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher, approximation_errors
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.network_error import kronecker_block_terms
 from fimbench.methods import Method, implementation
@@ -34,7 +33,7 @@ class KroneckerBlock:
         self.options = settings.options
         self.min_curvature_ratio = settings.min_curvature_ratio
         self.pi = settings.pi
-        self.form = check_damping_form(settings.damping_form)
+        self.form = settings.damping_form
         self.approximation: KroneckerSum | None = None
         self.inverse: KroneckerInverse | None = None
 
@@ -66,7 +65,7 @@ class KroneckerBlock:
         return (delta * curvature).sum()
 
     def errors(self, fisher: ExactFisher) -> BlockErrors:
-        """Error 1 and Error 2 of ``Σ_k A_k ⊗ G_k`` and its network terms (:mod:`fimbench.fisher.block`)."""
+        """Error 1 and Error 2 of ``Σ_k A_k ⊗ G_k`` and its network terms (:mod:`fimbench.fisher.block_errors`)."""
         terms = self.approximation.terms  # type: ignore[union-attr]
         return BlockErrors(approximation_errors(fisher, terms), kronecker_block_terms(fisher, terms))
 

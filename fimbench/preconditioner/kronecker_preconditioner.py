@@ -1,7 +1,13 @@
 """The natural-gradient preconditioner :class:`KroneckerPreconditioner`: every T1 steps the statistics
-``(ā, g)`` of a Fisher sub-batch move the curvature's estimate towards ``ρ F̂_old + (1 − ρ) F_batch``, every
-T2 steps the damped curvature is re-factorised, and every step each gradient becomes ``ν F̃⁻¹ ∇`` (the
+``(ā, g)`` of a Fisher sub-batch move the estimate of the Fisher towards ``ρ F̂_old + (1 − ρ) F_batch``, every
+T2 steps the damped approximation is re-factorised, and every step each gradient becomes ``ν F̃⁻¹ ∇`` (the
 usage and the whole step: the package docstring, :mod:`fimbench.preconditioner`).
+
+Its parts, one responsibility each: the schedule (:class:`~fimbench.preconditioner.schedule.RefreshSchedule`),
+the damping λ and its adaptation (:class:`~fimbench.preconditioner.damping.Damping`), the damped Fisher
+approximation it inverts (:class:`~fimbench.preconditioner.damped_fisher.DampedFisher`, per-layer blocks for
+the block-diagonal methods), the step (KL-clip, or the quadratic model's own step), and its saved state
+(:mod:`fimbench.preconditioner.state`).
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fimbench.curvature import check_damping_split
+from fimbench.curvature import KroneckerInverse, KroneckerSum
 from fimbench.errors import FimbenchError
-from fimbench.fisher.capture import LayerStatistics, capture_statistics, set_weight_gradient, weight_gradient, weight_of
+from fimbench.fisher.capture import LayerStatistics, set_weight_gradient, weight_gradient, weight_of
 from fimbench.fisher.likelihood import Likelihood, parse_likelihood
 from fimbench.fisher.sub_batch import SubBatchFisher
 from fimbench.methods import PRECONDITIONED_METHODS, Method, parse_method
@@ -27,22 +33,26 @@ from fimbench.preconditioner.amp import (
     check_still_scaled,
     gradient_scale,
     resolve_factor_dtype,
-    usable_statistics,
+    skipped_step,
 )
-from fimbench.preconditioner.curvatures import BlockAccess, method_curvature
-from fimbench.preconditioner.damping import ADAPTIVE, LevenbergMarquardt, reduction_ratio
+from fimbench.preconditioner.blocks import CurvatureBlock
+from fimbench.preconditioner.damped_fisher import damped_fisher_of, layer_blocks
+from fimbench.preconditioner.damping import Damping
 from fimbench.preconditioner.diagnostics import DampingTrial, PreconditionerDiagnostics
-from fimbench.preconditioner.distributed import gather_statistics, mean_over_ranks, sampling_generator
+from fimbench.preconditioner.distributed import sampling_generator
 from fimbench.preconditioner.guard import GuardEvent, guard_events
 from fimbench.preconditioner.kl_clip import kl_clip_factor, mean_alignment
-from fimbench.preconditioner.selection import LayerSpec, check_gradients, select_layers, warn_raw_gradients, without_wrappers
+from fimbench.preconditioner.kronecker_block import KroneckerBlock
+from fimbench.preconditioner.schedule import RefreshSchedule
+from fimbench.preconditioner.selection import LayerSpec, check_gradients, select_layers, without_wrappers
 from fimbench.preconditioner.settings import PreconditionerSettings, check_settings
 from fimbench.preconditioner.state import load_preconditioner_state, preconditioner_state
-from fimbench.preconditioner.step_rule import QMODEL, QuadraticStepRule, check_quadratic_rule, model_batch
+from fimbench.preconditioner.step_rule import model_batch, quadratic_rule_for
+from fimbench.preconditioner.sub_batch import SubBatchCapture
 from fimbench.timing import PhaseTimer
 
 
-class KroneckerPreconditioner(BlockAccess):
+class KroneckerPreconditioner:
     """Replaces each ``nn.Linear`` and ``nn.Conv2d`` gradient by its natural gradient ``ν F̃⁻¹ ∇`` (module
     docstring; a convolution's gradient as the (out, C·k_h·k_w + 1) matrix of capture.py).
 
@@ -88,7 +98,6 @@ class KroneckerPreconditioner(BlockAccess):
         self.method = parse_method(method, choices=PRECONDITIONED_METHODS)
         self.settings = settings = dataclasses.replace(settings or PreconditionerSettings(), **overrides)
         check_settings(settings, self.method)
-        damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
         self.model = without_wrappers(model)
         self.likelihood = parse_likelihood(likelihood)
         self.layers = select_layers(self.model, layers, skip_layers)
@@ -96,81 +105,93 @@ class KroneckerPreconditioner(BlockAccess):
             raise FimbenchError("the model has no nn.Linear or nn.Conv2d layer to precondition")
         names = {id(module): name for name, module in self.model.named_modules()}
         self.layer_names = [names[id(layer)] for layer in self.layers]
-        self.quadratic_rule = QuadraticStepRule(weight_decay) if settings.step_rule == QMODEL else None
-        if self.quadratic_rule is not None:
-            check_quadratic_rule(self.model, self.layers, grad_scaler, weight_decay, overrides)
-        else:
-            if weight_decay:
-                raise FimbenchError(
-                    "weight_decay= is for step_rule='qmodel'; with the fixed step rule weight decay is the torch optimizer's"
-                )
-            warn_raw_gradients(self.model, self.layers)
+        self.quadratic_rule = quadratic_rule_for(settings.step_rule, self.model, self.layers, grad_scaler, weight_decay, overrides)
         self.grad_scaler = grad_scaler
         self.factor_dtype = resolve_factor_dtype(self.model, factor_dtype)
-        self.damping = damping
-        self.pi = check_damping_split(settings.pi)
-        self.schedule = (
-            LevenbergMarquardt(settings.damping_every, damping_min, damping_max) if settings.damping_schedule == ADAPTIVE else None
-        )
-        self.kl_clip = None if self.quadratic_rule is not None else settings.kl_clip  # the model sizes the step
-        self.ema_decay = settings.ema_decay
-        self.fisher_fraction = settings.fisher_fraction
-        self.empirical_fisher = settings.empirical_fisher
-        self.coarse = settings.coarse
-        self.options = settings.approximation_options()
         self.generator = sampling_generator(generator, self.layers[0].weight.device)
+        self.sub_batch = SubBatchCapture(
+            self.model, self.likelihood, self.layers, self.generator, self.factor_dtype, grad_scaler,
+            settings.fisher_fraction, settings.empirical_fisher,
+        )
         self.timer = timer
-        self.steps = 0
-        self.updates = 0
-        self.curvature = method_curvature(self.method, len(self.layers), settings)
+        self.schedule = RefreshSchedule(settings.stats_every, settings.inverse_every, settings.ema_decay)
+        self.damping_state = Damping.of(settings.damping, settings.damping_schedule, settings.damping_every, settings.damping_min, settings.damping_max)
+        self.damped_fisher = damped_fisher_of(self.method, len(self.layers), settings)
         self.fisher: SubBatchFisher | None = None  # the exact Fisher of the latest Fisher sub-batch
         self.diagnostics = PreconditionerDiagnostics()
         self.guard_events: list[GuardEvent] = []  # every update or refresh the guard dropped, in order
-        self.refresh_due = True  # no inverse yet, or λ changed since the last refresh
-        self.statistics_due = False  # the last statistics batch was not finite and skipped: capture again
-        self.trial: DampingTrial | None = None
-        self._alignment: Tensor | None = None  # at the latest refresh, kept on the device
+        self.alignment_at_refresh: Tensor | None = None  # mean cos(F̃⁻¹∇, ∇) at the latest refresh, on the device
         self.correction_scale: float | None = None  # smallest τ over layers at the latest refresh (rank 2)
+
+    @property
+    def steps(self) -> int:
+        """The steps taken."""
+        return self.schedule.steps
+
+    @property
+    def updates(self) -> int:
+        """The statistics updates made."""
+        return self.schedule.updates
+
+    @property
+    def damping(self) -> float:
+        """λ now (it moves under adaptive damping)."""
+        return self.damping_state.value
+
+    @damping.setter
+    def damping(self, value: float) -> None:
+        self.damping_state.value = value
+
+    @property
+    def blocks(self) -> list[CurvatureBlock]:
+        """The per-layer blocks of a block-diagonal method, in :attr:`layers` order; a clear error otherwise."""
+        return layer_blocks(self.damped_fisher, self.method)
+
+    @property
+    def kronecker_blocks(self) -> list[KroneckerBlock]:
+        """The Kronecker-sum blocks of a Kronecker method; a clear error otherwise."""
+        blocks = self.blocks
+        if not self.method.is_kronecker:
+            raise FimbenchError(f"method {self.method.value} has no Kronecker-sum blocks")
+        return blocks  # type: ignore[return-value]
+
+    @property
+    def approximations(self) -> list[KroneckerSum | None]:
+        """Every layer's Kronecker approximation (None before the first update)."""
+        return [block.approximation for block in self.kronecker_blocks]
+
+    @property
+    def inverses(self) -> list[KroneckerInverse | None]:
+        """Every layer's factorised damped block (None before the first refresh)."""
+        return [block.inverse for block in self.kronecker_blocks]
 
     def _phase(self, name: str) -> AbstractContextManager[None]:
         return self.timer.phase(name) if self.timer is not None else nullcontext()
-
-    def fisher_batch_size(self, batch_size: int) -> int:
-        """The Fisher sub-batch of a mini-batch: ``max(1, round(batch_size · fisher_fraction))`` examples.
-
-        Args:
-            batch_size: the mini-batch's number of examples.
-
-        Returns:
-            The number of examples the statistics are captured on.
-        """
-        return max(1, round(batch_size * self.fisher_fraction))
 
     def update_statistics(self, inputs: Tensor, targets: Tensor | None = None) -> None:
         """Capture ``(ā, g)`` on a Fisher sub-batch and move the curvature's estimate towards its Fisher
         (T1 event); a skipped batch (:meth:`capture_fisher`) leaves the estimate and is captured again.
 
         Args:
-            inputs: the mini-batch (its first :meth:`fisher_batch_size` examples are the Fisher sub-batch).
+            inputs: the mini-batch (its first ``max(1, round(B · fisher_fraction))`` examples are the Fisher sub-batch).
             targets: the data targets, used only with ``empirical_fisher`` (default: sampled from the model).
         """
         statistics = self.capture_fisher(inputs, targets)
-        self.statistics_due = statistics is None
+        self.schedule.statistics_due = statistics is None
         if statistics is None:
             return
-        self.updates += 1
-        decay = min(1.0 - 1.0 / self.updates, self.ema_decay)
+        decay = self.schedule.next_decay()
         with self._phase("approximate"):
-            for report in self.curvature.update(statistics, decay):
+            for report in self.damped_fisher.update(statistics, decay):
                 self.diagnostics.iterations.append(report.iterations)
                 self.diagnostics.residuals.append(report.residual)
         self._record_guard()
         self.diagnostics.updates += 1
 
     def _record_guard(self) -> None:
-        """Keep the curvature's dropped updates and refreshes as :attr:`guard_events`; raises CurvatureFailedError
-        when a part had no earlier estimate or inverse to keep (:mod:`~fimbench.preconditioner.guard`)."""
-        events = guard_events(self.curvature.pop_failures(), self.layer_names, self.method.value, self.steps + 1)
+        """Keep the dropped updates and refreshes as :attr:`guard_events`; raises CurvatureFailedError when a part
+        had no earlier estimate or inverse to keep (:mod:`~fimbench.preconditioner.guard`)."""
+        events = guard_events(self.damped_fisher.pop_failures(), self.layer_names, self.method.value, self.steps + 1)
         self.guard_events.extend(events)
         self.diagnostics.guard_events.extend(events)
 
@@ -181,7 +202,7 @@ class KroneckerPreconditioner(BlockAccess):
         Args:
             inputs: the mini-batch.
             targets: the data targets, used only with ``empirical_fisher``.
-            size: how many of its first examples (default: :meth:`fisher_batch_size` of the mini-batch).
+            size: how many of its first examples (default: the Fisher sub-batch's, :mod:`~fimbench.preconditioner.sub_batch`).
 
         Returns:
             One :class:`~fimbench.fisher.capture.LayerStatistics` per layer, or None for a non-finite batch
@@ -190,33 +211,25 @@ class KroneckerPreconditioner(BlockAccess):
         Raises:
             FimbenchError: for an empty Fisher sub-batch, or non-finite statistics without a GradScaler.
         """
-        m = size or self.fisher_batch_size(inputs.shape[0])
-        sub_targets = None
-        if self.empirical_fisher:
-            sub_targets = (targets if targets is not None else inputs)[:m]
         with self._phase("statistics"):
-            statistics = capture_statistics(self.model, inputs[:m], self.likelihood, self.layers, sub_targets, self.generator)
-            statistics = gather_statistics(
-                [LayerStatistics(s.a.to(self.factor_dtype), s.g.to(self.factor_dtype)) for s in statistics]
-            )
-        if not usable_statistics(statistics, self.grad_scaler):
-            return None
-        self.fisher = SubBatchFisher(statistics)
+            statistics = self.sub_batch.capture(inputs, targets, size or self.sub_batch.size(inputs.shape[0]))
+        if statistics is not None:
+            self.fisher = SubBatchFisher(statistics)
         return statistics
 
     def refresh_inverses(self) -> None:
-        """Factorise the damped curvature (T2 event, or the step after λ moved)."""
+        """Factorise the damped Fisher approximation (T2 event, or the step after λ moved)."""
         with self._phase("invert"):
-            self.curvature.refresh(self.damping)
+            self.damped_fisher.refresh(self.damping)
         self._record_guard()
-        self.correction_scale = self.curvature.correction_scale
-        self.refresh_due = False
+        self.correction_scale = self.damped_fisher.correction_scale
+        self.schedule.refresh_due = False
         self.diagnostics.refreshes += 1
 
     @property
     def alignment(self) -> float | None:
         """Mean over layers of ``cos(F̃⁻¹∇, ∇)`` at the latest refresh (a host sync); None before one."""
-        return None if self._alignment is None else float(self._alignment)
+        return None if self.alignment_at_refresh is None else float(self.alignment_at_refresh)
 
     def precondition(self, measure_alignment: bool = False) -> Tensor:
         """``grad ← ν F̃⁻¹ grad`` for every layer, ``ν`` the KL-clip factor (1 without a clip).
@@ -232,11 +245,12 @@ class KroneckerPreconditioner(BlockAccess):
             gradients = [weight_gradient(layer).to(self.factor_dtype) / scale for layer in self.layers]
             if self.grad_scaler is not None and not all_finite(gradients):  # left for the scaler to skip
                 return torch.ones((), device=gradients[0].device)
-            directions = self.curvature.apply(gradients)
+            directions = self.damped_fisher.apply(gradients)
             self._record_guard()  # the two-level correction rebuilds its coarse level here
             if measure_alignment:
-                self._alignment = mean_alignment(directions, gradients)
-            nu = kl_clip_factor(directions, gradients, self.kl_clip)
+                self.alignment_at_refresh = mean_alignment(directions, gradients)
+            clip = None if self.quadratic_rule is not None else self.settings.kl_clip  # the model sizes its step
+            nu = kl_clip_factor(directions, gradients, clip)
             for layer, direction in zip(self.layers, directions):
                 set_weight_gradient(layer, direction, scale=nu * scale)
         return nu
@@ -264,7 +278,7 @@ class KroneckerPreconditioner(BlockAccess):
 
     def _check_step(self, targets: Tensor | None) -> None:
         """One error for a step that cannot be preconditioned as asked (before anything is touched)."""
-        if self.empirical_fisher and targets is None:
+        if self.settings.empirical_fisher and targets is None:
             raise FimbenchError(
                 "empirical_fisher=True takes the data targets: call step(inputs, targets) (an autoencoder's are its inputs)"
             )
@@ -274,25 +288,19 @@ class KroneckerPreconditioner(BlockAccess):
     def _step(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
         """:meth:`step` with autocast off."""
         self._check_step(targets)
-        if self.steps % self.settings.stats_every == 0 or self.statistics_due:
+        if self.schedule.statistics_now():
             self.update_statistics(inputs, targets)
         if self.quadratic_rule is not None:  # the model's F: this batch's, not the statistics' sub-batch
-            m = self.fisher_batch_size(inputs.shape[0])
+            m = self.sub_batch.size(inputs.shape[0])
             self.capture_fisher(*model_batch(inputs, targets, m), size=m)
         if self.updates == 0:  # the first statistics batch was skipped: nothing to precondition with
-            gradients = [weight_gradient(layer) for layer in self.layers]
-            if all_finite(gradients):
-                raise FimbenchError("the first Fisher statistics batch is not finite while the gradients are; lower the learning rate")
-            return torch.ones((), device=gradients[0].device)  # the scaler skips this step
-        refresh = self.steps % self.settings.inverse_every == 0 or self.refresh_due
+            return skipped_step([weight_gradient(layer) for layer in self.layers])
+        refresh = self.schedule.refresh_now()
         if refresh:
             self.refresh_inverses()
-        judged = self.schedule is not None and self.steps % self.schedule.every == 0
+        judged = self.damping_state.judges(self.steps)
         if judged and self.quadratic_rule is None:
-            self.trial = DampingTrial(
-                [weight_of(layer).detach().to(self.factor_dtype, copy=True) for layer in self.layers],  # not a view of θ
-                [weight_gradient(layer).to(self.factor_dtype) / gradient_scale(self.grad_scaler) for layer in self.layers],
-            )
+            self.damping_state.trial = DampingTrial.before_update(self.layers, self.factor_dtype, gradient_scale(self.grad_scaler))
         if self.quadratic_rule is None:
             nu = self.precondition(measure_alignment=refresh)
         else:
@@ -301,8 +309,8 @@ class KroneckerPreconditioner(BlockAccess):
             with self._phase("step_rule"):
                 step = self.quadratic_rule.take_step(self.layers, gradients, parameters, self.fisher, self.damping)  # type: ignore[arg-type]
             if judged:
-                self.trial = DampingTrial([], [], step.predicted_h)
-        self.steps += 1
+                self.damping_state.trial = DampingTrial([], [], step.predicted_h)
+        self.schedule.steps += 1
         self.diagnostics.steps += 1
         clip_sum = self.diagnostics.clip_sum
         self.diagnostics.clip_sum = nu.detach() if clip_sum is None else clip_sum + nu.detach()
@@ -311,7 +319,7 @@ class KroneckerPreconditioner(BlockAccess):
     @property
     def awaiting_loss(self) -> bool:
         """True between a T3 step of adaptive damping and its :meth:`adapt_damping` call."""
-        return self.trial is not None
+        return self.damping_state.trial is not None
 
     def predicted_change(self, trial: DampingTrial) -> Tensor:
         """``M(δ)`` of the update applied since ``trial`` (:meth:`DampingTrial.model_change`).
@@ -322,7 +330,7 @@ class KroneckerPreconditioner(BlockAccess):
         Returns:
             ``M(δ)``, a 0-d tensor on the device.
         """
-        return trial.model_change([weight_of(layer).detach() for layer in self.layers], self.curvature.quadratic)
+        return trial.model_change([weight_of(layer).detach() for layer in self.layers], self.damped_fisher.quadratic)
 
     def adapt_damping(self, loss_before: Tensor | float, loss_after: Tensor | float) -> float:
         """One Levenberg–Marquardt update of λ (:mod:`fimbench.preconditioner.damping`) from ``h(θ)`` and ``h(θ + δ)``
@@ -342,18 +350,13 @@ class KroneckerPreconditioner(BlockAccess):
         Raises:
             FimbenchError: when no step is awaiting its loss (call it once after each such step).
         """
-        if self.trial is None or self.schedule is None:
+        trial = self.damping_state.trial
+        if trial is None:
             raise FimbenchError("adapt_damping is called once after each step whose awaiting_loss is true")
-        predicted = float(self.trial.predicted if self.trial.predicted is not None else self.predicted_change(self.trial))
-        self.trial = None
-        device = self.layers[0].weight.device
-        losses = mean_over_ranks(torch.tensor([float(loss_before), float(loss_after)], dtype=torch.float64, device=device))
-        mean_before, mean_after = losses.tolist()
-        rho = reduction_ratio(mean_after - mean_before, predicted)
-        damping = self.schedule.update(self.damping, rho)
-        if damping != self.damping:
-            self.damping = damping
-            self.refresh_due = True
+        predicted = float(trial.predicted if trial.predicted is not None else self.predicted_change(trial))
+        before = self.damping
+        rho = self.damping_state.adapt(loss_before, loss_after, predicted, self.layers[0].weight.device)
+        self.schedule.refresh_due = self.schedule.refresh_due or self.damping != before
         self.diagnostics.reduction_ratios.append(rho)
         return rho
 
@@ -374,9 +377,7 @@ class KroneckerPreconditioner(BlockAccess):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next steps depend on, as tensors and plain data that load with
-        ``torch.load(weights_only=True)`` (:mod:`fimbench.preconditioner.state`): approximations, counters,
-        λ, the latest alignment and τ, diagnostics since the last pop and the sampling generator's state,
-        with the method, layer names and shapes and the settings they belong to.
+        ``torch.load(weights_only=True)`` (:mod:`fimbench.preconditioner.state`).
 
         Returns:
             The state, whose tensors are shared with the preconditioner (not copied).
@@ -385,9 +386,7 @@ class KroneckerPreconditioner(BlockAccess):
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Continue exactly where the preconditioner that gave ``state`` (:meth:`state_dict`) was; its
-        inverses are rebuilt here. The method, the layers' shapes and the keys must match; ``strict`` also
-        requires the same layer names and settings, while ``strict=False`` takes only the state's curvature
-        and counters and keeps this preconditioner's settings (:mod:`fimbench.preconditioner.state`).
+        inverses are rebuilt here (:mod:`fimbench.preconditioner.state`, also for ``strict``).
 
         Args:
             state: what :meth:`state_dict` returned (possibly through ``torch.save`` / ``torch.load``).

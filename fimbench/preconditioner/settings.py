@@ -9,22 +9,16 @@ options all derive their keys from these fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
-from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, FACTORED, TRACE_SPLIT, check_damping_form, check_damping_split
+from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, TRACE_SPLIT, DampingForm, DampingSplit
 from fimbench.curvature.options import ApproximationOptions
 from fimbench.errors import FimbenchError
 from fimbench.methods import BLOCK_METHODS, Method
-from fimbench.names import STEP_RULES
+from fimbench.names import STEP_RULES, StepRule
 from fimbench.preconditioner.blocks import BlockSettings
-from fimbench.preconditioner.damping import (
-    ADAPTIVE,
-    DAMPING_SCHEDULES,
-    DEFAULT_ADAPT_EVERY,
-    DEFAULT_DAMPING_MAX,
-    DEFAULT_DAMPING_MIN,
-    FIXED,
-)
-from fimbench.preconditioner.two_level import NO_COARSE, check_coarse
+from fimbench.preconditioner.damping import DEFAULT_ADAPT_EVERY, DEFAULT_DAMPING_MAX, DEFAULT_DAMPING_MIN, DampingSchedule
+from fimbench.preconditioner.two_level import CoarseSpace, check_coarse
 
 _APPROXIMATION = ApproximationOptions()
 
@@ -49,14 +43,14 @@ class PreconditionerSettings:
 
     damping: float = 1e-3  # λ of the factored Tikhonov damping (§2.2); the initial λ when adaptive
     pi: float | str = TRACE_SPLIT  # damping split: "trace" (§2.2) or a fixed π (curvature/kronecker_sum.py)
-    damping_form: str = FACTORED  # factored (A₁ + π√λI) ⊗ (G₁ + √λ/π I) | exact A₁ ⊗ G₁ + λI (curvature/kronecker_sum.py)
-    coarse: str = NO_COARSE  # none | nicolaides | spectral | residual: two-level correction (fimbench/preconditioner/two_level.py)
-    damping_schedule: str = FIXED  # fixed | adaptive (Levenberg–Marquardt, fimbench/preconditioner/damping.py)
+    damping_form: str = DampingForm.FACTORED.value  # factored (A₁ + π√λI) ⊗ (G₁ + √λ/π I) | exact A₁ ⊗ G₁ + λI (curvature/kronecker_sum.py)
+    coarse: str = CoarseSpace.NONE.value  # none | nicolaides | spectral | residual: two-level correction (fimbench/preconditioner/two_level.py)
+    damping_schedule: str = DampingSchedule.FIXED.value  # fixed | adaptive (Levenberg–Marquardt, fimbench/preconditioner/damping.py)
     damping_every: int = DEFAULT_ADAPT_EVERY  # T3: steps between adaptations of λ
     damping_min: float = DEFAULT_DAMPING_MIN  # bounds of the adaptive λ
     damping_max: float = DEFAULT_DAMPING_MAX
     kl_clip: float | None = 1e-2  # c of App. E; null disables clipping
-    step_rule: str = STEP_RULES[0]  # fixed (the torch optimizer's lr, momentum) | qmodel (fimbench/preconditioner/step_rule.py)
+    step_rule: str = StepRule.FIXED.value  # fixed (the torch optimizer's lr, momentum) | qmodel (fimbench/preconditioner/step_rule.py)
     stats_every: int = 100  # T1
     inverse_every: int = 100  # T2
     ema_decay: float = 0.95  # α in ρ = min(1 − 1/k, α)
@@ -82,7 +76,8 @@ class PreconditionerSettings:
         Returns:
             The approximation options, δ, the damping split π and the damping form of these settings.
         """
-        return BlockSettings(self.approximation_options(), self.min_curvature_ratio, check_damping_split(self.pi), self.damping_form)
+        pi = cast(DampingSplit, self.pi)  # BlockSettings checks it
+        return BlockSettings(self.approximation_options(), self.min_curvature_ratio, pi, self.damping_form)
 
 
 def check_settings(settings: PreconditionerSettings, method: Method) -> None:
@@ -97,7 +92,7 @@ def check_settings(settings: PreconditionerSettings, method: Method) -> None:
         "fisher_fraction": 0.0 < settings.fisher_fraction <= 1.0,
         "kl_clip": settings.kl_clip is None or settings.kl_clip > 0,
         "lanczos_rank": settings.lanczos_rank in (1, 2),
-        "damping_schedule": settings.damping_schedule in DAMPING_SCHEDULES,
+        "damping_schedule": settings.damping_schedule in tuple(DampingSchedule),
         "damping_every": settings.damping_every >= 1,
         "damping_min": 0 < settings.damping_min <= settings.damping_max,
         "step_rule": settings.step_rule in STEP_RULES,
@@ -105,13 +100,13 @@ def check_settings(settings: PreconditionerSettings, method: Method) -> None:
     for name, valid in checks.items():
         if not valid:
             raise FimbenchError(f"invalid optimizer setting {name}={getattr(settings, name)}")
-    check_damping_form(settings.damping_form)
-    if check_coarse(settings.coarse) != NO_COARSE and method not in BLOCK_METHODS:
+    settings.block_settings()  # checks the damping form, π and the approximation options
+    if check_coarse(settings.coarse) != CoarseSpace.NONE and method not in BLOCK_METHODS:
         raise FimbenchError(
             f"coarse={settings.coarse} corrects a block-diagonal method ({', '.join(m.value for m in BLOCK_METHODS)}), not {method.value}"
         )
     damping, damping_min, damping_max = settings.damping, settings.damping_min, settings.damping_max
-    if settings.damping_schedule == ADAPTIVE and not damping_min <= damping <= damping_max:
+    if settings.damping_schedule == DampingSchedule.ADAPTIVE and not damping_min <= damping <= damping_max:
         raise FimbenchError(
             f"adaptive damping starts inside [damping_min, damping_max] = [{damping_min:g}, {damping_max:g}], got damping={damping:g}"
         )

@@ -35,8 +35,10 @@ from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import KroneckerLayer, LayerStatistics, weight_of
 from fimbench.fisher.sub_batch import SubBatchFisher
 from fimbench.methods import Method
-from fimbench.preconditioner.blocks import Curvature
+from fimbench.preconditioner.damped_fisher import DampedFisher
+from fimbench.preconditioner.damping import Damping
 from fimbench.preconditioner.diagnostics import DampingTrial, PreconditionerDiagnostics
+from fimbench.preconditioner.schedule import RefreshSchedule
 from fimbench.preconditioner.settings import PreconditionerSettings
 from fimbench.preconditioner.step_rule import QuadraticStepRule
 
@@ -58,16 +60,12 @@ class Stateful(Protocol):
     layers: list[KroneckerLayer]
     settings: PreconditionerSettings
     factor_dtype: torch.dtype
-    curvature: Curvature
-    steps: int
-    updates: int
-    damping: float
-    refresh_due: bool
-    statistics_due: bool
-    _alignment: Tensor | None
+    damped_fisher: DampedFisher
+    schedule: RefreshSchedule
+    damping_state: Damping
+    alignment_at_refresh: Tensor | None
     correction_scale: float | None
     diagnostics: PreconditionerDiagnostics
-    trial: DampingTrial | None
     fisher: SubBatchFisher | None
     quadratic_rule: QuadraticStepRule | None
     generator: torch.Generator
@@ -80,8 +78,8 @@ def settings_state(preconditioner: Stateful) -> dict[str, Any]:
 
 def preconditioner_state(preconditioner: Stateful) -> dict[str, Any]:
     """The state of ``preconditioner`` (module docstring); tensors are shared with it, not copied."""
-    diagnostics = preconditioner.diagnostics
-    trial = preconditioner.trial
+    diagnostics, schedule = preconditioner.diagnostics, preconditioner.schedule
+    trial = preconditioner.damping_state.trial
     generator = preconditioner.generator
     fisher = preconditioner.fisher
     rule = preconditioner.quadratic_rule
@@ -91,14 +89,14 @@ def preconditioner_state(preconditioner: Stateful) -> dict[str, Any]:
         "layers": list(preconditioner.layer_names),
         "settings": settings_state(preconditioner),
         "shapes": [list(weight_of(layer).shape) for layer in preconditioner.layers],
-        "steps": preconditioner.steps,
-        "updates": preconditioner.updates,
-        "damping": preconditioner.damping,
-        "refresh_due": preconditioner.refresh_due,
-        "statistics_due": preconditioner.statistics_due,
-        "alignment": preconditioner._alignment,
+        "steps": schedule.steps,
+        "updates": schedule.updates,
+        "damping": preconditioner.damping_state.value,
+        "refresh_due": schedule.refresh_due,
+        "statistics_due": schedule.statistics_due,
+        "alignment": preconditioner.alignment_at_refresh,
         "correction_scale": preconditioner.correction_scale,
-        **preconditioner.curvature.state_dict(),
+        **preconditioner.damped_fisher.state_dict(),
         "diagnostics": {
             item.name: (list(value) if isinstance(value := getattr(diagnostics, item.name), list) else value)
             for item in fields(diagnostics)
@@ -118,12 +116,11 @@ def load_preconditioner_state(preconditioner: Stateful, state: dict[str, Any], s
     _check_compatible(preconditioner, state, strict)
     device = weight_of(preconditioner.layers[0]).device
     dtype = preconditioner.factor_dtype
-    preconditioner.curvature.load_state_dict(state, device, dtype)
-    preconditioner.steps = state["steps"]
-    preconditioner.updates = state["updates"]
-    preconditioner.statistics_due = state["statistics_due"]
+    preconditioner.damped_fisher.load_state_dict(state, device, dtype)
+    schedule, damping = preconditioner.schedule, preconditioner.damping_state
+    schedule.steps, schedule.updates, schedule.statistics_due = state["steps"], state["updates"], state["statistics_due"]
     alignment = state["alignment"]
-    preconditioner._alignment = None if alignment is None else alignment.to(device)
+    preconditioner.alignment_at_refresh = None if alignment is None else alignment.to(device)
     preconditioner.correction_scale = state["correction_scale"]
     diagnostics: dict[str, Any] = {
         name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in state["diagnostics"].items()
@@ -136,13 +133,13 @@ def load_preconditioner_state(preconditioner: Stateful, state: dict[str, Any], s
     if state["generator"] is not None:
         preconditioner.generator.set_state(state["generator"].cpu())
     if not strict:  # this preconditioner's settings: its own λ, no trial, factorised afresh
-        preconditioner.trial = None
-        preconditioner.refresh_due = True
+        damping.trial = None
+        schedule.refresh_due = True
         return
-    preconditioner.damping = state["damping"]
-    preconditioner.refresh_due = state["refresh_due"]
+    damping.value = state["damping"]
+    schedule.refresh_due = state["refresh_due"]
     trial = state["trial"]
-    preconditioner.trial = None if trial is None else DampingTrial(
+    damping.trial = None if trial is None else DampingTrial(
         [tensor.to(device, dtype) for tensor in trial["parameters"]],
         [tensor.to(device, dtype) for tensor in trial["gradients"]],
         None if trial["predicted"] is None else trial["predicted"].to(device),
@@ -158,7 +155,7 @@ def _check_compatible(preconditioner: Stateful, state: dict[str, Any], strict: b
         raise FimbenchError(f"not a preconditioner state of version {STATE_VERSION} (this fimbench's); start the run afresh")
     if state.get("method") != preconditioner.method.value:
         raise FimbenchError(f"the state is of method {state['method']}, this preconditioner's is {preconditioner.method.value}")
-    keys = (*KEYS, *preconditioner.curvature.state_dict())
+    keys = (*KEYS, *preconditioner.damped_fisher.state_dict())
     missing = [key for key in keys if key not in state]
     unknown = [key for key in state if key not in keys]
     if missing or unknown:

@@ -55,11 +55,10 @@ from fimbench.fisher.capture import (
     weight_of,
 )
 from fimbench.fisher.sub_batch import SubBatchFisher
-from fimbench.names import STEP_RULES
+from fimbench.names import StepRule
 from fimbench.preconditioner.amp import GradScalerLike
-from fimbench.preconditioner.selection import raw_gradient_modules
+from fimbench.preconditioner.selection import raw_gradient_modules, warn_raw_gradients
 
-FIXED_STEP, QMODEL = STEP_RULES
 MODEL_DTYPE = torch.float64
 """The 2 × 2 system is formed and solved in float64 (its entries are inner products of the factor dtype)."""
 
@@ -234,15 +233,26 @@ def _symmetric(entries: Tensor) -> Tensor:
     return torch.stack([torch.stack([x00, x01]), torch.stack([x01, x11])])
 
 
-def check_quadratic_rule(
+def quadratic_rule_for(
+    step_rule: str,
     model: nn.Module,
     layers: list[KroneckerLayer],
     grad_scaler: GradScalerLike | None,
     weight_decay: float,
     overrides: dict[str, Any],
-) -> None:
-    """One-line errors for what ``step_rule="qmodel"`` cannot do: it takes the whole step, so every trainable
-    parameter needs its Fisher block, and there is no torch optimizer for a GradScaler or a KL-clip."""
+) -> QuadraticStepRule | None:
+    """The preconditioner's :class:`QuadraticStepRule` for ``step_rule="qmodel"``, None for the fixed rule (whose
+    weight decay and step are the torch optimizer's: a ``weight_decay`` is refused, raw gradients warned of).
+
+    Raises:
+        FimbenchError: for what ``qmodel`` cannot do: it takes the whole step, so every trainable parameter
+            needs its Fisher block, and there is no torch optimizer for a GradScaler or a KL-clip.
+    """
+    if step_rule != StepRule.QMODEL:
+        if weight_decay:
+            raise FimbenchError("weight_decay= is for step_rule='qmodel'; with the fixed step rule weight decay is the torch optimizer's")
+        warn_raw_gradients(model, layers)
+        return None
     raw = raw_gradient_modules(model, layers)
     if raw:
         raise FimbenchError(
@@ -258,3 +268,4 @@ def check_quadratic_rule(
         raise FimbenchError(f"invalid optimizer setting weight_decay={weight_decay}")
     if overrides.get("kl_clip") is not None:
         raise FimbenchError("kl_clip does not apply with step_rule='qmodel': the quadratic model sizes the step; leave it out")
+    return QuadraticStepRule(weight_decay)

@@ -43,6 +43,7 @@ here it is the block's own damped inverse. Their Krylov-enriched and "tpselepedi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import Any, Protocol, cast
 
 import torch
@@ -55,19 +56,21 @@ from fimbench.fisher.sub_batch import GRAM_DTYPE, SubBatchFisher
 from fimbench.preconditioner.blocks import BlockDiagonal, SolverReport
 from fimbench.preconditioner.guard import COARSE, REFRESH, Failure, guarded
 
-NO_COARSE = "none"
-NICOLAIDES = "nicolaides"
-SPECTRAL = "spectral"
-RESIDUAL = "residual"
-COARSE_SPACES = (NO_COARSE, NICOLAIDES, SPECTRAL, RESIDUAL)
-"""``coarse=`` choices: ``none`` (one level) or the coarse space of the two-level correction."""
+
+class CoarseSpace(StrEnum):
+    """``coarse=`` choices: ``none`` (one level) or the coarse space of the two-level correction."""
+
+    NONE = "none"
+    NICOLAIDES = "nicolaides"
+    SPECTRAL = "spectral"
+    RESIDUAL = "residual"
 
 
-def check_coarse(name: object) -> str:
-    """One of :data:`COARSE_SPACES`; a one-line error for anything else."""
-    if name not in COARSE_SPACES:
-        raise FimbenchError(f"unknown coarse space {name!r}; choose from {', '.join(COARSE_SPACES)}")
-    return str(name)
+def check_coarse(name: object) -> CoarseSpace:
+    """One of :class:`CoarseSpace`; a one-line error for anything else."""
+    if name not in tuple(CoarseSpace):
+        raise FimbenchError(f"unknown coarse space {name!r}; choose from {', '.join(CoarseSpace)}")
+    return CoarseSpace(str(name))
 
 
 class FirstTermBlock(Protocol):
@@ -95,9 +98,9 @@ def smallest_eigenvector(matrix: Tensor) -> Tensor:
 def coarse_vector(coarse: str, first_term: tuple[Tensor, Tensor], like: Tensor) -> Tensor:
     """The unit ``r_l`` of a gradient-free coarse space: ``nicolaides`` (``1 1ᵀ``) or ``spectral``
     (``u_G u_Aᵀ`` of the first term ``A₁ ⊗ G₁``), shaped and typed like ``like`` (q, p)."""
-    if coarse == NICOLAIDES:
+    if coarse == CoarseSpace.NICOLAIDES:
         return _unit(torch.ones_like(like))
-    if coarse == SPECTRAL:
+    if coarse == CoarseSpace.SPECTRAL:
         A, G = first_term
         return torch.outer(smallest_eigenvector(G), smallest_eigenvector(A)).to(like.dtype)
     raise FimbenchError(f"the coarse space {coarse} depends on a gradient; only nicolaides and spectral are fixed by the blocks")
@@ -131,11 +134,11 @@ def two_level_terms(
 
 
 class TwoLevel:
-    """:class:`~fimbench.preconditioner.blocks.Curvature` ``P⁻¹`` with ``P = F̃⁻¹ + R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ``
+    """:class:`~fimbench.preconditioner.damped_fisher.DampedFisher` ``P⁻¹`` with ``P = F̃⁻¹ + R₀ (R₀ᵀ (F + λI) R₀)⁻¹ R₀ᵀ``
     over the block-diagonal ``inner`` (module docstring), ``coarse`` one of nicolaides, spectral, residual."""
 
     def __init__(self, inner: BlockDiagonal, coarse: str) -> None:
-        if check_coarse(coarse) == NO_COARSE:
+        if check_coarse(coarse) == CoarseSpace.NONE:
             raise FimbenchError("a two-level curvature needs a coarse space (nicolaides, spectral or residual)")
         self.inner, self.coarse = inner, coarse
         self.fisher: SubBatchFisher | None = None  # the sub-batch whose R₀ᵀ F R₀ is still to enter C
@@ -182,8 +185,8 @@ class TwoLevel:
 
     def coarse_vectors(self, gradients: Sequence[Tensor], directions: Sequence[Tensor]) -> list[Tensor]:
         """The unit coarse vectors ``r_l`` of the coarse space (module docstring)."""
-        if self.coarse in (NICOLAIDES, SPECTRAL):
-            first_terms = [cast(FirstTermBlock, block).first_term for block in self.inner.blocks] if self.coarse == SPECTRAL else [None] * len(gradients)
+        if self.coarse in (CoarseSpace.NICOLAIDES, CoarseSpace.SPECTRAL):
+            first_terms = [cast(FirstTermBlock, block).first_term for block in self.inner.blocks] if self.coarse == CoarseSpace.SPECTRAL else [None] * len(gradients)
             return [coarse_vector(self.coarse, first, gradient) for first, gradient in zip(first_terms, gradients)]  # type: ignore[arg-type]
         assert self.fisher is not None and self.damping is not None
         damped = [Fd + self.damping * d for Fd, d in zip(self.fisher.matvec(directions), directions)]

@@ -18,6 +18,17 @@ def test_version() -> None:
     assert result.exit_code == 0 and __version__ in result.stdout
 
 
+def test_train_options_are_the_arguments_of_train() -> None:
+    """``TrainOptions(**locals())`` in ``train``: one field per argument, by the same name, in the same order."""
+    import dataclasses
+    import inspect
+
+    from fimbench.cli.train import train
+    from fimbench.cli.train_options import TrainOptions
+
+    assert [field.name for field in dataclasses.fields(TrainOptions)] == list(inspect.signature(train).parameters)
+
+
 @pytest.mark.parametrize("command", ["train", "download-data"])
 def test_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])

@@ -138,7 +138,7 @@ def test_subcommand_crash_names_it_and_uses_its_out(tmp_path: Path, monkeypatch:
     def plan_figure2(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("fimbench.engines.protocol.plan_figure2", plan_figure2)
+    monkeypatch.setattr("fimbench.engines.figure2.plan_figure2", plan_figure2)
     out = tmp_path / "figure2"
     match = crash_line(invoke(["reproduce", "figure2", "-d", "curves-synth", "--out", out]))
     assert match["where"] == "reproduce figure2" and match["log"] == str(out / CRASH_LOG)

@@ -13,7 +13,7 @@ from reference import DTYPE, fisher_from_gradients, random_statistics, relative_
 from fimbench.curvature.ekfac import approximate_ekfac, eigenbases
 from fimbench.curvature.kfac import kfac_factors
 from fimbench.curvature.kronecker import kron_dense
-from fimbench.fisher.block import ExactFisher, eigenbasis_errors
+from fimbench.fisher.block_errors import ExactFisher, eigenbasis_errors
 
 EXACT_RTOL = 1e-10
 

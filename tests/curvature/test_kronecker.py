@@ -1,4 +1,4 @@
-"""Kronecker algebra (fimbench.curvature.kronecker, fimbench.fisher.block) against the paper's definitions (tests/reference.py)."""
+"""Kronecker algebra (fimbench.curvature.kronecker, fimbench.fisher.block_errors) against the paper's definitions (tests/reference.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from fimbench.curvature.kronecker import (
     vec,
     weighted_gram,
 )
-from fimbench.fisher.block import exact_block
+from fimbench.fisher.block_errors import exact_block
 
 EXACT = 1e-12  # relative: identities that hold in exact arithmetic, float64 round-off only
 

@@ -42,11 +42,10 @@ from fimbench.data import load_dataset
 from fimbench.engines.config import load_config
 from fimbench.engines.cost import profile_dataset
 from fimbench.engines.fisher_error import FisherErrorSettings, run_fisher_error
-from fimbench.engines.models import Architecture, ConvAutoencoder, build_model, default_architecture
-from fimbench.engines.toolkit import resolve_architecture
+from fimbench.engines.models import Architecture, ConvAutoencoder, build_model, default_architecture, resolve_architecture
 from fimbench.engines.train import run_training
 from fimbench.errors import FimbenchError
-from fimbench.fisher.block import (
+from fimbench.fisher.block_errors import (
     ExactFisher,
     exact_block,
     frobenius_error,

@@ -57,7 +57,7 @@ def test_state_dict_round_trip_reproduces_the_next_steps() -> None:
     fresh_optimizer.load_state_dict(saved["optimizer"])
     fresh.load_state_dict(saved["preconditioner"])
     assert (fresh.steps, fresh.updates, fresh.damping) == (preconditioner.steps, preconditioner.updates, preconditioner.damping)
-    assert not fresh.refresh_due
+    assert not fresh.schedule.refresh_due
 
     train_steps(model, preconditioner, optimizer, batches[8:])
     train_steps(restored, fresh, fresh_optimizer, batches[8:])
@@ -129,7 +129,7 @@ def test_strict_load_refuses_other_layer_names_and_settings_naming_them() -> Non
             fresh(**changes).load_state_dict(state)
     loose = fresh(layers=["2", "4"], damping_schedule="fixed", damping=1e-3)
     loose.load_state_dict(state, strict=False)
-    assert loose.damping == 1e-3 and not loose.awaiting_loss and loose.refresh_due
+    assert loose.damping == 1e-3 and not loose.awaiting_loss and loose.schedule.refresh_due
     assert torch.equal(loose.approximations[0].terms[0][0], saved.approximations[0].terms[0][0])
     exact = fresh()
     exact.load_state_dict(state)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fimbench.engines.authors_scale import from_authors_scale, loss_scale
-from fimbench.engines.config import load_config, preset_path
+from fimbench.engines.config import load_config, preset_path, resolve_config
 from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.methods import Method
@@ -100,3 +100,23 @@ def test_a_method_section_for_no_method_is_an_error(tmp_path):
     path.write_text("methods:\n  kfca:\n    lr: 0.5\n", encoding="utf-8")
     with pytest.raises(FimbenchError, match="unknown method 'methods.kfca'.*kfac"):
         load_config(path, {"optimizer.method": "kfac"})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optimizer.method": "newton"}, "unknown method 'newton'; choose from kfac"),
+        ({"optimizer.lr": -1.0}, "optimizer.lr must be positive, got -1.0"),
+        ({"training.epochs": 0}, "training.batch_size and training.epochs must be at least 1"),
+        ({"optimizer.step_rule": "linesearch"}, "optimizer.step_rule must be one of fixed, qmodel"),
+    ],
+)
+def test_a_run_is_checked_once_when_loaded(overrides: dict[str, object], message: str) -> None:
+    """``load_config`` checks the values ``resolve_config`` leaves as given (keys and types only), and its
+    ``RunConfig.method`` is the parsed method."""
+    ((dotted, value),) = overrides.items()
+    section, key = dotted.split(".")
+    assert getattr(getattr(resolve_config(None, overrides), section), key) == value
+    with pytest.raises(FimbenchError, match=message):
+        load_config(None, overrides)
+    assert load_config(None, {"optimizer.method": "kpsvd"}).method is Method.KPSVD

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fimbench.cli import app
 from fimbench.engines.config import load_config
-from fimbench.engines.protocol import Figure2Plan, plan_figure2, run_figure2, seconds_left
+from fimbench.engines.figure2 import Figure2Plan, plan_figure2, run_figure2, seconds_left
 from fimbench.engines.sweep import PointState, SubmititRunner, SweepPlan
 from fimbench.engines.train import run_point
 

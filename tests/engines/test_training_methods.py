@@ -18,8 +18,7 @@ import yaml
 
 from fimbench.data import load_dataset
 from fimbench.engines.config import load_config
-from fimbench.engines.models import build_model, evaluate
-from fimbench.engines.toolkit import resolve_architecture
+from fimbench.engines.models import build_model, evaluate, resolve_architecture
 from fimbench.engines.train import run_training
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"

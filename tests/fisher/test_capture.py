@@ -24,7 +24,7 @@ from reference import (
 from torch import nn
 
 from fimbench.errors import FimbenchError
-from fimbench.fisher.block import exact_block
+from fimbench.fisher.block_errors import exact_block
 from fimbench.fisher.capture import augment, capture_statistics, kronecker_layers, set_weight_gradient, weight_gradient
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner

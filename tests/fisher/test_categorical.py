@@ -12,7 +12,7 @@ from reference import DTYPE, fisher_from_gradients, nll_ref, per_example_weight_
 from torch import nn
 
 from fimbench.errors import FimbenchError
-from fimbench.fisher.block import exact_block
+from fimbench.fisher.block_errors import exact_block
 from fimbench.fisher.capture import capture_statistics
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner

@@ -1,4 +1,4 @@
-"""Error 1 / Error 2 (fimbench.fisher.block): every fast path against the dense computation, and the ordering of
+"""Error 1 / Error 2 (fimbench.fisher.block_errors): every fast path against the dense computation, and the ordering of
 the methods' errors on real statistics of a tiny trained MLP (float64)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 from reference import DTYPE, frobenius_error_dense, random_spd, random_symmetric, spectral_error_dense
 
 from fimbench.curvature import approximate
-from fimbench.fisher import block as fisher
+from fimbench.fisher import block_errors as fisher
 from fimbench.fisher import spectrum as spectrum_module
-from fimbench.fisher.block import (
+from fimbench.fisher.block_errors import (
     ExactFisher,
     approximation_errors,
     exact_block,

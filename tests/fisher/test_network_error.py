@@ -11,7 +11,7 @@ from reference import DTYPE, kron_sum, per_example_weight_gradients
 from fimbench.curvature import approximate
 from fimbench.engines.config import RunConfig
 from fimbench.engines.fisher_error import Entry, FisherErrorMeter
-from fimbench.fisher.block import ExactFisher
+from fimbench.fisher.block_errors import ExactFisher
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.fisher.network_error import (
@@ -28,7 +28,7 @@ EXACT = 1e-10  # Gram identities, exact in real arithmetic: float64 round-off (a
 
 
 def jacobian_rows(stats: LayerStatistics) -> torch.Tensor:
-    """Per-example gradients ``vec(DW_n)`` in the column-major order of ``kron(A, G)`` (fimbench.fisher.block.exact_block)."""
+    """Per-example gradients ``vec(DW_n)`` in the column-major order of ``kron(A, G)`` (fimbench.fisher.block_errors.exact_block)."""
     a, g = stats.a, stats.g
     if a.ndim == 2:
         return (a.unsqueeze(2) * g.unsqueeze(1)).reshape(a.shape[0], -1)

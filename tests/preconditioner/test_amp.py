@@ -111,7 +111,7 @@ def test_non_finite_statistics_batch_is_refused_or_skipped_with_a_grad_scaler():
         preconditioner = KroneckerPreconditioner(model, LIKELIHOOD, "kfac", grad_scaler=scaler, **settings)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         train(model, preconditioner, steps=1, scaler=scaler)
-        preconditioner.steps = 10  # the next step is a T1 step, on the bad batch
+        preconditioner.schedule.steps = 10  # the next step is a T1 step, on the bad batch
         before = [A.clone() for A, _ in preconditioner.approximations[0].terms]
         optimizer.zero_grad()
         loss = LIKELIHOOD.nll(model(bad), y).mean()
@@ -128,7 +128,7 @@ def test_non_finite_statistics_batch_is_refused_or_skipped_with_a_grad_scaler():
         scaler.update()
         assert torch.equal(flat(model), parameters) and scaler.get_scale() == 512.0
         assert torch.equal(preconditioner.approximations[0].terms[0][0], before[0])
-        assert preconditioner.statistics_due and preconditioner.updates == 1
+        assert preconditioner.schedule.statistics_due and preconditioner.updates == 1
         train(model, preconditioner, steps=2, scaler=scaler)
-        assert preconditioner.updates == 2 and not preconditioner.statistics_due
+        assert preconditioner.updates == 2 and not preconditioner.schedule.statistics_due
         assert torch.isfinite(flat(model)).all()

@@ -88,7 +88,7 @@ def test_reduction_ratio_is_exact_on_a_quadratic(method: str, lr: float) -> None
     assert rho == pytest.approx(actual / (linear + 0.5 * float(delta @ damped @ delta)), rel=RATIO)
     expected = LevenbergMarquardt(3, 1e-3, 10.0).update(0.5, rho)
     assert preconditioner.damping == pytest.approx(expected, rel=1e-15)
-    assert preconditioner.damping != 0.5 and preconditioner.refresh_due  # λ moved: re-factorise next step
+    assert preconditioner.damping != 0.5 and preconditioner.schedule.refresh_due  # λ moved: re-factorise next step
     assert not preconditioner.awaiting_loss
     with pytest.raises(FimbenchError, match="adapt_damping"):
         preconditioner.adapt_damping(before, after)

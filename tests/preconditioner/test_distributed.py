@@ -166,7 +166,7 @@ SAMPLED = {**SETTINGS, **ADAPTIVE, "empirical_fisher": False, "fisher_fraction":
 def uneven_worker(rank: int, port: int, out: str) -> None:
     """Both scenarios on 2 gloo ranks; the sampled one with the same generator seed on both ranks, and
     every gathered statistics batch recorded."""
-    import fimbench.preconditioner.kronecker_preconditioner as preconditioner_module
+    import fimbench.preconditioner.sub_batch as preconditioner_module
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=RANKS)

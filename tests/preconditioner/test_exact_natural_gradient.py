@@ -148,7 +148,7 @@ def test_adaptive_damping_predicts_with_the_damped_sub_batch_fisher(method):
         sizes = [g.numel() for g in gradients]
         F = F * torch.block_diag(*[torch.ones(size, size, dtype=DTYPE) for size in sizes])
     expected = float(flat(gradients) @ delta + 0.5 * delta @ (F + damping * torch.eye(F.shape[0], dtype=DTYPE)) @ delta)
-    assert float(preconditioner.predicted_change(preconditioner.trial)) == pytest.approx(expected, rel=1e-10)
+    assert float(preconditioner.predicted_change(preconditioner.damping_state.trial)) == pytest.approx(expected, rel=1e-10)
     with torch.no_grad():
         after = LIKELIHOOD.nll(model(x), y).mean()
     rho = preconditioner.adapt_damping(loss, after)

@@ -237,7 +237,7 @@ def test_empirical_fisher_uses_the_data_targets(make_mlp):
     preconditioner = KroneckerPreconditioner(
         model, LIKELIHOOD, "kfac", damping=0.1, stats_every=1, inverse_every=1, fisher_fraction=0.25, empirical_fisher=True
     )
-    m = preconditioner.fisher_batch_size(BATCH)
+    m = preconditioner.sub_batch.size(BATCH)
     assert m == 4
     stats = capture_statistics(model, x[:m], LIKELIHOOD, model.linear_layers(), targets=x[:m])
     backward(model, x)

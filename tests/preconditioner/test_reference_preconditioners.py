@@ -79,10 +79,10 @@ def test_float32_state_continues_a_float64_model_with_gram_quantities_kept_in_fl
     widened = make(model, method, 1, **settings)
     widened.load_state_dict(state)
     if method == "exact-ng":
-        assert widened.curvature.fisher.statistics[0].a.dtype == torch.float64
+        assert widened.damped_fisher.fisher.statistics[0].a.dtype == torch.float64
     else:
-        assert widened.curvature.inner.blocks[0].approximation.scales.dtype == torch.float64
-        assert widened.curvature.coarse_matrix.dtype == torch.float64
+        assert widened.damped_fisher.inner.blocks[0].approximation.scales.dtype == torch.float64
+        assert widened.damped_fisher.coarse_matrix.dtype == torch.float64
     train_steps(model, widened, torch.optim.SGD(model.parameters(), lr=0.1), [batch.double() for batch in batches(5)[3:]])
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
 
@@ -118,7 +118,7 @@ def test_two_level_step_is_the_one_level_step_plus_a_constant_per_layer():
         gradients = [weight_gradient(layer).clone() for layer in preconditioner.layers]
         preconditioner.step(x)
         steps.append([weight_gradient(layer).clone() for layer in preconditioner.layers])
-    curvature = preconditioner.curvature
+    curvature = preconditioner.damped_fisher
     assert isinstance(curvature, TwoLevel)
     differences = [two - one for one, two in zip(*steps)]
     beta = torch.stack([difference.mean() * difference.numel() ** 0.5 for difference in differences])

@@ -63,11 +63,11 @@ def gradients_of(preconditioner: KroneckerPreconditioner) -> list[torch.Tensor]:
 def test_a_failed_refresh_keeps_the_previous_inverse(method: str, extra: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
     preconditioner, _ = preconditioned(method, extra)
     gradients = gradients_of(preconditioner)
-    before = preconditioner.curvature.apply(gradients)
+    before = preconditioner.damped_fisher.apply(gradients)
     fail_factorisations(monkeypatch)
     preconditioner.damping = 0.05  # λ moved: the two-level coarse matrix is re-factorised too
     preconditioner.refresh_inverses()
-    after = preconditioner.curvature.apply(gradients)
+    after = preconditioner.damped_fisher.apply(gradients)
     for old, new in zip(before, after):
         assert torch.equal(old, new)
     events = preconditioner.guard_events
@@ -99,7 +99,7 @@ def test_a_non_finite_approximation_keeps_the_previous_estimate(method: str) -> 
     [event] = preconditioner.guard_events
     assert (event.layer, event.phase, event.reason) == (preconditioner.layer_names[1], "update", "non-finite result")
     preconditioner.refresh_inverses()
-    assert all(bool(torch.isfinite(direction).all()) for direction in preconditioner.curvature.apply(gradients_of(preconditioner)))
+    assert all(bool(torch.isfinite(direction).all()) for direction in preconditioner.damped_fisher.apply(gradients_of(preconditioner)))
 
 
 def test_a_failed_ekfac_basis_keeps_the_previous_estimate(monkeypatch: pytest.MonkeyPatch) -> None:

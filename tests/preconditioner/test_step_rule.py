@@ -110,7 +110,7 @@ def test_steps_minimise_the_quadratic_model_with_the_exact_fisher(make_mlp, meth
         assert float((delta - expected).abs().max()) <= STEP * float(expected.abs().max())
         model_value = float(gradient @ expected + 0.5 * expected @ curvature @ expected)
         model_h = model_value - eta * float(flat(theta) @ expected + 0.5 * expected @ expected)
-        assert float(preconditioner.trial.predicted) == pytest.approx(model_h, rel=STEP)
+        assert float(preconditioner.damping_state.trial.predicted) == pytest.approx(model_h, rel=STEP)
         with torch.no_grad():
             preconditioner.adapt_damping(loss.detach(), LIKELIHOOD.nll(model(x), x).mean())
         alpha, mu = coefficients.tolist() if previous is not None else (float(coefficients[0]), 0.0)

@@ -155,7 +155,7 @@ def test_two_level_network_error_equals_the_dense_one(method, coarse):
     """fisher-error's two-level row: ``F̂₂ = (F̂⁻¹ + R₀ (R₀ᵀ F R₀)⁻¹ R₀ᵀ)⁻¹`` (undamped, F̂ = blockdiag(F̂_l)
     invertible here: m = 30 examples), its ‖F − F̂₂‖ / ‖F‖ from m × L quantities equals the dense one."""
     from fimbench.engines.fisher_error.engine import two_level_network_terms
-    from fimbench.fisher.block import ExactFisher
+    from fimbench.fisher.block_errors import ExactFisher
     from fimbench.fisher.network_error import network_error, network_squared_norm
 
     generator = torch.Generator().manual_seed(3)

@@ -51,11 +51,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fimbench.engines.config import OptimizerConfig, load_config
+from fimbench.engines.config import OptimizerConfig, resolve_config
 from fimbench.engines.cost.model import PHASES, sweep_exponents
 from fimbench.engines.cost.results import CostPoint, DatasetCost, LayerCost, MethodCost, ModelProfile, SweepCost, Timing
-from fimbench.engines.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, build_model
-from fimbench.engines.toolkit import configured_preconditioner, environment, resolve_architecture
+from fimbench.engines.device import environment
+from fimbench.engines.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, build_model, resolve_architecture
+from fimbench.engines.optimizers import configured_preconditioner
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import (
     KroneckerLayer,
@@ -163,7 +164,7 @@ def profile_model(
         preconditioner = configured_preconditioner(model, model.likelihood, config, generator)
         current = capture_statistics(model, inputs[:fisher_batch], model.likelihood, layers, None, generator)
         previous = capture_statistics(model, inputs[-fisher_batch:], model.likelihood, layers, None, generator)
-        timer = LayerTimer(method, config.block_settings(), preconditioner.damping, preconditioner.ema_decay, repeats, warmup)
+        timer = LayerTimer(method, config.block_settings(), preconditioner.damping, config.ema_decay, repeats, warmup)
         layer_costs = [timer.layer_cost(index, now, before, gradient)
                        for index, (now, before, gradient) in enumerate(zip(current, previous, gradients))]
         step = _step_time(preconditioner, current, gradients, repeats, warmup)
@@ -177,7 +178,7 @@ def _step_time(
     """The precondition step (every layer, the coarse correction if any, KL clip) on ``gradients``, after
     an update from ``statistics`` and one untimed step."""
     layers = preconditioner.layers
-    preconditioner.curvature.update(statistics, 0.0)
+    preconditioner.damped_fisher.update(statistics, 0.0)
     preconditioner.refresh_inverses()
     restore = partial(_restore_gradients, layers, gradients)
     restore()
@@ -270,9 +271,9 @@ def profile_dataset(
     check_dataset(dataset, COST_DATASETS)
     _check_common(methods, repeats)
     configs = {
-        method: load_config(config, {"data.dataset": dataset, "optimizer.method": method.value}) for method in methods
+        method: resolve_config(config, {"data.dataset": dataset, "optimizer.method": method.value}) for method in methods
     }
-    sgd = load_config(config, {"data.dataset": dataset, "optimizer.method": Method.SGD.value})
+    sgd = resolve_config(config, {"data.dataset": dataset, "optimizer.method": Method.SGD.value})
     architecture = resolve_architecture(sgd, ARCHITECTURES[dataset].layers[0])
     model = build_model(architecture, seed).to(device)
     inputs = _random_inputs(sgd.training.batch_size, architecture.layers[0], device, seed)

@@ -6,7 +6,7 @@ targets are sampled from the model (true Fisher; data targets with ``empirical``
 captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
 these same statistics — no EMA, each warm-started from its own previous result (§4): each method's
 per-layer block (:mod:`fimbench.preconditioner.blocks`) is fitted to the batch and measured against the exact
-block by :mod:`fimbench.fisher.block`, without building a p·q-sized matrix (EKFAC: the batch's own eigenbasis
+block by :mod:`fimbench.fisher.block_errors`, without building a p·q-sized matrix (EKFAC: the batch's own eigenbasis
 and eigenvalues). The exact-NG references take the exact blocks themselves (``exact-ng-block``:
 ``F̂_l = F_ll``; ``exact-ng``, which couples the layers: ``F̂ = F``), so their per-block errors are 0 by
 definition (path ``exact``). Each measurement also gives one row per
@@ -34,6 +34,8 @@ from torch import Tensor
 from fimbench.curvature import ApproximationOptions
 from fimbench.data import DatasetSplits, batch_indices
 from fimbench.engines.config import RunConfig
+from fimbench.engines.dataset import check_batch_size, load_configured_dataset
+from fimbench.engines.device import environment, resolve_device
 from fimbench.engines.fisher_error.records import (
     OPTIMIZERS,
     Entry,
@@ -42,24 +44,17 @@ from fimbench.engines.fisher_error.records import (
     FisherErrorResult,
     FisherErrorSettings,
 )
-from fimbench.engines.models import Autoencoder, ConvAutoencoder, build_model, default_architecture
-from fimbench.engines.toolkit import (
-    check_batch_size,
-    environment,
-    first_order_optimizer,
-    load_configured_dataset,
-    resolve_architecture,
-    resolve_device,
-)
+from fimbench.engines.models import Autoencoder, ConvAutoencoder, build_model, default_architecture, resolve_architecture
+from fimbench.engines.optimizers import first_order_optimizer
 from fimbench.errors import FimbenchError
-from fimbench.fisher.block import METRIC_DTYPE, ExactFisher
+from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher
 from fimbench.fisher.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape
 from fimbench.fisher.network_error import NETWORK, NetworkTerms, network_error, network_squared_norm
 from fimbench.fisher.sub_batch import SubBatchFisher
 from fimbench.methods import Method
 from fimbench.names import check_dataset
 from fimbench.preconditioner.blocks import BlockSettings, CurvatureBlock, new_block
-from fimbench.preconditioner.two_level import NO_COARSE, coarse_vector, two_level_terms
+from fimbench.preconditioner.two_level import CoarseSpace, coarse_vector, two_level_terms
 from fimbench.timing import timed_call
 
 
@@ -123,7 +118,7 @@ class FisherErrorMeter:
         options = config.optimizer
         self.blocks: dict[Entry, list[CurvatureBlock]] = {}
         for entry in entries:
-            if entry.coarse == NO_COARSE:
+            if entry.coarse == CoarseSpace.NONE:
                 rank = entry.rank if entry.method.record.adjustable_rank else options.lanczos_rank
                 settings = BlockSettings(ApproximationOptions(options.tol, options.max_iterations, rank, options.krylov_dim))
                 self.blocks[entry] = [new_block(entry.method, settings) for _ in layers]
@@ -157,7 +152,7 @@ class FisherErrorMeter:
                 )
         squared_norm = network_squared_norm(captured)
         for entry in self.entries:
-            if entry.coarse != NO_COARSE:
+            if entry.coarse != CoarseSpace.NONE:
                 one_level = Entry(entry.method, entry.rank)
                 whole = sum(terms[one_level][1:], terms[one_level][0])
                 terms[entry] = [two_level_network_terms(captured, self.blocks[one_level], entry.coarse, whole)]

@@ -16,7 +16,7 @@ from fimbench.engines.plots import method_color, new_figure, save_png
 from fimbench.files import atomic_write_json, atomic_write_text
 from fimbench.fisher.network_error import NETWORK
 from fimbench.methods import REFERENCE_METHOD
-from fimbench.preconditioner.two_level import NO_COARSE
+from fimbench.preconditioner.two_level import CoarseSpace
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def summary_json(result: FisherErrorResult) -> dict[str, Any]:
             "training_loss": [{"iteration": iteration, "loss": loss} for iteration, loss in result.losses],
             "loss_convention": "per-example negative log-likelihood summed over pixels, mean over the batch",
             "errors": "error1 = ‖F − F̂‖_F/‖F‖_F, error2 = ‖spec(F) − spec(F̂)‖₂/‖spec(F)‖₂ (paper §4.1); "
-            "path = error1 path/error2 path (gram, kron, dense, lanczos; see fimbench.fisher.block; exact: the exact "
+            "path = error1 path/error2 path (gram, kron, dense, lanczos; see fimbench.fisher.block_errors; exact: the exact "
             "block itself); layer 'network': error1 of the multi-layer Fisher over the chosen layers "
             "(fimbench.fisher.network_error)",
         }
@@ -194,7 +194,7 @@ def plot_figure1(result: FisherErrorResult, path: Path) -> None:
                 ax.plot(
                     [r.iteration for r in selected],
                     values,
-                    _line_style(entry) if entry.coarse == NO_COARSE else "-.",
+                    _line_style(entry) if entry.coarse == CoarseSpace.NONE else "-.",
                     color=method_color(entry.method.value),
                     label=entry.label,
                     linewidth=1.4,

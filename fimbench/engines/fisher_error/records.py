@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from fimbench.engines.plots import METHOD_LABELS
 from fimbench.methods import BLOCK_METHODS, KRONECKER_METHODS, Method
 from fimbench.names import variant_name
-from fimbench.preconditioner.two_level import NO_COARSE
+from fimbench.preconditioner.two_level import CoarseSpace
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_METHODS: tuple[Method, ...] = KRONECKER_METHODS
@@ -45,7 +45,7 @@ class Entry:
 
     method: Method
     rank: int
-    coarse: str = NO_COARSE
+    coarse: str = CoarseSpace.NONE.value
 
     @property
     def name(self) -> str:

@@ -12,8 +12,9 @@ SGD and Adam tune ``lr`` only; the Kronecker methods tune ``lr``, ``damping`` an
 invariant under the conversion) — or, with ``optimizer.step_rule: qmodel``, ``damping`` only, since the
 quadratic model chooses the step size and there is no KL-clip (:mod:`fimbench.preconditioner.step_rule`). The step rule
 applies to the Kronecker methods; SGD and Adam keep their learning rates. Every point resolves through
-:func:`fimbench.engines.config.load_config`, its grid values as the user's: under qmodel a point's damping is therefore
-a fixed λ, unless the schedule is set adaptive (``--set optimizer.damping_schedule=adaptive``), when it is λ₀.
+:func:`fimbench.engines.config.resolve_config`, its grid values as the user's: under qmodel a point's damping is therefore
+a fixed λ, unless the schedule is set adaptive (``--set optimizer.damping_schedule=adaptive``), when it is λ₀. A point's
+values are checked when it runs (:func:`fimbench.engines.train.run_point` loads it with ``load_config``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from fimbench.engines.authors_scale import authors_damping, from_authors_scale, loss_scale
-from fimbench.engines.config import RunConfig, load_config
-from fimbench.engines.models import ARCHITECTURES, Architecture
-from fimbench.engines.toolkit import resolve_architecture
+from fimbench.engines.config import RunConfig, resolve_config
+from fimbench.engines.models import ARCHITECTURES, Architecture, resolve_architecture
 from fimbench.errors import FimbenchError
 from fimbench.methods import Command, Method, methods_of, parse_method
-from fimbench.names import STEP_RULES, check_dataset
-from fimbench.preconditioner.step_rule import QMODEL
+from fimbench.names import STEP_RULES, StepRule, check_dataset
 
 _PAPER_VALUES = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 PAPER_GRID: dict[str, tuple[float, ...]] = {"lr": _PAPER_VALUES, "damping": _PAPER_VALUES, "clip": (1e-2, 1e-3)}
@@ -47,7 +46,7 @@ def tunable_keys(method: Method, step_rule: str = STEP_RULES[0]) -> tuple[str, .
     rule a preconditioned method has no learning rate and no KL-clipping."""
     if not method.is_preconditioned:
         return ("lr",)
-    return ("damping",) if step_rule == QMODEL else tuple(GRID_KEYS)
+    return ("damping",) if step_rule == StepRule.QMODEL else tuple(GRID_KEYS)
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
@@ -158,7 +157,7 @@ def plan_sweep(
     unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
         raise FimbenchError(f"unknown grid key(s) {', '.join(unknown)}; use {', '.join(GRID_KEYS)}")
-    bases = {method: load_config(config_path, {**overrides, "optimizer.method": method.value}) for method in chosen}
+    bases = {method: resolve_config(config_path, {**overrides, "optimizer.method": method.value}) for method in chosen}
     tuned = {method: tunable_keys(method, bases[method].optimizer.step_rule) for method in chosen}
     unused = sorted(set(grid) - {key for keys in tuned.values() for key in keys})
     if unused:
@@ -223,13 +222,13 @@ def _seeded_points(
 ) -> list[SweepPoint]:
     """One setting's points: one run with the config's seed, or one per seed of ``seeds``."""
     if seeds is None:
-        return [SweepPoint(point_name(method, values), method, values, authors, load_config(config_path, dict(overrides)))]
+        return [SweepPoint(point_name(method, values), method, values, authors, resolve_config(config_path, dict(overrides)))]
     if overrides.get("training.seed") is not None:
         raise FimbenchError("give either a seed (--seed, training.seed) or --seeds, not both")
     return [
         SweepPoint(
             point_name(method, values, seed), method, values, authors,
-            load_config(config_path, {**overrides, "training.seed": seed}), seed,
+            resolve_config(config_path, {**overrides, "training.seed": seed}), seed,
         )
         for seed in seeds
     ]

@@ -16,6 +16,7 @@ from typing import Any
 
 from fimbench.data import require_present
 from fimbench.engines.config import RunConfig, dump_config
+from fimbench.engines.dataset import load_configured_dataset
 from fimbench.engines.rundir import (
     METRICS,
     SEED_INDEPENDENT,
@@ -28,7 +29,6 @@ from fimbench.engines.rundir import (
     write_config,
 )
 from fimbench.engines.sweep.plan import SweepPlan, SweepPoint
-from fimbench.engines.toolkit import load_configured_dataset
 from fimbench.errors import FimbenchError
 
 FINISHED = ("completed", "diverged")
