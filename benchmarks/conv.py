@@ -40,7 +40,7 @@ from fimbench.engines.config import RunConfig, load_config
 from fimbench.engines.device import device_description, resolve_device
 from fimbench.engines.fisher_error import FisherErrorSettings, run_fisher_error, write_run
 from fimbench.engines.models import build_model, resolve_architecture
-from fimbench.engines.optimizers import configured_preconditioner, first_order_optimizer
+from fimbench.engines.optimizers import configured_preconditioner, torch_optimizer
 from fimbench.fisher.capture import capture_statistics, kronecker_layers, layer_shape
 from fimbench.methods import Method
 from fimbench.timing import PhaseTimer, time_training_steps
@@ -60,7 +60,7 @@ def time_method(method: Method, data: DatasetSplits, device: torch.device, steps
     settings, batch = config.optimizer, config.training.batch_size
     model = build_model(resolve_architecture(config, data.input_dim), seed).to(device)
     likelihood = model.likelihood
-    optimizer = first_order_optimizer(model.parameters(), method, settings)
+    optimizer = torch_optimizer(model, method, settings)
     timer = PhaseTimer(device)
     preconditioner = None
     if method.is_kronecker:
@@ -108,7 +108,7 @@ def symmetric_gap(data: DatasetSplits, layers: list[int], adam_steps: int, devic
     """Best rank-2 Error 1 with symmetric factors vs unconstrained, per conv layer, at 0 and ``adam_steps`` steps."""
     config = preset(Method.ADAM)
     model = build_model(resolve_architecture(config, data.input_dim), seed).to(device)
-    optimizer = first_order_optimizer(model.parameters(), Method.ADAM, config.optimizer)
+    optimizer = torch_optimizer(model, Method.ADAM, config.optimizer)
     blocks = kronecker_layers(model)
     train = data.train.to(device)
     batch, fisher = config.training.batch_size, round(config.training.batch_size * config.optimizer.fisher_fraction)

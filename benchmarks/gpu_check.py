@@ -63,7 +63,7 @@ from fimbench.data import MNIST_MAT_FILE, DatasetSplits
 from fimbench.engines.config import RunConfig, load_config
 from fimbench.engines.device import device_description, environment
 from fimbench.engines.models import ARCHITECTURES, Architecture, build_model
-from fimbench.engines.optimizers import first_order_optimizer
+from fimbench.engines.optimizers import torch_optimizer
 from fimbench.engines.train import run_training
 from fimbench.files import atomic_write_json, atomic_write_text
 from fimbench.methods import Method
@@ -451,7 +451,7 @@ def loop_setup(context: Context, method: Method) -> tuple[torch.nn.Module, torch
     """A fresh MNIST autoencoder on the device, its first-order optimizer (the preset's) and random data."""
     config = train_config(context, method)
     model = build_model(context.architecture, seed=0).to(context.device)
-    optimizer = first_order_optimizer(model.parameters(), method, config.optimizer)
+    optimizer = torch_optimizer(model, method, config.optimizer)
     data = random_mnist(seed=1, sizes=(4 * context.plan.batch, 0, 0)).train.to(context.device)
     return model, optimizer, config, data
 

@@ -1,7 +1,8 @@
 """Steady-state training-step time of every optimizer on the MNIST autoencoder (issue 3's benchmark).
 
 MNIST architecture (784-1000-500-250-30-250-500-1000-784, BCE), batch 512, Fisher sub-batch 128,
-random data. For each method: ms per step averaged over a window that contains whole T1/T2 cycles,
+random data. For each method (with its preset's torch optimizer; Shampoo's roots and SOAP's eigenbasis every
+T2 steps): ms per step averaged over a window that contains whole T1/T2 cycles,
 its ratio to the SGD step measured in the same run, and the split statistics / refresh (power SVD or
 Lanczos + inversion) / precondition. Then, with T1 = T2 = 1, the refresh time per step of every
 Kronecker method relative to K-FAC's (warm-started), and the first (cold) refresh.
@@ -12,14 +13,17 @@ Kronecker method relative to K-FAC's (warm-started), and the first (cold) refres
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from fimbench.engines.config import resolve_config
 from fimbench.engines.device import device_description, resolve_device
 from fimbench.engines.models import ARCHITECTURES, Architecture, build_model
-from fimbench.methods import PRECONDITIONED_METHODS, Method
+from fimbench.engines.optimizers import torch_optimizer
+from fimbench.methods import PRECONDITIONED_METHODS, Family, Method, methods_of
 from fimbench.optim import KroneckerPreconditioner
 from fimbench.timing import PhaseTimer, synchronize, time_training_steps
 
@@ -46,10 +50,8 @@ def time_method(
     generator = torch.Generator().manual_seed(seed)
     data = (torch.rand(4 * batch, architecture.layers[0], generator=generator) < 0.3).float().to(device)
     timer = PhaseTimer(device)
-    if method is Method.ADAM:
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    settings = resolve_config(None, {"data.dataset": "mnist", "optimizer.method": method.value}).optimizer
+    optimizer = torch_optimizer(model, method, dataclasses.replace(settings, inverse_every=period))  # the preset's optimizer
     preconditioner = None
     if method.is_preconditioned:
         preconditioner = KroneckerPreconditioner(
@@ -90,7 +92,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     console = Console()
-    methods = [Method.SGD, Method.ADAM, *PRECONDITIONED_METHODS]
+    methods = [Method.SGD, Method.ADAM, *PRECONDITIONED_METHODS, *methods_of(Family.OPTIMIZER)]
     if args.methods:
         methods = [Method.SGD, *(Method(name) for name in args.methods.split(",") if name != Method.SGD.value)]
 

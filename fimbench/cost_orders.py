@@ -46,7 +46,8 @@ class KroneckerOrders:
     weighted Gram ``m(p² + q²)`` per materialised pair (``pairs``; None: the result's rank), per prior term
     and per K-FAC factor pair (``kfac_factors``), ``2n³`` for ‖Z‖_F and ``per_iteration · n²`` per
     iteration, ``n = m + r₀`` (r₀ the prior's rank); without ``gram_coordinates`` (K-FAC) it is one weighted
-    Gram. Inverse: Cholesky / eigh of both factors ``p³ + q³``; apply: ``rank`` products ``G V A``.
+    Gram (``weighted_grams`` of them: Shampoo's two, ``E[(gᵀg) ā āᵀ]`` and ``E[(āᵀā) g gᵀ]``, beside the
+    scale's). Inverse: Cholesky / eigh of both factors ``p³ + q³``; apply: ``rank`` products ``G V A``.
     """
 
     paper_build: str
@@ -55,6 +56,7 @@ class KroneckerOrders:
     kfac_factors: int = 0
     per_iteration: int = 8
     gram_coordinates: bool = True
+    weighted_grams: int = 1
 
     def paper(self, phase: str, rank: int) -> tuple[str, float, float]:
         if phase in BUILD_PHASES:
@@ -76,7 +78,7 @@ class KroneckerOrders:
             return float(rank * p * q * (p + q))
         weighted_gram = m * (p * p + q * q)
         if not self.gram_coordinates:
-            return float(weighted_gram)
+            return float(self.weighted_grams * weighted_gram)
         prior = rank if phase == "build_warm" else 0
         n = m + prior
         pairs = rank if self.pairs is None else self.pairs

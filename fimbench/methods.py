@@ -34,6 +34,9 @@ class Method(str, Enum):
     EXACT_NG = "exact-ng"
     EXACT_NG_BLOCK = "exact-ng-block"
     EKFAC = "ekfac"
+    SHAMPOO = "shampoo"
+    SOAP = "soap"
+    MUON = "muon"
 
     @property
     def record(self) -> MethodRecord:
@@ -53,7 +56,7 @@ class Method(str, Enum):
     @property
     def is_preconditioned(self) -> bool:
         """Whether the method trains through the natural-gradient preconditioner (Kronecker or exact)."""
-        return self.record.family is not Family.FIRST_ORDER
+        return self.record.family in (Family.KRONECKER, Family.EIGENBASIS, Family.EXACT)
 
     @property
     def rank(self) -> int:
@@ -68,6 +71,7 @@ class Family(str, Enum):
     KRONECKER = "kronecker"  # block-diagonal, F̂_l = Σ_k A_k ⊗ G_k
     EIGENBASIS = "eigenbasis"  # block-diagonal, a Kronecker eigenbasis with a fitted diagonal (EKFAC)
     EXACT = "exact"  # the exact Fisher of the Fisher sub-batch
+    OPTIMIZER = "optimizer"  # a torch optimizer that preconditions by itself (Shampoo, SOAP, Muon)
 
 
 class Command(str, Enum):
@@ -124,10 +128,13 @@ class MethodRecord:
         authors_damping: how the authors damp it (:class:`AuthorsDamping`, :data:`SCALAR_DAMPING` or
             :data:`NO_DAMPING`).
         orders: its cost orders per phase (Table 1 and fimbench's count); None for a first-order method.
-        block: ``"module:Class"`` of its per-layer block (:class:`~fimbench.preconditioner.blocks.CurvatureBlock`);
-            None for a first-order method.
-        approximation: ``"module:function"`` of its :class:`~fimbench.curvature.Approximator` (Kronecker
-            methods), else None.
+        block: ``"module:Class"`` of its per-layer block (:class:`~fimbench.preconditioner.blocks.CurvatureBlock`),
+            which ``fisher-error`` and ``cost-profile`` measure; None for a method without one (SGD, Adam).
+        approximation: ``"module:function"`` of the approximation its block fits (a Kronecker sum's
+            :class:`~fimbench.curvature.Approximator`, or an eigenbasis approximation's), else None.
+        optimizer: ``"module:function"`` building its torch optimizer, ``(model, settings) -> Optimizer``
+            (:mod:`fimbench.engines.optimizers`); for a preconditioned method the one that steps along
+            ``F̃⁻¹ ∇``.
         iterative: whether its build runs an iterative solver (power SVD, Lanczos) that reports iterations.
         adjustable_rank: whether its rank is a setting (Lanczos' ``lanczos_rank``).
         couples_layers: whether its curvature couples the layers (``exact-ng``: no per-layer block of its own;
@@ -148,6 +155,7 @@ class MethodRecord:
     orders: CostOrders | None = None
     block: str | None = None
     approximation: str | None = None
+    optimizer: str = "fimbench.engines.optimizers:sgd"
     iterative: bool = False
     adjustable_rank: bool = False
     couples_layers: bool = False
@@ -155,7 +163,10 @@ class MethodRecord:
     authors_lr_exponent: int = -1
 
 
-_KRONECKER_BLOCK = "fimbench.preconditioner.kronecker_block:KroneckerBlock"
+KRONECKER_BLOCK = "fimbench.preconditioner.kronecker_block:KroneckerBlock"
+"""The block of every method whose approximation is a Kronecker sum."""
+_EIGENBASIS_BLOCK = "fimbench.preconditioner.eigenbasis_block:EigenbasisBlock"
+_OPTIMIZERS = "fimbench.engines.optimizers"
 
 RECORDS: dict[Method, MethodRecord] = {
     record.method: record
@@ -164,34 +175,40 @@ RECORDS: dict[Method, MethodRecord] = {
             Method.KFAC, "KFAC", Family.KRONECKER, 1, "#1f77b4", "o", CURVATURE_COMMANDS,
             AuthorsDamping(square_root=True, kfac_factors=True),
             KroneckerOrders("2md²", "m(p²+q²)", pairs=1, gram_coordinates=False),
-            _KRONECKER_BLOCK, "fimbench.curvature.kfac:approximate_kfac", paper=True,
+            KRONECKER_BLOCK, "fimbench.curvature.kfac:approximate_kfac", paper=True,
         ),
         MethodRecord(
             Method.KPSVD, "KPSVD", Family.KRONECKER, 1, "#ff7f0e", "s", CURVATURE_COMMANDS,
             AuthorsDamping(square_root=True, kfac_factors=False),
             KroneckerOrders("4k₁md²", "m²(p+q) + (1+r₀)m(p²+q²) + 2n³ + 8kn²", pairs=1),
-            _KRONECKER_BLOCK, "fimbench.curvature.kpsvd:approximate_kpsvd", iterative=True, paper=True,
+            KRONECKER_BLOCK, "fimbench.curvature.kpsvd:approximate_kpsvd", iterative=True, paper=True,
         ),
         MethodRecord(
             Method.DEFLATION, "Deflation", Family.KRONECKER, 2, "#2ca02c", "^", CURVATURE_COMMANDS,
             AuthorsDamping(square_root=False, kfac_factors=False),
             KroneckerOrders("2md² + 4k₁md²", "m²(p+q) + (2+r₀)m(p²+q²) + 2n³ + 8kn²", pairs=None),
-            _KRONECKER_BLOCK, "fimbench.curvature.deflation:approximate_deflation", iterative=True, paper=True,
+            KRONECKER_BLOCK, "fimbench.curvature.deflation:approximate_deflation", iterative=True, paper=True,
         ),
         MethodRecord(
             Method.LANCZOS, "Lanczos", Family.KRONECKER, 2, "#d62728", "v", CURVATURE_COMMANDS,
             AuthorsDamping(square_root=False, kfac_factors=False),
             KroneckerOrders("4k₂md² + K³ + 2Kd²", "m²(p+q) + (r+r₀)m(p²+q²) + 2n³ + 10kn²", pairs=None, per_iteration=10),
-            _KRONECKER_BLOCK, "fimbench.curvature.lanczos:approximate_lanczos", iterative=True, adjustable_rank=True, paper=True,
+            KRONECKER_BLOCK, "fimbench.curvature.lanczos:approximate_lanczos", iterative=True, adjustable_rank=True, paper=True,
         ),
         MethodRecord(
             Method.KFAC_CORRECTED, "KFAC-corrected", Family.KRONECKER, 2, "#9467bd", "D", CURVATURE_COMMANDS,
             AuthorsDamping(square_root=False, kfac_factors=True),
             KroneckerOrders("2md² + 4k₁md²", "m²(p+q) + (2+r₀)m(p²+q²) + 2n³ + 8kn²", pairs=1, kfac_factors=1),
-            _KRONECKER_BLOCK, "fimbench.curvature.kfac_corrected:approximate_kfac_corrected", iterative=True, paper=True,
+            KRONECKER_BLOCK, "fimbench.curvature.kfac_corrected:approximate_kfac_corrected", iterative=True, paper=True,
         ),
-        MethodRecord(Method.SGD, "SGD", Family.FIRST_ORDER, 0, "#7f7f7f", ".", TRAINING_COMMANDS, NO_DAMPING, paper=True, authors_lr_exponent=1),
-        MethodRecord(Method.ADAM, "Adam", Family.FIRST_ORDER, 0, "#8c564b", ".", TRAINING_COMMANDS, NO_DAMPING, paper=True, authors_lr_exponent=0),
+        MethodRecord(
+            Method.SGD, "SGD", Family.FIRST_ORDER, 0, "#7f7f7f", ".", TRAINING_COMMANDS, NO_DAMPING,
+            optimizer=f"{_OPTIMIZERS}:sgd", paper=True, authors_lr_exponent=1,
+        ),
+        MethodRecord(
+            Method.ADAM, "Adam", Family.FIRST_ORDER, 0, "#8c564b", ".", TRAINING_COMMANDS, NO_DAMPING,
+            optimizer=f"{_OPTIMIZERS}:adam", paper=True, authors_lr_exponent=0,
+        ),
         MethodRecord(
             Method.EXACT_NG, "exact NG", Family.EXACT, 0, "#000000", "*", CURVATURE_COMMANDS, SCALAR_DAMPING,
             ExactOrders(), "fimbench.preconditioner.exact_block:ExactBlock", couples_layers=True,
@@ -202,7 +219,22 @@ RECORDS: dict[Method, MethodRecord] = {
         ),
         MethodRecord(
             Method.EKFAC, "EKFAC", Family.EIGENBASIS, 0, "#bcbd22", "X", CURVATURE_COMMANDS, SCALAR_DAMPING,
-            EigenbasisOrders(), "fimbench.preconditioner.eigenbasis_block:EigenbasisBlock",
+            EigenbasisOrders(), _EIGENBASIS_BLOCK, "fimbench.curvature.ekfac:approximate_ekfac",
+        ),
+        MethodRecord(
+            Method.SHAMPOO, "Shampoo", Family.OPTIMIZER, 1, "#17becf", "h", CURVATURE_COMMANDS, NO_DAMPING,
+            KroneckerOrders("2md²", "2m(p²+q²)", pairs=1, gram_coordinates=False, weighted_grams=2),
+            KRONECKER_BLOCK, "fimbench.curvature.shampoo:approximate_shampoo", f"{_OPTIMIZERS}:shampoo",
+            authors_lr_exponent=0,
+        ),
+        MethodRecord(
+            Method.SOAP, "SOAP", Family.OPTIMIZER, 0, "#aec7e8", "d", CURVATURE_COMMANDS, NO_DAMPING,
+            EigenbasisOrders(), _EIGENBASIS_BLOCK, "fimbench.curvature.soap:approximate_soap", f"{_OPTIMIZERS}:soap",
+            authors_lr_exponent=0,
+        ),
+        MethodRecord(
+            Method.MUON, "Muon", Family.OPTIMIZER, 0, "#ff9896", "<", TRAINING_COMMANDS, NO_DAMPING,
+            optimizer=f"{_OPTIMIZERS}:muon", authors_lr_exponent=0,
         ),
     )
 }
@@ -241,7 +273,7 @@ PRECONDITIONED_METHODS: tuple[Method, ...] = BLOCK_METHODS + EXACT_METHODS
 """The methods of :class:`fimbench.preconditioner.kronecker_preconditioner.KroneckerPreconditioner`."""
 FIRST_ORDER_METHODS: tuple[Method, ...] = methods_of(Family.FIRST_ORDER)
 """The methods that step along the gradient itself."""
-PAPER_METHODS: tuple[Method, ...] = KRONECKER_METHODS + FIRST_ORDER_METHODS
+PAPER_METHODS: tuple[Method, ...] = tuple(method for method in KRONECKER_METHODS + FIRST_ORDER_METHODS if method.record.paper)
 """The paper's methods (§4.2), each with the authors' tuned settings in configs/paper/."""
 
 

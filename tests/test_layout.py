@@ -19,13 +19,14 @@ LAYERS = {  # a part of the package -> the parts it may import (besides itself a
     "curvature": set(),
     "fisher": {"curvature"},
     "preconditioner": {"curvature", "fisher"},
-    "optim": {"preconditioner"},
+    "optimizers": set(),
+    "optim": {"preconditioner", "optimizers"},
     "data": set(),
-    "engines": {"curvature", "fisher", "preconditioner", "optim", "data"},
-    "cli": {"curvature", "fisher", "preconditioner", "optim", "data", "engines"},
+    "engines": {"curvature", "fisher", "preconditioner", "optimizers", "optim", "data"},
+    "cli": {"curvature", "fisher", "preconditioner", "optimizers", "optim", "data", "engines"},
     "__main__": {"cli"},
 }
-LIBRARY = ("curvature", "fisher", "preconditioner", "optim")
+LIBRARY = ("curvature", "fisher", "preconditioner", "optimizers", "optim")
 
 
 def module_name(path: Path, package: Path) -> str:

@@ -22,6 +22,7 @@ from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.methods import (
+    KRONECKER_BLOCK,
     NO_DAMPING,
     RECORDS,
     SCALAR_DAMPING,
@@ -36,7 +37,7 @@ from fimbench.names import command_methods
 from fimbench.preconditioner.blocks import CurvatureBlock, new_block
 
 runner = CliRunner()
-CURVATURE = [method for method in Method if method.record.family is not Family.FIRST_ORDER]
+CURVATURE = [method for method in Method if method.record.block is not None]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -49,11 +50,13 @@ def test_every_method_has_one_complete_record() -> None:
     for method, record in RECORDS.items():
         assert record.method is method
         assert record.commands, method
-        assert (record.block is None) == (record.family is Family.FIRST_ORDER) == (record.orders is None), method
-        assert (record.approximation is not None) == (record.family is Family.KRONECKER), method
-        assert (record.authors_damping == NO_DAMPING) == (record.family is Family.FIRST_ORDER), method
+        measured = bool({Command.FISHER_ERROR, Command.COST_PROFILE} & record.commands)
+        assert (record.block is not None) == (record.orders is not None) == measured, method
+        assert (record.block == KRONECKER_BLOCK) == (record.rank > 0), method
+        assert record.block is None or (record.approximation is not None) == (record.family is not Family.EXACT), method
+        assert (record.authors_damping == NO_DAMPING) == (not method.is_preconditioned), method
         assert isinstance(record.authors_damping, AuthorsDamping) or record.authors_damping in (SCALAR_DAMPING, NO_DAMPING)
-        assert (record.rank > 0) == (record.family is Family.KRONECKER), method
+        assert record.optimizer.startswith("fimbench.engines.optimizers:") and callable(implementation(record.optimizer))
 
 
 def test_labels_colours_and_markers_tell_the_methods_apart() -> None:
@@ -95,7 +98,7 @@ def test_a_new_block_updates_refreshes_applies_and_fits(method: Method) -> None:
     block.fit(stats)
     errors = block.errors(ExactFisher(stats.a, stats.g)).errors
     assert 0.0 <= errors.error1.value < 1.5 and 0.0 <= errors.error2.value < 1.5
-    assert block.rank == method.rank or method.record.family is not Family.KRONECKER
+    assert block.rank == method.rank
 
 
 def test_first_order_methods_have_no_block() -> None:
@@ -117,6 +120,7 @@ def test_cost_orders_cover_every_phase(method: Method) -> None:
 @pytest.mark.parametrize("method", list(Method), ids=lambda method: method.value)
 def test_the_authors_scale_converts_every_method(method: Method) -> None:
     converted = from_authors_scale(method, Likelihood.BERNOULLI, 784, lr=0.1, damping=1e-2 if method.is_preconditioned else None)
+    assert converted["lr"] == pytest.approx(0.1 * (1 / 784) ** method.record.authors_lr_exponent)
     assert converted["lr"] > 0
     if method.is_preconditioned:
         assert converted["damping"] > 0 and converted["pi"] > 0

@@ -33,7 +33,7 @@ from fimbench.curvature.options import (
 )
 from fimbench.curvature.targets import Prior, checked_statistics
 from fimbench.errors import FimbenchError, did_you_mean
-from fimbench.methods import KRONECKER_METHODS, Method, implementation, parse_method
+from fimbench.methods import KRONECKER_BLOCK, RECORDS, Method, implementation, parse_method
 
 __all__ = [
     "APPROXIMATIONS",
@@ -55,10 +55,12 @@ __all__ = [
 
 
 APPROXIMATIONS: dict[Method, Approximator] = {
-    method: implementation(method.record.approximation)  # type: ignore[arg-type]
-    for method in KRONECKER_METHODS
+    method: implementation(record.approximation)  # type: ignore[arg-type]
+    for method, record in RECORDS.items()
+    if record.block == KRONECKER_BLOCK
 }
-"""Each Kronecker method's approximation, the function its registry record names (:mod:`fimbench.methods`)."""
+"""The approximation of each method whose block is a Kronecker sum (the five Kronecker methods and Shampoo's),
+the function its registry record names (:mod:`fimbench.methods`)."""
 
 
 def approximate(
@@ -101,7 +103,7 @@ def approximate(
             (m, q) nor (m, T, p) and (m, T, q) with the same m (and T), or if ``decay`` or an option is out of
             range, or an option is unknown (the message suggests the closest).
     """
-    chosen = parse_method(method, kronecker_only=True)
+    chosen = parse_method(method, choices=list(APPROXIMATIONS))
     a, g = checked_statistics(a, g)
     known = [item.name for item in dataclasses.fields(ApproximationOptions)]
     for key in settings:

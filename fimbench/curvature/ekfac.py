@@ -182,9 +182,30 @@ def approximate_ekfac(
     if not 0.0 <= decay < 1.0:
         raise FimbenchError(f"the EMA decay must be in [0, 1), got {decay}")
     factors = kfac_factors(a, g, None if prior is None else KroneckerSum([prior.factors]), decay)
+    return fit_in_eigenbasis(a, g, factors, prior, decay, new_basis)
+
+
+def fit_in_eigenbasis(
+    a: Tensor, g: Tensor, factors: tuple[Tensor, Tensor], prior: EigenbasisDiagonal | None, decay: float, new_basis: bool, method: str = "ekfac"
+) -> EigenbasisDiagonal:
+    """The Frobenius-optimal diagonal in the eigenbasis of ``factors`` (module docstring): ``S_batch`` without a
+    prior, else ``ρ S_old + (1 − ρ) S_batch`` in a new basis (``S_old`` re-based) or in the prior's.
+
+    Args:
+        a: checked activations, (m, p) or (m, T, p).
+        g: checked derivatives, (m, q) or (m, T, q).
+        factors: the (EMA) factors whose eigenbasis is taken, (p, p) and (q, q).
+        prior: the previous approximation, or None.
+        decay: ρ, used only with a prior.
+        new_basis: whether to take the eigenbasis of ``factors`` (else keep the prior's).
+        method: the approximation's name.
+
+    Returns:
+        The approximation.
+    """
     if prior is None:
         bases = eigenbases(*factors)
-        return EigenbasisDiagonal(factors, bases, projected_moments(a, g, bases))
+        return EigenbasisDiagonal(factors, bases, projected_moments(a, g, bases), method)
     bases = eigenbases(*factors) if new_basis else prior.bases
     carried = rebase(prior.scales, prior.bases, bases) if new_basis else prior.scales
-    return EigenbasisDiagonal(factors, bases, decay * carried + (1.0 - decay) * projected_moments(a, g, bases))
+    return EigenbasisDiagonal(factors, bases, decay * carried + (1.0 - decay) * projected_moments(a, g, bases), method)

@@ -25,7 +25,7 @@ from fimbench.engines.dataset import check_batch_size, load_configured_dataset
 from fimbench.engines.device import resolve_device
 from fimbench.engines.event_log import EventLog
 from fimbench.engines.models import build_model, evaluate, resolve_architecture
-from fimbench.engines.optimizers import configured_preconditioner, first_order_optimizer
+from fimbench.engines.optimizers import configured_preconditioner, torch_optimizer
 from fimbench.engines.run_summary import training_summary
 from fimbench.engines.rundir import (
     CONFIG,
@@ -183,7 +183,7 @@ def _prepare(
     timer = PhaseTimer(device)
 
     takes_step = method.is_preconditioned and settings.step_rule == StepRule.QMODEL
-    optimizer = None if takes_step else first_order_optimizer(model.parameters(), method, settings)
+    optimizer = None if takes_step else torch_optimizer(model, method, settings)
     preconditioner: KroneckerPreconditioner | None = None
     if method.is_preconditioned:
         preconditioner = configured_preconditioner(model, likelihood, settings, fisher_generator, timer)

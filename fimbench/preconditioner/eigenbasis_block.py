@@ -1,5 +1,6 @@
-"""EKFAC's block: ``F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ`` of :class:`~fimbench.curvature.ekfac.EigenbasisDiagonal`,
-K-FAC's eigenbasis with re-fitted eigenvalues, damped as ``F̂ + λI``; the basis is recomputed at the first
+"""The eigenbasis block: ``F̂ = (Q_A ⊗ Q_G) diag(vec S) (Q_A ⊗ Q_G)ᵀ`` of :class:`~fimbench.curvature.ekfac.EigenbasisDiagonal`,
+a Kronecker eigenbasis with re-fitted eigenvalues — K-FAC's (EKFAC) or Shampoo's (SOAP), whichever
+approximation the method's record names — damped as ``F̂ + λI``; the basis is recomputed at the first
 update after each refresh."""
 
 from __future__ import annotations
@@ -10,19 +11,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fimbench.curvature.ekfac import EigenbasisDiagonal, approximate_ekfac
+from fimbench.curvature.ekfac import EigenbasisDiagonal
 from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher, eigenbasis_errors, eigenbasis_terms
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.network_error import NetworkTerms
-from fimbench.methods import Method
+from fimbench.methods import Method, implementation
 from fimbench.preconditioner.blocks import BlockErrors, BlockSettings
 
 
 class EigenbasisBlock:
-    """EKFAC's :class:`~fimbench.preconditioner.blocks.CurvatureBlock` (module docstring)."""
+    """The :class:`~fimbench.preconditioner.blocks.CurvatureBlock` of EKFAC and SOAP (module docstring)."""
 
     def __init__(self, method: Method = Method.EKFAC, settings: BlockSettings | None = None) -> None:
+        self.approximate = implementation(method.record.approximation)  # type: ignore[arg-type]
         self.approximation: EigenbasisDiagonal | None = None
         self.source: EigenbasisDiagonal | None = None  # the approximation of the latest refresh
         self.damping = 0.0
@@ -31,12 +33,12 @@ class EigenbasisBlock:
 
     def update(self, statistics: LayerStatistics, decay: float) -> None:
         """Factors and eigenvalues towards ``ρ F̂_old + (1 − ρ) F_batch``; no iterative solver runs."""
-        self.approximation = approximate_ekfac(statistics.a, statistics.g, self.approximation, decay, self.basis_due)
+        self.approximation = self.approximate(statistics.a, statistics.g, self.approximation, decay, self.basis_due)
         self.basis_due = False
 
     def fit(self, statistics: LayerStatistics) -> None:
-        """The batch's own EKFAC: its factors, their eigenbasis and ``S_batch`` in it."""
-        self.approximation = approximate_ekfac(statistics.a, statistics.g)
+        """The batch's own approximation: its factors, their eigenbasis and ``S_batch`` in it."""
+        self.approximation = self.approximate(statistics.a, statistics.g)
 
     def refresh(self, damping: float) -> None:
         """``S + λ`` of the current approximation (``(F̂ + λI)⁻¹`` is diagonal in its eigenbasis); the next
@@ -69,6 +71,7 @@ class EigenbasisBlock:
             tuple(t.to(METRIC_DTYPE) for t in approximation.factors),  # type: ignore[arg-type]
             tuple(t.to(METRIC_DTYPE) for t in approximation.bases),  # type: ignore[arg-type]
             approximation.scales.to(METRIC_DTYPE),
+            approximation.method,
         )
         return widened.matvec, widened.factors
 

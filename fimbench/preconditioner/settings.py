@@ -25,14 +25,15 @@ _APPROXIMATION = ApproximationOptions()
 
 @dataclass(frozen=True)
 class FirstOrderSettings:
-    """The method and the torch optimizer's settings (momentum SGD for every method but Adam)."""
+    """The method and its torch optimizer's settings (momentum SGD for the preconditioned methods)."""
 
     method: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = False  # Nesterov momentum (SGD and the Kronecker methods' momentum)
     weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # also Shampoo's and SOAP's β₁, β₂
+    adam_lr: float = 1e-3  # Muon: the AdamW learning rate of the parameters Muon leaves out (biases, first and last layer)
 
 
 @dataclass(frozen=True)

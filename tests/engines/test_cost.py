@@ -196,7 +196,7 @@ def test_measure_synchronises_cpu_around_the_clock(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--widths", "16", "--methods", "kfac,shampoo"], "error: unknown method 'shampoo'; choose from kfac, kpsvd"),
+        (["--widths", "16", "--methods", "kfac,adagrad"], "error: unknown method 'adagrad'; choose from kfac, kpsvd"),
         (["--dataset", "mnist", "--widths", "128"], "error: choose either --dataset or --widths/--batches, not both"),
         (["--dataset", "mnist", "--batches", "64"], "error: choose either --dataset or --widths/--batches, not both"),
         (["--widths", "16,0", "--batches", "8"], "error: --widths takes positive integers, got '0'"),

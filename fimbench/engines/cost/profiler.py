@@ -22,7 +22,12 @@ correction (``optimizer.coarse``) the per-layer phases are the blocks' and the p
 the coarse correction; the coarse rebuild that follows each statistics update (one Jacobian product per
 layer and an L × L factorisation) is left out of it: a warm-up call makes it first.
 
-per model, the whole :meth:`KroneckerPreconditioner.precondition` step (every layer + KL clip), and the
+Shampoo and SOAP precondition by themselves: per layer, their Fisher blocks — Shampoo's the Kronecker block of
+``c · R ⊗ L`` (build: the two factor Grams and c; inverse: the factorisation of both factors, as the optimizer's
+inverse roots by ``eigh``; apply: the two products ``L^(-1/4) V R^(-1/4)`` have the shape of ``G⁻¹ V A⁻¹``),
+SOAP's the eigenbasis block with Shampoo's factors — and, as their step, their torch optimizer's whole step.
+
+Per model, the whole :meth:`KroneckerPreconditioner.precondition` step (every layer + KL clip), and the
 yardsticks: forward + backward of the batch, one SGD step (forward, backward, momentum step) and the
 capture pass of the true Fisher (targets sampled from the model). Each figure is the median and spread of
 ``repeats`` device-synchronised calls after a warm-up (:func:`fimbench.timing.measure`).
@@ -56,7 +61,7 @@ from fimbench.engines.cost.model import PHASES, sweep_exponents
 from fimbench.engines.cost.results import CostPoint, DatasetCost, LayerCost, MethodCost, ModelProfile, SweepCost, Timing
 from fimbench.engines.device import environment
 from fimbench.engines.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, build_model, resolve_architecture
-from fimbench.engines.optimizers import configured_preconditioner
+from fimbench.engines.optimizers import configured_preconditioner, torch_optimizer
 from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import (
     KroneckerLayer,
@@ -161,13 +166,16 @@ def profile_model(
         if progress is not None:
             progress(method.value)
         generator = torch.Generator(device=device).manual_seed(seed)
-        preconditioner = configured_preconditioner(model, model.likelihood, config, generator)
+        preconditioner = configured_preconditioner(model, model.likelihood, config, generator) if method.is_preconditioned else None
         current = capture_statistics(model, inputs[:fisher_batch], model.likelihood, layers, None, generator)
         previous = capture_statistics(model, inputs[-fisher_batch:], model.likelihood, layers, None, generator)
-        timer = LayerTimer(method, config.block_settings(), preconditioner.damping, config.ema_decay, repeats, warmup)
+        timer = LayerTimer(method, config.block_settings(), config.damping, config.ema_decay, repeats, warmup)
         layer_costs = [timer.layer_cost(index, now, before, gradient)
                        for index, (now, before, gradient) in enumerate(zip(current, previous, gradients))]
-        step = _step_time(preconditioner, current, gradients, repeats, warmup)
+        if preconditioner is not None:
+            step = _step_time(preconditioner, current, gradients, repeats, warmup)
+        else:
+            step = _optimizer_step_time(model, method, config, repeats, warmup)
         costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
     return ModelProfile(batch, fisher_batch, yardsticks, costs)
 
@@ -186,6 +194,16 @@ def _step_time(
     step = Timing.of(measure(preconditioner.precondition, gradients[0].device, repeats, warmup, setup=restore))
     restore()
     return step
+
+
+def _optimizer_step_time(model: torch.nn.Module, method: Method, config: OptimizerConfig, repeats: int, warmup: int) -> Timing:
+    """A method that preconditions by itself (Shampoo, SOAP): its torch optimizer's whole step on a copy of
+    ``model`` holding the batch's gradients (its roots or eigenbases every T2 steps fall among the repeats as
+    they fall in training)."""
+    twin = copy.deepcopy(model)
+    optimizer = torch_optimizer(twin, method, config)
+    optimizer.step()
+    return Timing.of(measure(optimizer.step, next(twin.parameters()).device, repeats, warmup))
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from fimbench.engines.fisher_error.records import (
     FisherErrorSettings,
 )
 from fimbench.engines.models import Autoencoder, ConvAutoencoder, build_model, default_architecture, resolve_architecture
-from fimbench.engines.optimizers import first_order_optimizer
+from fimbench.engines.optimizers import torch_optimizer
 from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher
 from fimbench.fisher.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape
@@ -225,7 +225,7 @@ def run_fisher_error(
     architecture = resolve_architecture(config, data.input_dim)
     model = build_model(architecture, seed=training.seed).to(device)
     likelihood = architecture.likelihood
-    optimizer = first_order_optimizer(model.parameters(), Method(options.method), options)
+    optimizer = torch_optimizer(model, Method(options.method), options)
     entries = settings.entries()
     meter = FisherErrorMeter(
         model, layers, entries, config, device, settings.empirical, torch.Generator(device=device).manual_seed(training.seed + 2)
