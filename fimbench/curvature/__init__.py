@@ -82,8 +82,9 @@ def approximate(
     the EMA estimate ``ρ F̂_old + (1 − ρ) F`` (K-FAC: EMA of its factors).
 
     Args:
-        method: The Kronecker method, a :class:`~fimbench.methods.Method` or its name (``"kfac"``,
-            ``"kpsvd"``, ``"deflation"``, ``"lanczos"`` or ``"kfac-corrected"``).
+        method: A method whose approximation is a Kronecker sum, a :class:`~fimbench.methods.Method` or its name
+            (``"kfac"``, ``"kpsvd"``, ``"deflation"``, ``"lanczos"``, ``"kfac-corrected"``, or ``"shampoo"``:
+            Shampoo's implied ``c · R ⊗ L``).
         a: Augmented activations ``ā_t`` (bias column last), (m, p); or (m, T, p) for a layer with shared
             weights.
         g: Pre-activation derivatives ``g_t``, (m, q); or (m, T, q), with the same m (and T) as ``a``.
@@ -99,7 +100,7 @@ def approximate(
         ``F̂ = Σ_k kron(A_k, G_k)``, ``A_k`` (p, p) and ``G_k`` (q, q), with the iterative solver's report.
 
     Raises:
-        FimbenchError: If ``method`` is not a Kronecker method, if ``a`` and ``g`` are neither (m, p) and
+        FimbenchError: If ``method`` has no Kronecker-sum approximation, if ``a`` and ``g`` are neither (m, p) and
             (m, q) nor (m, T, p) and (m, T, q) with the same m (and T), or if ``decay`` or an option is out of
             range, or an option is unknown (the message suggests the closest).
     """

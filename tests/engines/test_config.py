@@ -120,3 +120,20 @@ def test_a_run_is_checked_once_when_loaded(overrides: dict[str, object], message
     with pytest.raises(FimbenchError, match=message):
         load_config(None, overrides)
     assert load_config(None, {"optimizer.method": "kpsvd"}).method is Method.KPSVD
+
+
+@pytest.mark.parametrize("dataset", ["curves", "mnist", "faces"])
+@pytest.mark.parametrize("method", ["shampoo", "soap", "muon"])
+def test_the_optimizers_presets_load_and_build(dataset, method):
+    """Shampoo's, SOAP's and Muon's presets: their section of configs/<dataset>.yaml is what the run gets, and
+    their torch optimizer builds on the dataset's autoencoder."""
+    import yaml
+
+    from fimbench.engines.models import build_model, default_architecture
+    from fimbench.engines.optimizers import torch_optimizer
+
+    section = yaml.safe_load(preset_path(dataset).read_text())["methods"][method]
+    optimizer = load_config(None, {"data.dataset": dataset, "optimizer.method": method}).optimizer
+    assert {key: getattr(optimizer, key) for key in section} == section
+    built = torch_optimizer(build_model(default_architecture(dataset, "mlp"), seed=0), Method(method), optimizer)
+    assert [group["lr"] for group in built.param_groups][0] == section["lr"]
