@@ -104,6 +104,22 @@ class EigenbasisOrders:
 
 
 @dataclass(frozen=True)
+class OrthogonalisationOrders:
+    """Muon's orders (no Table 1 entry): no statistics and no factorisation (a constant, nothing to fit), and
+    per apply five Newton–Schulz iterations ``5 (2 r² s + r³)`` with ``r = min(p, q)``, ``s = max(p, q)``."""
+
+    def paper(self, phase: str, rank: int) -> tuple[str, float, float]:
+        return ("5(2d³ + d³)", 3.0, 0.0) if phase == "apply" else ("none", 0.0, 0.0)
+
+    def model(self, phase: str, rank: int) -> str:
+        return "5(2r²s + r³)" if phase == "apply" else "none"
+
+    def count(self, phase: str, p: int, q: int, m: int, rank: int, iterations: int) -> float:
+        r, s = min(p, q), max(p, q)
+        return float(5 * (2 * r * r * s + r**3)) if phase == "apply" else 1.0
+
+
+@dataclass(frozen=True)
 class ExactOrders:
     """The exact references' orders per layer (no Table 1 entry): the Gram term ``K_l``, the Cholesky factor
     of ``mλI + K`` and the Woodbury apply ``J_l v`` + ``J_lᵀ u``."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from fimbench.cost_orders import CostOrders, EigenbasisOrders, ExactOrders, KroneckerOrders
+from fimbench.cost_orders import CostOrders, EigenbasisOrders, ExactOrders, KroneckerOrders, OrthogonalisationOrders
 from fimbench.errors import FimbenchError
 
 
@@ -165,7 +165,8 @@ class MethodRecord:
 
 KRONECKER_BLOCK = "fimbench.preconditioner.kronecker_block:KroneckerBlock"
 """The block of every method whose approximation is a Kronecker sum."""
-_EIGENBASIS_BLOCK = "fimbench.preconditioner.eigenbasis_block:EigenbasisBlock"
+EIGENBASIS_BLOCK = "fimbench.preconditioner.eigenbasis_block:EigenbasisBlock"
+"""The block of every method whose approximation is a Kronecker eigenbasis with a fitted diagonal."""
 _OPTIMIZERS = "fimbench.engines.optimizers"
 
 RECORDS: dict[Method, MethodRecord] = {
@@ -219,7 +220,7 @@ RECORDS: dict[Method, MethodRecord] = {
         ),
         MethodRecord(
             Method.EKFAC, "EKFAC", Family.EIGENBASIS, 0, "#bcbd22", "X", CURVATURE_COMMANDS, SCALAR_DAMPING,
-            EigenbasisOrders(), _EIGENBASIS_BLOCK, "fimbench.curvature.ekfac:approximate_ekfac",
+            EigenbasisOrders(), EIGENBASIS_BLOCK, "fimbench.curvature.ekfac:approximate_ekfac",
         ),
         MethodRecord(
             Method.SHAMPOO, "Shampoo", Family.OPTIMIZER, 1, "#17becf", "h", CURVATURE_COMMANDS, NO_DAMPING,
@@ -229,11 +230,12 @@ RECORDS: dict[Method, MethodRecord] = {
         ),
         MethodRecord(
             Method.SOAP, "SOAP", Family.OPTIMIZER, 0, "#aec7e8", "d", CURVATURE_COMMANDS, NO_DAMPING,
-            EigenbasisOrders(), _EIGENBASIS_BLOCK, "fimbench.curvature.soap:approximate_soap", f"{_OPTIMIZERS}:soap",
+            EigenbasisOrders(), EIGENBASIS_BLOCK, "fimbench.curvature.soap:approximate_soap", f"{_OPTIMIZERS}:soap",
             authors_lr_exponent=0,
         ),
         MethodRecord(
-            Method.MUON, "Muon", Family.OPTIMIZER, 0, "#ff9896", "<", TRAINING_COMMANDS, NO_DAMPING,
+            Method.MUON, "Muon", Family.OPTIMIZER, 0, "#ff9896", "<", TRAINING_COMMANDS | {Command.COST_PROFILE}, NO_DAMPING,
+            OrthogonalisationOrders(), "fimbench.preconditioner.orthogonal_block:OrthogonalBlock",
             optimizer=f"{_OPTIMIZERS}:muon", authors_lr_exponent=0,
         ),
     )
@@ -317,6 +319,8 @@ def parse_method(name: str | Method, kronecker_only: bool = False, choices: Sequ
 
 __all__ = [
     "BLOCK_METHODS",
+    "EIGENBASIS_BLOCK",
+    "KRONECKER_BLOCK",
     "EXACT_METHODS",
     "FIRST_ORDER_METHODS",
     "KRONECKER_METHODS",

@@ -22,13 +22,13 @@ from fimbench.errors import FimbenchError
 from fimbench.fisher.capture import LayerStatistics
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.methods import (
+    EIGENBASIS_BLOCK,
     KRONECKER_BLOCK,
     NO_DAMPING,
     RECORDS,
     SCALAR_DAMPING,
     AuthorsDamping,
     Command,
-    Family,
     Method,
     implementation,
     methods_of,
@@ -38,6 +38,7 @@ from fimbench.preconditioner.blocks import CurvatureBlock, new_block
 
 runner = CliRunner()
 CURVATURE = [method for method in Method if method.record.block is not None]
+FISHER_APPROXIMATIONS = [method for method in Method if Command.FISHER_ERROR in method.record.commands]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -53,7 +54,7 @@ def test_every_method_has_one_complete_record() -> None:
         measured = bool({Command.FISHER_ERROR, Command.COST_PROFILE} & record.commands)
         assert (record.block is not None) == (record.orders is not None) == measured, method
         assert (record.block == KRONECKER_BLOCK) == (record.rank > 0), method
-        assert record.block is None or (record.approximation is not None) == (record.family is not Family.EXACT), method
+        assert (record.approximation is not None) == (record.block in (KRONECKER_BLOCK, EIGENBASIS_BLOCK)), method
         assert (record.authors_damping == NO_DAMPING) == (not method.is_preconditioned), method
         assert isinstance(record.authors_damping, AuthorsDamping) or record.authors_damping in (SCALAR_DAMPING, NO_DAMPING)
         assert record.optimizer.startswith("fimbench.engines.optimizers:") and callable(implementation(record.optimizer))
@@ -80,7 +81,7 @@ def test_the_implementations_a_record_names_exist_in_their_layer(method: Method)
         assert callable(implementation(record.approximation))
 
 
-@pytest.mark.parametrize("method", CURVATURE, ids=lambda method: method.value)
+@pytest.mark.parametrize("method", FISHER_APPROXIMATIONS, ids=lambda method: method.value)
 def test_a_new_block_updates_refreshes_applies_and_fits(method: Method) -> None:
     """The block interface on random float64 statistics: finite direction, ``δᵀ F̃ δ > 0``, errors in [0, ∞)."""
     from fimbench.fisher.block_errors import ExactFisher
@@ -99,6 +100,23 @@ def test_a_new_block_updates_refreshes_applies_and_fits(method: Method) -> None:
     errors = block.errors(ExactFisher(stats.a, stats.g)).errors
     assert 0.0 <= errors.error1.value < 1.5 and 0.0 <= errors.error2.value < 1.5
     assert block.rank == method.rank
+
+
+def test_muons_block_orthogonalises_and_has_no_curvature_model() -> None:
+    """Muon's block (cost-profile only): apply is the bfloat16 Newton–Schulz iteration — singular values
+    pushed into about [0.5, 1.5] whatever the gradient's scale — and the Fisher-approximation calls refuse."""
+    from fimbench.fisher.block_errors import ExactFisher
+
+    generator = torch.Generator().manual_seed(0)
+    gradient = 1e3 * torch.randn(6, 9, generator=generator) @ torch.diag(torch.logspace(0, -3, 9))
+    block = new_block(Method.MUON)
+    singular_values = torch.linalg.svdvals(block.apply(gradient))
+    assert float(singular_values.min()) > 0.3 and float(singular_values.max()) < 1.6
+    stats = LayerStatistics(torch.randn(4, 9, generator=generator), torch.randn(4, 6, generator=generator))
+    with pytest.raises(FimbenchError, match="no curvature model"):
+        block.fit(stats)
+    with pytest.raises(FimbenchError, match="no curvature model"):
+        block.errors(ExactFisher(stats.a, stats.g))
 
 
 def test_first_order_methods_have_no_block() -> None:

@@ -22,7 +22,8 @@ correction (``optimizer.coarse``) the per-layer phases are the blocks' and the p
 the coarse correction; the coarse rebuild that follows each statistics update (one Jacobian product per
 layer and an L × L factorisation) is left out of it: a warm-up call makes it first.
 
-Shampoo and SOAP precondition by themselves: per layer, their Fisher blocks — Shampoo's the Kronecker block of
+Shampoo, SOAP and Muon precondition by themselves (their step: :func:`_optimizer_step_time`). Muon's block has
+no build and no factorisation; its apply is the Newton–Schulz orthogonalisation. Per layer, Shampoo's and SOAP's Fisher blocks — Shampoo's the Kronecker block of
 ``c · R ⊗ L`` (build: the two factor Grams and c; inverse: the factorisation of both factors, as the optimizer's
 inverse roots by ``eigh``; apply: the two products ``L^(-1/4) V R^(-1/4)`` have the shape of ``G⁻¹ V A⁻¹``),
 SOAP's the eigenbasis block with Shampoo's factors — and, as their step, their torch optimizer's whole step.
@@ -175,7 +176,7 @@ def profile_model(
         if preconditioner is not None:
             step = _step_time(preconditioner, current, gradients, repeats, warmup)
         else:
-            step = _optimizer_step_time(model, method, config, repeats, warmup)
+            step = _optimizer_step_time(model, method, config, gradients, repeats, warmup)
         costs.append(MethodCost(method.value, asdict(config), layer_costs, step))
     return ModelProfile(batch, fisher_batch, yardsticks, costs)
 
@@ -196,14 +197,24 @@ def _step_time(
     return step
 
 
-def _optimizer_step_time(model: torch.nn.Module, method: Method, config: OptimizerConfig, repeats: int, warmup: int) -> Timing:
-    """A method that preconditions by itself (Shampoo, SOAP): its torch optimizer's whole step on a copy of
+def _optimizer_step_time(
+    model: torch.nn.Module, method: Method, config: OptimizerConfig, gradients: list[Tensor], repeats: int, warmup: int
+) -> Timing:
+    """A method that preconditions by itself (Shampoo, SOAP, Muon): its torch optimizer's whole step on a copy of
     ``model`` holding the batch's gradients (its roots or eigenbases every T2 steps fall among the repeats as
-    they fall in training)."""
-    twin = copy.deepcopy(model)
-    optimizer = torch_optimizer(twin, method, config)
+    they fall in training). Where the optimizer refuses the model (Muon on the sweep's single layer, which is
+    its first and last, so AdamW's), the step is its blocks' apply on every layer's gradient."""
+    device = gradients[0].device
+    twin = copy.deepcopy(model)  # parameters only: the batch's gradients are copied over
+    for copied, parameter in zip(twin.parameters(), model.parameters()):
+        copied.grad = None if parameter.grad is None else parameter.grad.clone()
+    try:
+        optimizer = torch_optimizer(twin, method, config)
+    except FimbenchError:
+        blocks = [new_block(method, config.block_settings()) for _ in gradients]
+        return Timing.of(measure(lambda: [block.apply(gradient) for block, gradient in zip(blocks, gradients)], device, repeats, warmup))
     optimizer.step()
-    return Timing.of(measure(optimizer.step, next(twin.parameters()).device, repeats, warmup))
+    return Timing.of(measure(optimizer.step, device, repeats, warmup))
 
 
 @dataclass(frozen=True)
