@@ -153,7 +153,9 @@ def fisher_error(
         None, "--coarse",
         help="Also the network row of each block method's two-level version (F̂ = P⁻¹, undamped): nicolaides, spectral or both, comma-separated.",
     ),
-    optimizer: str = typer.Option("adam", "--optimizer", help="Independent optimizer that trains the network: adam or sgd."),
+    optimizer: str = typer.Option(
+        "adam", "--optimizer", help=f"The method that trains the network, along whose path the errors are measured: {', '.join(command_methods(Command.TRAIN))}."
+    ),
     iterations: int = typer.Option(1000, "--iterations", help="Training iterations."),
     every: int = typer.Option(20, "--every", help="Measure every K iterations (and at 0)."),
     lanczos_rank: int | None = typer.Option(None, "--lanczos-rank", help="Measure Lanczos at ranks 1..R (instead of rank 2 only)."),

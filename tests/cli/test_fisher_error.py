@@ -168,3 +168,22 @@ def test_exact_references_and_their_network_error(small: list[str], tmp_path: Pa
         assert network[(iteration, "exact-ng")] == 0.0
         assert 0.0 < network[(iteration, "exact-ng-block")] < network[(iteration, "kfac")]
     assert png_size(out / "figure1.png") == expected_size(4)
+
+
+def test_errors_along_a_preconditioned_methods_own_path(small: list[str], tmp_path: Path) -> None:
+    """``--optimizer kfac``: K-FAC (its preset: its preconditioner, then momentum SGD) trains the network
+    between the measurements, so the losses differ from Adam's path; ``muon``, which takes its own step, works
+    too."""
+    def run(optimizer: str) -> dict:
+        out = tmp_path / optimizer
+        result = runner.invoke(app, [*small, "--layer", "5", "--methods", "kfac,shampoo", "--optimizer", optimizer,
+                                     "--iterations", "4", "--every", "2", "--seed", "0", "--out", str(out), "--quiet"])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "summary.json").read_text())
+
+    kfac, adam, muon = run("kfac"), run("adam"), run("muon")
+    assert kfac["optimizer"] == "kfac" and muon["optimizer"] == "muon"
+    losses = {name: [row["loss"] for row in summary["training_loss"]] for name, summary in (("kfac", kfac), ("adam", adam), ("muon", muon))}
+    assert all(len(values) == 4 for values in losses.values())
+    assert losses["kfac"][0] == losses["adam"][0] == losses["muon"][0]  # the same network and first batch
+    assert losses["kfac"][1:] != losses["adam"][1:] and losses["muon"][1:] != losses["adam"][1:]

@@ -1,6 +1,7 @@
 """Figure 1 engine (§4.1): how far each Kronecker approximation is from the exact Fisher block along training.
 
-An independent optimizer (Adam by default, or SGD) trains the dataset's autoencoder. Before step i, for
+A training method (Adam by default; any method ``train`` takes, so that the errors can be measured where that
+method takes the network: ``--optimizer kfac``) trains the dataset's autoencoder. Before step i, for
 every i divisible by ``every`` (and once more after the last step), the current mini-batch is drawn,
 targets are sampled from the model (true Fisher; data targets with ``empirical``), ``(ā, g)`` are
 captured for the chosen layers, and every method approximates ``F = (1/m) Σ_t ā_t ā_tᵀ ⊗ g_t g_tᵀ`` from
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
@@ -33,11 +35,10 @@ from torch import Tensor
 
 from fimbench.curvature import ApproximationOptions
 from fimbench.data import DatasetSplits, batch_indices
-from fimbench.engines.config import RunConfig
+from fimbench.engines.config import OptimizerConfig, RunConfig
 from fimbench.engines.dataset import check_batch_size, load_configured_dataset
 from fimbench.engines.device import environment, resolve_device
 from fimbench.engines.fisher_error.records import (
-    OPTIMIZERS,
     Entry,
     ErrorRow,
     FisherErrorProgress,
@@ -45,15 +46,16 @@ from fimbench.engines.fisher_error.records import (
     FisherErrorSettings,
 )
 from fimbench.engines.models import Autoencoder, ConvAutoencoder, build_model, default_architecture, resolve_architecture
-from fimbench.engines.optimizers import torch_optimizer
+from fimbench.engines.optimizers import configured_preconditioner, torch_optimizer
 from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher
 from fimbench.fisher.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape
 from fimbench.fisher.network_error import NETWORK, NetworkTerms, network_error, network_squared_norm
 from fimbench.fisher.sub_batch import SubBatchFisher
-from fimbench.methods import Method
-from fimbench.names import check_dataset
+from fimbench.methods import Command, Method
+from fimbench.names import check_dataset, command_methods
 from fimbench.preconditioner.blocks import BlockSettings, CurvatureBlock, new_block
+from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
 from fimbench.preconditioner.two_level import CoarseSpace, coarse_vector, two_level_terms
 from fimbench.timing import timed_call
 
@@ -72,8 +74,9 @@ def validate(config: RunConfig, settings: FisherErrorSettings) -> list[int]:
     """Reject bad settings before any data is loaded; returns the resolved layer numbers."""
     dataset = config.data.dataset
     check_dataset(dataset)
-    if config.optimizer.method not in OPTIMIZERS:
-        raise FimbenchError(f"unknown optimizer '{config.optimizer.method}'; choose from {', '.join(OPTIMIZERS)}")
+    trainers = command_methods(Command.TRAIN)
+    if config.optimizer.method not in trainers:
+        raise FimbenchError(f"unknown optimizer '{config.optimizer.method}'; choose from {', '.join(trainers)}")
     if not config.optimizer.lr > 0:
         raise FimbenchError(f"the learning rate must be positive, got {config.optimizer.lr}")
     if settings.iterations < 0 or settings.every < 1:
@@ -200,6 +203,39 @@ def two_level_network_terms(
     return two_level_terms(fisher, matvecs, vectors, one_level)
 
 
+@dataclass
+class Trainer:
+    """The method that moves the network between measurements, stepping as ``fimbench train`` does: its torch
+    optimizer (None when the quadratic model takes the step), after its preconditioner for a preconditioned
+    method (statistics every T1 steps, refactorisation every T2, adaptive damping's second loss)."""
+
+    model: Autoencoder | ConvAutoencoder
+    optimizer: torch.optim.Optimizer | None
+    preconditioner: KroneckerPreconditioner | None
+
+    @classmethod
+    def of(cls, model: Autoencoder | ConvAutoencoder, method: Method, options: OptimizerConfig, generator: torch.Generator) -> Trainer:
+        """``method``'s trainer of ``model`` with ``options``; ``generator`` samples its Fisher's targets."""
+        preconditioner = configured_preconditioner(model, model.likelihood, options, generator) if method.is_preconditioned else None
+        takes_step = preconditioner is not None and preconditioner.quadratic_rule is not None
+        return cls(model, None if takes_step else torch_optimizer(model, method, options), preconditioner)
+
+    def step(self, x: Tensor) -> Tensor:
+        """One step on the mini-batch ``x`` (an autoencoder's targets are its inputs); returns the loss before it."""
+        model, likelihood = self.model, self.model.likelihood
+        (model if self.optimizer is None else self.optimizer).zero_grad(set_to_none=False)
+        loss = likelihood.nll(model(x), x).mean()
+        loss.backward()
+        if self.preconditioner is not None:
+            self.preconditioner.step(x, x)
+        if self.optimizer is not None:
+            self.optimizer.step()
+        if self.preconditioner is not None and self.preconditioner.awaiting_loss:
+            with torch.no_grad():
+                self.preconditioner.adapt_damping(loss.detach(), likelihood.nll(model(x), x).mean())
+        return loss.detach()
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
     """Mini-batch indices, epoch after epoch, without end."""
     while True:
@@ -212,7 +248,7 @@ def run_fisher_error(
     progress: FisherErrorProgress | None = None,
     dataset: DatasetSplits | None = None,
 ) -> FisherErrorResult:
-    """Train with ``config.optimizer.method`` (adam | sgd) for ``settings.iterations`` steps, measuring
+    """Train with ``config.optimizer.method`` (any training method: :class:`Trainer`) for ``settings.iterations`` steps, measuring
     every ``settings.every`` steps (module docstring). ``dataset`` replaces loading ``config.data.dataset``.
 
     Ctrl-C ends the run early: the result comes back with ``status = "interrupted"`` and what was measured.
@@ -224,8 +260,7 @@ def run_fisher_error(
     check_batch_size(training.batch_size, data)
     architecture = resolve_architecture(config, data.input_dim)
     model = build_model(architecture, seed=training.seed).to(device)
-    likelihood = architecture.likelihood
-    optimizer = torch_optimizer(model, Method(options.method), options)
+    trainer = Trainer.of(model, Method(options.method), options, torch.Generator(device=device).manual_seed(training.seed + 3))
     entries = settings.entries()
     meter = FisherErrorMeter(
         model, layers, entries, config, device, settings.empirical, torch.Generator(device=device).manual_seed(training.seed + 2)
@@ -270,11 +305,7 @@ def run_fisher_error(
                     progress.measured(iteration, rows)
             if iteration == settings.iterations:
                 break
-            optimizer.zero_grad(set_to_none=False)
-            loss = likelihood.nll(model(x), x).mean()
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())
+            value = float(trainer.step(x))
             if not math.isfinite(value):
                 raise FimbenchError(f"non-finite training loss ({value}) at iteration {iteration}; lower the learning rate")
             result.losses.append((iteration, value))

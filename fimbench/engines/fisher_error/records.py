@@ -11,7 +11,6 @@ from fimbench.methods import BLOCK_METHODS, KRONECKER_METHODS, Method
 from fimbench.names import variant_name
 from fimbench.preconditioner.two_level import CoarseSpace
 
-OPTIMIZERS = ("adam", "sgd")
 DEFAULT_METHODS: tuple[Method, ...] = KRONECKER_METHODS
 CSV_COLUMNS = ("iteration", "layer", "method", "rank", "error1", "error2", "iterations", "seconds", "path")
 
