@@ -47,6 +47,10 @@ class FactorisationError(FimbenchError):
     """A damped curvature is not positive definite, so it cannot be factorised (the damping is too small)."""
 
 
+class NothingToOptimizeError(FimbenchError):
+    """An optimizer refuses a model it would leave untouched (Muon on a network without hidden layers)."""
+
+
 class SweepFailedError(FimbenchError):
     """A sweep finished, but at least one of its points failed."""
 

@@ -47,7 +47,7 @@ from typing import Any, overload
 import torch
 from torch import nn
 
-from fimbench.errors import FimbenchError
+from fimbench.errors import FimbenchError, NothingToOptimizeError
 
 __all__ = ["ADJUST_LR_FNS", "LAYER_TYPES", "MuonWithAdamW", "muon_parameters"]
 
@@ -182,7 +182,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         _check_hyperparameters(lr, adam_lr, momentum, weight_decay, adam_betas, adam_eps, adjust_lr_fn)
         muon_params, adamw_params = muon_parameters(model)
         if not muon_params:
-            raise FimbenchError(
+            raise NothingToOptimizeError(
                 "MuonWithAdamW: the model has no trainable hidden nn.Linear weight (Muon trains the 2-D weights of the "
                 "nn.Linear layers between the first and the last layer); Muon would have nothing to do: use adam"
             )

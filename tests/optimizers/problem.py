@@ -74,3 +74,17 @@ def worst(actual: Trajectory, expected: Trajectory) -> float:
     """The largest ``max|θ − θ_ref| / max|θ_ref|`` over steps and tensors."""
     assert len(actual) == len(expected) and all(a.keys() == e.keys() for a, e in zip(actual, expected))
     return max(((a[n] - e[n]).abs().max() / e[n].abs().max()).item() for a, e in zip(actual, expected) for n in e)
+
+
+def train_reference(model: nn.Module, update: Callable[[str, Tensor, Tensor, dict], Tensor], steps: int = STEPS) -> Trajectory:
+    """The parameters after each of ``steps`` steps of a reference: ``update(name, θ, ∇, state)`` per tensor on
+    :func:`loss_of`, ``state`` a dict per tensor kept between steps."""
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    states: dict[str, dict] = {name: {} for name in params}
+    trajectory = []
+    for t in range(steps):
+        leaves = {name: p.clone().requires_grad_(True) for name, p in params.items()}
+        grads = torch.autograd.grad(loss_of(model, leaves, t), list(leaves.values()))
+        params = {name: update(name, p, g, states[name]) for (name, p), g in zip(params.items(), grads)}
+        trajectory.append(params)
+    return trajectory

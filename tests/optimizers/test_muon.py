@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/optimizers/ has no __init__.py
-from problem import DTYPE, STEPS, Trajectory, loss_of, train, worst
+from problem import DTYPE, STEPS, Trajectory, loss_of, train, train_reference, worst
 from problem import make_model as make_network
 from references import adam_step, muon_step, newton_schulz5
 
@@ -63,18 +63,10 @@ def run_reference(muon: dict, steps: int = STEPS, eps: float = 1e-7) -> Trajecto
         lr=muon["lr"], momentum=muon["momentum"], nesterov=muon["nesterov"], weight_decay=WEIGHT_DECAY, eps=eps, adjust_lr_fn=adjust
     )
     adam_kw = dict(lr=ADAM_LR, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
-    params = {name: p.detach().clone() for name, p in model.named_parameters()}
-    states: dict[str, dict] = {name: {} for name in params}
-    trajectory = []
-    for t in range(steps):
-        leaves = {name: p.clone().requires_grad_(True) for name, p in params.items()}
-        grads = torch.autograd.grad(loss_of(model, leaves, t), list(leaves.values()))
-        params = {
-            name: muon_step(p, g, states[name], **muon_kw) if name in hidden else adam_step(p, g, states[name], **adam_kw)
-            for (name, p), g in zip(params.items(), grads)
-        }
-        trajectory.append(params)
-    return trajectory
+    def update(name: str, p: torch.Tensor, g: torch.Tensor, state: dict) -> torch.Tensor:
+        return muon_step(p, g, state, **muon_kw) if name in hidden else adam_step(p, g, state, **adam_kw)
+
+    return train_reference(model, update, steps)
 
 
 def make_optimizer(muon: dict, eps: float | None = None) -> Callable[[nn.Module], MuonWithAdamW]:

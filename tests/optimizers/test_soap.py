@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/optimizers/ has no __init__.py
-from problem import DTYPE, STEPS, Trajectory, loss_of, make_model, train, worst
+from problem import DTYPE, STEPS, Trajectory, make_model, train, train_reference, worst
 from references import soap_step
 
 from fimbench.errors import FimbenchError
@@ -45,16 +45,7 @@ CASES: dict[str, dict[str, Any]] = {
 
 def run_reference(case: dict[str, Any], steps: int = STEPS) -> Trajectory:
     hyper = dict(lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01, precondition_frequency=10, eps=1e-8) | case
-    model = make_model()
-    params = {name: p.detach().clone() for name, p in model.named_parameters()}
-    states: dict[str, dict] = {name: {} for name in params}
-    trajectory = []
-    for t in range(steps):
-        leaves = {name: p.clone().requires_grad_(True) for name, p in params.items()}
-        grads = torch.autograd.grad(loss_of(model, leaves, t), list(leaves.values()))
-        params = {name: soap_step(p, g, states[name], **hyper) for (name, p), g in zip(params.items(), grads)}
-        trajectory.append(params)
-    return trajectory
+    return train_reference(make_model(), lambda name, p, g, state: soap_step(p, g, state, **hyper), steps)
 
 
 def run_package(case: dict[str, Any], steps: int = STEPS, resume_at: int | None = None) -> Trajectory:

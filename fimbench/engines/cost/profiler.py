@@ -63,7 +63,7 @@ from fimbench.engines.cost.results import CostPoint, DatasetCost, LayerCost, Met
 from fimbench.engines.device import environment
 from fimbench.engines.models import ARCHITECTURES, Architecture, Autoencoder, ConvAutoencoder, build_model, resolve_architecture
 from fimbench.engines.optimizers import configured_preconditioner, torch_optimizer
-from fimbench.errors import FimbenchError
+from fimbench.errors import FimbenchError, NothingToOptimizeError
 from fimbench.fisher.capture import (
     KroneckerLayer,
     LayerStatistics,
@@ -210,7 +210,7 @@ def _optimizer_step_time(
         copied.grad = None if parameter.grad is None else parameter.grad.clone()
     try:
         optimizer = torch_optimizer(twin, method, config)
-    except FimbenchError:
+    except NothingToOptimizeError:
         blocks = [new_block(method, config.block_settings()) for _ in gradients]
         return Timing.of(measure(lambda: [block.apply(gradient) for block, gradient in zip(blocks, gradients)], device, repeats, warmup))
     optimizer.step()
