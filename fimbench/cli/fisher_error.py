@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,7 +83,8 @@ class LiveErrorTable:
             f"measurement {self.measured_count}/{self.measurements}"
         )
         table = Table(title=self.title, caption=caption, header_style="bold")
-        for header in ("iteration", "layer", "method", "Error 1", "Error 2", "iterations", "seconds", "path"):
+        headers = ("iteration", "layer", "method", "Error 1", "Error 2", "KL rev", "dir cos", "align", "iterations", "seconds", "path")
+        for header in headers:
             table.add_column(header, justify="left" if header in ("method", "path") else "right")
         for row in self.latest:
             table.add_row(
@@ -91,6 +93,9 @@ class LiveErrorTable:
                 entry_label(row.method, row.rank),
                 _number(row.error1),
                 _number(row.error2),
+                _number(row.kl_reverse, ".3g"),
+                _number(row.direction_cosine, ".3f"),
+                _number(row.subspace_alignment, ".3f"),
                 str(row.iterations),
                 _number(row.seconds, ".3f"),
                 row.path,
@@ -98,20 +103,25 @@ class LiveErrorTable:
         return table
 
 
+def _summary_table(title: str, caption: str, headers: list[str]) -> Table:
+    """An empty summary table: ``method`` and ``paths`` left-aligned, numbers right-aligned."""
+    table = Table(title=title, caption=caption, header_style="bold")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("method", "paths") else "right")
+    return table
+
+
 def summary_table(summaries: list[EntrySummary], title: str) -> Table:
     """Per method: median / mean / max of Error 1 and Error 2, how often it beats KFAC, cost, paths."""
     from fimbench.engines.fisher_error import entry_label
 
-    table = Table(
-        title=title,
-        caption="E1 = ‖F − F̂‖/‖F‖, E2 = ‖spec F − spec F̂‖/‖spec F‖ per block; net E1: E1 of the multi-layer Fisher "
+    table = _summary_table(
+        title,
+        "E1 = ‖F − F̂‖/‖F‖, E2 = ‖spec F − spec F̂‖/‖spec F‖ per block; net E1: E1 of the multi-layer Fisher "
         "over the chosen layers; <KFAC: share of measurements below KFAC; "
         "iters, s: mean power-SVD/Lanczos iterations and seconds per approximation",
-        header_style="bold",
+        ["method", "E1 med", "E1 mean", "E1 max", "E2 med", "E2 mean", "E2 max", "net E1 med", "net E1 mean", "E1<KFAC", "E2<KFAC", "iters", "s", "paths"],
     )
-    headers = ["method", "E1 med", "E1 mean", "E1 max", "E2 med", "E2 mean", "E2 max", "net E1 med", "net E1 mean", "E1<KFAC", "E2<KFAC", "iters", "s", "paths"]
-    for header in headers:
-        table.add_column(header, justify="left" if header in ("method", "paths") else "right")
     for s in summaries:
         table.add_row(
             entry_label(s.method, s.rank),
@@ -128,6 +138,37 @@ def summary_table(summaries: list[EntrySummary], title: str) -> Table:
             _number(s.iterations_mean, ".1f"),
             _number(s.seconds_mean, ".3f"),
             s.paths,
+        )
+    return table
+
+
+MEASURE_HEADERS = {
+    "kl_forward": "KL fwd",
+    "kl_reverse": "KL rev",
+    "direction_error": "dir err",
+    "direction_cosine": "dir cos",
+    "subspace_alignment": "align",
+}
+"""Short headers of the damped measures (:data:`fimbench.engines.fisher_error.records.MEASURES`)."""
+
+
+def measures_table(summaries: list[EntrySummary], title: str) -> Table:
+    """Per method: the median of each damped measure over the blocks, then over the network rows."""
+    from fimbench.engines.fisher_error import entry_label
+
+    table = _summary_table(
+        title,
+        "medians over measurements; KL fwd/rev = KL(N(0,F̂_λ)‖N(0,F_λ)) / KL(N(0,F_λ)‖N(0,F̂_λ)) in nats; "
+        "dir err = ‖F̂_λ⁻¹∇ − F_λ⁻¹∇‖/‖F_λ⁻¹∇‖, dir cos their cosine; align = mean cos² of the principal angles of the "
+        "top-k eigenspaces; net: blockdiag(F̂_l) against the multi-layer F",
+        ["method", *(prefix + header for prefix in ("", "net ") for header in MEASURE_HEADERS.values())],
+    )
+    for s in summaries:
+        network = s.network_measures_median or {}
+        table.add_row(
+            entry_label(s.method, s.rank),
+            *(_number(s.measures_median.get(name), ".3g") for name in MEASURE_HEADERS),
+            *(_number(network.get(name), ".3g") for name in MEASURE_HEADERS),
         )
     return table
 
@@ -159,6 +200,10 @@ def fisher_error(
     iterations: int = typer.Option(1000, "--iterations", help="Training iterations."),
     every: int = typer.Option(20, "--every", help="Measure every K iterations (and at 0)."),
     lanczos_rank: int | None = typer.Option(None, "--lanczos-rank", help="Measure Lanczos at ranks 1..R (instead of rank 2 only)."),
+    damping: float | None = typer.Option(None, "--damping", help="λ of the damped measures and of a preconditioned --optimizer (default: the config's)."),
+    top_k: int | None = typer.Option(
+        None, "--top-k", help="k of subspace_alignment: the dimension of the top eigenspaces compared (default: 10, fimbench.fisher.subspace.DEFAULT_TOP_K)."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of initialisation, data order and target sampling."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/fisher-error-<dataset>-<time>)."),
@@ -170,7 +215,8 @@ def fisher_error(
     quiet: bool = quiet_option(),
 ) -> None:
     """Figure 1 (§4.1): Error 1 = ‖F − F̂‖/‖F‖ and Error 2 = ‖spec F − spec F̂‖/‖spec F‖ of every method
-    on the exact Fisher block of the chosen layer(s), along training with an independent optimizer.
+    on the exact Fisher block of the chosen layer(s), along training with any method; beside them the KL
+    divergences of the damped blocks, the error of the damped direction and the top-k eigenspace alignment.
 
     Example: fimbench fisher-error --dataset curves-synth --iterations 200 --every 20
     """
@@ -179,8 +225,6 @@ def fisher_error(
         DEFAULT_METHODS,
         FisherErrorSettings,
         run_fisher_error,
-        summarise,
-        summary_json,
         write_run,
     )
 
@@ -194,12 +238,15 @@ def fisher_error(
         empirical=empirical,
         coarse=_coarse_spaces(coarse),
     )
+    if top_k is not None:
+        settings = replace(settings, top_k=top_k)
     resolved = resolve_config(
         config,
         {
             "data.dataset": dataset_value(dataset),
             "data.data_dir": str(data_dir) if data_dir is not None else None,
             "optimizer.method": optimizer,
+            "optimizer.damping": damping,
             "training.batch_size": batch_size,
             "training.seed": seed,
             "training.device": device,
@@ -215,8 +262,19 @@ def fisher_error(
             if live is not None:
                 live.stop()
         paths = write_run(result, run_dir)
+    _report(result, run_dir, paths)
+
+
+def _report(result: FisherErrorResult, run_dir: Path, paths: dict[str, Path]) -> None:
+    """The two summary tables, the closing note and the JSON document of a finished (or interrupted) run."""
+    from fimbench.engines.fisher_error import summarise, summary_json
+
+    output = current()
     measurements = len({row.iteration for row in result.rows})
-    output.summary(summary_table(summarise(result), f"{result.dataset}, layer(s) {', '.join(map(str, result.layers))}: errors over {measurements} measurements"))
+    summaries = summarise(result)
+    where = f"{result.dataset}, layer(s) {', '.join(map(str, result.layers))}"
+    output.summary(summary_table(summaries, f"{where}: errors over {measurements} measurements"))
+    output.summary(measures_table(summaries, f"{where}: damped measures at λ = {result.info['damping']:g}, k = {result.info['top_k']}"))
     output.note(f"{result.status} in {result.info['seconds']:.1f} s; {', '.join(str(p) for p in paths.values())}")
     output.document({"run_dir": str(run_dir), "files": {name: str(path) for name, path in paths.items()}, **summary_json(result)})
     if result.status == "interrupted":

@@ -170,7 +170,7 @@ class ExactFisher:
             rows_a, rows_g = self.a, self.g
         self.squared_norm = float(K.square().sum())
         self.spectrum = torch.linalg.eigvalsh(K).flip(0)[: self.count].clamp_min(0.0)
-        self.bases = (_range_basis([rows_a.transpose(0, 1)]), _range_basis([rows_g.transpose(0, 1)]))
+        self.bases = (range_basis([rows_a.transpose(0, 1)]), range_basis([rows_g.transpose(0, 1)]))
 
     @property
     def m(self) -> int:
@@ -230,7 +230,7 @@ def frobenius_error(fisher: ExactFisher, terms: Terms) -> Metric:
     return Metric(math.sqrt(max(squared, 0.0) / fisher.squared_norm) if fisher.squared_norm > 0 else math.nan, "gram")
 
 
-def _range_basis(matrices: list[Tensor]) -> Tensor:
+def range_basis(matrices: list[Tensor]) -> Tensor:
     """Orthonormal basis of ``range([M_1 … M_R])``, singular values below ``σ₁ · d · ε`` dropped."""
     stacked = torch.cat(matrices, dim=1)
     U, sigma, _ = torch.linalg.svd(stacked, full_matrices=False)
@@ -253,11 +253,12 @@ def _dense_top(terms: list[tuple[Tensor, Tensor]], count: int) -> Tensor:
     return torch.linalg.eigvalsh(dense).flip(0)[:count]
 
 
-def _project(terms: list[tuple[Tensor, Tensor]], U_A: Tensor, U_G: Tensor) -> list[tuple[Tensor, Tensor]]:
+def project_terms(terms: list[tuple[Tensor, Tensor]], U_A: Tensor, U_G: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """``[(U_Aᵀ A_k U_A, U_Gᵀ G_k U_G)]``: the terms seen in the orthonormal bases ``U_A``, ``U_G``."""
     return [(U_A.transpose(0, 1) @ A @ U_A, U_G.transpose(0, 1) @ G @ U_G) for A, G in terms]
 
 
-def _captured(terms: list[tuple[Tensor, Tensor]], reduced: list[tuple[Tensor, Tensor]]) -> bool:
+def captures_terms(terms: list[tuple[Tensor, Tensor]], reduced: list[tuple[Tensor, Tensor]]) -> bool:
     """Whether the projection kept every factor up to ``PROJECTION_RTOL`` (relative Frobenius norm)."""
     for (A, G), (A_r, G_r) in zip(terms, reduced):
         for full, kept in ((A, A_r), (G, G_r)):
@@ -279,10 +280,10 @@ def reduce_terms(
     (dense SVD, singular values below ``σ₁ · d · ε`` dropped) are used.
     """
     if bases is not None:
-        reduced = _project(terms, *bases)
-        if _captured(terms, reduced):
+        reduced = project_terms(terms, *bases)
+        if captures_terms(terms, reduced):
             return reduced
-    return _project(terms, _range_basis([A for A, _ in terms]), _range_basis([G for _, G in terms]))
+    return project_terms(terms, range_basis([A for A, _ in terms]), range_basis([G for _, G in terms]))
 
 
 def kronecker_spectrum(

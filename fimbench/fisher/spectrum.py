@@ -4,6 +4,7 @@ certified block Lanczos that finds the top eigenvalues of a large ``F̃ = Σ_k �
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,31 @@ def spectral_distance(reference: Tensor, reference_squared_norm: float, spectrum
 
 
 
+def lanczos_step(apply: Callable[[Tensor], Tensor], basis: Tensor, filled: int, b: int, coupling: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """One step of the block recurrence ``F̃ X_j = X_{j−1} B_{j−1}ᵀ + X_j A_j + X_{j+1} B_j`` (vectors as rows):
+    ``A_j = X_j F̃ X_jᵀ`` and the rows ``W = F̃ X_j − A_j X_j − B_{j−1} X_{j−1}`` still to orthogonalise, for
+    ``X_j`` the last b of the ``filled`` rows of ``basis``."""
+    X = basis[filled - b : filled]
+    W = apply(X)
+    A_j = X @ W.transpose(0, 1)
+    A_j = 0.5 * (A_j + A_j.transpose(0, 1))
+    W = W - A_j @ X
+    if coupling:
+        W = W - coupling[-1] @ basis[filled - 2 * b : filled - b]
+    return A_j, W
+
+
+def block_tridiagonal(diagonal: list[Tensor], coupling: list[Tensor]) -> Tensor:
+    """The block Lanczos matrix ``T = Qᵀ F̃ Q``: blocks ``A_j`` on the diagonal, ``B_j`` below and ``B_jᵀ`` above
+    (the last coupling, which leads out of the Krylov space, is not part of T)."""
+    b = diagonal[0].shape[0]
+    T = torch.block_diag(*diagonal)
+    for j, B in enumerate(coupling[:-1]):
+        T[(j + 1) * b : (j + 2) * b, j * b : (j + 1) * b] = B
+        T[j * b : (j + 1) * b, (j + 1) * b : (j + 2) * b] = B.transpose(0, 1)
+    return T
+
+
 def _ritz_values(
     diagonal: list[Tensor], coupling: list[Tensor], count: int, weights: Tensor, reference_squared_norm: float, squared_norm: float
 ) -> tuple[Tensor, bool]:
@@ -61,11 +87,7 @@ def _ritz_values(
     Error 2: ``2 Σ_i λ_i(F) r_i / ‖F‖² ≤ max(2 e (SPECTRUM_RTOL e + SPECTRUM_ATOL), SPECTRUM_ATOL²)`` with
     e the Error 2 of θ (:func:`lanczos_top`)."""
     b = diagonal[0].shape[0]
-    T = torch.block_diag(*diagonal)
-    for j, B in enumerate(coupling[:-1]):
-        T[(j + 1) * b : (j + 2) * b, j * b : (j + 1) * b] = B
-        T[j * b : (j + 1) * b, (j + 1) * b : (j + 2) * b] = B.transpose(0, 1)
-    theta, S = torch.linalg.eigh(T)
+    theta, S = torch.linalg.eigh(block_tridiagonal(diagonal, coupling))
     theta, S = theta.flip(0)[:count], S.flip(1)[:, :count]
     residual = (coupling[-1] @ S[-b:]).norm(dim=0)
     error = spectral_distance(weights, reference_squared_norm, Spectrum(theta, squared_norm, "lanczos"))
@@ -130,13 +152,7 @@ def lanczos_top(
     check_at = max(count + b, (3 * count) // 2)
     filled = b
     while True:
-        X = basis[filled - b : filled]
-        W = apply(X)
-        A_j = X @ W.transpose(0, 1)
-        A_j = 0.5 * (A_j + A_j.transpose(0, 1))
-        W = W - A_j @ X
-        if coupling:
-            W = W - coupling[-1] @ basis[filled - 2 * b : filled - b]
+        A_j, W = lanczos_step(apply, basis, filled, b, coupling)
         X_next, B_j = next_block(orthogonalise(W, filled), filled)
         diagonal.append(A_j)
         coupling.append(B_j)

@@ -6,7 +6,8 @@ call the same methods:
 * the preconditioner: :meth:`~CurvatureBlock.update` (EMA towards the batch), :meth:`~CurvatureBlock.refresh`
   (factorise the damped block), :meth:`~CurvatureBlock.apply` and :meth:`~CurvatureBlock.quadratic`;
 * ``fisher-error``: :meth:`~CurvatureBlock.fit` (the batch's own approximation, warm-started where the method
-  iterates) and :meth:`~CurvatureBlock.errors` against the exact block;
+  iterates), :meth:`~CurvatureBlock.errors` against the exact block and :meth:`~CurvatureBlock.measures` (the
+  damped block's Gaussian terms, direction and top eigenpairs: docs/design.md §21);
 * ``cost-profile``: ``update`` cold and warm, ``refresh`` and ``apply``, timed.
 
 Each method's registry record (:mod:`fimbench.methods`) names its block class; :func:`new_block` builds one.
@@ -28,6 +29,7 @@ from fimbench.curvature.kronecker_sum import DEFAULT_MIN_CURVATURE_RATIO, TRACE_
 from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import ApproximationErrors, ExactFisher
 from fimbench.fisher.capture import LayerStatistics
+from fimbench.fisher.damped_measures import BlockMeasures
 from fimbench.fisher.network_error import NetworkTerms
 from fimbench.methods import Method, implementation
 from fimbench.preconditioner.guard import REFRESH, UPDATE, Failure, guarded
@@ -93,6 +95,13 @@ class CurvatureBlock(Protocol):
 
     def errors(self, fisher: ExactFisher) -> BlockErrors:
         """The current estimate against the exact block ``fisher`` of the same statistics."""
+        ...
+
+    def measures(self, fisher: ExactFisher, gradient: Tensor, damping: float, top_k: int) -> BlockMeasures | None:
+        """The current estimate against the exact block ``fisher``: ``F̂_λ`` damped by λ = ``damping`` in the
+        block's own form (float64), applied to the batch's (q, p) ``gradient``, and its ``top_k`` eigenpairs;
+        None where the estimate cannot be damped and inverted (a Kronecker rank above 2, a damped factor that
+        is not positive definite), as the preconditioner could not either."""
         ...
 
     def operator(self) -> tuple[Callable[[Tensor], Tensor], tuple[Tensor, Tensor]]:

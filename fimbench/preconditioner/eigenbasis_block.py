@@ -11,11 +11,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fimbench.curvature.diagonalisation import KroneckerDiagonalisation
 from fimbench.curvature.ekfac import EigenbasisDiagonal
 from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher, eigenbasis_errors, eigenbasis_terms
 from fimbench.fisher.capture import LayerStatistics
+from fimbench.fisher.damped_measures import BlockMeasures
+from fimbench.fisher.gaussian_divergence import diagonalised_terms
 from fimbench.fisher.network_error import NetworkTerms
+from fimbench.fisher.subspace import eigenbasis_eigenpairs
 from fimbench.methods import Method, implementation
 from fimbench.preconditioner.blocks import BlockErrors, BlockSettings
 
@@ -63,6 +67,16 @@ class EigenbasisBlock:
         approximation = self.approximation
         assert approximation is not None, "errors before fit"
         return BlockErrors(eigenbasis_errors(fisher, approximation), NetworkTerms(*eigenbasis_terms(fisher, approximation)))
+
+    def measures(self, fisher: ExactFisher, gradient: Tensor, damping: float, top_k: int) -> BlockMeasures:
+        """``F̂ + λI = (Q_A ⊗ Q_G) diag(vec(S + λ)) (Q_A ⊗ Q_G)ᵀ`` in float64: its terms, its solve of ``gradient``
+        (:meth:`apply`'s formula) and the top-``top_k`` entries of S as eigenpairs."""
+        approximation = self.approximation
+        assert approximation is not None, "measures before fit"
+        operator = KroneckerDiagonalisation.orthonormal(approximation.bases, approximation.scales + damping)
+        Q_A, Q_G = operator.basis
+        solved = Q_G @ ((Q_G.T @ gradient.to(METRIC_DTYPE) @ Q_A) / operator.diagonal) @ Q_A.T
+        return BlockMeasures(diagonalised_terms(fisher, operator), solved, eigenbasis_eigenpairs(fisher, approximation, top_k))
 
     def operator(self) -> tuple[Callable[[Tensor], Tensor], tuple[Tensor, Tensor]]:
         approximation = self.approximation

@@ -15,8 +15,11 @@ from torch import Tensor
 from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import ApproximationErrors, ExactFisher, Metric
 from fimbench.fisher.capture import LayerStatistics
+from fimbench.fisher.damped_measures import BlockMeasures
+from fimbench.fisher.gaussian_divergence import exact_terms
 from fimbench.fisher.network_error import exact_block_terms
 from fimbench.fisher.sub_batch import SubBatchFisher, SubBatchInverse
+from fimbench.fisher.subspace import exact_eigenpairs
 from fimbench.methods import Method
 from fimbench.preconditioner.blocks import BlockErrors, BlockSettings
 
@@ -53,6 +56,13 @@ class ExactBlock:
     def errors(self, fisher: ExactFisher) -> BlockErrors:
         """Both errors 0 (path ``exact``); the network terms of ``F̂_l = F_ll``."""
         return BlockErrors(ApproximationErrors(EXACT, EXACT), exact_block_terms(fisher))
+
+    def measures(self, fisher: ExactFisher, gradient: Tensor, damping: float, top_k: int) -> BlockMeasures:
+        """``F_ll + λI`` itself (``exact``): its terms and eigenpairs from ``K̃_l = J_l J_lᵀ / m``, its Woodbury solve."""
+        assert self.fisher is not None, "measures before fit"
+        gram = self.fisher.layer_gram(0) / fisher.m
+        solved = self.fisher.inverse(damping, per_layer=True).apply([gradient.to(gram.dtype)])[0]
+        return BlockMeasures(exact_terms(gram, damping, fisher.p * fisher.q), solved, exact_eigenpairs(gram, fisher.m, top_k), exact=True)
 
     def operator(self) -> tuple[Callable[[Tensor], Tensor], tuple[Tensor, Tensor]]:
         raise FimbenchError("the exact references take no two-level correction: their block has no Kronecker term")

@@ -13,11 +13,16 @@ import torch
 from torch import Tensor
 
 from fimbench.curvature import KroneckerInverse, KroneckerSum
+from fimbench.curvature.diagonalisation import KroneckerDiagonalisation
 from fimbench.curvature.kronecker import kron_matvec, kronecker_sum_matvec
 from fimbench.curvature.targets import Prior, checked_statistics
+from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher, approximation_errors
 from fimbench.fisher.capture import LayerStatistics
+from fimbench.fisher.damped_measures import BlockMeasures
+from fimbench.fisher.gaussian_divergence import diagonalised_terms
 from fimbench.fisher.network_error import kronecker_block_terms
+from fimbench.fisher.subspace import kronecker_eigenpairs
 from fimbench.methods import Method, implementation
 from fimbench.preconditioner.blocks import BlockErrors, BlockSettings, SolverReport
 
@@ -68,6 +73,22 @@ class KroneckerBlock:
         """Error 1 and Error 2 of ``Σ_k A_k ⊗ G_k`` and its network terms (:mod:`fimbench.fisher.block_errors`)."""
         terms = self.approximation.terms  # type: ignore[union-attr]
         return BlockErrors(approximation_errors(fisher, terms), kronecker_block_terms(fisher, terms))
+
+    def measures(self, fisher: ExactFisher, gradient: Tensor, damping: float, top_k: int) -> BlockMeasures | None:
+        """``damped(λ, π)`` of ``Σ_k A_k ⊗ G_k`` in float64 (the block's δ, π and damping form): its
+        diagonalisation's terms, its solve of ``gradient``, and the sum's top eigenpairs."""
+        approximation = self.approximation
+        assert approximation is not None, "measures before fit"
+        terms = [(A.to(METRIC_DTYPE), G.to(METRIC_DTYPE)) for A, G in approximation.terms]
+        try:
+            inverse = KroneckerSum(terms).inverse(damping, self.min_curvature_ratio, self.pi, self.form)
+        except FimbenchError:
+            return None
+        return BlockMeasures(
+            diagonalised_terms(fisher, KroneckerDiagonalisation.of_inverse(inverse)),
+            inverse.apply(gradient.to(METRIC_DTYPE)),
+            kronecker_eigenpairs(fisher, terms, top_k),
+        )
 
     def operator(self) -> tuple[Callable[[Tensor], Tensor], tuple[Tensor, Tensor]]:
         terms = [(A.to(METRIC_DTYPE), G.to(METRIC_DTYPE)) for A, G in self.approximation.terms]  # type: ignore[union-attr]

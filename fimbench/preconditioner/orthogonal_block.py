@@ -8,7 +8,7 @@ Newton–Schulz iterations (Jordan, 2024), as ``torch.optim.Muon`` runs it:
 in bfloat16, about ``5 (2 r² s + r³)`` multiply-adds for a (q × p) gradient with ``r = min(p, q)``,
 ``s = max(p, q)``. ``apply`` is that iteration on the layer's (q, p) gradient (``torch.optim.Muon`` itself
 takes the weight without its bias column). There is no curvature model: ``fisher-error`` does not take Muon,
-and ``fit``, ``errors``, ``operator`` and ``quadratic`` refuse.
+and ``fit``, ``errors``, ``measures``, ``operator`` and ``quadratic`` refuse.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import Tensor
 from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import ExactFisher
 from fimbench.fisher.capture import LayerStatistics
+from fimbench.fisher.damped_measures import BlockMeasures
 from fimbench.methods import Method
 from fimbench.preconditioner.blocks import BlockErrors, BlockSettings
 
@@ -67,6 +68,9 @@ class OrthogonalBlock:
         self._refuse()
 
     def errors(self, fisher: ExactFisher) -> BlockErrors:
+        self._refuse()
+
+    def measures(self, fisher: ExactFisher, gradient: Tensor, damping: float, top_k: int) -> BlockMeasures:
         self._refuse()
 
     def operator(self) -> tuple[Callable[[Tensor], Tensor], tuple[Tensor, Tensor]]:

@@ -15,6 +15,8 @@ from fimbench.cli import app as fimbench_app
 from fimbench.cli.common import console
 from fimbench.cli.fisher_error import fisher_error
 from fimbench.engines.fisher_error import CSV_COLUMNS, FIGURE_PANEL, figure_layout
+from fimbench.engines.fisher_error.records import MEASURES
+from fimbench.fisher.subspace import DEFAULT_TOP_K
 
 runner = CliRunner()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -67,7 +69,13 @@ def test_run_writes_table_csv_summary_and_figure(small: list[str], tmp_path: Pat
 
     with open(out / "errors.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0].keys()) == CSV_COLUMNS == ("iteration", "layer", "method", "rank", "error1", "error2", "iterations", "seconds", "path")
+    assert tuple(rows[0].keys()) == CSV_COLUMNS == (
+        "iteration", "layer", "method", "rank", "error1", "error2", "kl_forward", "kl_reverse", "direction_error",
+        "direction_cosine", "subspace_alignment", "iterations", "seconds", "path",
+    )
+    for r in rows:  # every method of the paper damps and inverts at rank ≤ 2: all five measures exist, in range
+        assert float(r["kl_forward"]) > 0 and float(r["kl_reverse"]) > 0 and float(r["direction_error"]) > 0, r
+        assert -1.0 <= float(r["direction_cosine"]) <= 1.0 and 0.0 <= float(r["subspace_alignment"]) <= 1.0, r
     assert len(rows) == 3 * (2 + 1) * 5  # measurements at 0, 2, 4 × (layers + network) × methods
     network = [r for r in rows if r["layer"] == "network"]
     rows = [r for r in rows if r["layer"] != "network"]
@@ -91,12 +99,14 @@ def test_run_writes_table_csv_summary_and_figure(small: list[str], tmp_path: Pat
     assert by_method["deflation"]["error1_max"] <= by_method["kfac"]["error1_max"]
     assert len(summary["summary_by_layer"]) == (2 + 1) * 5 and len(summary["training_loss"]) == 4
     assert summary["summary_by_layer"][-1]["layer"] == "network" and by_method["kfac"]["network_error1_median"] > 0
-    assert "net E1 med" in result.stdout
+    assert "net E1 med" in result.stdout and "net KL rev" in result.stdout and "damped measures at λ = 0.01, k = 10" in result.stdout
+    assert set(by_method["kfac"]["measures_median"]) == set(by_method["kfac"]["network_measures_median"]) == set(MEASURES)
+    assert summary["damping"] == 0.01 and summary["top_k"] == 10
 
-    assert png_size(out / "figure1.png") == expected_size(3) == (1200, 1296)  # layers 5, 6 and the network
+    assert png_size(out / "figure1.png") == expected_size(3) == (3024, 936)  # layers 5, 6 and the network × 7 metrics
     import matplotlib.image
 
-    assert matplotlib.image.imread(out / "figure1.png").shape[:2] == (1296, 1200)
+    assert matplotlib.image.imread(out / "figure1.png").shape[:2] == (936, 3024)
 
 
 def test_all_layers_and_lanczos_ranks(small: list[str], tmp_path: Path) -> None:
@@ -116,9 +126,12 @@ def test_all_layers_and_lanczos_ranks(small: list[str], tmp_path: Path) -> None:
     for layer, errors in lanczos.items():
         ranked = [error for _, error in sorted(errors)]
         assert all(later <= earlier + 1e-5 for earlier, later in zip(ranked, ranked[1:])), layer
+    beyond_closed_form = [r for r in rows if r["method"] == "lanczos" and r["rank"] == "3"]  # no closed-form damped solve
+    assert beyond_closed_form and all(r[name] == "nan" for r in beyond_closed_form for name in MEASURES)
+    assert all(r[name] != "nan" for r in rows if r["rank"] != "3" for name in MEASURES)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["optimizer"] == "sgd" and summary["fisher"].startswith("empirical")
-    assert png_size(out / "figure1.png") == expected_size(13) == (2400, 3456)  # 8 rows × 4 columns
+    assert png_size(out / "figure1.png") == expected_size(13) == (3024, 4056)  # 13 rows × 7 columns
 
 
 @pytest.mark.parametrize(
@@ -131,6 +144,7 @@ def test_all_layers_and_lanczos_ranks(small: list[str], tmp_path: Path) -> None:
         (["--optimizer", "rmsprop"], "error: unknown optimizer 'rmsprop'"),
         (["--every", "0"], "error: --iterations must be ≥ 0 and --every ≥ 1"),
         (["--lanczos-rank", "0"], "error: --lanczos-rank must be at least 1"),
+        (["--top-k", "0"], "error: --top-k must be at least 1"),
         (["--batch-size", "100000"], "error: batch size 100000 exceeds the 480 training examples"),
     ],
 )
@@ -160,13 +174,18 @@ def test_exact_references_and_their_network_error(small: list[str], tmp_path: Pa
     with open(out / "errors.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * (3 + 1) * 3
+    exact = ("0.0", "0.0", "0.0", "1.0", "1.0")  # F̂ = F: kl_forward, kl_reverse, direction_error, cosine, alignment
     for r in rows:
         if r["method"].startswith("exact") and r["layer"] != "network":
             assert (r["error1"], r["error2"], r["rank"], r["path"]) == ("0.0", "0.0", "0", "exact")
-    network = {(r["iteration"], r["method"]): float(r["error1"]) for r in rows if r["layer"] == "network"}
+            assert tuple(r[name] for name in MEASURES) == exact
+    network = {(r["iteration"], r["method"]): r for r in rows if r["layer"] == "network"}
     for iteration in ("0", "2"):
-        assert network[(iteration, "exact-ng")] == 0.0
-        assert 0.0 < network[(iteration, "exact-ng-block")] < network[(iteration, "kfac")]
+        assert float(network[(iteration, "exact-ng")]["error1"]) == 0.0
+        assert tuple(network[(iteration, "exact-ng")][name] for name in MEASURES) == exact
+        block, kfac = network[(iteration, "exact-ng-block")], network[(iteration, "kfac")]
+        assert 0.0 < float(block["error1"]) < float(kfac["error1"])
+        assert 0.0 < float(block["kl_reverse"]) < float(kfac["kl_reverse"])  # dropping the cross-layer blocks only
     assert png_size(out / "figure1.png") == expected_size(4)
 
 
@@ -187,3 +206,18 @@ def test_errors_along_a_preconditioned_methods_own_path(small: list[str], tmp_pa
     assert all(len(values) == 4 for values in losses.values())
     assert losses["kfac"][0] == losses["adam"][0] == losses["muon"][0]  # the same network and first batch
     assert losses["kfac"][1:] != losses["adam"][1:] and losses["muon"][1:] != losses["adam"][1:]
+    kfac_rows = [r for r in csv.DictReader((tmp_path / "kfac" / "errors.csv").open(encoding="utf-8"))]
+    assert all(r[name] != "nan" for r in kfac_rows for name in MEASURES)  # measured at K-FAC's own λ
+
+
+def test_top_k_and_damping_options(small: list[str], tmp_path: Path) -> None:
+    """``--top-k`` and ``--damping`` reach the measures; the help states the default k."""
+    help_text = runner.invoke(app, ["fisher-error", "--help"], terminal_width=400).stdout
+    assert f"default: {DEFAULT_TOP_K}," in " ".join(help_text.split())
+    out = tmp_path / "k"
+    result = runner.invoke(app, [*small, "--layer", "5", "--methods", "kfac", "--iterations", "0", "--top-k", "3",
+                                 "--damping", "0.5", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["top_k"] == 3 and summary["damping"] == 0.5
+

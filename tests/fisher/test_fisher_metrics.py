@@ -222,7 +222,7 @@ def test_float32_approximations_reduce_onto_the_statistics_ranges(trained_statis
     exact = ExactFisher(a, g)
     for method in ("deflation", "lanczos", "kfac-corrected"):
         terms = [(A.double(), G.double()) for A, G in approximate(method, a, g).terms]
-        assert fisher._captured(terms, fisher._project(terms, *exact.bases)), method
+        assert fisher.captures_terms(terms, fisher.project_terms(terms, *exact.bases)), method
         errors = approximation_errors(exact, terms)
         assert errors.error1.value == pytest.approx(frobenius_error_dense(a, g, terms).value, rel=1e-6)
         assert errors.error2.value == pytest.approx(spectral_error_dense(a, g, terms).value, rel=1e-6)

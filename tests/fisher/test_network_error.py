@@ -90,7 +90,7 @@ def test_meter_network_rows_match_torch_func(make_mlp):
     x = (torch.rand(10, 6, generator=torch.Generator().manual_seed(3), dtype=DTYPE) > 0.5).to(DTYPE)
     entries = [Entry(Method.KFAC, 1), Entry(Method.EXACT_NG, 0), Entry(Method.EXACT_NG_BLOCK, 0)]
     meter = FisherErrorMeter(model, [1, 3], entries, RunConfig(), torch.device("cpu"), empirical=True)
-    rows = meter.measure(0, x)
+    rows = meter.measure(0, x, damping=0.1)
     gradients = per_example_weight_gradients(model, x, x, "bernoulli")
     chosen = [gradients[0].reshape(10, -1), gradients[2].reshape(10, -1)]  # layers 1 and 3, row-major [W | b]
     J = torch.cat(chosen, dim=1)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 
@@ -49,12 +49,14 @@ from fimbench.engines.models import Autoencoder, ConvAutoencoder, build_model, d
 from fimbench.engines.optimizers import configured_preconditioner, torch_optimizer
 from fimbench.errors import FimbenchError
 from fimbench.fisher.block_errors import METRIC_DTYPE, ExactFisher
-from fimbench.fisher.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape
-from fimbench.fisher.network_error import NETWORK, NetworkTerms, network_error, network_squared_norm
+from fimbench.fisher.capture import LayerStatistics, capture_statistics, kronecker_layers, layer_shape, weight_gradient
+from fimbench.fisher.damped_measures import MISSING_MEASURES, BlockMeasures, damped_measures
+from fimbench.fisher.network_error import NETWORK, NetworkTerms, network_error
 from fimbench.fisher.sub_batch import SubBatchFisher
+from fimbench.fisher.subspace import DEFAULT_TOP_K
 from fimbench.methods import Command, Method
 from fimbench.names import check_dataset, command_methods
-from fimbench.preconditioner.blocks import BlockSettings, CurvatureBlock, new_block
+from fimbench.preconditioner.blocks import CurvatureBlock, new_block
 from fimbench.preconditioner.kronecker_preconditioner import KroneckerPreconditioner
 from fimbench.preconditioner.two_level import CoarseSpace, coarse_vector, two_level_terms
 from fimbench.timing import timed_call
@@ -81,6 +83,8 @@ def validate(config: RunConfig, settings: FisherErrorSettings) -> list[int]:
         raise FimbenchError(f"the learning rate must be positive, got {config.optimizer.lr}")
     if settings.iterations < 0 or settings.every < 1:
         raise FimbenchError(f"--iterations must be ≥ 0 and --every ≥ 1, got {settings.iterations} and {settings.every}")
+    if settings.top_k < 1:
+        raise FimbenchError(f"--top-k must be at least 1, got {settings.top_k}")
     if settings.lanczos_rank is not None and settings.lanczos_rank < 1:
         raise FimbenchError(f"--lanczos-rank must be at least 1, got {settings.lanczos_rank}")
     if config.training.batch_size < 1:
@@ -95,9 +99,11 @@ def validate(config: RunConfig, settings: FisherErrorSettings) -> list[int]:
 class FisherErrorMeter:
     """Measures every entry on the chosen layers of ``model`` from one mini-batch, keeping warm starts.
 
-    ``measure`` = one capture pass (sampled or data targets), then per layer the exact block's Gram
-    quantities and, per entry, its layer's block :meth:`~fimbench.preconditioner.blocks.CurvatureBlock.fit`
-    to the batch (timed; warm-started from its previous fit) and :meth:`~fimbench.preconditioner.blocks.CurvatureBlock.errors`.
+    ``measure`` = one capture pass (sampled or data targets) and one backward pass of the batch's own loss
+    (its gradient ∇), then per layer the exact block's Gram quantities and, per entry, its layer's block
+    :meth:`~fimbench.preconditioner.blocks.CurvatureBlock.fit` to the batch (timed; warm-started from its previous
+    fit), :meth:`~fimbench.preconditioner.blocks.CurvatureBlock.errors` and
+    :meth:`~fimbench.preconditioner.blocks.CurvatureBlock.measures` at the damping λ of the step.
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class FisherErrorMeter:
         device: torch.device,
         empirical: bool = False,
         generator: torch.Generator | None = None,
+        top_k: int = DEFAULT_TOP_K,
     ) -> None:
         modules = kronecker_layers(model)
         self.model = model
@@ -118,21 +125,38 @@ class FisherErrorMeter:
         self.device = device
         self.empirical = empirical
         self.generator = generator
+        self.top_k = top_k
         options = config.optimizer
         self.blocks: dict[Entry, list[CurvatureBlock]] = {}
         for entry in entries:
             if entry.coarse == CoarseSpace.NONE:
                 rank = entry.rank if entry.method.record.adjustable_rank else options.lanczos_rank
-                settings = BlockSettings(ApproximationOptions(options.tol, options.max_iterations, rank, options.krylov_dim))
+                approximation = ApproximationOptions(options.tol, options.max_iterations, rank, options.krylov_dim)
+                settings = replace(options.block_settings(), options=approximation)
                 self.blocks[entry] = [new_block(entry.method, settings) for _ in layers]
 
-    def measure(self, iteration: int, x: Tensor) -> list[ErrorRow]:
-        """One row per (layer, entry) and one network row per entry for the mini-batch ``x`` (module docstring)."""
+    def gradients(self, x: Tensor) -> list[Tensor]:
+        """The batch's loss gradient ``[∇W | ∇b]`` (q, p) of each chosen layer, in float64; the model's gradients
+        are cleared again."""
+        self.model.zero_grad(set_to_none=True)
+        self.model.likelihood.nll(self.model(x), x).mean().backward()
+        gradients = [weight_gradient(module).to(METRIC_DTYPE) for module in self.modules]
+        self.model.zero_grad(set_to_none=True)
+        return gradients
+
+    def measure(self, iteration: int, x: Tensor, damping: float) -> list[ErrorRow]:
+        """One row per (layer, entry) and one network row per entry for the mini-batch ``x``, the damped measures
+        at λ = ``damping`` (module docstring)."""
         captured = capture_statistics(
             self.model, x, self.model.likelihood, self.modules, targets=x if self.empirical else None, generator=self.generator
         )
+        gradients = self.gradients(x)
+        sub_batch = SubBatchFisher(captured)
+        grams = [sub_batch.layer_gram(index) / sub_batch.m for index in range(sub_batch.layers)]  # K̃_l = J_l J_lᵀ / m
+        exact_directions = sub_batch.inverse(damping, per_layer=True).apply(gradients)
         rows: list[ErrorRow] = []
         terms: dict[Entry, list[NetworkTerms]] = {entry: [] for entry in self.entries}
+        measures: dict[Entry, list[BlockMeasures | None]] = {entry: [] for entry in self.entries}
         for index, (layer, stats) in enumerate(zip(self.layers, captured)):
             fisher = ExactFisher(stats.a, stats.g)
             for entry, blocks in self.blocks.items():
@@ -140,51 +164,76 @@ class FisherErrorMeter:
                 measured = blocks[index].errors(fisher)
                 terms[entry].append(measured.terms)
                 errors = measured.errors
+                block_measures = blocks[index].measures(fisher, gradients[index], damping, self.top_k)
+                measures[entry].append(block_measures)
                 rows.append(
                     ErrorRow(
-                        iteration=iteration,
-                        layer=layer,
-                        method=entry.method.value,
-                        rank=entry.rank,
-                        error1=errors.error1.value,
-                        error2=errors.error2.value,
+                        iteration,
+                        layer,
+                        entry.method.value,
+                        entry.rank,
+                        errors.error1.value,
+                        errors.error2.value,
+                        *damped_measures([block_measures], grams[index], [exact_directions[index]], damping, self.top_k),
                         iterations=0 if report is None else report.iterations,
                         seconds=seconds,
                         path=errors.path,
                     )
                 )
-        squared_norm = network_squared_norm(captured)
+        gram = torch.stack(grams).sum(dim=0)  # K̃ = Σ_l K̃_l: ‖F‖² = ‖K̃‖²
+        network = NetworkFisher(float(gram.square().sum()), gram, sub_batch.inverse(damping).apply(gradients), damping)
         for entry in self.entries:
             if entry.coarse != CoarseSpace.NONE:
                 one_level = Entry(entry.method, entry.rank)
                 whole = sum(terms[one_level][1:], terms[one_level][0])
                 terms[entry] = [two_level_network_terms(captured, self.blocks[one_level], entry.coarse, whole)]
-        return rows + self.network_rows(iteration, squared_norm, terms, rows)
+        return rows + self.network_rows(iteration, network, terms, measures, rows)
 
     def network_rows(
-        self, iteration: int, squared_norm: float, blocks: dict[Entry, list[NetworkTerms]], rows: list[ErrorRow]
+        self,
+        iteration: int,
+        network: NetworkFisher,
+        blocks: dict[Entry, list[NetworkTerms]],
+        measures: dict[Entry, list[BlockMeasures | None]],
+        rows: list[ErrorRow],
     ) -> list[ErrorRow]:
-        """Per entry, the network error of ``blockdiag(F̂_l)`` from its blocks' terms (a method that couples the
-        layers, ``exact-ng``: ``F̂ = F``)."""
-        network = []
+        """Per entry, the network errors of ``blockdiag(F̂_l)`` from its blocks' terms and measures (a method
+        that couples the layers, ``exact-ng``: ``F̂ = F``; a two-level entry: Error 1 only)."""
+        network_rows = []
         for entry, terms in blocks.items():
             couples = entry.method.record.couples_layers
-            whole = NetworkTerms(squared_norm, squared_norm) if couples else sum(terms[1:], terms[0])
+            whole = NetworkTerms(network.squared_norm, network.squared_norm) if couples else sum(terms[1:], terms[0])
             own = [row for row in rows if row.method == entry.method.value and row.rank == entry.rank]  # the blocks
-            network.append(
+            if entry.coarse != CoarseSpace.NONE:
+                damped = MISSING_MEASURES
+            else:
+                damped = damped_measures(measures[entry], network.gram, network.direction, network.damping, self.top_k, exact=couples)
+            network_rows.append(
                 ErrorRow(
-                    iteration=iteration,
-                    layer=NETWORK,
-                    method=entry.name,
-                    rank=entry.rank,
-                    error1=network_error(squared_norm, whole).value,
-                    error2=math.nan,
+                    iteration,
+                    NETWORK,
+                    entry.name,
+                    entry.rank,
+                    network_error(network.squared_norm, whole).value,
+                    math.nan,
+                    *damped,
                     iterations=sum(row.iterations for row in own),
                     seconds=sum(row.seconds for row in own),
                     path="gram",
                 )
             )
-        return network
+        return network_rows
+
+
+@dataclass(frozen=True)
+class NetworkFisher:
+    """The multi-layer Fisher of one measurement: ``‖F‖²_F``, its Gram ``K̃ = Σ_l J_l J_lᵀ / m``, the damped
+    direction ``(F + λI)⁻¹ ∇`` (one (q_l, p_l) piece per layer) and λ."""
+
+    squared_norm: float
+    gram: Tensor
+    direction: list[Tensor]
+    damping: float
 
 
 def two_level_network_terms(
@@ -212,13 +261,19 @@ class Trainer:
     model: Autoencoder | ConvAutoencoder
     optimizer: torch.optim.Optimizer | None
     preconditioner: KroneckerPreconditioner | None
+    configured_damping: float
+
+    @property
+    def damping(self) -> float:
+        """λ of the damped measures: the preconditioner's current λ (adaptive damping moves it), else the configured λ."""
+        return self.configured_damping if self.preconditioner is None else self.preconditioner.damping
 
     @classmethod
     def of(cls, model: Autoencoder | ConvAutoencoder, method: Method, options: OptimizerConfig, generator: torch.Generator) -> Trainer:
         """``method``'s trainer of ``model`` with ``options``; ``generator`` samples its Fisher's targets."""
         preconditioner = configured_preconditioner(model, model.likelihood, options, generator) if method.is_preconditioned else None
         takes_step = preconditioner is not None and preconditioner.quadratic_rule is not None
-        return cls(model, None if takes_step else torch_optimizer(model, method, options), preconditioner)
+        return cls(model, None if takes_step else torch_optimizer(model, method, options), preconditioner, options.damping)
 
     def step(self, x: Tensor) -> Tensor:
         """One step on the mini-batch ``x`` (an autoencoder's targets are its inputs); returns the loss before it."""
@@ -263,7 +318,7 @@ def run_fisher_error(
     trainer = Trainer.of(model, Method(options.method), options, torch.Generator(device=device).manual_seed(training.seed + 3))
     entries = settings.entries()
     meter = FisherErrorMeter(
-        model, layers, entries, config, device, settings.empirical, torch.Generator(device=device).manual_seed(training.seed + 2)
+        model, layers, entries, config, device, settings.empirical, torch.Generator(device=device).manual_seed(training.seed + 2), settings.top_k
     )
     blocks = kronecker_layers(model)
     result = FisherErrorResult(
@@ -283,6 +338,9 @@ def run_fisher_error(
         "iterations": settings.iterations,
         "every": settings.every,
         "lanczos_rank": settings.lanczos_rank,
+        "damping": options.damping,
+        "damping_form": options.damping_form,
+        "top_k": settings.top_k,
         "fisher": "empirical" if settings.empirical else "true (targets sampled from the model)",
         "tol": options.tol,
         "max_iterations": options.max_iterations,
@@ -299,7 +357,7 @@ def run_fisher_error(
         for iteration in range(settings.iterations + 1):
             x = train_x[next(batches)]
             if iteration % settings.every == 0:
-                rows = meter.measure(iteration, x)
+                rows = meter.measure(iteration, x, trainer.damping)
                 result.rows += rows
                 if progress is not None:
                     progress.measured(iteration, rows)

@@ -7,11 +7,11 @@ import csv
 import io
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fimbench.engines.fisher_error.records import CSV_COLUMNS, Entry, ErrorRow, FisherErrorResult
+from fimbench.engines.fisher_error.records import CSV_COLUMNS, MEASURES, Entry, ErrorRow, FisherErrorResult
 from fimbench.engines.plots import method_color, new_figure, save_png
 from fimbench.files import atomic_write_json, atomic_write_text
 from fimbench.fisher.network_error import NETWORK
@@ -24,7 +24,9 @@ class EntrySummary:
     """Statistics of one entry over a run (all layers' blocks, one layer, or the ``network`` rows): median /
     mean / max of both errors (NaNs skipped), the fraction of measurements where it beats KFAC (``None`` for
     KFAC itself or without KFAC), mean iterations and seconds, and the paths its numbers came from. Over
-    all layers, ``network_error1_median`` / ``_mean`` summarise the cross-layer Error 1 beside them."""
+    all layers, ``network_error1_median`` / ``_mean`` summarise the cross-layer Error 1 beside them.
+    ``measures_median``: the median of each damped measure (``kl_forward`` …) over the same rows, and over all
+    layers ``network_measures_median`` that of the network rows."""
 
     method: str
     rank: int
@@ -43,6 +45,13 @@ class EntrySummary:
     paths: str
     network_error1_median: float | None = None
     network_error1_mean: float | None = None
+    measures_median: dict[str, float] = field(default_factory=dict)
+    network_measures_median: dict[str, float] | None = None
+
+
+def _medians(rows: list[ErrorRow]) -> dict[str, float]:
+    """The median of each damped measure over ``rows`` (NaNs skipped)."""
+    return {name: _stats([getattr(row, name) for row in rows])[0] for name in MEASURES}
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:
@@ -67,9 +76,10 @@ def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySu
             for row in result.rows
             if row.method == entry.name and row.rank == entry.rank and (row.layer == layer or layer is None and row.layer != NETWORK)
         ]
-        network = [
-            row.error1 for row in result.rows if row.method == entry.name and row.rank == entry.rank and row.layer == NETWORK
+        network_rows = [
+            row for row in result.rows if row.method == entry.name and row.rank == entry.rank and row.layer == NETWORK
         ] if layer is None else []
+        network = [row.error1 for row in network_rows]
         if not rows and not network:
             continue
         compared = [] if entry.name == REFERENCE_METHOD.value else [
@@ -95,6 +105,8 @@ def summarise(result: FisherErrorResult, by_layer: bool = False) -> list[EntrySu
                 paths=",".join(sorted({row.path for row in rows})),
                 network_error1_median=_stats(network)[0] if network else None,
                 network_error1_mean=_stats(network)[1] if network else None,
+                measures_median=_medians(rows),
+                network_measures_median=_medians(network_rows) if network_rows else None,
             )
         )
     return summaries
@@ -136,28 +148,24 @@ def summary_json(result: FisherErrorResult) -> dict[str, Any]:
             "path = error1 path/error2 path (gram, kron, dense, lanczos; see fimbench.fisher.block_errors; exact: the exact "
             "block itself); layer 'network': error1 of the multi-layer Fisher over the chosen layers "
             "(fimbench.fisher.network_error)",
+            "measures": "kl_forward = KL(N(0, F̂_λ) ‖ N(0, F_λ)), kl_reverse = KL(N(0, F_λ) ‖ N(0, F̂_λ)) in nats, F̂_λ damped as "
+            "its preconditioner damps it; direction_error = ‖F̂_λ⁻¹∇ − F_λ⁻¹∇‖/‖F_λ⁻¹∇‖ and direction_cosine for the batch's "
+            "gradient ∇; subspace_alignment = mean cos² of the principal angles between the top-k eigenspaces of F and F̂ "
+            "(fimbench.fisher.damped_measures; λ: the training method's current damping, else the configured one)",
         }
     )
 
 
-FIGURE_PANEL = (5.0, 3.6)  # inches per panel (plots.new_figure)
-ROWS_PER_LAYER_MAX = 4  # up to this many layers: one row (Error 1 | Error 2) per layer
-GRID_COLUMNS = 4  # more layers: a grid of Error 1 panels above a grid of Error 2 panels
+FIGURE_PANEL = (3.6, 2.6)  # inches per panel (plots.new_figure)
+FIGURE_METRICS = (("error1", "Error 1"), ("error2", "Error 2"), *((name, name) for name in MEASURES))
+"""The columns of ``figure1.png``: the paper's two errors, then the damped measures."""
+LOG_SCALE = ("kl_forward", "kl_reverse")
+"""Columns drawn on a log axis (divergences span decades between methods)."""
 
 
-def figure_layout(layers: int) -> tuple[int, int]:
-    """(rows, columns) of ``figure1.png`` for ``layers`` plotted layers."""
-    if layers <= ROWS_PER_LAYER_MAX:
-        return layers, 2
-    return 2 * math.ceil(layers / GRID_COLUMNS), GRID_COLUMNS
-
-
-def _panel(index: int, metric: int, layers: int) -> tuple[int, int]:
-    """Grid position of layer ``index``'s Error ``metric + 1`` panel."""
-    if layers <= ROWS_PER_LAYER_MAX:
-        return index, metric
-    block = math.ceil(layers / GRID_COLUMNS)
-    return metric * block + index // GRID_COLUMNS, index % GRID_COLUMNS
+def figure_layout(panels: int) -> tuple[int, int]:
+    """(rows, columns) of ``figure1.png`` for ``panels`` rows of panels (the layers, then the network)."""
+    return panels, len(FIGURE_METRICS)
 
 
 def _line_style(entry: Entry) -> str:
@@ -168,28 +176,27 @@ def _line_style(entry: Entry) -> str:
 
 
 def plot_figure1(result: FisherErrorResult, path: Path) -> None:
-    """Error 1 and Error 2 against iteration, one line per entry, in the layout of the paper's Figure 1,
-    and last the network panel: the cross-layer Error 1 over the chosen layers (its Error 2 panel is empty).
+    """Every metric against iteration, one row of panels per layer and last the network's (the cross-layer
+    errors over the chosen layers; its Error 2 panel is empty), one line per entry: Error 1 and Error 2 in
+    the layout of the paper's Figure 1, then the damped measures (KL on a log axis).
 
-    Like the paper's MNIST panel, an axis whose errors exceed 1 is clipped to [0, 1] (and says so).
+    Like the paper's MNIST panel, an Error 1 / Error 2 axis whose errors exceed 1 is clipped to [0, 1] (and says so).
     """
     panels: list[int | str] = [*result.layers, NETWORK] if any(r.layer == NETWORK for r in result.rows) else list(result.layers)
-    count = len(panels)
-    rows, columns = figure_layout(count)
+    rows, columns = figure_layout(len(panels))
     figure, axes = new_figure(rows, columns, *FIGURE_PANEL)
-    for index, layer in enumerate(panels):
-        for metric, name in enumerate(("Error 1", "Error 2")):
-            row, column = _panel(index, metric, count)
-            if layer == NETWORK and metric == 1:
-                axes[row][column].set_visible(False)
-                continue
+    for row, layer in enumerate(panels):
+        for column, (metric, name) in enumerate(FIGURE_METRICS):
             ax = axes[row][column]
+            if layer == NETWORK and metric == "error2":
+                ax.set_visible(False)
+                continue
             peak = 0.0
             for entry in result.entries:
                 selected = [r for r in result.rows if r.layer == layer and r.method == entry.name and r.rank == entry.rank]
-                if not selected:
-                    continue  # a two-level entry has the network panel only
-                values = [r.error2 if metric else r.error1 for r in selected]
+                values = [getattr(r, metric) for r in selected]
+                if not any(math.isfinite(value) for value in values):
+                    continue  # a two-level entry has the network's Error 1 only
                 peak = max([peak] + [value for value in values if math.isfinite(value)])
                 ax.plot(
                     [r.iteration for r in selected],
@@ -197,29 +204,27 @@ def plot_figure1(result: FisherErrorResult, path: Path) -> None:
                     _line_style(entry) if entry.coarse == CoarseSpace.NONE else "-.",
                     color=method_color(entry.method.value),
                     label=entry.label,
-                    linewidth=1.4,
+                    linewidth=1.2,
                     marker=entry.method.record.marker,  # Deflation's and Lanczos' curves coincide (eq. 5): markers keep both visible
-                    markersize=4,
+                    markersize=3,
                     markevery=max(1, len(selected) // 12),
                     fillstyle="none",
                 )
-            clipped = peak > 1.0
-            ax.set_ylim(0.0, 1.0 if clipped else max(1.05 * peak, 1e-12))
+            clipped = metric in ("error1", "error2") and peak > 1.0
+            if metric in LOG_SCALE:
+                ax.set_yscale("symlog", linthresh=1e-3)
+            elif metric in ("error1", "error2"):
+                ax.set_ylim(0.0, 1.0 if clipped else max(1.05 * peak, 1e-12))
             if layer == NETWORK:
-                heading = f"network ({len(result.layers)} layers): cross-layer {name}"
+                heading = f"network ({len(result.layers)} layers): {name}"
             else:
                 p, q = result.layer_shapes[layer]  # type: ignore[index]
                 heading = f"layer {layer} (p={p}, q={q}): {name}"
-            ax.set_title(heading + (", clipped at 1" if clipped else ""), fontsize=9)
-            ax.set_xlabel("iteration")
-            ax.set_ylabel(name)
+            ax.set_title(heading + (", clipped at 1" if clipped else ""), fontsize=8)
+            ax.set_xlabel("iteration", fontsize=8)
+            ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    if count > ROWS_PER_LAYER_MAX:
-        for index in range(count, math.ceil(count / GRID_COLUMNS) * GRID_COLUMNS):
-            for metric in (0, 1):
-                row, column = _panel(index, metric, count)
-                axes[row][column].set_visible(False)
-    axes[0][0].legend(fontsize=8, title=f"{result.dataset}, {result.info['optimizer']}", title_fontsize=8)
+    axes[0][0].legend(fontsize=7, title=f"{result.dataset}, {result.info['optimizer']}", title_fontsize=7)
     save_png(figure, path)
 
 

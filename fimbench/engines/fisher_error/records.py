@@ -7,12 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fimbench.engines.plots import METHOD_LABELS
+from fimbench.fisher.damped_measures import DampedMeasures
+from fimbench.fisher.subspace import DEFAULT_TOP_K
 from fimbench.methods import BLOCK_METHODS, KRONECKER_METHODS, Method
 from fimbench.names import variant_name
 from fimbench.preconditioner.two_level import CoarseSpace
 
 DEFAULT_METHODS: tuple[Method, ...] = KRONECKER_METHODS
-CSV_COLUMNS = ("iteration", "layer", "method", "rank", "error1", "error2", "iterations", "seconds", "path")
+MEASURES = DampedMeasures._fields
+"""The columns beyond Error 1 and 2: kl_forward, kl_reverse, direction_error, direction_cosine, subspace_alignment."""
+CSV_COLUMNS = ("iteration", "layer", "method", "rank", "error1", "error2", *MEASURES, "iterations", "seconds", "path")
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,9 @@ class ErrorRow:
     """One approximation of one layer's block at one iteration (a row of ``errors.csv``); ``layer`` is
     ``"network"`` for the cross-layer error over all chosen layers (Error 2 NaN, iterations and seconds
     summed over the layers).
+
+    ``kl_forward`` … ``subspace_alignment``: the damped measures (:mod:`fimbench.fisher.damped_measures`) at
+    the run's λ; NaN where they cannot be computed (a Kronecker rank above 2; a two-level entry).
 
     ``rank``: Kronecker rank (0: the exact references); ``iterations``: power-SVD / Lanczos iterations used;
     ``seconds``: time to build the approximation (device-synchronised; 0 for the exact references, which
@@ -32,6 +39,11 @@ class ErrorRow:
     rank: int
     error1: float
     error2: float
+    kl_forward: float
+    kl_reverse: float
+    direction_error: float
+    direction_cosine: float
+    subspace_alignment: float
     iterations: int
     seconds: float
     path: str
@@ -68,7 +80,7 @@ def entry_label(method: str, rank: int) -> str:
 @dataclass(frozen=True)
 class FisherErrorSettings:
     """What to measure: 1-based layer numbers (Linear / Conv2d in module order; ``None``: all), methods,
-    schedule, Lanczos ranks."""
+    schedule, Lanczos ranks, and k of ``subspace_alignment``."""
 
     layers: tuple[int, ...] | None = (5,)
     methods: tuple[Method, ...] = DEFAULT_METHODS
@@ -77,6 +89,7 @@ class FisherErrorSettings:
     lanczos_rank: int | None = None  # also measure Lanczos at ranks 1..R
     empirical: bool = False
     coarse: tuple[str, ...] = ()  # two-level network rows: nicolaides and / or spectral
+    top_k: int = DEFAULT_TOP_K  # the eigenspaces' dimension k of subspace_alignment
 
     def entries(self) -> list[Entry]:
         """Methods in the order given; Lanczos at rank 2, or at ranks 1..R with ``lanczos_rank``; then each
