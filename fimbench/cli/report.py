@@ -1,4 +1,4 @@
-"""``fimbench report``: compare runs and sweeps per dataset (paper §4.2), Figure 2, JSON and CSV."""
+"""``fimbench report``: compare runs and sweeps per dataset (paper §4.2), Figure 2, performance profiles, JSON and CSV."""
 
 from __future__ import annotations
 
@@ -36,16 +36,17 @@ def report(
     target: float | None = typer.Option(
         None, help="Train loss per pixel for the to-target columns (default: each dataset's worst final train loss)."
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write figure2.png and report.json into this directory."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write figure2.png, profile.png (performance profiles) and report.json into this directory."),
     csv: Path | None = typer.Option(None, "--csv", help="Write the comparison table as CSV."),
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
 ) -> None:
-    """Compare methods per dataset: losses, times, epochs and seconds to a target, speed-ups vs KFAC and Adam.
+    """Compare methods per dataset: losses, times, epochs and seconds to a target, speed-ups vs KFAC and Adam,
+    and performance profiles of the methods over (dataset, seed) on both clocks.
 
     Example: fimbench report sweeps/curves-synth --out benchmarks/curves-synth
     """
-    from fimbench.engines.comparison import compare, write_csv, write_figure2, write_report_json
+    from fimbench.engines.comparison import PROFILE_FILE, compare, write_csv, write_report
 
     if out is not None:
         check_out(out)
@@ -53,9 +54,10 @@ def report(
     output = current()
     print_comparison(comparison)
     if out is not None:
-        write_figure2(comparison, out / "figure2.png")
-        write_report_json(comparison, out / "report.json")
-        output.note(f"figure and JSON in [bold]{out}[/bold]")
+        written = write_report(comparison, out)
+        output.note(f"{', '.join(path.name for path in written)} in [bold]{out}[/bold]")
+        if out / PROFILE_FILE not in written:
+            output.note(f"no {PROFILE_FILE}: no dataset has a target (no train loss per pixel logged)")
     if csv is not None:
         write_csv(comparison, csv)
     output.document(comparison.to_dict())

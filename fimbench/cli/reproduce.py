@@ -28,7 +28,7 @@ from fimbench.cli.options import (
 )
 from fimbench.cli.output import current, with_output
 from fimbench.cli.report import print_comparison
-from fimbench.cli.sweep import make_runner
+from fimbench.cli.sweep import TUNING, Search, make_runner, tuning_table
 from fimbench.errors import Interrupted, SweepFailedError
 from fimbench.names import METHODS, PAPER_METHODS
 
@@ -111,6 +111,9 @@ def figure2(
     time_minutes: int = RUNS["time_minutes"],
     gpus_per_job: int = RUNS["gpus_per_job"],
     cpus_per_job: int = RUNS["cpus_per_job"],
+    budget: int | None = TUNING["budget"],
+    search: Search = TUNING["search"],
+    extend: int = TUNING["extend"],
     target: float | None = typer.Option(None, help="Train loss per pixel of the report's to-target columns (default: the worst final)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder of every stage (default: reproduce/figure2-<dataset>)."),
     sets: list[str] | None = set_option(),
@@ -120,16 +123,17 @@ def figure2(
     """The paper's §4.2 protocol: sweep every method, take each one's best setting, train it once per
     seed, and report Figure 2 with mean, spread and which differences are real.
 
-    Stages, each a folder of --out: sweep/ (the grid search), sweep/best/ (each method's best setting),
-    runs/ (the seeded runs) and report/ (figure2.png, report.json). Rerunning the same command resumes:
+    Stages, each a folder of --out: sweep/ (the grid search, tuned as --budget, --search and --extend say,
+    as in fimbench sweep), sweep/best/ (each method's best setting), runs/ (the seeded runs) and report/
+    (figure2.png, profile.png, report.json, which says the tuning each method got). Rerunning the same command resumes:
     finished runs are kept, interrupted ones rerun, and the report is rewritten.
 
-    Example: fimbench reproduce figure2 -d curves-synth --sweep-epochs 5 --epochs 20 --seeds 3 -j 2
+    Example: fimbench reproduce figure2 -d curves-synth --sweep-epochs 5 --epochs 20 --seeds 3 -j 2 --budget 40
     """
     from fimbench.cli.parsers import parse_seeds
     from fimbench.engines.config import resolve_config
     from fimbench.engines.figure2 import plan_figure2, run_figure2
-    from fimbench.engines.sweep import parse_grid
+    from fimbench.engines.sweep import Tuning, parse_grid
 
     overrides = {
         "data.dataset": dataset_value(dataset),
@@ -142,7 +146,7 @@ def figure2(
     check_out(target_dir)
     plan = plan_figure2(
         target_dir, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides,
-        sweep_epochs, epochs, parse_seeds(seeds or DEFAULT_SEEDS),
+        sweep_epochs, epochs, parse_seeds(seeds or DEFAULT_SEEDS), Tuning(budget, search.value, extend),
     )
     output = current()
     progress = ProgressLines(draw=output.progress)
@@ -155,7 +159,8 @@ def figure2(
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; rerun the same command to resume in {plan.out}") from None
     print_comparison(result.comparison)
-    output.note(f"figure2.png and report.json in [bold]{result.report_dir}[/bold]")
+    output.summary(tuning_table(result.tuning))
+    output.note(f"figure2.png, profile.png and report.json in [bold]{result.report_dir}[/bold]")
     output.document({"out": str(plan.out), **result.to_dict()})
     if result.failed:
         for path in result.failed:

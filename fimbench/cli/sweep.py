@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.live import Live
+from rich.table import Table
 
 from fimbench.cli.common import console, split_list, user_errors
 from fimbench.cli.options import (
@@ -34,10 +36,45 @@ from fimbench.errors import Interrupted, SweepFailedError
 from fimbench.names import METHODS
 
 if TYPE_CHECKING:
-    from fimbench.engines.sweep import PointState, Runner, SweepPlan
+    from fimbench.engines.sweep import Planner, PointState, Runner, SweepPlan, TunedSweep, Tuning
 
 
 POINTS = executor_options("points")
+EXTEND = 2
+"""``--extend``'s default: :data:`fimbench.engines.sweep.DEFAULT_EXTEND` (not imported: ``--help`` imports no torch)."""
+
+
+class Search(str, Enum):
+    """``--search``: :data:`fimbench.engines.sweep.SEARCHES`."""
+
+    GRID = "grid"
+    QUASI_RANDOM = "quasi-random"
+
+
+def tuning_options() -> dict[str, Any]:
+    """``--budget``, ``--search`` and ``--extend`` of ``sweep`` and ``reproduce figure2``, as parameter name -> option."""
+    return {
+        "budget": typer.Option(
+            None, "--budget",
+            help="Trials per method, the same for every method: a trial is one run of one point (one seed). The grid "
+            "counts against it (a grid larger than the budget is an error), then the edge extension. "
+            "Default: no budget (the grid, extended within --extend).",
+        ),
+        "search": typer.Option(
+            Search.GRID, "--search",
+            help="grid: the grid, then one grid step past the edge where a method's best point lies on it, repeated "
+            "(--extend); quasi-random: --budget points per method from a scrambled Sobol sequence (seed 0) over the "
+            "log box of the grid (each key from its smallest to its largest value), no extension.",
+        ),
+        "extend": typer.Option(
+            EXTEND, "--extend",
+            help="Most edge-extension steps per axis and direction (0: none); a step also stays within lr in [1e-8, 10], "
+            "damping in [1e-8, 1e4] and clip in [1e-6, 1] (in the grid's scale).",
+        ),
+    }
+
+
+TUNING = tuning_options()
 
 
 class LiveSweepTable:
@@ -100,6 +137,9 @@ def sweep(
     time_minutes: int = POINTS["time_minutes"],
     gpus_per_job: int = POINTS["gpus_per_job"],
     cpus_per_job: int = POINTS["cpus_per_job"],
+    budget: int | None = TUNING["budget"],
+    search: Search = TUNING["search"],
+    extend: int = TUNING["extend"],
     out: Path | None = typer.Option(None, "--out", "-o", help="Sweep directory (default: sweeps/<dataset>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the points and what is already finished; run nothing."),
     sets: list[str] | None = set_option(),
@@ -110,13 +150,17 @@ def sweep(
 
     Rerunning the same command resumes: finished points (completed or diverged) are kept, interrupted and
     failed ones rerun. The best point per method (lowest final train loss) is written to
-    <out>/best/<method>.yaml for fimbench train --config. Exit status 4 if a point failed.
+    <out>/best/<method>.yaml for fimbench train --config. Where it lies on the edge of the grid, a point one
+    grid step beyond is added and run, up to --extend steps per axis and direction (default 2) and within
+    --budget trials per method; each method's trials, extensions and final state are reported and kept in
+    <out>/sweep.json. Exit status 4 if a point failed.
 
-    Example: fimbench sweep -d curves-synth -m kfac,adam --grid lr=1e-1,1e-2 --authors-scale --epochs 5 -j 2
+    Example: fimbench sweep -d curves-synth -m kfac,adam --grid lr=1e-1,1e-2 --authors-scale --epochs 5 -j 2 --budget 12
     """
+    from functools import partial
+
     from fimbench.cli.parsers import parse_seeds
-    from fimbench.cli.tables import sweep_table
-    from fimbench.engines.sweep import inspect_points, parse_grid, plan_sweep
+    from fimbench.engines.sweep import Tuning, parse_grid, plan_sweep, plan_tuned
 
     overrides = {
         "data.dataset": dataset_value(dataset),
@@ -128,16 +172,28 @@ def sweep(
     overrides = with_sets(overrides, sets)
     target = out or _default_sweep_dir(config, dataset_value(dataset))
     check_out(target)
-    plan = plan_sweep(target, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides, seed_list)
-    output = current()
+    tuning = Tuning(budget, search.value, extend)
+    planner: Planner = partial(plan_sweep, target, split_list(methods), parse_grid(grid or []), authors_scale, config, overrides, seed_list)
+    runs_per_setting = len(seed_list) if seed_list else 1
+    plan = plan_tuned(planner, tuning, runs_per_setting)
     if dry_run:
-        states = inspect_points(plan)
-        output.summary(sweep_table(states))
-        output.note(f"{len(states)} points, {sum(s.status == 'pending' for s in states)} to run, in [bold]{plan.out}[/bold]")
-        output.document(_document(plan, states, {}))
+        _dry_run(plan, tuning)
         return
     runner = make_runner(plan, executor, jobs, partition, time_minutes, gpus_per_job, cpus_per_job)
-    _run(plan, runner)
+    _run(plan, planner, tuning, runs_per_setting, runner)
+
+
+def _dry_run(plan: SweepPlan, tuning: Tuning) -> None:
+    """List the plan's points (the first round's, with tuning) and what is already finished."""
+    from fimbench.cli.tables import sweep_table
+    from fimbench.engines.sweep import inspect_points
+
+    output = current()
+    states = inspect_points(plan)
+    output.summary(sweep_table(states))
+    later = " (then edge extensions, where a best point lies on an edge)" if tuning.search == Search.GRID.value and tuning.extend else ""
+    output.note(f"{len(states)} points, {sum(s.status == 'pending' for s in states)} to run{later}, in [bold]{plan.out}[/bold]")
+    output.document(_document(plan, states, {}))
 
 
 def make_runner(
@@ -154,24 +210,46 @@ def make_runner(
     )
 
 
-def _run(plan: SweepPlan, runner: Runner) -> None:
-    """Run the plan with the live table, then print the table, the best configs and the failures."""
+def tuning_table(records: dict[str, dict[str, Any]]) -> Table:
+    """Per method: the trials used of the budget, the edge extensions made and where the tuning ended.
+
+    Args:
+        records: Method -> its tuning record (:meth:`fimbench.engines.sweep.TuningRecord.to_dict`).
+
+    Returns:
+        The table.
+    """
+    table = Table(title="tuning", header_style="bold")
+    for header in ("method", "search", "trials", "extensions", "state"):
+        table.add_column(header, justify="right" if header == "trials" else "left", overflow="fold")
+    for method, record in records.items():
+        extensions = ", ".join(
+            f"{item['axis']} {'↑' if item['direction'] == 'up' else '↓'} {item['value']:.4g}" for item in record["extensions"]
+        )
+        table.add_row(method, record["search"], record["trials_of_budget"], extensions or "–", record["state"])
+    return table
+
+
+def _run(plan: SweepPlan, planner: Planner, tuning: Tuning, runs_per_setting: int, runner: Runner) -> None:
+    """Run the tuned sweep with the live table, then print the table, the tuning, the best configs and the failures."""
     from fimbench.cli.tables import sweep_table
-    from fimbench.engines.sweep import run_sweep
+    from fimbench.engines.sweep import run_tuned_sweep
 
     output = current()
     progress = LiveSweepTable(draw=output.progress)
     try:
         with progress.live if output.progress else nullcontext():
-            result = run_sweep(plan, runner, progress)
+            tuned: TunedSweep = run_tuned_sweep(planner, tuning, runner, progress, runs_per_setting=runs_per_setting)
     except KeyboardInterrupt:
         output.summary(sweep_table(progress.states))
         output.document(_document(plan, progress.states, {}))
         raise Interrupted(f"interrupted; rerun the same command to resume the sweep in {plan.out}") from None
+    result = tuned.result
     output.summary(sweep_table(result.states))
+    output.summary(tuning_table(result.plan.tuning))
     for method, path in result.best.items():
         output.note(f"best {method}: [bold]{path}[/bold]")
-    output.document(_document(plan, result.states, result.best))
+    output.document(_document(result.plan, result.states, result.best))
     if result.failed:
         for state in result.failed:
             typer.echo(f"failed: {state.point.name}: {state.message}", err=True)
@@ -201,4 +279,5 @@ def _document(plan: SweepPlan, states: Sequence[PointState], best: dict[str, Pat
         ],
         "counts": {status: sum(state.status == status for state in states) for status in sorted({s.status for s in states})},
         "best": {method: str(path) for method, path in best.items()},
+        "tuning": plan.tuning,
     }

@@ -2,11 +2,13 @@
 
 Stages, each a folder of ``<out>``:
 
-1. ``sweep/``: a grid search of every method (:func:`fimbench.engines.sweep.plan_sweep`), ``sweep_epochs`` each;
+1. ``sweep/``: a grid search of every method (:func:`fimbench.engines.sweep.plan_sweep`), ``sweep_epochs`` each, tuned as
+   its :class:`~fimbench.engines.sweep.Tuning` asks (a budget of trials per method, the edge extension, or a
+   quasi-random search: :func:`fimbench.engines.sweep.run_tuned_sweep`);
 2. ``sweep/best/<method>.yaml``: each method's best setting (lowest final train loss, §4.2);
 3. ``runs/``: that setting once per seed, ``epochs`` each (:func:`fimbench.engines.sweep.plan_best_runs`);
-4. ``report/``: ``figure2.png`` and ``report.json`` of the runs (:mod:`fimbench.engines.comparison`), seeds
-   aggregated and differences tested.
+4. ``report/``: ``figure2.png``, ``profile.png`` (the performance profiles) and ``report.json`` of the runs (:mod:`fimbench.engines.comparison`), seeds
+   aggregated and differences tested; ``report.json``'s ``tuning`` holds each method's tuning record of stage 1.
 
 Stages 1 and 3 are ordinary sweeps run by :func:`fimbench.engines.sweep.run_sweep`, so the pipeline resumes as
 a sweep does: rerunning it keeps every finished run and reruns the interrupted ones; the report is
@@ -16,14 +18,29 @@ rewritten from whatever is on disk.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from fimbench.engines.comparison import Comparison
-from fimbench.engines.sweep import PointState, Runner, SweepPlan, SweepPoint, SweepResult, plan_best_runs, plan_sweep, run_sweep
+from fimbench.engines.sweep import (
+    Planner,
+    PointState,
+    Runner,
+    SettingsRule,
+    SweepPlan,
+    SweepPoint,
+    SweepResult,
+    Tuning,
+    plan_best_runs,
+    plan_sweep,
+    plan_tuned,
+    run_sweep,
+    run_tuned_sweep,
+)
 from fimbench.errors import FimbenchError
-from fimbench.methods import PAPER_METHODS, Command, methods_of, parse_method
+from fimbench.methods import PAPER_METHODS, Command, Method, methods_of, parse_method
 
 SWEEP, RUNS, REPORT = "sweep", "runs", "report"
 STAGES: tuple[str, ...] = (SWEEP, RUNS, REPORT)
@@ -33,10 +50,12 @@ STAGES: tuple[str, ...] = (SWEEP, RUNS, REPORT)
 @dataclass(frozen=True)
 class Figure2Plan:
     out: Path
-    sweep: SweepPlan
+    sweep: SweepPlan  # stage 1's first round (the grid, or the quasi-random points)
     seeds: tuple[int, ...]
     epochs: int | None  # of the seeded runs; None: the config's
     overrides: dict[str, Any]  # dotted config overrides of the seeded runs (besides the best setting)
+    planner: Planner  # stage 1's plan for given settings: its rounds
+    tuning: Tuning = field(default_factory=Tuning)  # of stage 1
 
 
 class Figure2Progress(Protocol):
@@ -54,12 +73,14 @@ def plan_figure2(
     sweep_epochs: int | None = None,
     epochs: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
+    tuning: Tuning | None = None,
 ) -> Figure2Plan:
     """The protocol's plan; ``overrides`` (``--set``, ``data.dataset``, ...) apply to every run.
 
     ``grid`` (values per key, :func:`fimbench.engines.sweep.parse_grid`) is the Kronecker methods' grid; SGD and
     Adam always sweep their default learning rates (the paper's, converted), which no value of a
-    curvature method's grid suits.
+    curvature method's grid suits. ``tuning``: how stage 1 tunes each method (default: the grid, extended
+    within the default bound, no budget); a grid larger than its budget is an error here, before anything runs.
     """
     overrides = dict(overrides or {})
     if overrides.get("training.seed") is not None:
@@ -74,20 +95,34 @@ def plan_figure2(
     sweep_overrides = {**overrides, "training.seed": seeds[0], "training.epochs": sweep_epochs}
     accepted = methods_of(command=Command.REPRODUCE)
     chosen = list(dict.fromkeys(parse_method(name, choices=accepted) for name in methods)) or list(PAPER_METHODS)
-    kronecker = [method.value for method in chosen if method.is_preconditioned]
-    baselines = [method.value for method in chosen if not method.is_preconditioned]
-    if grid and not kronecker:
+    if grid and not any(method.is_preconditioned for method in chosen):
         raise FimbenchError("--grid is the preconditioned methods' grid, and none is among --methods (SGD and Adam sweep their default lr)")
+    order = [method.value for method in chosen]
+    planner = partial(_plan_stage1, Path(out) / SWEEP, order, grid, authors_scale, config_path, sweep_overrides)
+    tuning = tuning or Tuning()
+    return Figure2Plan(Path(out), plan_tuned(planner, tuning), tuple(seeds), epochs, overrides, planner, tuning)
+
+
+def _plan_stage1(
+    out: Path,
+    order: list[str],
+    grid: Mapping[str, Sequence[float]] | None,
+    authors_scale: bool,
+    config_path: Path | None,
+    overrides: dict[str, Any],
+    settings: SettingsRule,
+) -> SweepPlan:
+    """Stage 1's plan: the Kronecker methods with ``grid``, SGD and Adam with their default learning rates."""
+    kronecker = [name for name in order if Method(name).is_preconditioned]
+    baselines = [name for name in order if not Method(name).is_preconditioned]
     parts = [
-        plan_sweep(Path(out) / SWEEP, names, method_grid, authors_scale, config_path, sweep_overrides)
+        plan_sweep(out, names, method_grid, authors_scale, config_path, overrides, settings=settings)
         for names, method_grid in ((kronecker, grid), (baselines, None))
         if names
     ]
     grids = {method: axes for part in parts for method, axes in part.grids.items()}
-    order = [method.value for method in chosen]
     points = sorted((point for part in parts for point in part.points), key=lambda point: order.index(point.method))
-    sweep = SweepPlan(Path(out) / SWEEP, parts[0].dataset, {m: grids[m] for m in order}, tuple(points))
-    return Figure2Plan(Path(out), sweep, tuple(seeds), epochs, overrides)
+    return SweepPlan(out, parts[0].dataset, {m: grids[m] for m in order}, tuple(points))
 
 
 def runs_plan(plan: Figure2Plan, best: Mapping[str, tuple[SweepPoint, Path]]) -> SweepPlan:
@@ -139,6 +174,7 @@ class Figure2Result:
     report_dir: Path
     skipped: list[str]  # methods without a completed sweep point, left out of the runs
     failed: list[Path]  # run directories whose worker failed (in either stage); a rerun retries them
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its stage-1 TuningRecord, as a dict
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +182,7 @@ class Figure2Result:
             "skipped": self.skipped,
             "failed": [str(path) for path in self.failed],
             **self.comparison.to_dict(),
+            "tuning": self.tuning,
         }
 
 
@@ -166,7 +203,7 @@ def run_figure2(
     """
     import time
 
-    from fimbench.engines.comparison import compare, write_figure2, write_report_json
+    from fimbench.engines.comparison import compare, write_report
 
     started = time.monotonic()
 
@@ -175,7 +212,11 @@ def run_figure2(
             progress.update(states, seconds_left(states, time.monotonic() - started, future))
 
     future = [(p.method, plan.epochs or p.config.training.epochs) for p in _one_per_method(plan.sweep) for _ in plan.seeds]
-    sweep_result = _stage(plan.sweep, SWEEP, runner, progress, lambda states: observe(states, future), poll_seconds)
+    if progress is not None:
+        progress.stage(SWEEP, plan.sweep)
+    tuned = run_tuned_sweep(plan.planner, plan.tuning, runner(plan.sweep), _Relay(lambda states: observe(states, future)), poll_seconds)
+    sweep_result = tuned.result
+    tuning = {method: record.to_dict() for method, record in tuned.records.items()}
     failed = [state.run_dir for state in sweep_result.failed]
     best = {method: (sweep_result.best_points[method], path) for method, path in sweep_result.best.items()}
     skipped = [method for method in plan.sweep.grids if method not in best]
@@ -189,10 +230,15 @@ def run_figure2(
     comparison = compare([runs.out], target)
     if skipped:
         comparison.warnings.append(f"no completed sweep point for {', '.join(skipped)}: left out of the runs")
+    comparison.warnings += [
+        f"{method}: tuning ended '{record['state']}' after {record['trials_of_budget']} trials; its best setting is the "
+        "outermost tried along an axis, not known to be a tuned optimum"
+        for method, record in tuning.items()
+        if record["state"].startswith("edge")
+    ]
     report_dir = plan.out / REPORT
-    write_figure2(comparison, report_dir / "figure2.png")
-    write_report_json(comparison, report_dir / "report.json")
-    return Figure2Result(comparison, report_dir, skipped, failed)
+    write_report(comparison, report_dir, {"tuning": tuning})
+    return Figure2Result(comparison, report_dir, skipped, failed, tuning)
 
 
 def _one_per_method(plan: SweepPlan) -> list[SweepPoint]:
@@ -211,11 +257,13 @@ def _stage(
     poll_seconds: float,
 ) -> SweepResult:
     """One sweep stage, announced to ``progress``."""
-
-    class Relay:
-        def update(self, states: Sequence[PointState]) -> None:
-            observe(states)
-
     if progress is not None:
         progress.stage(name, plan)
-    return run_sweep(plan, runner(plan), Relay(), poll_seconds)
+    return run_sweep(plan, runner(plan), _Relay(observe), poll_seconds)
+
+
+class _Relay:
+    """A sweep's progress, handed to ``observe``."""
+
+    def __init__(self, observe: Callable[[Sequence[PointState]], None]) -> None:
+        self.update = observe

@@ -20,11 +20,18 @@ METHOD_COLORS: dict[str, str] = {method.value: record.colour for method, record 
 """Each method's colour (its registry record's)."""
 METHOD_LABELS: dict[str, str] = {method.value: record.label for method, record in RECORDS.items()}
 """Each method's label in tables and legends (its registry record's)."""
+METHOD_MARKERS: dict[str, str] = {method.value: record.marker for method, record in RECORDS.items()}
+"""Each method's marker (its registry record's)."""
 
 
 def method_color(method: str) -> str:
     """The method's colour; Lanczos at rank r (``lanczos-r3``) and a variant (``kfac+nicolaides``) share their method's hue."""
     return METHOD_COLORS.get(method, METHOD_COLORS.get(method.split("+")[0].split("-r")[0], "#17becf"))
+
+
+def method_marker(method: str) -> str:
+    """The method's marker, as :func:`method_color` finds its colour (``"o"`` for a method fimbench does not know)."""
+    return METHOD_MARKERS.get(method, METHOD_MARKERS.get(method.split("+")[0].split("-r")[0], "o"))
 
 
 def new_figure(rows: int, cols: int, width: float = 5.0, height: float = 3.6) -> tuple[Figure, Any]:

@@ -597,7 +597,7 @@ def test_sigkill_during_a_run_leaves_whole_files(tmp_path: Path) -> None:
 def test_sweep_interrupted_and_resumed(tmp_path: Path) -> None:
     out = tmp_path / "sw"
     args = [str(arg) for arg in [FIMBENCH, "sweep", "-c", tiny_config(tmp_path), "-m", "sgd",
-                                 "--grid", "lr=1e-3,1e-4", "-j", "1", "--out", out, "--json"]]
+                                 "--grid", "lr=1e-3,1e-4", "--extend", "0", "-j", "1", "--out", out, "--json"]]
     first = out / "sgd-lr_1e-3"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=QUIET_ENV)
     wait_for(lambda: (first / "summary.json").is_file(), process)

@@ -143,6 +143,7 @@ def test_protocol_end_to_end_and_resume_after_an_interruption(tmp_path: Path, da
     assert [(c["method"], c["baseline"]) for c in report["comparisons"]] == [("kpsvd", "kfac")]
     assert all(c["significant"] in (True, False) for c in report["comparisons"])
     assert (out / "report" / "figure2.png").stat().st_size > 0
+    assert (out / "report" / "profile.png").stat().st_size > 0  # the performance profiles, since the report has a target
 
 
 def test_seconds_left_counts_work_done_in_this_invocation() -> None:
@@ -179,6 +180,30 @@ def test_cli_runs_the_protocol_and_prints_progress(tmp_path: Path, data_dir: Pat
     assert "stage" not in again.stdout and "KFAC" in again.stdout
 
 
+def test_cli_budget_gives_each_method_its_tuning_record(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fimbench.cli.reproduce as reproduce
+
+    monkeypatch.setattr(reproduce, "make_runner", lambda stage, *args: debug_runner(stage))
+    out = tmp_path / "fig2"
+    sets = [item for key, value in tiny(data_dir).items() for item in ("--set", f"{key}={json.dumps(value)}")]
+    arguments = ["reproduce", "figure2", "-c", str(SMOKE), "-m", "kfac,kpsvd", "--grid", "lr=1e-3,1e-5", "--grid", "damping=600",
+                 "--grid", "clip=1e-2", "--sweep-epochs", "1", "--epochs", "1", "--seeds", "1", "--budget", "3", "--out", str(out), *sets]
+    result = CliRunner().invoke(app, [*arguments, "--json"])
+    assert result.exit_code == 0, result.output
+    tuning = json.loads(result.stdout)["tuning"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["tuning"] == tuning and set(tuning) == {"kfac", "kpsvd"}
+    for record in tuning.values():
+        assert record["search"] == "grid" and record["budget"] == 3 and 2 <= record["trials"] <= 3
+        assert record["trials_of_budget"] == f"{record['trials']}/3" and record["state"] != "pending"
+        assert record["trials"] == 2 + len(record["extensions"])
+        edge = any(warning.startswith(f"{record['method']}: tuning ended 'edge") for warning in report["warnings"])
+        assert edge == record["state"].startswith("edge")
+    assert "tuning" in result.stderr and "/3" in result.stderr
+    manifest = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert {method: entry["tuning"] for method, entry in manifest["methods"].items()} == tuning
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -190,6 +215,9 @@ def test_cli_runs_the_protocol_and_prints_progress(tmp_path: Path, data_dir: Pat
         (["--grid", "momentum=1"], "--grid takes KEY"),
         (["-m", "sgd,adam", "--grid", "lr=1"], "none is among --methods"),
         (["--out", "FILE/below"], "is not a directory"),
+        (["-m", "kfac,sgd", "--budget", "10"], "more points than --budget 10 (kfac 32; a point is one run"),
+        (["--search", "quasi-random"], "--search quasi-random needs --budget"),
+        (["--extend", "-1"], "--extend must be at least 0"),
     ],
 )
 def test_bad_input_is_one_error_line(tmp_path: Path, arguments: list[str], message: str) -> None:

@@ -285,7 +285,7 @@ def test_cli_local_workers_dry_run_and_errors(tmp_path: Path, data_dir: Path) ->
     runner = CliRunner()
     base = _base_config(tmp_path, data_dir)
     out = tmp_path / "sw"
-    args = ["sweep", "--config", str(base), "--methods", "sgd", "--grid", "lr=1e-3,1e-4", "--out", str(out)]
+    args = ["sweep", "--config", str(base), "--methods", "sgd", "--grid", "lr=1e-3,1e-4", "--extend", "0", "--out", str(out)]  # the grid only
     dry = runner.invoke(_app(), [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "sgd-lr_1e-3" in dry.output and "2 points, 2 to run" in dry.output and not out.exists()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fimbench.engines.comparison.profiles import performance_profiles
 from fimbench.engines.comparison.results import (
     GROUP_METRICS,
     SEED_SUFFIX,
@@ -189,7 +190,9 @@ def compare(paths: Sequence[Path], target: float | None = None) -> Comparison:
             warnings.append(f"{dataset}: runs come from different devices ({'; '.join(devices)}); compare times with care")
         groups = _groups(results)
         datasets.append(DatasetComparison(dataset, dataset_target, source, results, groups, _differences(dataset, groups)))
-    return Comparison(datasets, warnings)
+    profiles = performance_profiles(datasets)
+    warnings.extend(profiles.warnings if profiles is not None else [])
+    return Comparison(datasets, warnings, profiles)
 
 
 def _group_name(runs: list[MethodResult]) -> str:

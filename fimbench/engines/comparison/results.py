@@ -1,8 +1,10 @@
 """The results of a comparison: one line per run, per group of seeds, per difference between groups,
-per dataset (what :func:`~fimbench.engines.comparison.compare.compare` returns)."""
+per dataset, and the performance profiles (:mod:`~fimbench.engines.comparison.profiles`): what
+:func:`~fimbench.engines.comparison.compare.compare` returns."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -89,6 +91,11 @@ class GroupResult:
         """``metric`` of each run (of ``runs``, by default every seed)."""
         return [getattr(run, metric) for run in (self.runs if runs is None else runs)]
 
+    @property
+    def reached(self) -> list[MethodResult]:
+        """The counted runs that reached the target (those the to-target statistics are over)."""
+        return [run for run in self.counted if run.epochs_to_target is not None]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -98,6 +105,7 @@ class GroupResult:
             "statuses": [run.status for run in self.runs],
             "values": {metric: self.values(metric) for metric in GROUP_METRICS},
             "counted_seeds": [run.seed for run in self.counted],
+            "target_reached": {"n": len(self.reached), "of": len(self.counted), "seeds": [run.seed for run in self.reached]},
             "stats": {metric: (stat.to_dict() if stat else None) for metric, stat in self.stats.items()},
             "speedup_vs_kfac": self.speedup_vs_kfac,
             "speedup_vs_adam": self.speedup_vs_adam,
@@ -139,10 +147,106 @@ class DatasetComparison:
     differences: list[GroupDifference] = field(default_factory=list)
 
 
+CLOCKS: tuple[tuple[str, str, str], ...] = (
+    ("epochs", "epochs_to_target", "epochs to target"),
+    ("seconds", "seconds_to_target", "training seconds to target"),
+)
+"""(clock, :class:`~fimbench.engines.comparison.results.MethodResult` field, description) of each profile."""
+TAU_MAX_FLOOR = 4.0
+DEFINITION = (
+    "Dolan & Moré (2002) performance profile, as MLCommons AlgoPerf scores training algorithms: a problem is one "
+    "(dataset, seed) of a dataset with a target (one dataset when its runs have no seed); t(p, s) is solver s's "
+    "time to the target train loss per pixel on problem p (epochs, or training seconds), infinite when it never "
+    "reached it; r(p, s) = t(p, s) / min_s t(p, s); rho_s(tau) = fraction of problems with r(p, s) <= tau. "
+    f"tau runs from 1 to tau_max, the smallest power of 2 above every finite ratio, at least {TAU_MAX_FLOOR:g}; "
+    "ratios are null where the solver did not reach the target (not solved for any tau)"
+)
+PAIRING = (
+    "a problem exists only for a seed that every solver ran on that dataset (other seeds are dropped, with a "
+    "warning); a dataset without a run of some solver is left out. Not taken: keeping every seed any solver ran, "
+    "a missing run counting as unsolved"
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of the profiles: a dataset and a seed (None: runs without a seed)."""
+
+    dataset: str
+    seed: int | None
+
+
+@dataclass
+class ClockProfile:
+    """The profile on one clock: per problem each solver's time and ratio, and ρ on the τ grid."""
+
+    clock: str  # "epochs" or "seconds"
+    times: list[dict[str, float | None]]  # per problem, per solver: time to target (None: never reached)
+    ratios: list[dict[str, float]]  # per problem, per solver: t / best (math.inf: not solved)
+    tau_max: float
+    taus: list[float]  # 1, every finite ratio and tau_max, sorted: where the step functions may jump
+    rho: dict[str, list[float]]  # per solver, ρ at each of taus
+
+    def rho_at(self, solver: str, tau: float) -> float:
+        """ρ of ``solver`` at ``tau``.
+
+        Args:
+            solver: a solver's label.
+            tau: the factor over the best time on each problem.
+
+        Returns:
+            The fraction of problems ``solver`` solved within ``tau`` times the best (0 with no problem).
+        """
+        if not self.ratios:
+            return 0.0
+        return sum(ratios[solver] <= tau for ratios in self.ratios) / len(self.ratios)
+
+
+@dataclass
+class PerformanceProfiles:
+    """Both clocks' profiles over the same problems and solvers."""
+
+    solvers: list[str]  # labels, in method order
+    methods: dict[str, str]  # label -> method (its colour and marker)
+    problems: list[Problem]
+    clocks: dict[str, ClockProfile]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profiles as report.json holds them (null for an infinite ratio or a missing time).
+
+        Returns:
+            ``definition``, ``pairing``, ``solvers`` (label and method), ``problems`` (dataset and seed), and per
+            clock ``tau_max``, ``tau``, ``rho`` (per solver, at each tau) and ``problems`` (times, best, ratios).
+        """
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        clocks = {}
+        for name, profile in self.clocks.items():
+            rows = []
+            for problem, times, ratios in zip(self.problems, profile.times, profile.ratios):
+                reached = [time for time in times.values() if time is not None]
+                rows.append({
+                    "dataset": problem.dataset, "seed": problem.seed, "times": times, "best": min(reached, default=None),
+                    "ratios": {solver: finite(ratio) for solver, ratio in ratios.items()},
+                })
+            description = next(text for clock, _, text in CLOCKS if clock == name)
+            clocks[name] = {"measure": description, "tau_max": profile.tau_max, "tau": profile.taus, "rho": profile.rho, "problems": rows}
+        return {
+            "definition": DEFINITION,
+            "pairing": PAIRING,
+            "solvers": [{"label": solver, "method": self.methods[solver]} for solver in self.solvers],
+            "problems": [{"dataset": problem.dataset, "seed": problem.seed} for problem in self.problems],
+            "clocks": clocks,
+        }
+
+
 @dataclass
 class Comparison:
     datasets: list[DatasetComparison]
     warnings: list[str]
+    profiles: PerformanceProfiles | None = None  # None: no dataset has a target
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,5 +263,6 @@ class Comparison:
             "comparisons": [item.to_dict() for dataset in self.datasets for item in dataset.differences],
             "significance": f"{TEST_NAME} {CONFIDENCE:.0%} interval of the difference in final train loss per pixel; "
             "significant when it excludes 0; null for a single seed",
+            "profiles": self.profiles.to_dict() if self.profiles is not None else None,
             "warnings": self.warnings,
         }

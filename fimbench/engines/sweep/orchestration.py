@@ -85,15 +85,32 @@ def _write_best(plan: SweepPlan, states: Sequence[PointState]) -> dict[str, Poin
     return written
 
 
+def write_manifest(plan: SweepPlan, states: Sequence[PointState]) -> None:
+    """Rewrite ``<out>/sweep.json`` with the plan's methods (their grids, points and tuning records) and ``states``.
+
+    Args:
+        plan: The plan (other methods of the manifest on disk stay).
+        states: Its points' states.
+    """
+    write_sweep_manifest(plan.out, manifest_document(plan, existing_manifest(plan), states))
+
+
 def run_sweep(
-    plan: SweepPlan, runner: Runner, progress: SweepProgress | None = None, poll_seconds: float = 1.0
+    plan: SweepPlan,
+    runner: Runner,
+    progress: SweepProgress | None = None,
+    poll_seconds: float = 1.0,
+    earlier: Sequence[PointState] = (),
 ) -> SweepResult:
     """Run the plan's unfinished points on ``runner`` and write the manifest and best configs.
 
     Ctrl-C stops the workers (they record ``interrupted``), saves the manifest and re-raises; running the
-    same plan again resumes.
+    same plan again resumes. ``earlier``: the states of an earlier run of this invocation (a tuned sweep's
+    previous round, :mod:`~fimbench.engines.sweep.tuning`): a point that failed or was interrupted there keeps that
+    state rather than run again at once (the next invocation retries it).
     """
-    states = inspect_points(plan)
+    unsettled = {state.point.name: state for state in earlier if state.status not in FINISHED + ACTIVE}
+    states = [unsettled.get(state.point.name, state) if state.status == "pending" else state for state in inspect_points(plan)]
     previous = existing_manifest(plan)
     todo = [state for state in states if state.status == "pending"]
     if todo:

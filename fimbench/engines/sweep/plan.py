@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,35 @@ class SweepPlan:
     dataset: str
     grids: dict[str, tuple[GridAxis, ...]]  # method -> its axes
     points: tuple[SweepPoint, ...]
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its tuning record (sweep.json)
+
+
+SettingsRule = Callable[[str, tuple[GridAxis, ...]], list[dict[str, float]]]
+"""``rule(method, axes) -> settings``: the settings a method runs, each a grid key -> value mapping in its axis'
+scale (the authors' where the axis was converted from it, :func:`axis_scale_values`); default :func:`grid_settings`."""
+
+
+def axis_scale_values(axis: GridAxis) -> tuple[float, ...]:
+    """An axis' values in the scale it was given in: the authors' where converted from it, else fimbench's."""
+    return axis.authors_values if axis.authors_values is not None else axis.values
+
+
+def setting_values(point: SweepPoint) -> dict[str, float]:
+    """A point's grid values in each axis' own scale (:func:`axis_scale_values`): what a :data:`SettingsRule` gives."""
+    return {key: point.authors_values.get(key, value) for key, value in point.values.items()}
+
+
+def grid_settings(method: str, axes: tuple[GridAxis, ...]) -> list[dict[str, float]]:
+    """Every combination of the axes' values: the grid search's settings (a :data:`SettingsRule`).
+
+    Args:
+        method: The method (every method's grid is the product of its axes).
+        axes: The method's axes.
+
+    Returns:
+        The settings, in the axes' own scale, first axis slowest.
+    """
+    return [dict(zip((axis.key for axis in axes), values)) for values in itertools.product(*map(axis_scale_values, axes))]
 
 
 def _axis(method: Method, architecture: Architecture, key: str, given: Sequence[float] | None, authors_scale: bool) -> GridAxis:
@@ -134,6 +163,27 @@ def _axis(method: Method, architecture: Architecture, key: str, given: Sequence[
     return GridAxis(key, tuple(values[i] for i in kept), tuple(raw[i] for i in kept) if converted else None)
 
 
+def _setting(
+    method: Method, architecture: Architecture, axes: tuple[GridAxis, ...], setting: Mapping[str, float]
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """A setting (values in its axes' own scale) as the point's values in fimbench's scale, the values in the
+    authors' scale (the converted axes'), and the point's config overrides."""
+    values: dict[str, float] = {}
+    authors: dict[str, float] = {}
+    for axis in axes:
+        value = setting[axis.key]
+        if axis.authors_values is None:
+            values[axis.key] = value
+        else:
+            values[axis.key], authors[axis.key] = to_fimbench_scale(method, architecture, axis.key, value), value
+    point_overrides: dict[str, Any] = {GRID_KEYS[key]: value for key, value in values.items()}
+    if "damping" in authors:  # the authors' damping comes with their split
+        kappa = loss_scale(architecture.likelihood, architecture.layers[0])
+        point_overrides["optimizer.pi"] = authors_damping(method, authors["damping"], kappa)[1]
+    point_overrides["optimizer.method"] = method.value
+    return values, authors, point_overrides
+
+
 def plan_sweep(
     out: Path,
     methods: Sequence[str] = (),
@@ -142,6 +192,7 @@ def plan_sweep(
     config_path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     seeds: Sequence[int] | None = None,
+    settings: SettingsRule = grid_settings,
 ) -> SweepPlan:
     """Expand each method's grid into points (module docstring).
 
@@ -149,6 +200,8 @@ def plan_sweep(
     default grid (module docstring). ``config_path`` and dotted ``overrides`` (``data.dataset``, ``training.epochs``, ...) are
     resolved as by ``fimbench train`` for every point, before the point's own values. ``seeds``: each
     setting runs once per seed (``training.seed``, named ``…-seed_S``); by default once, with the config's seed.
+    ``settings``: which settings of its axes a method runs (:data:`SettingsRule`; default the grid, every
+    combination); a setting whose run name another one already has is left out.
     """
     grid = dict(grid or {})
     overrides = dict(overrides or {})
@@ -169,25 +222,17 @@ def plan_sweep(
     points: list[SweepPoint] = []
     dataset = ""
     for method in chosen:
-        base = bases[method]
-        dataset = base.data.dataset
+        dataset = bases[method].data.dataset
         check_dataset(dataset)
-        architecture = resolve_architecture(base, ARCHITECTURES[dataset].layers[0])
+        architecture = resolve_architecture(bases[method], ARCHITECTURES[dataset].layers[0])
         axes = tuple(_axis(method, architecture, key, grid.get(key), authors_scale) for key in tuned[method])
         grids[method.value] = axes
-        for combination in itertools.product(*(range(len(axis.values)) for axis in axes)):
-            values = {axis.key: axis.values[i] for axis, i in zip(axes, combination)}
-            authors = {
-                axis.key: axis.authors_values[i]
-                for axis, i in zip(axes, combination)
-                if axis.authors_values is not None
-            }
-            point_overrides: dict[str, Any] = {GRID_KEYS[key]: value for key, value in values.items()}
-            if "damping" in authors:  # the authors' damping comes with their split
-                kappa = loss_scale(architecture.likelihood, architecture.layers[0])
-                point_overrides["optimizer.pi"] = authors_damping(method, authors["damping"], kappa)[1]
-            point_overrides["optimizer.method"] = method.value
-            points.extend(_seeded_points(method.value, values, authors, config_path, {**overrides, **point_overrides}, seeds))
+        named: set[str] = set()
+        for setting in settings(method.value, axes):
+            values, authors, point_overrides = _setting(method, architecture, axes, setting)
+            if point_name(method.value, values) not in named:
+                named.add(point_name(method.value, values))
+                points.extend(_seeded_points(method.value, values, authors, config_path, {**overrides, **point_overrides}, seeds))
     return SweepPlan(Path(out), dataset, grids, tuple(points))
 
 

@@ -136,6 +136,7 @@ def manifest_document(plan: SweepPlan, previous: dict[str, Any], states: Sequenc
                 for state in states
                 if state.point.method == method
             },
+            **({"tuning": plan.tuning[method]} if method in plan.tuning else {}),
         }
     return {
         "dataset": plan.dataset,
