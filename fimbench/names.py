@@ -57,6 +57,22 @@ STEP_RULES: tuple[str, ...] = tuple(rule.value for rule in StepRule)
 """``step_rule`` choices."""
 
 
+class Search(StrEnum):
+    """How ``sweep`` and ``reproduce figure2`` tune each method (``--search``; docs/design.md §22): the grid and its
+    edge extension, or scrambled Sobol points over the grid's log box."""
+
+    GRID = "grid"
+    QUASI_RANDOM = "quasi-random"
+
+
+SEARCHES: tuple[str, ...] = tuple(search.value for search in Search)
+"""``--search`` choices."""
+DEFAULT_EXTEND = 2
+"""``--extend``: the most edge-extension steps per axis and direction."""
+TUNING_LIMITS: dict[str, tuple[float, float]] = {"lr": (1e-8, 10.0), "damping": (1e-8, 1e4), "clip": (1e-6, 1.0)}
+"""Hard limits per grid key, inclusive, in the axis' scale: an edge extension never steps outside them."""
+
+
 def check_dataset(name: str, choices: Sequence[str] = DATASETS) -> str:
     """``name`` if it is one of ``choices`` (every dataset by default); else the one "unknown dataset" error."""
     if name not in choices:

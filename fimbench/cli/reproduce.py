@@ -28,9 +28,9 @@ from fimbench.cli.options import (
 )
 from fimbench.cli.output import current, with_output
 from fimbench.cli.report import print_comparison
-from fimbench.cli.sweep import TUNING, Search, make_runner, tuning_table
+from fimbench.cli.sweep import TUNING, make_runner, tuning_table
 from fimbench.errors import Interrupted, SweepFailedError
-from fimbench.names import METHODS, PAPER_METHODS
+from fimbench.names import METHODS, PAPER_METHODS, Search
 
 if TYPE_CHECKING:
     from fimbench.engines.sweep import PointState, Runner, SweepPlan

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,24 +32,13 @@ from fimbench.cli.options import (
 )
 from fimbench.cli.output import current, with_output
 from fimbench.errors import Interrupted, SweepFailedError
-from fimbench.names import METHODS
+from fimbench.names import DEFAULT_EXTEND, METHODS, TUNING_LIMITS, Search
 
 if TYPE_CHECKING:
     from fimbench.engines.sweep import Planner, PointState, Runner, SweepPlan, TunedSweep, Tuning
 
 
 POINTS = executor_options("points")
-EXTEND = 2
-"""``--extend``'s default: :data:`fimbench.engines.sweep.DEFAULT_EXTEND` (not imported: ``--help`` imports no torch)."""
-
-
-class Search(str, Enum):
-    """``--search``: :data:`fimbench.engines.sweep.SEARCHES`."""
-
-    GRID = "grid"
-    QUASI_RANDOM = "quasi-random"
-
-
 def tuning_options() -> dict[str, Any]:
     """``--budget``, ``--search`` and ``--extend`` of ``sweep`` and ``reproduce figure2``, as parameter name -> option."""
     return {
@@ -67,9 +55,10 @@ def tuning_options() -> dict[str, Any]:
             "log box of the grid (each key from its smallest to its largest value), no extension.",
         ),
         "extend": typer.Option(
-            EXTEND, "--extend",
-            help="Most edge-extension steps per axis and direction (0: none); a step also stays within lr in [1e-8, 10], "
-            "damping in [1e-8, 1e4] and clip in [1e-6, 1] (in the grid's scale).",
+            DEFAULT_EXTEND, "--extend",
+            help="Most edge-extension steps per axis and direction (0: none); a step also stays within "
+            + ", ".join(f"{key} in [{low:g}, {high:g}]" for key, (low, high) in TUNING_LIMITS.items())
+            + " (in the grid's scale).",
         ),
     }
 

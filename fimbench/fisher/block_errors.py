@@ -139,7 +139,8 @@ class ExactFisher:
         a: ``a`` in float64.
         g: ``g`` in float64.
         gradients: The per-example gradients ``DW_n``, (m, q, p), for shared weights; else ``None``.
-        squared_norm: ``‖F‖²_F = (1/m²) Σ_ts (ā_tᵀ ā_s)² (g_tᵀ g_s)²``.
+        gram: ``K = J Jᵀ / m = (1/m)(ā āᵀ) ∘ (g gᵀ)``, (m, m) — shared weights: ``⟨DW_n, DW_n'⟩ / m``.
+        squared_norm: ``‖F‖²_F = (1/m²) Σ_ts (ā_tᵀ ā_s)² (g_tᵀ g_s)² = ‖K‖²_F``.
         spectrum: F's c = min(m, pq) largest eigenvalues, (c,) decreasing, those of ``K = (1/m)(ā āᵀ) ∘ (g gᵀ)``
             (F is PSD: round-off below 0 is clamped).
         bases: Orthonormal bases of ``range(āᵀ)`` (p × rank ā) and ``range(gᵀ)`` (:func:`reduce_terms`).
@@ -168,6 +169,7 @@ class ExactFisher:
         else:
             K = (self.a @ self.a.transpose(0, 1)) * (self.g @ self.g.transpose(0, 1)) / m
             rows_a, rows_g = self.a, self.g
+        self.gram = K
         self.squared_norm = float(K.square().sum())
         self.spectrum = torch.linalg.eigvalsh(K).flip(0)[: self.count].clamp_min(0.0)
         self.bases = (range_basis([rows_a.transpose(0, 1)]), range_basis([rows_g.transpose(0, 1)]))

@@ -315,21 +315,6 @@ def _gram_eigenpairs(gram: Tensor, m: int) -> tuple[Tensor, Tensor]:
     return mu.flip(0), V.flip(1)
 
 
-def normalised_gram(fisher: ExactFisher) -> Tensor:
-    """``K̃ = JJᵀ / m = (1/m)(ā āᵀ) ∘ (g gᵀ)`` of one layer (shared weights: ``⟨DW_n, DW_n'⟩ / m``), (m, m).
-
-    Args:
-        fisher: The exact block F of the batch.
-
-    Returns:
-        The Gram matrix with the 1/m factor, float64 (:func:`subspace_alignment`'s ``gram``).
-    """
-    if fisher.gradients is not None:
-        flat = fisher.gradients.reshape(fisher.m, -1)
-        return flat @ flat.transpose(0, 1) / fisher.m
-    return (fisher.a @ fisher.a.transpose(0, 1)) * (fisher.g @ fisher.g.transpose(0, 1)) / fisher.m
-
-
 def subspace_alignment(gram: Tensor, m: int, approximation: Eigenpairs, k: int = DEFAULT_TOP_K) -> float:
     """``‖U_Fᵀ U_F̂‖²_F / k' = Σ_ij (v_iᵀ P[:, j])² / (m μ_i) / k'`` over F's and F̂'s top k' eigenpairs.
 
@@ -337,7 +322,7 @@ def subspace_alignment(gram: Tensor, m: int, approximation: Eigenpairs, k: int =
     null space has no top directions to compare.
 
     Args:
-        gram: ``K̃ = JJᵀ / m`` (m, m) WITH the 1/m factor: a layer's (``normalised_gram``,
+        gram: ``K̃ = JJᵀ / m`` (m, m) WITH the 1/m factor: a layer's (``ExactFisher.gram``,
             ``SubBatchFisher.layer_gram(l) / m``) for a layer, the network's (``SubBatchFisher.gram() / m``)
             against merged eigenpairs.
         m: The number of examples.

@@ -58,11 +58,11 @@ class ExactBlock:
         return BlockErrors(ApproximationErrors(EXACT, EXACT), exact_block_terms(fisher))
 
     def measures(self, fisher: ExactFisher, gradient: Tensor, damping: float, top_k: int) -> BlockMeasures:
-        """``F_ll + λI`` itself (``exact``): its terms and eigenpairs from ``K̃_l = J_l J_lᵀ / m``, its Woodbury solve."""
+        """``F_ll + λI`` itself (``exact``): its terms and eigenpairs from ``fisher``'s Gram ``K̃_l = J_l J_lᵀ / m``, its
+        Woodbury solve."""
         assert self.fisher is not None, "measures before fit"
-        gram = self.fisher.layer_gram(0) / fisher.m
-        solved = self.fisher.inverse(damping, per_layer=True).apply([gradient.to(gram.dtype)])[0]
-        return BlockMeasures(exact_terms(gram, damping, fisher.p * fisher.q), solved, exact_eigenpairs(gram, fisher.m, top_k), exact=True)
+        solved = self.fisher.inverse(damping, per_layer=True).apply([gradient.to(fisher.gram.dtype)])[0]
+        return BlockMeasures(exact_terms(fisher.gram, damping, fisher.p * fisher.q), solved, exact_eigenpairs(fisher.gram, fisher.m, top_k), exact=True)
 
     def operator(self) -> tuple[Callable[[Tensor], Tensor], tuple[Tensor, Tensor]]:
         raise FimbenchError("the exact references take no two-level correction: their block has no Kronecker term")

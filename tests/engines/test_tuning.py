@@ -17,8 +17,6 @@ from typer.testing import CliRunner
 from fimbench.cli import sweep as sweep_cli
 from fimbench.engines.rundir import append_metrics, start_metrics, write_summary
 from fimbench.engines.sweep import (
-    DEFAULT_EXTEND,
-    SEARCHES,
     PointState,
     SettingsRule,
     SweepPlan,
@@ -30,6 +28,7 @@ from fimbench.engines.sweep import (
 )
 from fimbench.engines.sweep import orchestration as orchestration_module
 from fimbench.errors import FimbenchError
+from fimbench.names import DEFAULT_EXTEND, SEARCHES
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 Objective = Callable[[Mapping[str, float]], float]
@@ -235,4 +234,4 @@ def test_cli_budget_report_error_and_resume(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_the_cli_defaults_are_the_engines() -> None:
-    assert sweep_cli.EXTEND == DEFAULT_EXTEND and tuple(search.value for search in sweep_cli.Search) == SEARCHES
+    assert sweep_cli.TUNING["extend"].default == DEFAULT_EXTEND and tuple(search.value for search in sweep_cli.Search) == SEARCHES

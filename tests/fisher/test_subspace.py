@@ -23,7 +23,6 @@ from fimbench.fisher.subspace import (
     exact_eigenpairs,
     kronecker_eigenpairs,
     merge,
-    normalised_gram,
     subspace_alignment,
 )
 
@@ -100,7 +99,7 @@ def test_kronecker_sum_alignment_matches_dense(m: int, p: int, q: int, positions
     dense = torch.linalg.eigvalsh(kron_sum(terms)).flip(0)
     assert torch.allclose(pairs.values, dense[:k], rtol=EXACT, atol=EXACT * float(dense.abs().max()))
     expected = reference_alignment(dense_fisher(a, g), kron_sum(terms), k)
-    assert subspace_alignment(normalised_gram(fisher), m, pairs, k) == pytest.approx(expected, rel=EXACT, abs=EXACT)
+    assert subspace_alignment(fisher.gram, m, pairs, k) == pytest.approx(expected, rel=EXACT, abs=EXACT)
     assert 0.0 < expected < 1.0 - 1e-3  # a random F̂: a non-trivial value that a wrong projection would change
 
 
@@ -128,7 +127,7 @@ def test_reduced_path_matches_dense(indefinite: bool) -> None:
     assert torch.allclose(pairs.values, dense[:m], atol=EXACT * float(dense.abs().max()))
     assert float(dense[m - 1]) > 0.1 * float(dense[0])  # F̂'s top-m subspace is unique, free of its null space
     expected = reference_alignment(dense_fisher(a, g), F_hat, m)
-    assert subspace_alignment(normalised_gram(fisher), m, pairs, m) == pytest.approx(expected, rel=EXACT, abs=EXACT)
+    assert subspace_alignment(fisher.gram, m, pairs, m) == pytest.approx(expected, rel=EXACT, abs=EXACT)
 
 
 def test_null_space_eigenvectors_count_as_orthogonal_to_f() -> None:
@@ -148,7 +147,7 @@ def test_null_space_eigenvectors_count_as_orthogonal_to_f() -> None:
     expected = float((top_vectors(F, 2).T @ torch.kron(v, w)).square().sum()) / 2
     assert expected > 1e-2
     assert reference_alignment(F, kron_sum(terms), 2) == pytest.approx(expected, rel=EXACT)
-    assert subspace_alignment(normalised_gram(fisher), m, pairs, 2) == pytest.approx(expected, rel=EXACT)
+    assert subspace_alignment(fisher.gram, m, pairs, 2) == pytest.approx(expected, rel=EXACT)
 
 
 @pytest.mark.parametrize("m, p, q, positions", CASES)
@@ -166,7 +165,7 @@ def test_method_terms_match_dense(m: int, p: int, q: int, positions: int) -> Non
             continue  # F̂'s top-k subspace is not unique
         pairs = kronecker_eigenpairs(fisher, terms, k)
         expected = reference_alignment(F, F_hat, k)
-        assert subspace_alignment(normalised_gram(fisher), m, pairs, k) == pytest.approx(expected, rel=EXACT, abs=EXACT), method
+        assert subspace_alignment(fisher.gram, m, pairs, k) == pytest.approx(expected, rel=EXACT, abs=EXACT), method
         checked += 1
     assert checked >= 2
 
@@ -188,14 +187,14 @@ def test_eigenbasis_diagonal_matches_dense(positions: int) -> None:
         pairs = eigenbasis_eigenpairs(fisher, approximation, k)
         assert torch.allclose(pairs.values, torch.linalg.eigvalsh(F_hat).flip(0)[:k], rtol=EXACT, atol=EXACT)
         expected = reference_alignment(dense_fisher(a, g), F_hat, k)
-        assert subspace_alignment(normalised_gram(fisher), m, pairs, k) == pytest.approx(expected, rel=EXACT, abs=EXACT)
+        assert subspace_alignment(fisher.gram, m, pairs, k) == pytest.approx(expected, rel=EXACT, abs=EXACT)
         assert expected < 1.0 - 1e-3
 
 
 @pytest.mark.parametrize("m, p, q, positions", [*CASES, (1, 4, 3, 0)])
 def test_exact_eigenpairs_align_perfectly(m: int, p: int, q: int, positions: int) -> None:
     a, g = statistics(m, p, q, seed=11, positions=positions)
-    gram = normalised_gram(ExactFisher(a, g))
+    gram = ExactFisher(a, g).gram
     pairs = exact_eigenpairs(gram, m)
     assert torch.allclose(pairs.values, torch.linalg.eigvalsh(dense_fisher(a, g)).flip(0)[: min(m, DEFAULT_TOP_K)], atol=EXACT)
     assert subspace_alignment(gram, m, pairs) == pytest.approx(1.0, abs=EXACT)
@@ -209,7 +208,7 @@ def test_kfac_is_exact_for_one_example(p: int, q: int) -> None:
     """m = 1: F = ā āᵀ ⊗ g gᵀ is K-FAC's [(ā āᵀ, g gᵀ)] — alignment 1 through the Kronecker and the exact paths."""
     a, g = statistics(1, p, q, seed=12)
     fisher = ExactFisher(a, g)
-    gram = normalised_gram(fisher)
+    gram = fisher.gram
     terms = [(torch.outer(a[0], a[0]), torch.outer(g[0], g[0]))]
     assert torch.allclose(kron_sum(terms), exact_block(a, g), rtol=EXACT, atol=EXACT)
     assert subspace_alignment(gram, 1, kronecker_eigenpairs(fisher, terms)) == pytest.approx(1.0, abs=EXACT)
@@ -237,7 +236,7 @@ def test_merged_layers_match_dense_block_diagonal_and_network_fisher() -> None:
     assert 0.0 < expected < 1.0 - 1e-3
     for index, (fisher, terms) in enumerate(zip(fishers, (terms1, terms2))):  # the layer rows
         layer_gram = sub_batch.layer_gram(index) / m
-        assert torch.allclose(layer_gram, normalised_gram(fisher), rtol=EXACT, atol=EXACT)
+        assert torch.allclose(layer_gram, fisher.gram, rtol=EXACT, atol=EXACT)
         expected = reference_alignment(exact_block(fisher.a, fisher.g), kron_sum(terms), k)
         assert subspace_alignment(layer_gram, m, kronecker_eigenpairs(fisher, terms, k), k) == pytest.approx(expected, rel=EXACT, abs=EXACT)
     network = merge([exact_eigenpairs(sub_batch.layer_gram(index) / m, m, k) for index in range(2)], k)  # block-diagonal exact NG
@@ -256,7 +255,7 @@ def test_block_lanczos_path_agrees_with_dense(method: str) -> None:
     assert dense.residual == 0.0 and 0.0 < krylov.residual <= KRYLOV_RTOL
     scale = float(dense.values.abs().max())
     assert torch.allclose(krylov.values, dense.values, rtol=0, atol=KRYLOV_AGREEMENT * scale)
-    gram = normalised_gram(fisher)
+    gram = fisher.gram
     aligned = subspace_alignment(gram, m, krylov, k)
     assert aligned == pytest.approx(subspace_alignment(gram, m, dense, k), abs=KRYLOV_AGREEMENT)
     assert aligned == pytest.approx(reference_alignment(dense_fisher(a, g), kron_sum(terms), k), abs=KRYLOV_AGREEMENT)
@@ -272,10 +271,10 @@ def test_orthogonal_subspaces_give_zero() -> None:
     G = random_spd(q, torch.Generator().manual_seed(20))
     expected = reference_alignment(dense_fisher(a, g), torch.kron(A, G), 2)
     assert expected < ZERO
-    assert subspace_alignment(normalised_gram(fisher), m, kronecker_eigenpairs(fisher, [(A, G)], 2), 2) < ZERO
+    assert subspace_alignment(fisher.gram, m, kronecker_eigenpairs(fisher, [(A, G)], 2), 2) < ZERO
     # a control: the same spectrum on range(āᵀ) instead aligns with F
     inside = torch.linalg.svd(a.T, full_matrices=True)[0][:, :m] @ torch.diag(torch.tensor([3.0, 2.0], dtype=DTYPE))
-    assert subspace_alignment(normalised_gram(fisher), m, kronecker_eigenpairs(fisher, [(inside @ inside.T, G)], 2), 2) > 1e-2
+    assert subspace_alignment(fisher.gram, m, kronecker_eigenpairs(fisher, [(inside @ inside.T, G)], 2), 2) > 1e-2
 
 
 def test_zero_fisher_or_no_eigenpairs_give_nan() -> None:
@@ -283,12 +282,12 @@ def test_zero_fisher_or_no_eigenpairs_give_nan() -> None:
     a, g = statistics(m, p, q, seed=21)
     zero = ExactFisher(a, torch.zeros_like(g))
     terms = random_terms(p, q, 1, seed=22)
-    assert math.isnan(subspace_alignment(normalised_gram(zero), m, kronecker_eigenpairs(zero, terms)))
-    assert math.isnan(subspace_alignment(normalised_gram(zero), m, exact_eigenpairs(normalised_gram(zero), m)))
+    assert math.isnan(subspace_alignment(zero.gram, m, kronecker_eigenpairs(zero, terms)))
+    assert math.isnan(subspace_alignment(zero.gram, m, exact_eigenpairs(zero.gram, m)))
     fisher = ExactFisher(a, g)
     nothing = kronecker_eigenpairs(fisher, [(torch.zeros(p, p, dtype=DTYPE), random_spd(q, torch.Generator()))])
     assert nothing.values.numel() == 0
-    assert math.isnan(subspace_alignment(normalised_gram(fisher), m, nothing))
+    assert math.isnan(subspace_alignment(fisher.gram, m, nothing))
 
 
 def test_k_is_capped_by_the_rank_of_f() -> None:
@@ -299,9 +298,9 @@ def test_k_is_capped_by_the_rank_of_f() -> None:
     terms = random_terms(p, q, 2, seed=24)
     pairs = kronecker_eigenpairs(fisher, terms, DEFAULT_TOP_K)
     assert pairs.values.numel() == DEFAULT_TOP_K
-    value = subspace_alignment(normalised_gram(fisher), m, pairs, DEFAULT_TOP_K)
+    value = subspace_alignment(fisher.gram, m, pairs, DEFAULT_TOP_K)
     assert value == pytest.approx(reference_alignment(dense_fisher(a, g), kron_sum(terms), m), rel=EXACT)
-    assert subspace_alignment(normalised_gram(fisher), m, pairs, m) == pytest.approx(value, rel=EXACT)
+    assert subspace_alignment(fisher.gram, m, pairs, m) == pytest.approx(value, rel=EXACT)
 
 
 def test_bad_shapes_are_refused() -> None:
@@ -331,7 +330,7 @@ def test_block_lanczos_restarts_after_an_invariant_subspace() -> None:
     krylov = kronecker_eigenpairs(fisher, terms, k, dense_limit=0)
     assert krylov.residual <= KRYLOV_RTOL
     assert torch.allclose(krylov.values, dense.values, rtol=0, atol=KRYLOV_AGREEMENT * float(dense.values[0]))
-    gram = normalised_gram(fisher)
+    gram = fisher.gram
     assert subspace_alignment(gram, m, krylov, k) == pytest.approx(subspace_alignment(gram, m, dense, k), abs=KRYLOV_AGREEMENT)
 
 

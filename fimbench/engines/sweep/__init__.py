@@ -31,19 +31,15 @@ from fimbench.engines.sweep.plan import (
     tunable_keys,
 )
 from fimbench.engines.sweep.runners import LocalRunner, Runner, SubmititRunner, Worker, available_cores
-from fimbench.engines.sweep.search import DEFAULT_EXTEND, LIMITS
 from fimbench.engines.sweep.state import ACTIVE, FINISHED, PointState, inspect_points
-from fimbench.engines.sweep.tuning import SEARCHES, Planner, TunedSweep, Tuning, TuningRecord, plan_tuned, run_tuned_sweep
+from fimbench.engines.sweep.tuning import Planner, TunedSweep, Tuning, TuningRecord, plan_tuned, run_tuned_sweep
 
 __all__ = [
     "ACTIVE",
-    "DEFAULT_EXTEND",
     "FINISHED",
     "GRID_KEYS",
     "KRONECKER_GRID",
-    "LIMITS",
     "PAPER_GRID",
-    "SEARCHES",
     "GridAxis",
     "LocalRunner",
     "Planner",

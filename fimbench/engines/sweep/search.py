@@ -3,7 +3,7 @@ edge of the grid where a method's best point lies on it, and the scrambled Sobol
 
 Every value here is in its axis' own scale (:func:`~fimbench.engines.sweep.plan.axis_scale_values`: the authors'
 where the axis was converted from it, else fimbench's), the scale the grid was given in; the limits of
-:data:`LIMITS` are too.
+:data:`~fimbench.names.TUNING_LIMITS` are too.
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ import torch
 
 from fimbench.engines.sweep.plan import GridAxis, axis_scale_values, format_value
 from fimbench.errors import FimbenchError
+from fimbench.names import TUNING_LIMITS
 
-LIMITS: dict[str, tuple[float, float]] = {"lr": (1e-8, 10.0), "damping": (1e-8, 1e4), "clip": (1e-6, 1.0)}
-"""Hard limits per grid key, inclusive, in the axis' scale: an edge extension never steps outside them."""
-DEFAULT_EXTEND = 2
-"""``--extend``: the most edge-extension steps per axis and direction."""
 SOBOL_SEED = 0
 """The scramble seed of the quasi-random search (the same for every method: each gets the same draws in its box)."""
 UP, DOWN = "up", "down"
@@ -99,13 +96,13 @@ def stopped(edge: Edge, made: Sequence[Extension], extend: int) -> str | None:
 
     Returns:
         ``"--extend N"`` when that many steps were made in its direction, ``"limit KEY in [LOW, HIGH]"`` when the
-        step would leave :data:`LIMITS`, else ``None``.
+        step would leave :data:`~fimbench.names.TUNING_LIMITS`, else ``None``.
     """
     if edge.fill:
         return None
     if sum(item.key == edge.key and item.direction == edge.direction and not item.fill for item in made) >= extend:
         return f"--extend {extend}"
-    low, high = LIMITS[edge.key]
+    low, high = TUNING_LIMITS[edge.key]
     if not low <= edge.beyond <= high:
         return f"limit {edge.key} in [{format_value(low)}, {format_value(high)}]"
     return None

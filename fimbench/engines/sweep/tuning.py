@@ -8,7 +8,7 @@ than any finite loss) has no tried point beyond it along an axis with two values
 way is added (one grid step past the axis' edge, or a value the axis has elsewhere:
 :func:`~fimbench.engines.sweep.search.edges`) and run, and the best recomputed, until the best is inside,
 the bound is reached (``extend`` steps per axis and direction, or a limit of
-:data:`~fimbench.engines.sweep.search.LIMITS`) or the budget is spent. With ``search="quasi-random"`` a method
+:data:`~fimbench.names.TUNING_LIMITS`) or the budget is spent. With ``search="quasi-random"`` a method
 runs ``budget`` trials of scrambled Sobol settings over the log box of its grid, without extension.
 
 Each round is an ordinary :func:`~fimbench.engines.sweep.run_sweep` of a plan that holds the settings so far, in
@@ -25,13 +25,12 @@ from typing import Any
 from fimbench.engines.sweep.orchestration import SweepProgress, SweepResult, run_sweep, write_manifest
 from fimbench.engines.sweep.plan import SettingsRule, SweepPlan, SweepPoint, format_value, grid_settings, setting_values
 from fimbench.engines.sweep.runners import Runner
-from fimbench.engines.sweep.search import DEFAULT_EXTEND, SOBOL_SEED, Extension, edges, quasi_random_settings, stopped
+from fimbench.engines.sweep.search import SOBOL_SEED, Extension, edges, quasi_random_settings, stopped
 from fimbench.engines.sweep.state import PointState
 from fimbench.errors import FimbenchError
+from fimbench.names import DEFAULT_EXTEND, SEARCHES, Search
 
-GRID, QUASI_RANDOM = "grid", "quasi-random"
-SEARCHES: tuple[str, ...] = (GRID, QUASI_RANDOM)
-"""``--search``: the grid (and its edge extension), or scrambled Sobol points."""
+GRID, QUASI_RANDOM = Search.GRID.value, Search.QUASI_RANDOM.value
 PENDING, INSIDE, BUDGET_SPENT, NO_EXTENSION, NO_BEST = (
     "pending", "inside", "edge, budget spent", "quasi-random: no extension", "no completed point",
 )  # fmt: skip
