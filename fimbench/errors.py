@@ -58,7 +58,7 @@ class SweepFailedError(FimbenchError):
 
 
 class Interrupted(FimbenchError):
-    """The user interrupted a command (Ctrl-C, SIGINT); the message says what was kept."""
+    """The user interrupted a command (Ctrl-C, SIGINT or SIGTERM); the message says what was kept."""
 
     exit_code = exit_codes.INTERRUPTED
 

@@ -14,7 +14,7 @@ INTERNAL_ERROR = 5
 """An unexpected exception: a bug. One ``error:`` line names it and the crash log holding its traceback
 (``crash.log`` in the run directory, else a temporary file); what was logged is kept."""
 INTERRUPTED = 130
-"""Interrupted (Ctrl-C or SIGINT); what was logged is kept."""
+"""Interrupted (Ctrl-C, SIGINT or SIGTERM: :mod:`fimbench.termination`); what was logged is kept."""
 
 MEANINGS: dict[int, str] = {
     OK: "success",

@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 from fimbench import __version__, exit_codes
 from fimbench.cli.options import record_out, recorded_out
 from fimbench.errors import report_crash
+from fimbench.termination import stop_on_termination
 
 ClickException: type[Exception] = next(
     base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException"
@@ -125,5 +126,6 @@ app.add_typer(_reproduce.app, name="reproduce", epilog=EPILOG)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; SIGTERM stops a command as Ctrl-C does (:mod:`fimbench.termination`)."""
+    stop_on_termination()
     app()

@@ -137,8 +137,8 @@ def sweep(
 ) -> None:
     """Grid-search each method (paper §4.2); every point is an ordinary train run directory.
 
-    Rerunning the same command resumes: finished points (completed or diverged) are kept, interrupted and
-    failed ones rerun. The best point per method (lowest final train loss) is written to
+    Rerunning the same command resumes: finished points (completed or diverged) are kept, interrupted or
+    killed ones continue from their last epoch's checkpoint, failed ones rerun. The best point per method (lowest final train loss) is written to
     <out>/best/<method>.yaml for fimbench train --config. Where it lies on the edge of the grid, a point one
     grid step beyond is added and run, up to --extend steps per axis and direction (default 2) and within
     --budget trials per method; each method's trials, extensions and final state are reported and kept in

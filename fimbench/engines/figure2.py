@@ -140,7 +140,8 @@ def seconds_left(states: Sequence[PointState], elapsed: float, future: Sequence[
 
     Work is counted in training seconds: an epoch of a method costs its mean logged seconds per epoch
     (over every run of ``states`` that logged one; a method with none costs the mean over methods). The
-    work done in this invocation (runs not finished by an earlier one) over ``elapsed`` wall seconds is
+    work done in this invocation (the epochs of runs not finished by an earlier one, past those an earlier one
+    left for them to continue from) over ``elapsed`` wall seconds is
     the throughput, which includes evaluation, start-up and parallel workers; ``None`` until some is done.
     """
     seconds: dict[str, float] = {}
@@ -157,7 +158,7 @@ def seconds_left(states: Sequence[PointState], elapsed: float, future: Sequence[
     def cost(method: str, count: int) -> float:
         return rates.get(method, fallback) * count
 
-    done = sum(cost(s.point.method, s.epoch or 0) for s in states if not s.resumed)
+    done = sum(cost(s.point.method, max(0, (s.epoch or 0) - s.continued_from)) for s in states if not s.resumed)
     if done <= 0:
         return None
     left = sum(

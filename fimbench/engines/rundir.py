@@ -181,6 +181,14 @@ def reopen_run(run_dir: Path, metrics_bytes: int, epochs: int) -> list[dict[str,
     """Make a run directory continue from its checkpoint, taken when ``metrics.jsonl`` was ``metrics_bytes``
     long and held ``epochs`` epoch rows: cut what was logged after it (rows, or half a row, of a killed run),
     remove ``summary.json`` (the run is incomplete again) and return the kept epoch rows."""
+    kept, rows = _metrics_at_checkpoint(run_dir, metrics_bytes, epochs)
+    atomic_write_bytes(run_dir / METRICS, kept)
+    (run_dir / SUMMARY).unlink(missing_ok=True)
+    return rows
+
+
+def _metrics_at_checkpoint(run_dir: Path, metrics_bytes: int, epochs: int) -> tuple[bytes, list[dict[str, Any]]]:
+    """The first ``metrics_bytes`` of ``metrics.jsonl`` and their rows, which must be ``epochs`` whole epoch rows."""
     path = run_dir / METRICS
     try:
         content = path.read_bytes()
@@ -190,9 +198,23 @@ def reopen_run(run_dir: Path, metrics_bytes: int, epochs: int) -> list[dict[str,
     rows, warnings = _parse_metrics(kept.decode("utf-8", errors="replace"), path)
     if len(content) < metrics_bytes or warnings or len(rows) != epochs or (rows and kept[-1:] != b"\n"):
         raise FimbenchError(f"{path} does not match {CHECKPOINT} (which follows {epochs} logged epoch(s)); not resumed")
-    atomic_write_bytes(path, kept)
-    (run_dir / SUMMARY).unlink(missing_ok=True)
-    return rows
+    return kept, rows
+
+
+def continuable_epochs(run_dir: Path, device_type: str) -> int | None:
+    """The epochs completed at ``run_dir``'s checkpoint when a run on a ``device_type`` device can continue from
+    it: ``checkpoint.pt`` loads, was written on that device type, and ``metrics.jsonl`` holds the rows it follows
+    (:func:`reopen_run` would accept it). ``None`` otherwise: no checkpoint, or one the run must not continue from."""
+    import torch
+
+    try:
+        state = read_checkpoint(run_dir, torch.device("cpu"))
+        counters = state["counters"]
+        epochs = int(counters["epoch"])
+        _metrics_at_checkpoint(run_dir, int(counters["metrics_bytes"]), epochs)
+    except (FimbenchError, KeyError, TypeError, ValueError):
+        return None
+    return epochs if state.get("device_type") == device_type else None
 
 
 def clear_results(run_dir: Path) -> None:

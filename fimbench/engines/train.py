@@ -31,6 +31,8 @@ from fimbench.engines.rundir import (
     CONFIG,
     METRICS,
     append_metrics,
+    clear_results,
+    continuable_epochs,
     read_checkpoint,
     read_summary,
     reopen_run,
@@ -379,14 +381,23 @@ class _Diverged(Exception):
 
 
 def run_point(run_dir: str, threads: int) -> str:
-    """Train the point whose resolved config is ``run_dir/config.yaml`` with ``threads`` torch threads.
+    """Train the point whose resolved config is ``run_dir/config.yaml`` with ``threads`` torch threads, continuing
+    from the checkpoint an interrupted or killed attempt left where there is one it can continue from
+    (:func:`~fimbench.engines.rundir.continuable_epochs`; the sweep keeps only those of the same config), else
+    from scratch.
 
     Returns the run's status; a divergence is a result (recorded in ``summary.json``), not a failure.
     """
     torch.set_num_threads(threads)
     path = Path(run_dir)
+    config = load_config(path / CONFIG)
+    continued = continuable_epochs(path, resolve_device(config.training.device).type)
+    if continued is None:
+        clear_results(path)
+    else:
+        print(f"continuing from the checkpoint after epoch {continued}", flush=True)
     try:
-        return run_training(load_config(path / CONFIG), path).status
+        return run_training(config, path, resume=continued is not None).status
     except FimbenchError:
         if read_summary(path).get("status") == "diverged":
             return "diverged"

@@ -565,11 +565,13 @@ def _start_training(tmp_path: Path, out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([str(arg) for arg in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=QUIET_ENV)
 
 
-def test_sigint_during_a_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_interrupt_or_termination_during_a_run(tmp_path: Path, stop: signal.Signals) -> None:
+    """Ctrl-C, and SIGTERM (kill, timeout, SLURM's time limit) alike: interrupted after a whole epoch."""
     out = tmp_path / "run"
     process = _start_training(tmp_path, out)
     wait_for(lambda: _logged_epochs(out) >= 2, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     stdout, stderr = process.communicate(timeout=60)
     line = error_line(stderr, stdout, exit_codes.INTERRUPTED, process.returncode)
     assert line == f"error: interrupted; what was logged is kept in {out}"
@@ -592,6 +594,42 @@ def test_sigkill_during_a_run_leaves_whole_files(tmp_path: Path) -> None:
     assert report.exit_code == 0, report.output
     (result,) = json.loads(report.stdout)["datasets"][0]["results"]
     assert result["status"] == "incomplete" and result["epochs"] >= 2
+
+
+def test_background_sweep_stopped_by_sigterm_continues_its_points(tmp_path: Path) -> None:
+    """A sweep started as a background job (SIGINT inherited ignored) and stopped with SIGTERM: its workers
+    stop at once (they record 'interrupted' rather than being killed after the grace period), and the rerun
+    continues the interrupted point from its checkpoint instead of starting it again."""
+    out = tmp_path / "sw"
+    config = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config["training"]["epochs"] = 60
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
+    args = [str(arg) for arg in [FIMBENCH, "sweep", "-c", tmp_path / "long.yaml", "-m", "kfac", "--grid", "lr=1e-3",
+                                 "--grid", "damping=600", "--grid", "clip=1e-2", "--extend", "0", "-j", "1", "--out", out, "--json"]]
+    point = out / "kfac-lr_1e-3-damping_6e2-clip_1e-2"
+
+    def as_background_job() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=QUIET_ENV,
+                               preexec_fn=as_background_job)
+    wait_for(lambda: _logged_epochs(point) >= 2, process, seconds=120)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=25)  # within the 30 s a worker that ignores SIGINT would get
+    error_line(stderr, stdout, exit_codes.INTERRUPTED, process.returncode)
+    summary = json.loads((point / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 2 <= summary["epochs"] < 60
+    files_are_whole(out)
+    stopped_at = summary["epochs"]
+    kept = (point / "metrics.jsonl").read_text().splitlines()[:stopped_at]
+
+    resumed = subprocess.run(args, capture_output=True, text=True, env=QUIET_ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [p["status"] for p in json.loads(resumed.stdout)["points"]] == ["completed"]
+    assert (point / "worker.log").read_text().startswith(f"continuing from the checkpoint after epoch {stopped_at}")
+    assert (point / "metrics.jsonl").read_text().splitlines()[:stopped_at] == kept  # continued, not rerun
+    assert json.loads((point / "summary.json").read_text())["epochs"] == 60
+    files_are_whole(out)
 
 
 def test_sweep_interrupted_and_resumed(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from helpers import mlp, one_line_error, runner, tiny_config, train_steps
 from torch import nn
 
 from fimbench.cli import app
+from fimbench.engines.rundir import continuable_epochs
 from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
@@ -315,6 +316,25 @@ def test_resume_refuses_metrics_that_do_not_match(tmp_path: Path) -> None:
     resolved["model"]["layers"] = [784, 16, 784]
     (out / "config.yaml").write_text(yaml.safe_dump(resolved))
     assert "does not fit" in one_line_error(runner.invoke(app, ["train", "--resume", str(out)]))
+
+
+def test_continuable_epochs_only_for_a_checkpoint_a_run_here_can_continue(tmp_path: Path) -> None:
+    """What a sweep's worker checks before it continues a point: the epochs at a CPU checkpoint that matches its
+    metrics.jsonl; None for another device type, for rows that do not match, for a damaged or absent file."""
+    out = tmp_path / "run"
+    config = str(tiny_config(tmp_path))
+    assert runner.invoke(app, ["train", "--config", config, "--epochs", "2", "--out", str(out)]).exit_code == 0
+    assert continuable_epochs(out, "cpu") == 2
+    assert continuable_epochs(out, "cuda") is None
+    rows = (out / "metrics.jsonl").read_text()
+    (out / "metrics.jsonl").write_text(rows.split("\n", 1)[0] + "\n")  # one row, the checkpoint follows two
+    assert continuable_epochs(out, "cpu") is None
+    (out / "metrics.jsonl").write_text(rows + '{"kind": "epoch", "ep')  # half a row after it: cut when continuing
+    assert continuable_epochs(out, "cpu") == 2
+    (out / "checkpoint.pt").write_bytes(b"garbage")
+    assert continuable_epochs(out, "cpu") is None
+    (out / "checkpoint.pt").unlink()
+    assert continuable_epochs(out, "cpu") is None
 
 
 def test_fresh_train_into_a_run_names_resume(tmp_path: Path) -> None:

@@ -154,6 +154,8 @@ def test_seconds_left_counts_work_done_in_this_invocation() -> None:
     # 6 training seconds done in 12 wall seconds (half the throughput); left: 2 epochs + 4 epochs, × 3 s, × 2
     assert seconds_left([kfac, sgd], 12.0) == pytest.approx(36.0)
     assert seconds_left([kfac, sgd], 12.0, future=[("kfac", 10)]) == pytest.approx(36.0 + 60.0)
+    kfac.continued_from = 1  # continued after 1 epoch an earlier invocation trained: 3 s done in 12 s
+    assert seconds_left([kfac, sgd], 12.0) == pytest.approx(72.0)
     kfac.resumed = True  # finished by an earlier invocation: no throughput yet
     assert seconds_left([kfac, sgd], 12.0) is None
 

@@ -33,7 +33,7 @@ from fimbench.engines.sweep import (
     point_name,
     run_sweep,
 )
-from fimbench.engines.train import run_point
+from fimbench.engines.train import run_point, run_training
 from fimbench.errors import FimbenchError
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.methods import Method
@@ -203,6 +203,80 @@ def test_resume_reruns_only_interrupted_and_missing_points(tmp_path: Path, data_
     changed = plan_sweep(plan.out, ["sgd"], {"lr": [1e-3]}, config_path=SMOKE, overrides=tiny(data_dir, **{"training.max_steps": 5}))
     with pytest.raises(FimbenchError, match="training.max_steps is 4 there, 5 now"):
         run_sweep(changed, debug_runner(plan.out), poll_seconds=0.01)
+
+
+class _CtrlCAfter:
+    """A training progress that presses Ctrl-C once ``epochs`` epochs are logged (after their checkpoint)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def start(self, total_steps: int, steps_per_epoch: int) -> None: ...
+    def step(self, step: int, epoch: int, loss: float, steps_per_second: float) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if row["epoch"] >= self.epochs:
+            raise KeyboardInterrupt
+
+
+def _untimed(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch rows of a run without their clocks (wall_time, time_per_step, seconds_*)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("wall_time", "time_per_step") and not k.startswith("seconds")} for row in rows]
+
+
+def test_resume_continues_interrupted_and_killed_points_from_their_checkpoints(tmp_path: Path, data_dir: Path) -> None:
+    """Four K-FAC points stopped after 2 of 4 epochs: interrupted (Ctrl-C), killed (no summary, half a row
+    logged after the checkpoint), crashed, and killed with a damaged checkpoint. The first two continue from
+    their checkpoints (their first two rows kept, clocks included), the last two run again from scratch, and all
+    four end exactly where an uninterrupted sweep of the same plan ends."""
+    overrides = tiny(data_dir, **{"training.max_steps": None, "training.epochs": 4})
+    grid = {"lr": [1e-3, 3e-4, 1e-4, 3e-5], "damping": [600.0], "clip": [1e-2]}
+    whole = plan_sweep(tmp_path / "whole", ["kfac"], grid, config_path=SMOKE, overrides=overrides)
+    run_sweep(whole, debug_runner(whole.out), poll_seconds=0.01)
+    plan = plan_sweep(tmp_path / "sw", ["kfac"], grid, config_path=SMOKE, overrides=overrides)
+    torch.set_num_threads(1)  # as the debug runner's workers
+    for point in plan.points:
+        with pytest.raises(KeyboardInterrupt):
+            run_training(point.config, plan.out / point.name, progress=_CtrlCAfter(2))
+    interrupted, killed, crashed, damaged = (plan.out / point.name for point in plan.points)
+    assert json.loads((interrupted / "summary.json").read_text())["status"] == "interrupted"
+    (killed / "summary.json").unlink()
+    with open(killed / "metrics.jsonl", "a", encoding="utf-8") as log:
+        log.write('{"kind": "epoch", "epoch": 3, "train_lo')  # a kill during the next epoch's row
+    summary = json.loads((crashed / "summary.json").read_text())
+    (crashed / "summary.json").write_text(json.dumps({**summary, "status": "crashed"}))
+    (damaged / "summary.json").unlink()
+    (damaged / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    logged = {run_dir.name: (run_dir / "metrics.jsonl").read_text().splitlines()[:2] for run_dir in (interrupted, killed)}
+
+    runner = Recording(debug_runner(plan.out))
+    result = run_sweep(plan, runner, poll_seconds=0.01)
+    assert runner.submitted == [point.name for point in plan.points]
+    assert [state.status for state in result.states] == ["completed"] * 4
+    assert [state.continued_from for state in result.states] == [2, 2, 0, 2]  # the damaged one: its worker started afresh
+    for state, reference in zip(result.states, whole.points):
+        assert _untimed(state.run_dir) == _untimed(whole.out / reference.name)
+        ours = torch.load(state.run_dir / "checkpoint.pt", weights_only=True)["model"]
+        theirs = torch.load(whole.out / reference.name / "checkpoint.pt", weights_only=True)["model"]
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+    for name, rows in logged.items():
+        assert (plan.out / name / "metrics.jsonl").read_text().splitlines()[:2] == rows  # continued, not rerun
+    for run_dir in (crashed, damaged):
+        assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["wall_time"] != json.loads(
+            (interrupted / "metrics.jsonl").read_text().splitlines()[0])["wall_time"]
+
+
+def test_points_of_an_earlier_round_count_as_this_invocations_work(tmp_path: Path, data_dir: Path) -> None:
+    """A tuned sweep's next round keeps the states of the points its earlier rounds ran (not 'resumed', so the
+    estimate of the time left counts their work); a new invocation finds them finished by an earlier one."""
+    plan = plan_sweep(tmp_path / "sw", ["sgd"], {"lr": [1e-3, 1e-4]}, config_path=SMOKE, overrides=tiny(data_dir))
+    first = run_sweep(plan, debug_runner(plan.out), poll_seconds=0.01)
+    runner = Recording(debug_runner(plan.out))
+    again = run_sweep(plan, runner, poll_seconds=0.01, earlier=first.states)
+    assert runner.submitted == [] and [state.resumed for state in again.states] == [False, False]
+    assert [state.resumed for state in run_sweep(plan, runner, poll_seconds=0.01).states] == [True, True]
 
 
 def test_divergence_is_recorded_not_a_crash(tmp_path: Path, data_dir: Path) -> None:

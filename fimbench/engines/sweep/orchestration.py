@@ -25,7 +25,7 @@ from fimbench.engines.sweep.state import (
     manifest_document,
     observe,
     prepare_data,
-    reset_run_dir,
+    prepare_run_dir,
     settle,
 )
 
@@ -105,12 +105,13 @@ def run_sweep(
     """Run the plan's unfinished points on ``runner`` and write the manifest and best configs.
 
     Ctrl-C stops the workers (they record ``interrupted``), saves the manifest and re-raises; running the
-    same plan again resumes. ``earlier``: the states of an earlier run of this invocation (a tuned sweep's
-    previous round, :mod:`~fimbench.engines.sweep.tuning`): a point that failed or was interrupted there keeps that
-    state rather than run again at once (the next invocation retries it).
+    same plan again resumes (:mod:`~fimbench.engines.sweep.state`). ``earlier``: the states of an earlier run of this
+    invocation (a tuned sweep's previous round, :mod:`~fimbench.engines.sweep.tuning`): a point that ran there keeps
+    that state, so it counts as this invocation's work, and one that failed or was interrupted there does not run
+    again at once (the next invocation retries it).
     """
-    unsettled = {state.point.name: state for state in earlier if state.status not in FINISHED + ACTIVE}
-    states = [unsettled.get(state.point.name, state) if state.status == "pending" else state for state in inspect_points(plan)]
+    ran = {state.point.name: state for state in earlier if not state.resumed and state.status not in ACTIVE}
+    states = [ran.get(state.point.name, state) for state in inspect_points(plan)]
     previous = existing_manifest(plan)
     todo = [state for state in states if state.status == "pending"]
     if todo:
@@ -118,7 +119,7 @@ def run_sweep(
             require_tensorboard()  # once, here, rather than in every worker
         prepare_data(todo[0].point.config)
         for state in todo:
-            reset_run_dir(state)
+            prepare_run_dir(state)
 
     def save() -> None:
         write_sweep_manifest(plan.out, manifest_document(plan, previous, states))

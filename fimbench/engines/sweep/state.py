@@ -1,8 +1,11 @@
 """A sweep's state on disk: each point's run directory and ``<out>/sweep.json``.
 
 Resume. A point whose ``summary.json`` says ``completed`` or ``diverged`` is finished and kept (given its
-seed a divergence is a result, not an accident); every other point (interrupted, failed, never started)
-runs again from scratch. A finished point whose ``config.yaml`` differs from the one asked for (another
+seed a divergence is a result, not an accident). A point that was interrupted or killed (no summary) with the
+same config continues from the ``checkpoint.pt`` of its last finished epoch, bit for bit on CPU, its training
+seconds those of its epochs; its worker checks the checkpoint first (:func:`~fimbench.engines.rundir.continuable_epochs`)
+and starts again from scratch when it cannot continue. Every other point (crashed, of another config, never
+started) runs from scratch. A finished point whose ``config.yaml`` differs from the one asked for (another
 ``--epochs``, say) is an error rather than silently mixed in.
 """
 
@@ -18,6 +21,7 @@ from fimbench.data import require_present
 from fimbench.engines.config import RunConfig, dump_config
 from fimbench.engines.dataset import load_configured_dataset
 from fimbench.engines.rundir import (
+    CHECKPOINT,
     METRICS,
     SEED_INDEPENDENT,
     SWEEP_MANIFEST,
@@ -47,6 +51,7 @@ class PointState:
     run_dir: Path
     status: str = "pending"  # pending | running | completed | diverged | interrupted | failed
     resumed: bool = False  # finished by an earlier invocation of the sweep
+    continued_from: int = 0  # epochs an earlier invocation left logged, which this one continues after
     epoch: int | None = None
     train_loss: float | None = None  # latest logged; the final one once finished
     val_loss: float | None = None
@@ -155,10 +160,25 @@ def prepare_data(config: RunConfig) -> None:
         require_present(data.dataset, Path(data.data_dir) if data.data_dir else None)
 
 
-def reset_run_dir(state: PointState) -> None:
-    """Drop what an earlier attempt left and write the point's config for the worker."""
-    clear_results(state.run_dir)
+def prepare_run_dir(state: PointState) -> None:
+    """Before a pending point runs: keep what an interrupted or killed attempt of the same config left, for the
+    worker to continue from (module docstring), else drop it; then write the point's config for the worker."""
+    if _may_continue(state):
+        rows, _ = read_metrics(state.run_dir / METRICS)
+        state.continued_from = int(rows[-1]["epoch"]) if rows else 0
+    else:
+        clear_results(state.run_dir)
     write_config(state.run_dir, dump_config(state.point.config))
+
+
+def _may_continue(state: PointState) -> bool:
+    """An earlier attempt left a checkpoint, stopped without a bug (interrupted, or no summary: killed), and ran
+    the point's config."""
+    return (
+        (state.run_dir / CHECKPOINT).is_file()
+        and read_summary(state.run_dir).get("status", "interrupted") == "interrupted"
+        and _config_difference(state.point, state.run_dir) is None
+    )
 
 
 def observe(state: PointState) -> None:

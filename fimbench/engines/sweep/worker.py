@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from fimbench import exit_codes
 from fimbench.engines.sweep.runners import run_worker
 from fimbench.errors import FimbenchError
+from fimbench.termination import stop_on_interrupt_or_termination
 
 
 def main(arguments: Sequence[str]) -> int:
@@ -27,6 +28,7 @@ def main(arguments: Sequence[str]) -> int:
     Returns:
         The exit status: 0, or that of the error (one line on stderr).
     """
+    stop_on_interrupt_or_termination()  # the sweep stops its workers with SIGINT, even from a background job
     target, run_dir, threads = arguments
     module, _, name = target.partition(":")
     worker = getattr(importlib.import_module(module), name)
