@@ -14,7 +14,7 @@ ROOT_MODULE_LIMIT = 12
 MODULE_LINE_LIMIT = 400
 FUNCTION_LINE_LIMIT = 80
 
-BASE = {"fimbench", "fimbench.errors", "fimbench.exit_codes", "fimbench.methods", "fimbench.cost_orders", "fimbench.names", "fimbench.timing", "fimbench.files"}
+BASE = {"fimbench", "fimbench.errors", "fimbench.exit_codes", "fimbench.methods", "fimbench.cost_orders", "fimbench.names", "fimbench.timing", "fimbench.files", "fimbench.termination"}
 LAYERS = {  # a part of the package -> the parts it may import (besides itself and the base modules)
     "curvature": set(),
     "fisher": {"curvature"},

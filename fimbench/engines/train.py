@@ -381,13 +381,9 @@ class _Diverged(Exception):
 
 
 def run_point(run_dir: str, threads: int) -> str:
-    """Train the point whose resolved config is ``run_dir/config.yaml`` with ``threads`` torch threads, continuing
-    from the checkpoint an interrupted or killed attempt left where there is one it can continue from
-    (:func:`~fimbench.engines.rundir.continuable_epochs`; the sweep keeps only those of the same config), else
-    from scratch.
-
-    Returns the run's status; a divergence is a result (recorded in ``summary.json``), not a failure.
-    """
+    """Train the point whose resolved config is ``run_dir/config.yaml`` with ``threads`` torch threads: on from
+    the checkpoint an earlier attempt left if it can continue (:func:`~fimbench.engines.rundir.continuable_epochs`),
+    else from scratch. Returns the run's status; a divergence is a result (in ``summary.json``), not a failure."""
     torch.set_num_threads(threads)
     path = Path(run_dir)
     config = load_config(path / CONFIG)
