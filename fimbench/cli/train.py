@@ -137,7 +137,7 @@ def train(
     sets: list[str] | None = set_option(),
     full_table: bool = typer.Option(False, "--full-table", help="Show every epoch in the table (default: about 20 rows)."),
     nproc: int | None = typer.Option(
-        None, "--nproc", help="Data-parallel workers on this machine (torch.distributed.run; the batch is split across them)."
+        None, "--nproc", help="Data-parallel workers on this machine (as torchrun --standalone starts them; the batch is split across them)."
     ),
     json_output: bool = json_option(),
     quiet: bool = quiet_option(),
@@ -221,7 +221,11 @@ def _run_parallel(resolved: RunConfig, run_dir: Path, overwrite: bool, nproc: in
     from fimbench.engines.train import TrainResult
 
     with run_directory(run_dir, refuse_existing=not overwrite, replace=RUN_FILES if overwrite else ()):
-        launch_training(resolved, run_dir, nproc)
+        try:
+            launch_training(resolved, run_dir, nproc)
+        except KeyboardInterrupt:
+            current().document(_summary_document(run_dir))
+            raise Interrupted(f"interrupted; what was logged is kept in {run_dir}") from None
     summary = read_summary(run_dir)
     rows, _ = read_metrics(run_dir / METRICS)
     return TrainResult(run_dir, summary["status"], rows, summary.get("alignment_first_refresh"), summary)
