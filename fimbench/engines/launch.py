@@ -18,6 +18,7 @@ rank that has stopped, and then leave quietly. The command ends as an interrupte
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -54,6 +55,9 @@ def launch_training(config: RunConfig, run_dir: Path, nproc: int) -> None:
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
     )
+    for name in list(logging.root.manager.loggerDict):  # the launcher's notes on a stop (the error line says it);
+        if name.startswith("torch.distributed.elastic"):  # each module's logger has a level of its own
+            logging.getLogger(name).setLevel(logging.ERROR)
     handlers = {number: signal.getsignal(number) for number in _LAUNCHER_SIGNALS}
     try:  # the agent turns these signals into SignalException after stopping the workers with the same signal
         elastic_launch(standalone, sys.executable)("-m", "fimbench.engines.launch", str(run_dir))

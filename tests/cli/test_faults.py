@@ -593,7 +593,7 @@ def test_termination_of_a_two_worker_run_stops_every_worker(tmp_path: Path) -> N
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     line = error_line(stderr, stdout, exit_codes.INTERRUPTED, process.returncode)
-    assert line == f"error: interrupted; what was logged is kept in {out}"
+    assert line == f"error: interrupted; what was logged is kept in {out}" and stderr.strip() == line
     workers = subprocess.run(["pgrep", "-f", f"fimbench.engines.launch {out}"], capture_output=True, text=True)
     assert workers.stdout == ""
     summary = json.loads((out / "summary.json").read_text())
