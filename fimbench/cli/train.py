@@ -201,8 +201,7 @@ def _run(resolved: RunConfig, run_dir: Path, overwrite: bool, resume: bool) -> T
             output.document(_summary_document(run_dir))
             raise
         except KeyboardInterrupt:
-            output.document(_summary_document(run_dir))
-            raise Interrupted(f"interrupted; what was logged is kept in {run_dir}") from None
+            raise _interrupted(run_dir) from None
         except (FimbenchError, OSError):
             raise
         except Exception:  # a bug, reported by fimbench.cli.OneLineErrors
@@ -224,8 +223,7 @@ def _run_parallel(resolved: RunConfig, run_dir: Path, overwrite: bool, nproc: in
         try:
             launch_training(resolved, run_dir, nproc)
         except KeyboardInterrupt:
-            current().document(_summary_document(run_dir))
-            raise Interrupted(f"interrupted; what was logged is kept in {run_dir}") from None
+            raise _interrupted(run_dir) from None
     summary = read_summary(run_dir)
     rows, _ = read_metrics(run_dir / METRICS)
     return TrainResult(run_dir, summary["status"], rows, summary.get("alignment_first_refresh"), summary)
@@ -250,6 +248,12 @@ def _report(result: TrainResult, resolved: RunConfig, run_dir: Path, full_table:
         f"(training {result.summary['train_seconds']:.1f} s); results in [bold]{run_dir}[/bold]"
     )
     return {"run_dir": str(run_dir), **result.summary}
+
+
+def _interrupted(run_dir: Path) -> Interrupted:
+    """The error of a run stopped by Ctrl-C or SIGTERM, after its document (what ``summary.json`` recorded)."""
+    current().document(_summary_document(run_dir))
+    return Interrupted(f"interrupted; what was logged is kept in {run_dir}")
 
 
 def _summary_document(run_dir: Path, status: str = "interrupted") -> dict[str, Any]:

@@ -37,8 +37,6 @@ from fimbench.engines.rundir import CONFIG, write_config
 from fimbench.errors import FimbenchError
 from fimbench.exit_codes import INTERRUPTED
 
-_LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)  # the elastic agent's own
-
 
 def launch_training(config: RunConfig, run_dir: Path, nproc: int) -> None:
     """Train ``config`` in ``run_dir`` on ``nproc`` local workers (module docstring)."""
@@ -58,7 +56,8 @@ def launch_training(config: RunConfig, run_dir: Path, nproc: int) -> None:
     for name in list(logging.root.manager.loggerDict):  # the launcher's notes on a stop (the error line says it);
         if name.startswith("torch.distributed.elastic"):  # each module's logger has a level of its own
             logging.getLogger(name).setLevel(logging.ERROR)
-    handlers = {number: signal.getsignal(number) for number in _LAUNCHER_SIGNALS}
+    caught = [signal.Signals[name.strip()] for name in standalone.signals_to_handle.split(",")]
+    handlers = {number: signal.getsignal(number) for number in caught}
     try:  # the agent turns these signals into SignalException after stopping the workers with the same signal
         elastic_launch(standalone, sys.executable)("-m", "fimbench.engines.launch", str(run_dir))
     except SignalException:
