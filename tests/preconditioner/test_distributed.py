@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from fimbench.engines.launch import end_process
 from fimbench.fisher.likelihood import Likelihood
 from fimbench.optim import KroneckerPreconditioner
 
@@ -56,6 +57,7 @@ def worker(rank: int, port: int, out: str, method: str) -> None:
         torch.save(parameters, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    end_process(0)  # without the interpreter's shutdown, which gloo's threads can abort (its docstring)
 
 
 def free_port() -> int:
@@ -190,6 +192,7 @@ def uneven_worker(rank: int, port: int, out: str) -> None:
         torch.save({"results": results, "rows": rows, "noise": gathered[0][1].g}, Path(out) / f"uneven{rank}.pt")
     finally:
         dist.destroy_process_group()
+    end_process(0)
 
 
 def test_uneven_and_empty_shards_with_sampled_targets_and_adaptive_damping(tmp_path):
